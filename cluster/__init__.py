@@ -1,0 +1,1 @@
+"""Ray wiring: Ray Train + DeepSpeed jobs, RLlib jobs, the pipeline and the `prefmine` command line."""

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtualenv on a fresh machine; idempotent and quick when nothing changed.
+#
+# Order matters: torch 2.13.0 first (the CPU build on this class of machine; an unpinned torch pulls a CUDA
+# build of several GB), then DeepSpeed with --no-build-isolation (its build imports torch), then the project
+# with its pinned ranges. Set PREFMINE_VENV to use another location, PYTHON for another interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${PREFMINE_VENV:-.venv}
+stamp="$VENV/.prefmine-setup"
+want="$(cat pyproject.toml cluster/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "import prefmine, deepspeed, ray" 2>/dev/null; then
+  exit 0
+fi
+echo "prefmine: setting up $VENV (first run takes a few minutes)" >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$pip install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+$pip install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+$pip install "setuptools>=68" wheel "ninja>=1.11" 2>&1 | grep -v "^WARNING: Location" || true
+$pip install --no-build-isolation "deepspeed==0.19.8" 2>&1 | grep -v "^WARNING: Location" || true
+$pip install -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import torch, deepspeed, ray, transformers, grpc, prefmine; print('prefmine: environment ready, torch', torch.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v "real_accelerator" >&2
+echo "$want" > "$stamp"

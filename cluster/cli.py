@@ -1,0 +1,135 @@
+"""The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, demo.
+
+Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred so
+`prefmine --help` is instant and `prefmine data prepare` never imports Ray. Bad input exits with status 2 and a
+message naming the option or field; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _data_prepare(a) -> int:
+    from prefmine.data.prepare import prepare
+
+    m = prepare(a.source, a.raw, a.out, a.category)
+    print(json.dumps({"out": a.out, **m["counts"], "data_hash": m["data_hash"]}, indent=2))
+    return 0
+
+
+def _data_download(a) -> int:
+    from prefmine.data.download import download
+
+    print(download(a.source, a.out, a.category))
+    return 0
+
+
+def _train(a) -> int:
+    from cluster.pipeline import STAGES, train_bundle
+
+    metrics = train_bundle(a.data, a.out, (a.stage,) if a.stage else STAGES, a.preset, a.config)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v
+                      for k, v in metrics.items()}, indent=2, default=str)[:6000])
+    return 0
+
+
+def _evaluate(a) -> int:
+    from cluster.evaluate_job import run_evaluation
+
+    run_evaluation(a.data, a.bundle, a.json, policy_sessions=a.policy_sessions)
+    return 0
+
+
+def _serve(a) -> int:
+    from serve.run import run_serve
+
+    return run_serve(a.bundle, a.grpc_port)
+
+
+def _client_recommend(a) -> int:
+    from serve.client import client_recommend
+
+    return client_recommend(a.addr, a.user, a.k, a.exclude or ())
+
+
+def _demo(a) -> int:
+    from cluster.demo import run_demo
+
+    return run_demo(a.dataset, a.workdir, a.raw, a.grpc_port, a.preset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefmine", description="E-commerce preference mining and recommendation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare or download data").add_subparsers(dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="raw files -> canonical dataset directory")
+    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
+    prep.add_argument("--raw", help="raw folder (default: $PREFMINE_DATA_DIR/<source>)")
+    prep.add_argument("--category", help="Amazon category, e.g. Magazine_Subscriptions")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    prep.set_defaults(func=_data_prepare)
+    dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
+    dl.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
+    dl.add_argument("--category", default="Magazine_Subscriptions")
+    dl.add_argument("--out", required=True)
+    dl.set_defaults(func=_data_download)
+
+    tr = sub.add_parser("train", help="train encoder, ranker and policy (or one stage) into a bundle")
+    tr.add_argument("stage", nargs="?", choices=["encoder", "ranker", "policy"])
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--out", required=True, help="bundle directory")
+    tr.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    tr.add_argument("--config", help="YAML with encoder/ranker/policy/simulator/dist sections")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="test metrics of every model and the policy")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--bundle", required=True)
+    ev.add_argument("--json")
+    ev.add_argument("--policy-sessions", type=int, default=1000)
+    ev.set_defaults(func=_evaluate)
+
+    sv = sub.add_parser("serve", help="serve a bundle over gRPC with Ray Serve")
+    sv.add_argument("--bundle", required=True)
+    sv.add_argument("--grpc-port", type=int, required=True)
+    sv.set_defaults(func=_serve)
+
+    cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)
+    rec = cl.add_parser("recommend")
+    rec.add_argument("--addr", required=True, help="HOST:PORT")
+    rec.add_argument("--user", required=True, help="raw user id")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--exclude", nargs="*", help="raw item ids to exclude")
+    rec.set_defaults(func=_client_recommend)
+
+    demo = sub.add_parser("demo", help="the main job: prepare, train, evaluate, serve and query, end to end")
+    demo.add_argument("--dataset", choices=["magazine", "movielens"], default="magazine")
+    demo.add_argument("--workdir", default="runs/demo")
+    demo.add_argument("--raw", help="raw data folder laid out like ../shared/data (default: $PREFMINE_DATA_DIR)")
+    demo.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
+    demo.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from prefmine.config import ConfigError
+    from prefmine.data.amazon import RawDataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RawDataError, FileNotFoundError) as e:
+        print(f"prefmine: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

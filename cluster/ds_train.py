@@ -1,0 +1,154 @@
+"""Ray Train TorchTrainer whose workers drive a DeepSpeed engine: the one training path for encoder and ranker.
+
+The same code runs on this laptop-class CPU (DeepSpeed's CPU accelerator, gloo) and on GPUs (NCCL, bf16): only
+`DistConfig` changes. Each epoch every worker saves its DeepSpeed checkpoint shard and reports it through Ray Train
+(merged into one checkpoint directory), rank 0 adds a plain fp32 `model.pt` for export and the epoch's metrics;
+a restarted worker group resumes from the last checkpoint (FailureConfig). Progress is printed per step with
+rate and ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DS_CONFIG_DIR = Path(__file__).parent / "deepspeed"
+
+
+@dataclass
+class DistConfig:
+    """How to distribute a training run."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ or a path
+    max_failures: int = 1
+    log_every: int = 20
+
+
+@dataclass
+class TrainResult:
+    state_dict_path: Path
+    checkpoint_dir: Path
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_ds_config(name: str, micro_batch: int, use_gpu: bool) -> dict:
+    path = Path(name) if Path(name).is_file() else DS_CONFIG_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {name!r} not found (looked in {DS_CONFIG_DIR})")
+    cfg = json.loads(path.read_text())
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    cfg.pop("train_batch_size", None)
+    bf16 = cfg.get("bf16", {})
+    if bf16.get("enabled") == "auto":
+        bf16["enabled"] = bool(use_gpu)
+    return cfg
+
+
+def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
+    import ray.train
+    import torch
+    import torch.distributed as tdist
+
+    from cluster.ray_env import set_process_threads
+
+    set_process_threads()
+    import deepspeed
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    task = config["task"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(task.seed)
+    model = task.build_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr,
+                                  weight_decay=task.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config["ds_config"])
+
+    start_epoch, history = 0, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            state = json.loads((Path(d) / "state.json").read_text())
+            start_epoch, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print(f"[{config['name']}] resumed from epoch {start_epoch - 1}", flush=True)
+
+    steps = task.steps_per_epoch(world)
+    total = steps * task.epochs
+    t0, done = time.time(), 0
+    for epoch in range(start_epoch, task.epochs):
+        engine.train()
+        loss_sum, n = 0.0, 0
+        for step, batch in enumerate(task.batches(epoch, rank, world)):
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            loss = task.loss(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach())
+            n += 1
+            done += 1
+            if rank == 0 and (step % config["log_every"] == 0 or step == steps - 1):
+                rate = done / max(time.time() - t0, 1e-9)
+                left = (total - epoch * steps - step - 1) / max(rate, 1e-9)
+                print(f"[{config['name']}] epoch {epoch + 1}/{task.epochs} step {step + 1}/{steps} "
+                      f"loss {float(loss):.4f} {rate:.1f} steps/s ETA {left:.0f}s", flush=True)
+        mean = torch.tensor([loss_sum, n], dtype=torch.float64)
+        if tdist.is_initialized():
+            tdist.all_reduce(mean)
+        metrics = {"epoch": epoch, "loss": float(mean[0] / max(mean[1], 1))}
+        engine.eval()
+        if rank == 0:
+            with torch.no_grad():
+                metrics.update(task.evaluate(engine.module))
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag="ds")
+            if rank == 0:
+                torch.save({k: v.float() for k, v in engine.module.state_dict().items()}, Path(tmp) / "model.pt")
+                (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+                print(f"[{config['name']}] epoch {epoch + 1} " +
+                      " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"), flush=True)
+            ray.train.report({**metrics, "history": json.dumps(history)},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:
+    """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cluster.ray_env import ensure_ray
+
+    dist = dist or DistConfig()
+    ensure_ray()
+    storage = Path(storage).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    ds_config = load_ds_config(dist.deepspeed_config, task.batch_size, dist.use_gpu)
+    t0 = time.time()
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every},
+        torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
+                                     resources_per_worker={"CPU": dist.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=dist.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"{name} training failed: {result.error}")
+    ckpt_dir = Path(result.checkpoint.path)
+    history = json.loads(result.metrics.get("history", "[]")) if result.metrics else []
+    return TrainResult(state_dict_path=ckpt_dir / "model.pt", checkpoint_dir=ckpt_dir, history=history,
+                       seconds=round(time.time() - t0, 1))
+

@@ -1,0 +1,72 @@
+"""Ranker job: the fused (ID + text) sequential ranker and its ID-only variant, on Ray Train + DeepSpeed.
+
+Reads item text embeddings from `<bundle>/encoder/item_embeddings.npy`; writes `<bundle>/ranker/` (fused) and
+`<bundle>/ranker_id_only/` (baseline), each with model.pt, ranker_config.json and, for the fused model, the frozen
+text embeddings it was trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cluster.ds_train import DistConfig, train
+from prefmine import config as C
+from prefmine.bundle import update_manifest
+from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.ranker.model import PRESETS, RankerConfig
+from prefmine.ranker.task import RankerTask
+
+
+def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
+               text: np.ndarray | None) -> dict:
+    vu = ds.eval_users("valid")
+    if len(vu) > cfg.eval_users:
+        vu = np.random.default_rng(cfg.seed).choice(vu, cfg.eval_users, replace=False)
+    task = RankerTask(cfg, ds.n_items, ds.train_seqs, ds.train_events, text,
+                      [ds.history(u, "valid") for u in vu], ds.valid_item[vu])
+    name = f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = train(task, name, Path(bundle) / ".train", dist)
+    out = Path(bundle) / component
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(res.state_dict_path, out / "model.pt")
+    if text is not None:
+        np.save(out / "text_embeddings.npy", text.astype(np.float32))
+    (out / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": ds.n_items}, indent=2))
+    return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x))}
+
+
+def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True) -> dict:
+    emb_path = Path(bundle) / "encoder" / "item_embeddings.npy"
+    text = np.load(emb_path) if emb_path.exists() else None
+    if cfg.fusion == "gate" and text is None:
+        raise FileNotFoundError(f"{emb_path} is missing: train the encoder first (prefmine train encoder)")
+    metrics = {"ranker": _train_one(ds, bundle, cfg, dist, "ranker", text if cfg.fusion == "gate" else None)}
+    if id_only:
+        metrics["ranker_id_only"] = _train_one(ds, bundle, dataclasses.replace(cfg, fusion="none"), dist,
+                                               "ranker_id_only", None)
+    update_manifest(bundle, components={
+        name: {"config": C.to_dict(cfg) if name == "ranker" else {**C.to_dict(cfg), "fusion": "none"},
+               "metrics": m} for name, m in metrics.items()})
+    return metrics
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Train the sequential ranker on a prepared dataset.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="tiny", choices=C.PRESETS)
+    args = p.parse_args(argv)
+    ds = load_dataset(args.data)
+    print(json.dumps(train_ranker(ds, Path(args.out), C.resolve(PRESETS, args.preset), DistConfig()), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""Dataclass configs with presets, YAML overrides and strict keys.
+
+Every component owns one dataclass config. `resolve(cls, preset, file, overrides)` starts from the preset
+(`tiny`, `base`, `large`), applies a YAML/JSON file and then `key=value` overrides; an unknown key anywhere is
+an error that names it, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+PRESETS = ("tiny", "base", "large")
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or has a value of the wrong type."""
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ConfigError(f"config key {key!r}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(current, int) and not isinstance(current, bool):
+        try:
+            return int(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}") from e
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from e
+    if isinstance(current, (list, tuple)) and isinstance(value, str):
+        return type(current)(json.loads(value))
+    return value
+
+
+def apply(cfg: T, updates: dict[str, Any], where: str = "config") -> T:
+    """Return a copy of `cfg` with `updates` applied; unknown keys raise ConfigError."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(updates) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} for {type(cfg).__name__}; known keys: {sorted(names)}"
+        )
+    coerced = {k: _coerce(v, getattr(cfg, k), k) for k, v in updates.items()}
+    return dataclasses.replace(cfg, **coerced)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def resolve(presets: dict[str, T], preset: str, section: dict[str, Any] | None = None,
+            overrides: dict[str, Any] | None = None) -> T:
+    """Preset, then a file section, then command-line overrides."""
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    cfg = presets[preset]
+    if section:
+        cfg = apply(cfg, section, "config file")
+    if overrides:
+        cfg = apply(cfg, overrides, "override")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

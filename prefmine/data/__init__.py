@@ -1,0 +1,1 @@
+"""Data: raw loaders, cleaning, pseudonymisation, the leave-one-out split and the canonical dataset."""

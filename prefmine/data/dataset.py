@@ -1,0 +1,106 @@
+"""The canonical dataset, loaded into index form for training and evaluation.
+
+Items are indexed 0..n_items-1 in items.parquet order; users in order of first appearance. Each user has a
+chronological train sequence and at most one valid and one test item (leave-one-out). Evaluation on `valid` reads
+the train sequence; on `test` it reads train + valid, and excludes those items from the ranking.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EVENTS = ("view", "click", "cart", "buy", "rate")
+
+
+@dataclass
+class Dataset:
+    path: Path
+    manifest: dict
+    items: pd.DataFrame
+    item_ids: np.ndarray
+    item_index: dict
+    users: np.ndarray
+    train_seqs: list
+    train_events: list
+    valid_item: np.ndarray
+    test_item: np.ndarray
+    reviews: pd.DataFrame = field(repr=False, default=None)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    def popularity(self) -> np.ndarray:
+        counts = np.zeros(self.n_items, dtype=np.float64)
+        for seq in self.train_seqs:
+            np.add.at(counts, seq, 1.0)
+        return counts
+
+    def eval_users(self, phase: str) -> np.ndarray:
+        target = self.valid_item if phase == "valid" else self.test_item
+        return np.flatnonzero(target >= 0)
+
+    def history(self, user: int, phase: str) -> np.ndarray:
+        """Input sequence for predicting the `phase` item: train (+ valid for test)."""
+        seq = self.train_seqs[user]
+        if phase == "test" and self.valid_item[user] >= 0:
+            seq = np.append(seq, self.valid_item[user])
+        return seq
+
+    def targets(self, phase: str) -> np.ndarray:
+        return self.valid_item if phase == "valid" else self.test_item
+
+    def full_sequences(self) -> list[np.ndarray]:
+        """Every known event of every user, for serving histories."""
+        out = []
+        for u in range(self.n_users):
+            seq = self.train_seqs[u]
+            extra = [x for x in (self.valid_item[u], self.test_item[u]) if x >= 0]
+            out.append(np.concatenate([seq, np.asarray(extra, dtype=np.int64)]) if extra else seq)
+        return out
+
+
+def load_dataset(path: str | Path, with_reviews: bool = False) -> Dataset:
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} is not a prepared dataset (no manifest.json); run `prefmine data prepare`")
+    manifest = json.loads(manifest_path.read_text())
+    items = pd.read_parquet(path / "items.parquet")
+    inter = pd.read_parquet(path / "interactions.parquet")
+    item_ids = items["item"].to_numpy().astype(str)
+    item_index = {it: i for i, it in enumerate(item_ids)}
+    inter["iidx"] = inter["item"].map(item_index)
+    if inter["iidx"].isna().any():
+        bad = inter.loc[inter["iidx"].isna(), "item"].iloc[0]
+        raise ValueError(f"{path}/interactions.parquet: item {bad!r} is not in items.parquet")
+    inter["iidx"] = inter["iidx"].astype(np.int64)
+    order = np.lexsort((np.arange(len(inter)), inter["ts"].to_numpy(), pd.factorize(inter["user"])[0]))
+    inter = inter.iloc[order]
+    codes, users = pd.factorize(inter["user"])
+    n_users = len(users)
+    train = inter[inter["split"].to_numpy() == "train"]
+    tcodes = codes[inter["split"].to_numpy() == "train"]
+    bounds = np.searchsorted(tcodes, np.arange(n_users + 1))
+    t_items = train["iidx"].to_numpy()
+    t_events = train["event"].map({e: i for i, e in enumerate(EVENTS)}).fillna(4).astype(np.int64).to_numpy()
+    train_seqs = [t_items[bounds[u]:bounds[u + 1]] for u in range(n_users)]
+    train_events = [t_events[bounds[u]:bounds[u + 1]] for u in range(n_users)]
+    valid_item = np.full(n_users, -1, dtype=np.int64)
+    test_item = np.full(n_users, -1, dtype=np.int64)
+    for name, arr in (("valid", valid_item), ("test", test_item)):
+        mask = inter["split"].to_numpy() == name
+        arr[codes[mask]] = inter["iidx"].to_numpy()[mask]
+    reviews = pd.read_parquet(path / "reviews.parquet") if with_reviews else None
+    return Dataset(path=path, manifest=manifest, items=items, item_ids=item_ids, item_index=item_index,
+                   users=np.asarray(users).astype(str), train_seqs=train_seqs, train_events=train_events,
+                   valid_item=valid_item, test_item=test_item, reviews=reviews)

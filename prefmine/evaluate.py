@@ -1,0 +1,64 @@
+"""The evaluation protocol of DESIGN.md, for every model in a bundle and the baselines, on one split.
+
+Leave-one-out test items; each model scores the full catalogue from the user's train + valid history; items of
+that history are excluded; HR/Recall, Precision, F1, NDCG, MRR at K = 5, 10, 20 and catalogue coverage. Models:
+popularity, item-kNN, prefmine's ID-only ranker and the full (text-fused) ranker, all on the same users.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from prefmine.baselines import ItemKNN, Popularity
+from prefmine.data.dataset import Dataset
+from prefmine.metrics import KS, ranking_metrics, top_k
+from prefmine.ranker.runtime import RankerRuntime
+
+HEADLINE = ("NDCG@10", "Recall@10", "MRR@10", "Precision@10", "F1@10", "NDCG@20", "Recall@20", "Coverage@10")
+
+
+def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = "test",
+                    max_users: int | None = None, seed: int = 0) -> dict:
+    users = ds.eval_users(phase)
+    if max_users and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    histories = [ds.history(u, phase) for u in users]
+    targets = ds.targets(phase)[users]
+    exclude = [set(h.tolist()) for h in histories]
+    models = {"popularity": Popularity(ds.n_items, ds.train_seqs).scores,
+              "item_knn": ItemKNN(ds.n_items, ds.train_seqs).scores}
+    if bundle is not None:
+        for name, component in (("prefmine_id_only", "ranker_id_only"), ("prefmine", "ranker")):
+            if (Path(bundle) / component / "model.pt").exists():
+                models[name] = RankerRuntime(bundle, component).scores
+    results = {}
+    for name, score_fn in models.items():
+        tops = []
+        for i in range(0, len(users), 1024):
+            tops.append(top_k(score_fn(histories[i:i + 1024]), max(KS), exclude[i:i + 1024]))
+        top = np.concatenate(tops) if tops else np.zeros((0, max(KS)), dtype=np.int64)
+        results[name] = ranking_metrics(top, targets, KS, ds.n_items)
+    return {"phase": phase, "users": int(len(users)), "n_items": ds.n_items,
+            "dataset": {k: ds.manifest.get(k) for k in ("source", "category", "data_hash")},
+            "protocol": "leave-one-out by time, full catalogue ranking, history items excluded",
+            "models": results}
+
+
+def format_table(report: dict, keys=HEADLINE) -> str:
+    lines = [f"{report.get('phase', 'test')} metrics, {report.get('users')} users, "
+             f"{report.get('n_items')} items ({report.get('protocol', '')})",
+             "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, m in report["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""The sequential ranker: causal self-attention over behaviour, items as ID + text embeddings."""

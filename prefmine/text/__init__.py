@@ -1,0 +1,1 @@
+"""The BERT text encoder: WordPiece tokenizer, MLM pretraining, rating fine-tuning, embeddings."""

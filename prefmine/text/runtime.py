@@ -1,0 +1,32 @@
+"""Encoder at inference time: load the bundle's BERT + tokenizer and embed texts (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BertModel, PreTrainedTokenizerFast
+
+from prefmine.text.encoder import embed_texts
+
+
+class EncoderRuntime:
+    def __init__(self, bundle_path: str | Path):
+        d = Path(bundle_path) / "encoder"
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d} holds no encoder (config.json missing)")
+        torch.set_num_threads(1)
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d))
+        self.model = BertModel.from_pretrained(str(d), add_pooling_layer=False).eval()
+        meta = json.loads((d / "encoder_config.json").read_text())
+        self.max_len = int(meta.get("max_len", 64))
+        self.item_embeddings = np.load(d / "item_embeddings.npy")
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return embed_texts(self.model, self.tokenizer, list(texts), self.max_len)

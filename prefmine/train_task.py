@@ -1,0 +1,50 @@
+"""The contract between a model and the distributed trainer in `cluster/ds_train.py`.
+
+A task owns its model, data and loss; the trainer owns processes, DeepSpeed engines, checkpoints and progress.
+Tasks are plain picklable objects (numpy arrays, configs) so Ray can ship them to workers; they never import Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TrainTask(Protocol):
+    epochs: int
+    batch_size: int  # per worker
+    lr: float
+    weight_decay: float
+    seed: int
+
+    def build_model(self) -> nn.Module: ...
+
+    def steps_per_epoch(self, world_size: int) -> int: ...
+
+    def batches(self, epoch: int, rank: int, world_size: int) -> Iterator[dict[str, torch.Tensor]]: ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+def shard_order(n: int, batch_size: int, epoch: int, rank: int, world_size: int, seed: int) -> list[np.ndarray]:
+    """Shuffle 0..n-1 with a seed shared by all ranks, give each rank an equal number of full batches.
+
+    Every rank gets the same number of steps (DeepSpeed's collectives need that); the few examples that do not fill
+    a batch on every rank are dropped this epoch and come back under the next epoch's shuffle.
+    """
+    rng = np.random.default_rng(seed * 100003 + epoch)
+    perm = rng.permutation(n)
+    steps = max(1, n // (batch_size * world_size))
+    if n < batch_size * world_size:  # tiny data: every rank sees a (wrapped) full batch
+        perm = np.resize(perm, batch_size * world_size)
+    return [perm[(s * world_size + rank) * batch_size:(s * world_size + rank + 1) * batch_size] for s in range(steps)]
+
+
+def steps_for(n: int, batch_size: int, world_size: int) -> int:
+    return max(1, n // (batch_size * world_size))

@@ -1,0 +1,63 @@
+"""gRPC client of prefmine.v1.Recommender: plain functions and the `prefmine client recommend` printer."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from prefmine.v1 import recommender_pb2 as pb
+from prefmine.v1 import recommender_pb2_grpc as pb_grpc
+
+
+@contextmanager
+def connect(addr: str, app: str | None = None) -> Iterator[tuple[pb_grpc.RecommenderStub, tuple]]:
+    """An insecure channel to HOST:PORT; yields (stub, metadata). ``app`` routes to one Serve application
+    (only needed when the cluster runs several)."""
+    with grpc.insecure_channel(addr) as channel:
+        yield pb_grpc.RecommenderStub(channel), ((("application", app),) if app else ())
+
+
+def recommend(
+    addr: str,
+    user_id: str,
+    k: int,
+    exclude: Iterable[str] = (),
+    timeout: float = 10.0,
+    app: str | None = None,
+) -> pb.RecommendResponse:
+    """Call Recommend once; raises grpc.RpcError on a non-OK status."""
+    request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude))
+    with connect(addr, app) as (stub, metadata):
+        return stub.Recommend(request, timeout=timeout, metadata=metadata)
+
+
+def model_info(addr: str, timeout: float = 10.0, app: str | None = None) -> pb.ModelInfoResponse:
+    """Call ModelInfo once; raises grpc.RpcError on a non-OK status."""
+    with connect(addr, app) as (stub, metadata):
+        return stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout, metadata=metadata)
+
+
+def format_response(resp: pb.RecommendResponse, title_width: int = 60) -> str:
+    """A readable table of a RecommendResponse."""
+    head = f"bundle {resp.bundle_version}" + ("  (cold start: popular items)" if resp.cold_start else "")
+    lines = [head, f"{'rank':>4}  {'item_id':<14} {'score':>10}  title", "-" * (34 + title_width)]
+    for rank, item in enumerate(resp.items, 1):
+        title = item.title if len(item.title) <= title_width else item.title[: title_width - 1] + "…"
+        lines.append(f"{rank:>4}  {item.item_id:<14} {item.score:>10.4f}  {title}")
+    if not resp.items:
+        lines.append("(no items)")
+    return "\n".join(lines)
+
+
+def client_recommend(addr: str, user: str, k: int, exclude: Iterable[str] = (), timeout: float = 10.0) -> int:
+    """`prefmine client recommend`: print the slate as a table; returns the exit code (1 on a gRPC error)."""
+    try:
+        resp = recommend(addr, user, k, exclude, timeout=timeout)
+    except grpc.RpcError as e:
+        print(f"prefmine client: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print(format_response(resp))
+    return 0

@@ -1,0 +1,169 @@
+"""`prefmine serve`: run the Serve application for one bundle until SIGINT/SIGTERM.
+
+``run_serve(bundle, grpc_port)`` starts a local Ray (2 CPUs, one thread per worker, with the dashboard) unless
+an address is given or a cluster started with ``ray start`` is found, deploys ``serve.app.build_app``, waits
+until a real Recommend call over gRPC on 127.0.0.1:PORT answers, prints one line containing ``ready``, and on
+SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger("prefmine.serve")
+
+READY_TIMEOUT_S = 300.0
+PROBE_USER = "__prefmine_readiness_probe__"
+RUNTIME_ENV = {
+    "env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+}
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for the HTTP proxy when none is asked for)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _connect_or_start_ray(address: str | None) -> bool:
+    """Connect to ``address`` (or a ``ray start`` cluster found locally) or start a local Ray.
+
+    Returns True when this process started Ray (and so must shut it down).
+    """
+    import ray
+    from ray._private import services
+
+    try:
+        existing = services.canonicalize_bootstrap_address(address)
+    except Exception:  # noqa: BLE001 - a bad or stale address: let ray.init report it below
+        existing = address
+    if existing is not None:
+        ray.init(address=existing, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
+        print(f"prefmine serve: connected to Ray at {existing}", flush=True)
+        return False
+    ctx = ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        runtime_env=RUNTIME_ENV,
+        logging_level=logging.WARNING,
+    )
+    url = getattr(ctx, "dashboard_url", None)
+    print(
+        f"prefmine serve: started local Ray; dashboard http://{url}"
+        if url
+        else "prefmine serve: started local Ray (no dashboard)",
+        flush=True,
+    )
+    return True
+
+
+def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Poll Recommend (cold-start probe) and ModelInfo over gRPC until both answer; returns the seconds taken."""
+    import grpc
+
+    from serve.client import model_info, recommend
+
+    t0 = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            recommend(addr, PROBE_USER, 1, timeout=10.0)
+            model_info(addr, timeout=30.0)
+            return time.monotonic() - t0
+        except grpc.RpcError as e:  # proxy not up yet, app not routed yet, ...
+            last = e
+            time.sleep(0.5)
+    raise TimeoutError(f"no answer from Recommend on {addr} within {timeout_s:.0f} s: {last}")
+
+
+def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None) -> int:
+    """Serve ``bundle`` over gRPC on ``grpc_port`` until SIGINT/SIGTERM; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest = Path(bundle) / "manifest.json"
+    if not manifest.is_file():
+        print(f"prefmine serve: --bundle: no manifest.json in {bundle}", file=sys.stderr)
+        return 2
+    if not 1 <= grpc_port <= 65535:
+        print(f"prefmine serve: --grpc-port must be in 1..65535, got {grpc_port}", file=sys.stderr)
+        return 2
+    version = json.loads(manifest.read_text()).get("version", "?")
+
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def _on_signal(signum, _frame):
+        print(f"prefmine serve: {signal.Signals(signum).name} received, shutting down", flush=True)
+        stop.set()
+        if not ready.is_set():  # still starting: abort the start-up
+            raise KeyboardInterrupt
+
+    def _install() -> dict:
+        return {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    previous = _install()
+    t0 = time.monotonic()
+    started_ray = False
+    try:
+        from ray import serve
+        from ray.serve.config import gRPCOptions
+
+        from serve.app import APP_NAME, GRPC_SERVICER, build_app
+
+        started_ray = _connect_or_start_ray(address)
+        _install()  # ray.init replaces the SIGTERM handler with its own
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": http_port or free_port()},
+            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        )
+        serve.run(
+            build_app({"bundle": str(Path(bundle).resolve())}), name=APP_NAME, route_prefix=f"/{APP_NAME}"
+        )
+        addr = f"127.0.0.1:{grpc_port}"
+        wait_ready(addr)
+        print(
+            f"prefmine serve: ready on {addr} (gRPC), bundle {version}, "
+            f"{time.monotonic() - t0:.1f} s to ready",
+            flush=True,
+        )
+        ready.set()
+        while not stop.wait(0.5):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # noqa: BLE001 - a CLI: one clear line, details in the log
+        logger.exception("serve failed")
+        print(f"prefmine serve: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        _shutdown(started_ray)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _shutdown(started_ray: bool) -> None:
+    """Shut Serve down (and Ray, if this process started it); never raises."""
+    try:
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            if started_ray:
+                serve.shutdown()
+            else:  # someone else's cluster: remove only our application
+                from serve.app import APP_NAME
+
+                serve.delete(APP_NAME)
+            ray.shutdown()
+        print("prefmine serve: stopped", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"prefmine serve: error during shutdown: {e}", file=sys.stderr)

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real data directory, prepared datasets, one local Ray, and one tiny trained bundle.
+
+Real data comes from $PREFMINE_DATA_DIR (CI: ../shared/data beside the checkout). The session Ray is started
+once (2 CPUs, one thread per worker, auth disabled so a second driver such as `ray job submit` could join), and
+the tiny bundle is trained once through the real pipeline (Ray Train + DeepSpeed + RLlib) and shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-test-key")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("PREFMINE_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def raw_dir() -> Path:
+    root = data_root()
+    if not (root / "amazon2018").is_dir():
+        pytest.fail(f"real data not found at {root}: set PREFMINE_DATA_DIR (CI: ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def magazine5(raw_dir, tmp_path_factory) -> Path:
+    """Magazine_Subscriptions 5-core reviews + metadata (no ratings CSV): small, real, with text."""
+    import shutil
+
+    from prefmine.data.prepare import prepare
+
+    raw = tmp_path_factory.mktemp("raw_mag5") / "amazon2018"
+    src = raw_dir / "amazon2018" / "Magazine_Subscriptions"
+    dst = raw / "Magazine_Subscriptions"
+    dst.mkdir(parents=True)
+    for name in ("Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"):
+        os.symlink(src / name, dst / name)
+    out = tmp_path_factory.mktemp("data") / "magazine5"
+    prepare("amazon2018", raw, out, "Magazine_Subscriptions")
+    shutil.rmtree(raw.parent, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    from cluster.ray_env import ensure_ray
+
+    ray = ensure_ray(num_cpus=2, dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+TINY_TEST_CONFIG = """
+encoder: {mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}
+ranker: {min_steps: 150, epochs: 4}
+policy: {max_iterations: 4, time_budget_s: 40}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(magazine5, ray_session, tmp_path_factory) -> Path:
+    """A real bundle: encoder (MLM + rating), fused and ID-only rankers, DQN policy, on Magazine 5-core."""
+    from cluster.pipeline import train_bundle
+
+    cfg = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    cfg.write_text(TINY_TEST_CONFIG)
+    out = tmp_path_factory.mktemp("bundles") / "magazine5"
+    train_bundle(magazine5, out, preset="tiny", config_file=str(cfg))
+    return out
