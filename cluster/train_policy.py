@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = train_policy(inputs, Path(args.out), cfg, sim_cfg)
     ev = evaluate_policies(inputs, PolicyRuntime(args.out), args.eval_sessions, seed=cfg.seed, include_oracle=True)
     for name, r in ev.items():
-        print(f"{name:>10}: return {r['return_mean']:.3f} +- {r['ci95']:.3f}  ctr {r['ctr']:.3f}")
+        print(f"{name:>13}: return {r['return_mean']:.3f} +- {r['ci95']:.3f}  ctr {r['ctr']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"train": metrics, "policies": ev}, indent=2))
     return 0

@@ -76,7 +76,9 @@ def slate_scores(relevance: np.ndarray) -> np.ndarray:
     return np.sort(np.asarray(relevance, dtype=np.float64))[::-1]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+)
 class EncoderDeployment:
     """Text encoder (prefmine.text.runtime.EncoderRuntime): embeds texts; gives the embedding dim."""
 
@@ -93,7 +95,9 @@ class EncoderDeployment:
         return self.runtime.embed(list(texts))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+)
 class RankerDeployment:
     """Sequential ranker (prefmine.ranker.runtime.RankerRuntime): user state and top-N candidates."""
 
@@ -113,7 +117,9 @@ class RankerDeployment:
         return {"idx": idx[keep], "scores": scores[keep], "state": np.asarray(state, dtype=np.float32)}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+)
 class PolicyDeployment:
     """Slate policy (prefmine.policy.runtime.PolicyRuntime): orders k items out of the ranker's candidates.
 
@@ -159,7 +165,7 @@ class PolicyDeployment:
         return candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3)
 class RecommenderIngress:
     """gRPC ingress for prefmine.v1.Recommender (methods named like the RPCs)."""
 
@@ -298,6 +304,16 @@ class RecommenderIngress:
 
 
 BUILD_ARGS = {"bundle", "candidates"}
+REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
+
+
+def check_bundle(bundle: Path) -> None:
+    """Fail fast, naming what is missing, before any replica tries (and retries) to load the bundle."""
+    if not bundle.is_dir():
+        raise FileNotFoundError(f"bundle: {bundle} is not a directory")
+    missing = [part for part in REQUIRED_PARTS if not (bundle / part).exists()]
+    if missing:
+        raise FileNotFoundError(f"bundle: {bundle} lacks {', '.join(missing)} (not a finished model bundle)")
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -312,8 +328,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if "bundle" not in args:
         raise ValueError("application args: 'bundle' (path of a model bundle dir) is required")
     bundle = Path(str(args["bundle"])).expanduser().resolve()
-    if not (bundle / "manifest.json").is_file():
-        raise FileNotFoundError(f"bundle: no manifest.json in {bundle}")
+    check_bundle(bundle)
     candidates = int(args.get("candidates", DEFAULT_CANDIDATES))
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")

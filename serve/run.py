@@ -88,14 +88,17 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S) -> float:
 def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = Path(bundle) / "manifest.json"
-    if not manifest.is_file():
-        print(f"prefmine serve: --bundle: no manifest.json in {bundle}", file=sys.stderr)
+    from serve.app import check_bundle
+
+    try:
+        check_bundle(Path(bundle).resolve())
+    except FileNotFoundError as e:
+        print(f"prefmine serve: --{e}", file=sys.stderr)
         return 2
     if not 1 <= grpc_port <= 65535:
         print(f"prefmine serve: --grpc-port must be in 1..65535, got {grpc_port}", file=sys.stderr)
         return 2
-    version = json.loads(manifest.read_text()).get("version", "?")
+    version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version", "?")
 
     stop = threading.Event()
     ready = threading.Event()
@@ -142,12 +145,32 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         return 0
     except Exception as e:  # noqa: BLE001 - a CLI: one clear line, details in the log
         logger.exception("serve failed")
-        print(f"prefmine serve: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"prefmine serve: failed: {type(e).__name__}: {e}{_deployment_errors()}", file=sys.stderr)
         return 1
     finally:
         _shutdown(started_ray)
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _deployment_errors() -> str:
+    """The last line of each unhealthy deployment's status message (the replica's exception), if any."""
+    try:
+        from ray import serve
+
+        from serve.app import APP_NAME
+
+        app = serve.status().applications.get(APP_NAME)
+        if app is None:
+            return ""
+        out = []
+        for name, dep in app.deployments.items():
+            lines = [x for x in (dep.message or "").strip().splitlines() if x.strip()]
+            if str(dep.status).endswith("UNHEALTHY") or (lines and "Traceback" in dep.message):
+                out.append(f"\n  {name}: {lines[-1] if lines else dep.status}")
+        return "".join(out)
+    except Exception:  # noqa: BLE001 - best effort
+        return ""
 
 
 def _shutdown(started_ray: bool) -> None:

@@ -128,9 +128,9 @@ def test_simulator_seeded_determinism_bounds_and_termination(inputs):
             assert 0.0 <= r <= 1.0 + cfg.purchase_value
         shown = [t[4] for t in a[1:]]
         assert len(set(shown)) == len(shown)  # nothing shown twice in a session
-    # different seeds give different sessions
-    assert any(len(_rollout(env, s)) != len(_rollout(env, s + 1)) or
-               not np.array_equal(_rollout(env, s)[0], _rollout(env, s + 1)[0]) for s in range(5))
+    # different seeds give different sessions (user, candidates, clicks)
+    firsts = {tuple(np.round(_rollout(env, s)[0], 5)) for s in range(10)}
+    assert len(firsts) > 1
 
 
 def test_simulator_sampled_rewards_and_history_exclusion(inputs):

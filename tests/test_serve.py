@@ -143,6 +143,13 @@ def test_build_app_rejects_bad_args(tmp_path):
         build_app({"bundle": str(tmp_path)})
 
 
+def test_run_serve_rejects_a_non_bundle_before_starting_ray(tmp_path, capsys):
+    from serve.run import run_serve
+
+    assert run_serve(str(tmp_path), 50999) == 2
+    assert "--bundle" in capsys.readouterr().err
+
+
 # -- a real Serve app ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_path(request) -> Path:

@@ -17,7 +17,8 @@ Model (all features computed from train interactions only):
     p_buy(c | click)     = smoothed share of ratings >= 4 for c    (Beta prior around the global share)
 
 cos_cooc is the cosine between item columns of the (user x item) train matrix, with each row scaled by
-1/sqrt(len(history)), and approximated through a rank-r factorisation E (item co-embeddings, E_i . E_j ~=
+1/sqrt(len(history)), and approximated through a rank-r factorisation E (top-r eigenvectors of the item-item
+matrix; randomized SVD above 6,000 items) (item co-embeddings, E_i . E_j ~=
 cos_cooc(i, j)) so that it scales to large catalogues and pickles as a plain numpy array.
 
 Training data: one positive per user = (train history, the user's real next item, the validation item), and
@@ -28,6 +29,7 @@ fixed examination factor. `auc(...)` checks that the fitted model ranks real nex
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,18 +102,21 @@ def cooc_embeddings(train_seqs: list[np.ndarray], n_items: int, rank: int = 64, 
     col_norm = np.sqrt(np.bincount(c, weights=v**2, minlength=n_items))
     v = v / np.maximum(col_norm[c], 1e-12)
     k = max(1, min(rank, n_items, n_users))
-    if n_users * n_items <= 20_000_000:
-        x = np.zeros((n_users, n_items))
-        np.add.at(x, (r, c), v)
-        _, s, vt = np.linalg.svd(x, full_matrices=False)
-        emb = vt[:k].T * s[:k]
-    else:  # large catalogue: randomized low-rank SVD of the sparse matrix
-        import torch
+    import torch
 
+    xs = torch.sparse_coo_tensor(torch.from_numpy(np.stack([r, c])), torch.from_numpy(v),
+                                 (n_users, n_items), check_invariants=True).coalesce()
+    if n_items <= 6000:  # exact: eigendecomposition of the item-item cosine matrix X^T X
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            gram = torch.sparse.mm(xs.t().coalesce(), xs).to_dense().numpy()
+        w, vecs = np.linalg.eigh(gram)
+        top = np.argsort(-w)[:k]
+        emb = vecs[:, top] * np.sqrt(np.maximum(w[top], 0.0))
+    else:  # large catalogue: randomized low-rank SVD of the sparse user-item matrix
         torch.manual_seed(seed)
-        xs = torch.sparse_coo_tensor(np.stack([r, c]), v, (n_users, n_items)).coalesce()
-        _, s, vmat = torch.svd_lowrank(xs, q=k, niter=4)
-        emb = (vmat * s).numpy()
+        _, sv, vmat = torch.svd_lowrank(xs, q=k, niter=4)
+        emb = (vmat * sv).numpy()
     return emb.astype(np.float32)
 
 

@@ -111,10 +111,12 @@ class ObsSpec:
     @classmethod
     def from_inputs(cls, inputs: SimulatorInputs, cfg: SimulatorConfig) -> ObsSpec:
         states = inputs.user_states.astype(np.float64)
+        if len(states) > 2000:  # a fixed sample is enough for the normalisation constants
+            states = states[np.random.default_rng(0).choice(len(states), 2000, replace=False)]
         scores = states @ inputs.item_vectors.astype(np.float64).T
         top = -np.sort(-scores, axis=1)[:, : cfg.n_candidates]  # the scores the policy actually sees
         lp = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
-        return cls(dim=states.shape[1], n_candidates=cfg.n_candidates, max_steps=cfg.max_steps,
+        return cls(dim=inputs.user_states.shape[1], n_candidates=cfg.n_candidates, max_steps=cfg.max_steps,
                    state_scale=float(max(np.sqrt((states**2).mean()), 1e-8)),
                    score_mean=float(top.mean()), score_std=float(max(top.std(), 1e-8)),
                    logpop_mean=float(lp.mean()), logpop_std=float(max(lp.std(), 1e-8)))
