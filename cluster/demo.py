@@ -72,9 +72,9 @@ def _start_server(bundle: Path, port: int, log_path: Path, timeout_s: float = 42
             continue
         if line is None:
             raise RuntimeError(f"prefmine serve exited with {proc.wait()} before ready; log: {log_path}")
-        if "ready" in line or "dashboard" in line.lower() or "error" in line.lower():
+        if "prefmine serve:" in line or "error" in line.lower():
             print("  serve| " + line.rstrip(), flush=True)
-        if "ready" in line:
+        if line.startswith("prefmine serve:") and "ready" in line:
             return proc
     proc.send_signal(signal.SIGTERM)
     raise TimeoutError(f"prefmine serve not ready within {timeout_s:.0f} s; log: {log_path}")

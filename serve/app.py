@@ -279,10 +279,10 @@ class RecommenderIngress:
         if self._dim is None:
             self._dim = int(await self.encoder.dim.remote())
         comps = []
-        for name in ("encoder", "ranker", "policy"):
-            spec = (m.get("components") or {}).get(name)
-            if spec is None:
-                continue
+        present = m.get("components") or {}
+        known = [c for c in ("encoder", "ranker", "policy") if c in present]
+        for name in known + sorted(set(present) - set(known)):
+            spec = present[name]
             spec = spec if isinstance(spec, dict) else {"version": spec}
             version = str(spec.get("version", spec.get("kind", "")))
             attrs = {
@@ -291,8 +291,9 @@ class RecommenderIngress:
                 if a not in ("version",) and isinstance(v, (str, int, float, bool))
             }
             comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
-        if "policy" in (m.get("components") or {}):
-            comps[-1].attributes["serving"] = await self.policy.info.remote()
+        for comp in comps:
+            if comp.name == "policy":
+                comp.attributes["serving"] = await self.policy.info.remote()
         return pb.ModelInfoResponse(
             bundle_version=str(self.bundle.version),
             components=comps,

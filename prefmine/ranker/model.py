@@ -88,9 +88,13 @@ class FusedRanker(nn.Module):
         return self.hidden(items, events)
 
     def hidden(self, items: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, dim] for left-padded sequences."""
+        """Hidden states [B, L, dim] for left-padded sequences of width L <= max_len.
+
+        Positions count back from the sequence end (the last item is always position max_len - 1), so a batch
+        trimmed of its all-padding leading columns (`trim_padding`) gives the same states as the full width.
+        """
         L = items.shape[1]
-        pos = torch.arange(L, device=items.device).unsqueeze(0)
+        pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=items.device).unsqueeze(0)
         x = self.item_vectors(items) + self.pos_emb(pos) + self.event_emb(events)
         x = self.drop(x)
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=items.device), 1)
@@ -101,14 +105,23 @@ class FusedRanker(nn.Module):
         return self.norm(h)
 
     def loss(self, items, events, targets) -> torch.Tensor:
+        """Full-softmax cross-entropy of the next item, computed only at positions that have a target."""
+        items, events, targets = trim_padding(items, events, targets)
         h = self.hidden(items, events)
-        logits = h @ self.item_vectors().T  # [B, L, n_items]
         mask = targets > 0
-        return F.cross_entropy(logits[mask], targets[mask] - 1)
+        logits = h[mask] @ self.item_vectors().T  # [n_targets, n_items]
+        return F.cross_entropy(logits, targets[mask] - 1)
 
     @torch.no_grad()
     def user_states(self, items: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
-        return self.hidden(items, events)[:, -1]
+        return self.hidden(*trim_padding(items, events))[:, -1]
+
+
+def trim_padding(items: torch.Tensor, *others: torch.Tensor):
+    """Drop the leading columns that are padding in every row (short histories need no 50-wide attention)."""
+    nonpad = (items != 0).any(0)
+    start = int(nonpad.to(torch.int8).argmax()) if bool(nonpad.any()) else items.shape[1] - 1
+    return (items[:, start:], *(o[:, start:] for o in others))
 
 
 def pad_left(seqs, max_len: int, dtype=np.int64) -> np.ndarray:
