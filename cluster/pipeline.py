@@ -70,6 +70,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         version = None
     if version is None or "encoder" in stages:
         version = new_version(ds.manifest.get("data_hash", "nodata"))
+        update_manifest(bundle, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_catalog(bundle, ds)
     update_manifest(bundle, format="prefmine-bundle/1", version=version, preset=preset,
                     data_hash=ds.manifest.get("data_hash"), dataset=ds.manifest)

@@ -315,6 +315,20 @@ def check_bundle(bundle: Path) -> None:
     missing = [part for part in REQUIRED_PARTS if not (bundle / part).exists()]
     if missing:
         raise FileNotFoundError(f"bundle: {bundle} lacks {', '.join(missing)} (not a finished model bundle)")
+    check_pseudonym_key(bundle)
+
+
+def check_pseudonym_key(bundle: Path) -> None:
+    """Refuse to serve with another pseudonymisation key than the data was prepared with: every user would
+    silently look unknown and get cold-start answers."""
+    from prefmine.bundle import read_manifest
+    from prefmine.data.privacy import key_fingerprint, load_key
+
+    expected = read_manifest(bundle).get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
+    actual = key_fingerprint(load_key())
+    if expected and expected != actual:
+        raise ValueError(f"PREFMINE_PSEUDONYM_KEY: its fingerprint {actual} differs from the key the bundle's data "
+                         f"was prepared with ({expected}); set the same key for serving")
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -95,6 +95,9 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     except FileNotFoundError as e:
         print(f"prefmine serve: --{e}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        print(f"prefmine serve: {e}", file=sys.stderr)
+        return 2
     if not 1 <= grpc_port <= 65535:
         print(f"prefmine serve: --grpc-port must be in 1..65535, got {grpc_port}", file=sys.stderr)
         return 2

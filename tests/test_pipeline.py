@@ -4,6 +4,7 @@ the bundle they produce, evaluation against baselines, and the command-line cont
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,10 @@ def test_cli_rejects_bad_input_with_named_fields(tmp_path):
     cfg.write_text("ranker: {dimm: 3}\n")
     r = run("train", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--config", str(cfg))
     assert r.returncode == 2 and "dimm" in r.stderr
+
+
+def test_serve_refuses_another_pseudonymisation_key(tiny_bundle):
+    env = {**os.environ, "PREFMINE_PSEUDONYM_KEY": "not-the-key-the-data-was-prepared-with"}
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--bundle", str(tiny_bundle), "--grpc-port",
+                        "50999"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "PREFMINE_PSEUDONYM_KEY" in r.stderr

@@ -38,7 +38,7 @@ class RankerConfig:
 
 
 PRESETS = {
-    "tiny": RankerConfig(dim=64, layers=2, epochs=10, min_steps=500, batch_size=64),
+    "tiny": RankerConfig(dim=64, layers=2, epochs=10, min_steps=300, batch_size=64),
     "base": RankerConfig(dim=128, layers=2, heads=4, epochs=100, batch_size=128),
     "large": RankerConfig(dim=256, layers=4, heads=8, epochs=200, batch_size=256, max_len=200),
 }
