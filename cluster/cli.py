@@ -13,8 +13,12 @@ import sys
 
 
 def _data_prepare(a) -> int:
+    from prefmine.data.amazon import RawDataError
     from prefmine.data.prepare import prepare
 
+    if a.on_bad_rows == "skip":
+        raise RawDataError("--on-bad-rows skip: skipping and counting bad rows is not supported yet; "
+                           "bad rows are reported with file, line and field (the default, error)")
     m = prepare(a.source, a.raw, a.out, a.category)
     print(json.dumps({"out": a.out, **m["counts"], "data_hash": m["data_hash"]}, indent=2))
     return 0

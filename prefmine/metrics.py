@@ -56,5 +56,5 @@ def top_k(scores: np.ndarray, k: int, exclude: list | None = None) -> np.ndarray
                 scores[row, np.fromiter(ex, dtype=np.int64)] = -np.inf
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)  # ties: lower item index first
     return np.take_along_axis(part, order, 1)

@@ -39,6 +39,7 @@ def test_top_k_excludes_history_and_orders():
     scores = np.array([[0.1, 0.9, 0.5, 0.7], [1.0, 0.0, 0.2, 0.3]])
     assert top_k(scores, 2).tolist() == [[1, 3], [0, 3]]
     assert top_k(scores, 3, [{1}, set()]).tolist() == [[3, 2, 0], [0, 3, 2]]
+    assert top_k(np.array([[0.5, 0.9, 0.5, 0.5, 0.1]]), 4).tolist() == [[1, 0, 2, 3]]  # ties by item index
 
 
 def test_baselines_on_a_toy_log():

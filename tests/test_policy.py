@@ -74,16 +74,9 @@ def inputs(magazine):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
-    if started:
-        ray.shutdown()
+def ray_local(ray_session):
+    """The suite's one local Ray (tests/conftest.py)."""
+    return ray_session
 
 
 # ---- response model ---------------------------------------------------------------------------------------
