@@ -1,8 +1,9 @@
 """Ray Train TorchTrainer whose workers drive a DeepSpeed engine: the one training path for encoder and ranker.
 
 The same code runs on this laptop-class CPU (DeepSpeed's CPU accelerator, gloo) and on GPUs (NCCL, bf16): only
-`DistConfig` changes. Each epoch every worker saves its DeepSpeed checkpoint shard and reports it through Ray Train
-(merged into one checkpoint directory), rank 0 adds a plain fp32 `model.pt` for export and the epoch's metrics;
+`DistConfig` changes. Every epoch reports its metrics; every `checkpoint_every` epochs (and at the end) every
+worker saves its DeepSpeed checkpoint shard and reports it through Ray Train (merged into one checkpoint
+directory), rank 0 adding a plain fp32 `model.pt` for export and the metrics history;
 a restarted worker group resumes from the last checkpoint (FailureConfig). Progress is printed per step with
 rate and ETA.
 """
@@ -29,6 +30,7 @@ class DistConfig:
     deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ or a path
     max_failures: int = 1
     log_every: int = 20
+    checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
 
 
 @dataclass
@@ -110,16 +112,20 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             with torch.no_grad():
                 metrics.update(task.evaluate(engine.module))
         history.append(metrics)
+        if rank == 0:
+            print(f"[{config['name']}] epoch {epoch + 1} " +
+                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"), flush=True)
+        every = config["checkpoint_every"] or max(1, task.epochs // 10)
+        if (epoch + 1) % every and epoch != task.epochs - 1:
+            ray.train.report({**metrics, "history": json.dumps(history)})
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag="ds")
             if rank == 0:
                 torch.save({k: v.float() for k, v in engine.module.state_dict().items()}, Path(tmp) / "model.pt")
                 (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
-                print(f"[{config['name']}] epoch {epoch + 1} " +
-                      " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"), flush=True)
             ray.train.report({**metrics, "history": json.dumps(history)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
 
 def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:
     """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict."""
@@ -136,7 +142,8 @@ def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> Tra
     t0 = time.time()
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every},
+        train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every,
+                           "checkpoint_every": dist.checkpoint_every},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
                                      resources_per_worker={"CPU": dist.cpus_per_worker}),

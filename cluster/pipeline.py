@@ -38,7 +38,11 @@ def simulator_inputs(ds: Dataset, bundle: Path):
     rev = ds.reviews
     rated_items = ratings = None
     if rev is not None:
-        known = rev["item"].isin(ds.item_index).to_numpy() & rev["rating"].notna().to_numpy()
+        # purchase rates from train-period reviews only: a user's valid/test item stays held out
+        held_out = {(ds.users[u], ds.item_ids[i]) for target in (ds.valid_item, ds.test_item)
+                    for u, i in enumerate(target) if i >= 0}
+        train_rows = np.array([(u, i) not in held_out for u, i in zip(rev["user"], rev["item"])], dtype=bool)
+        known = rev["item"].isin(ds.item_index).to_numpy() & rev["rating"].notna().to_numpy() & train_rows
         rated_items = rev.loc[known, "item"].map(ds.item_index).to_numpy().astype(np.int64)
         ratings = rev.loc[known, "rating"].to_numpy().astype(np.float32)
     return build_simulator_inputs(ds.train_seqs, ds.valid_item, ds.n_items, states, ranker.item_vectors,
