@@ -13,14 +13,41 @@ import sys
 
 
 def _data_prepare(a) -> int:
-    from prefmine.data.amazon import RawDataError
     from prefmine.data.prepare import prepare
+    from prefmine.data.privacy import Pseudonymiser
 
-    if a.on_bad_rows == "skip":
-        raise RawDataError("--on-bad-rows skip: skipping and counting bad rows is not supported yet; "
-                           "bad rows are reported with file, line and field (the default, error)")
-    m = prepare(a.source, a.raw, a.out, a.category)
-    print(json.dumps({"out": a.out, **m["counts"], "data_hash": m["data_hash"]}, indent=2))
+    runner, engine = None, "local"
+    if not a.local:
+        from cluster.prepare_job import ray_data_runner
+
+        runner, engine = ray_data_runner, "ray-data"
+    m = prepare(a.source, a.raw, a.out, a.category, pseudonymiser=Pseudonymiser(allow_demo=a.demo_key),
+                on_bad_rows=a.on_bad_rows, rating_range=tuple(a.rating_range) if a.rating_range else None,
+                runner=runner, buckets=a.buckets, engine=engine)
+    print(json.dumps({"out": a.out, **m["counts"], "bad_rows_skipped": m["bad_rows"]["skipped"],
+                      "bad_rows": m["bad_rows"]["by_reason"], "pii_scrubbed": m["pii_scrubbed"],
+                      "data_hash": m["data_hash"], "preparation": m["preparation"]}, indent=2))
+    return 0
+
+
+def _data_synth(a) -> int:
+    from prefmine.data.rows import RawDataError
+    from prefmine.data.synth import SynthConfig, synth
+
+    try:
+        info = synth(a.out, SynthConfig(users=a.users, items=a.items, events=a.events, seed=a.seed, fmt=a.format,
+                                        events_per_part=a.events_per_part))
+    except ValueError as e:
+        raise RawDataError(f"data synth: {e}") from e
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _data_forget(a) -> int:
+    from prefmine.data.forget import forget
+
+    report = forget(a.data, a.user, feedback=a.feedback, bundles=a.bundle or ())
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -71,12 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare or download data").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="raw files -> canonical dataset directory")
-    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
+    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens", "recbole", "events"])
     prep.add_argument("--raw", help="raw folder (default: $PREFMINE_DATA_DIR/<source>)")
-    prep.add_argument("--category", help="Amazon category, e.g. Magazine_Subscriptions")
+    prep.add_argument("--category", help="Amazon category (e.g. Magazine_Subscriptions) or RecBole data set name")
     prep.add_argument("--out", required=True)
-    prep.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    prep.add_argument("--on-bad-rows", choices=["error", "skip"], default="error",
+                      help="error: stop at the first bad row, naming file, line and field; skip: drop and count")
+    prep.add_argument("--rating-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                      help="declared rating range (default per source: Amazon 1-5, MovieLens 0.5-5, ...)")
+    prep.add_argument("--demo-key", action="store_true",
+                      help="allow the public demo pseudonymisation key when none is configured (throwaway data)")
+    prep.add_argument("--buckets", type=int, help="user buckets for the split stage (default: ~400k rows each)")
+    prep.add_argument("--local", action="store_true", help="run the stages in this process instead of Ray Data")
     prep.set_defaults(func=_data_prepare)
+    syn = data.add_parser("synth", help="write a synthetic platform event log (for scale tests)")
+    syn.add_argument("--users", type=int, required=True)
+    syn.add_argument("--items", type=int, required=True)
+    syn.add_argument("--events", type=int, required=True)
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    syn.add_argument("--events-per-part", type=int, default=1_000_000)
+    syn.set_defaults(func=_data_synth)
+    fg = data.add_parser("forget", help="erase one person from a dataset and the feedback log; mark old bundles")
+    fg.add_argument("--data", required=True, help="prepared dataset directory")
+    fg.add_argument("--user", required=True, help="the person's raw user id")
+    fg.add_argument("--feedback", help="serving feedback log (SQLite) to erase from as well")
+    fg.add_argument("--bundle", action="append", help="bundle (or folder of bundles) to mark; repeatable")
+    fg.set_defaults(func=_data_forget)
     dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
     dl.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
     dl.add_argument("--category", default="Magazine_Subscriptions")
@@ -124,11 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from prefmine.config import ConfigError
-    from prefmine.data.amazon import RawDataError
+    from prefmine.data.privacy import MissingKeyError
+    from prefmine.data.rows import RawDataError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RawDataError, FileNotFoundError) as e:
+    except (ConfigError, RawDataError, MissingKeyError, FileNotFoundError, FileExistsError) as e:
         print(f"prefmine: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,14 +36,9 @@ def _raw_root(dataset: str, raw: str | None, workdir: Path) -> Path:
 
 def _raw_users(dataset: str, raw_root: Path, n: int = 3) -> list[str]:
     """A few real raw user ids with long histories, to query the server as a client application would."""
-    if dataset == "movielens":
-        from prefmine.data import movielens
+    from prefmine.data.prepare import read_all
 
-        inter = movielens.load(raw_root)["interactions"]
-    else:
-        from prefmine.data import amazon
-
-        inter = amazon.load(raw_root, DATASETS[dataset]["category"])["interactions"]
+    inter = read_all(DATASETS[dataset]["source"], raw_root, DATASETS[dataset]["category"])
     return [str(u) for u in inter["user"].value_counts().index[:n]]
 
 
@@ -95,8 +90,10 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
 
     from cluster.evaluate_job import run_evaluation
     from cluster.pipeline import train_bundle
+    from cluster.prepare_job import ray_data_runner
     from cluster.ray_env import ensure_ray
     from prefmine.data.prepare import prepare
+    from prefmine.data.privacy import Pseudonymiser
     from serve.client import format_response, model_info, recommend
     from serve.run import free_port
 
@@ -110,13 +107,14 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     t = time.time()
     raw_root = _raw_root(dataset, raw, workdir)
     data_dir = workdir / "data" / dataset
-    manifest = prepare(spec["source"], raw_root, data_dir, spec["category"])
+    ray = ensure_ray()
+    manifest = prepare(spec["source"], raw_root, data_dir, spec["category"],
+                       pseudonymiser=Pseudonymiser(allow_demo=True), runner=ray_data_runner, engine="ray-data")
     print(f"   {manifest['counts']}", flush=True)
     timings["prepare"] = time.time() - t
 
     print("== 2/5 train encoder -> ranker -> policy (Ray Train + DeepSpeed, RLlib)", flush=True)
     t = time.time()
-    ray = ensure_ray()
     bundle = workdir / "bundles" / dataset
     train_bundle(data_dir, bundle, preset=preset)
     ray.shutdown()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefmine.data.privacy import Pseudonymiser, load_key
+from prefmine.data.privacy import DEMO_FINGERPRINT, Pseudonymiser, load_key
 
 MANIFEST = "manifest.json"
 
@@ -78,8 +78,8 @@ class Bundle:
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
         self._histories = histories
         self.popularity = popularity
-        self._pseudo = Pseudonymiser(key if key is not None else load_key())
         expected = manifest.get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
+        self._pseudo = Pseudonymiser(key if key is not None else load_key(allow_demo=expected == DEMO_FINGERPRINT))
         self.key_matches = expected is None or expected == self._pseudo.fingerprint
 
     @classmethod

@@ -322,10 +322,10 @@ def check_pseudonym_key(bundle: Path) -> None:
     """Refuse to serve with another pseudonymisation key than the data was prepared with: every user would
     silently look unknown and get cold-start answers."""
     from prefmine.bundle import read_manifest
-    from prefmine.data.privacy import key_fingerprint, load_key
+    from prefmine.data.privacy import DEMO_FINGERPRINT, key_fingerprint, load_key
 
     expected = read_manifest(bundle).get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
-    actual = key_fingerprint(load_key())
+    actual = key_fingerprint(load_key(allow_demo=expected == DEMO_FINGERPRINT))
     if expected and expected != actual:
         raise ValueError(f"PREFMINE_PSEUDONYM_KEY: its fingerprint {actual} differs from the key the bundle's data "
                          f"was prepared with ({expected}); set the same key for serving")

@@ -10,37 +10,43 @@ import pandas as pd
 import pytest
 
 from prefmine.data import amazon, movielens
-from prefmine.data.amazon import RawDataError
 from prefmine.data.dataset import load_dataset
-from prefmine.data.prepare import prepare
+from prefmine.data.prepare import prepare, read_all
 from prefmine.data.privacy import Pseudonymiser
+from prefmine.data.rows import BadRows, RawDataError
 from prefmine.data.split import leave_one_out
 
 
-def test_magazine_counts_match_the_data_readme(raw_dir):
-    t = amazon.load(raw_dir / "amazon2018", "Magazine_Subscriptions")
-    inter, items, reviews = t["interactions"], t["items"], t["reviews"]
+def test_magazine_counts_match_the_data_readme(raw_dir, tmp_path):
+    inter = read_all("amazon2018", raw_dir / "amazon2018", "Magazine_Subscriptions")
     assert len(inter) == 89_689
     assert inter["user"].nunique() == 72_098
-    assert inter["item"].nunique() == 2_428 == len(items)
-    assert len(reviews) == 2_375 and reviews["user"].nunique() == 348 and reviews["item"].nunique() == 157
+    assert inter["item"].nunique() == 2_428
     meta = amazon.read_metadata(raw_dir / "amazon2018/Magazine_Subscriptions/meta_Magazine_Subscriptions.json.gz")
     assert len(meta) == 2_320  # 3,385 rows, duplicates dropped
+    m = prepare("amazon2018", raw_dir / "amazon2018", tmp_path / "mag", "Magazine_Subscriptions")
+    items = pd.read_parquet(tmp_path / "mag" / "items.parquet")
+    reviews = pd.read_parquet(tmp_path / "mag" / "reviews.parquet")
+    assert len(items) == 2_428 and m["counts"]["users"] == 72_098
+    assert len(reviews) == 2_375 and reviews["user"].nunique() == 348 and reviews["item"].nunique() == 157
     assert items["item"].isin(meta["item"]).sum() == 2_428 - 108  # 108 rated items lack metadata
+    assert (items["text_source"] == "reviews").sum() == 108 == m["counts"]["items_text_from_reviews"]
     # HTML fragments are gone from every title; items keep usable text
     assert not items["title"].str.contains("<|&amp;|a-size-medium").any()
     assert (items["text"].str.len() > 0).mean() > 0.95
+    # the upstream file repeats 1,222 (user, item, time) ratings: research data keeps them, and says so
+    assert m["duplicates"] == {"policy": "keep", "repeated_events": 1_222}
 
 
 def test_gift_cards_and_movielens_counts(raw_dir):
-    g = amazon.load(raw_dir / "amazon2018", "Gift_Cards")
-    assert len(g["interactions"]) == 2_972
-    assert g["interactions"]["user"].nunique() == 458 and g["interactions"]["item"].nunique() == 148
-    m = movielens.load(raw_dir / "movielens")
-    assert len(m["interactions"]) == 100_836
-    assert m["interactions"]["user"].nunique() == 610 and m["interactions"]["item"].nunique() == 9_724
-    assert len(m["reviews"]) == 3_683
-    assert m["items"].loc[m["items"]["item"] == "1", "title"].item() == "Toy Story (1995)"
+    g = read_all("amazon2018", raw_dir / "amazon2018", "Gift_Cards")
+    assert len(g) == 2_972
+    assert g["user"].nunique() == 458 and g["item"].nunique() == 148
+    m = read_all("movielens", raw_dir / "movielens")
+    assert len(m) == 100_836
+    assert m["user"].nunique() == 610 and m["item"].nunique() == 9_724
+    items = movielens.catalogue(raw_dir / "movielens", None, BadRows())
+    assert items.loc[items["item"] == "1", "title"].item() == "Toy Story (1995)"
 
 
 def test_prepared_dataset_is_pseudonymised_and_drops_personal_data(raw_dir, tmp_path):
@@ -56,7 +62,7 @@ def test_prepared_dataset_is_pseudonymised_and_drops_personal_data(raw_dir, tmp_
         df = pd.read_parquet(out / f"{table}.parquet")
         assert "reviewerName" not in df.columns
         assert not set(df["user"]) & raw_users
-    blob = b"".join(p.read_bytes() for p in out.iterdir())
+    blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     assert b"reviewerName" not in blob
     assert not [u for u in sorted(raw_users) if u.encode() in blob]  # no raw id anywhere in the output
     assert all(len(u) == 32 for u in pd.read_parquet(out / "interactions.parquet")["user"].head(50))

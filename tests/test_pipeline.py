@@ -99,6 +99,10 @@ def test_cli_rejects_bad_input_with_named_fields(tmp_path):
     assert r.returncode == 2 and "--category" in r.stderr
     r = run("data", "prepare", "--source", "nope", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "--source" in r.stderr
+    r = run("data", "synth", "--users", "0", "--items", "5", "--events", "10", "--out", str(tmp_path / "s"))
+    assert r.returncode == 2 and "users" in r.stderr and not (tmp_path / "s").exists()
+    r = run("data", "forget", "--data", str(tmp_path / "missing"), "--user", "u1")
+    assert r.returncode == 2 and "manifest.json" in r.stderr
     r = run("evaluate", "--data", str(tmp_path / "missing"), "--bundle", str(tmp_path))
     assert r.returncode == 2 and "manifest.json" in r.stderr
     cfg = tmp_path / "bad.yaml"

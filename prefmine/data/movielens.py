@@ -1,49 +1,69 @@
-"""Loader for MovieLens latest-small (Harper & Konstan, 2015): ratings, movies (title, genres) and tags.
+"""MovieLens latest-small (Harper & Konstan, 2015) as a prefmine source: ratings, movies (title, genres), tags.
 
-Every rating is an interaction (event `rate`); a movie's text is its title, genres and the tags users gave it;
-each tag is kept as a short review, rated with its author's rating of the movie when there is one.
+Every rating is an interaction (event `rate`, declared range 0.5-5); a movie's text is its title, genres and the
+tags users gave it; each tag is also kept as a short review, rated with its author's rating of the movie when
+there is one (filled in when users are split, where a user's ratings and tags meet).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from prefmine.data.amazon import RawDataError
-from prefmine.data.clean import clean_text, item_text
+from prefmine.data.clean import clean_text
+from prefmine.data.readers import read_delimited
+from prefmine.data.rows import BadRows, RawDataError, RowRules
+
+RATING_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "rating": "rating"}
+TAG_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "summary": "tag"}
 
 
-def load(raw: Path) -> dict[str, pd.DataFrame]:
+def rules() -> RowRules:
+    return RowRules(rating_range=(0.5, 5.0), duplicates="keep")
+
+
+def _folder(raw: Path) -> Path:
     folder = Path(raw) / "ml-latest-small"
     for name in ("ratings.csv", "movies.csv"):
         if not (folder / name).exists():
             raise RawDataError(f"missing {folder / name} (expected <raw>/ml-latest-small/)")
-    ratings = pd.read_csv(folder / "ratings.csv", dtype={"userId": str, "movieId": str})
-    inter = pd.DataFrame({"user": ratings["userId"], "item": ratings["movieId"],
-                          "ts": ratings["timestamp"].astype("int64"), "rating": ratings["rating"].astype("float32")})
-    inter["event"] = "rate"
-    movies = pd.read_csv(folder / "movies.csv", dtype={"movieId": str})
+    return folder
+
+
+def plan(raw: Path, category: str | None) -> list[dict]:
+    folder = _folder(raw)
+    chunks = [{"path": str(folder / "ratings.csv"), "kind": "inter", "names": RATING_NAMES}]
+    if (folder / "tags.csv").exists():
+        chunks.append({"path": str(folder / "tags.csv"), "kind": "review", "names": TAG_NAMES})
+    return chunks
+
+
+def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
+    path = Path(chunk["path"])
+    if path.name == "ratings.csv":
+        for df in read_delimited(path, bad, ("userId", "movieId", "rating", "timestamp")):
+            yield pd.DataFrame({"user": df["userId"], "item": df["movieId"], "ts": df["timestamp"], "event": "rate",
+                                "rating": df["rating"], "summary": None, "text": None, "_line": df["_line"],
+                                "is_inter": True, "is_review": False})
+        return
+    for df in read_delimited(path, bad, ("userId", "movieId", "tag", "timestamp")):
+        tag = df["tag"].map(clean_text)
+        yield pd.DataFrame({"user": df["userId"], "item": df["movieId"], "ts": df["timestamp"], "event": "rate",
+                            "rating": float("nan"), "summary": tag, "text": tag, "_line": df["_line"],
+                            "is_inter": False, "is_review": True})
+
+
+def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
+    folder = _folder(raw)
+    movies = pd.concat(list(read_delimited(folder / "movies.csv", bad, ("movieId", "title", "genres"))))
     tags_path = folder / "tags.csv"
-    tags = pd.read_csv(tags_path, dtype={"userId": str, "movieId": str}) if tags_path.exists() else pd.DataFrame(
-        columns=["userId", "movieId", "tag", "timestamp"])
+    tags = pd.concat(list(read_delimited(tags_path, bad, ("movieId", "tag")))) if tags_path.exists() else \
+        pd.DataFrame(columns=["movieId", "tag"])
     tags["tag"] = tags["tag"].map(clean_text)
     tag_text = tags.groupby("movieId")["tag"].apply(lambda s: ", ".join(dict.fromkeys(t for t in s if t)))
     genres = movies["genres"].fillna("").map(lambda g: [x for x in g.split("|") if x and x != "(no genres listed)"])
-    items = pd.DataFrame({"item": movies["movieId"], "title": movies["title"].map(clean_text), "brand": "",
-                          "categories": genres, "description": movies["movieId"].map(tag_text).fillna("")})
-    # Rated movies missing from movies.csv still get a row.
-    extra = np.setdiff1d(pd.unique(inter["item"]), items["item"].to_numpy())
-    if len(extra):
-        items = pd.concat([items, pd.DataFrame({"item": extra, "title": "", "brand": "",
-                                                "categories": [[] for _ in extra], "description": ""})])
-    items = items[items["item"].isin(set(inter["item"]))].reset_index(drop=True)
-    items["text"] = [item_text(t, b, c, d) for t, b, c, d in
-                     zip(items["title"], items["brand"], items["categories"], items["description"])]
-    # A tag is a short review; its rating is the tagger's own rating of that movie, when they rated it.
-    rated = inter.drop_duplicates(["user", "item"], keep="last").set_index(["user", "item"])["rating"]
-    tag_rating = pd.Series(list(zip(tags["userId"], tags["movieId"]))).map(rated.to_dict()).astype("float32")
-    reviews = pd.DataFrame({"user": tags["userId"], "item": tags["movieId"], "ts": tags["timestamp"].astype("int64"),
-                            "rating": tag_rating.to_numpy(), "summary": tags["tag"], "text": tags["tag"]})
-    return {"interactions": inter, "items": items, "reviews": reviews}
+    return pd.DataFrame({"item": movies["movieId"].to_numpy(), "title": movies["title"].map(clean_text).to_numpy(),
+                         "brand": "", "categories": genres.to_numpy(),
+                         "description": movies["movieId"].map(tag_text).fillna("").to_numpy()})
