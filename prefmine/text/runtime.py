@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertModel, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, BertModel
 
 from prefmine.text.encoder import embed_texts
 
@@ -18,7 +18,7 @@ class EncoderRuntime:
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{d} holds no encoder (config.json missing)")
         torch.set_num_threads(1)
-        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(d))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(d), use_fast=True)
         self.model = BertModel.from_pretrained(str(d), add_pooling_layer=False).eval()
         meta = json.loads((d / "encoder_config.json").read_text())
         self.max_len = int(meta.get("max_len", 64))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import BertForMaskedLM, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from prefmine.text.encoder import EncoderConfig, RatingModel, bert_config
+from prefmine.text.encoder import EncoderConfig, RatingModel
 from prefmine.train_task import shard_order, steps_for
 
 
@@ -27,9 +27,30 @@ def split_holdout(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return perm[k:], perm[:k]
 
 
+def _as_dict(bert_cfg) -> dict:
+    """Tasks travel to Ray workers by pickle; a plain dict survives that where a config object loaded
+    from a checkpoint does not always keep its class identity."""
+    return bert_cfg.to_dict() if hasattr(bert_cfg, "to_dict") else dict(bert_cfg)
+
+
+def _load_bert(model, init_state: dict | None):
+    """Load `bert.`-prefixed encoder weights into `model`; a clear error when any encoder weight is missing."""
+    if not init_state:
+        return model
+    missing, _ = model.load_state_dict({k: v for k, v in init_state.items() if k.startswith("bert.")}, strict=False)
+    missing = [k for k in missing if k.startswith("bert.") and not k.endswith("position_ids")]
+    if missing:
+        raise ValueError(f"initial encoder state is missing {missing[:3]}...")
+    return model
+
+
 class MLMTask:
-    def __init__(self, cfg: EncoderConfig, vocab_size: int, special: dict, ids: np.ndarray, mask: np.ndarray):
-        self.cfg, self.vocab_size, self.special = cfg, vocab_size, special
+    """Masked-language-model pretraining (from scratch, or continued from a checkpoint's encoder weights)."""
+
+    def __init__(self, cfg: EncoderConfig, bert_cfg, special: dict, ids: np.ndarray, mask: np.ndarray,
+                 init_state: dict | None = None):
+        self.cfg, self.bert_cfg, self.special, self.init_state = cfg, _as_dict(bert_cfg), special, init_state
+        self.vocab_size = self.bert_cfg["vocab_size"]
         self.epochs, self.batch_size, self.lr = cfg.mlm_epochs, cfg.batch_size, cfg.lr
         self.weight_decay, self.seed = cfg.weight_decay, cfg.seed
         train, hold = split_holdout(len(ids), 0.05, cfg.seed)
@@ -37,7 +58,7 @@ class MLMTask:
         self.hold_ids, self.hold_mask = ids[hold], mask[hold]
 
     def build_model(self):
-        return BertForMaskedLM(bert_config(self.cfg, self.vocab_size))
+        return _load_bert(BertForMaskedLM(BertConfig.from_dict(self.bert_cfg)), self.init_state)
 
     def steps_per_epoch(self, world_size):
         return steps_for(len(self.ids), self.batch_size, world_size)
@@ -78,8 +99,8 @@ class MLMTask:
 class RatingTask:
     """Fine-tune the MLM-pretrained encoder to predict a review's rating from its text."""
 
-    def __init__(self, cfg: EncoderConfig, vocab_size: int, init_state: dict, ids, mask, ratings):
-        self.cfg, self.vocab_size, self.init_state = cfg, vocab_size, init_state
+    def __init__(self, cfg: EncoderConfig, bert_cfg, init_state: dict, ids, mask, ratings):
+        self.cfg, self.bert_cfg, self.init_state = cfg, _as_dict(bert_cfg), init_state
         self.epochs, self.batch_size, self.lr = cfg.finetune_epochs, cfg.batch_size, cfg.finetune_lr
         self.weight_decay, self.seed = cfg.weight_decay, cfg.seed
         ratings = np.asarray(ratings, dtype=np.float32)
@@ -90,12 +111,8 @@ class RatingTask:
         self.hold_ids, self.hold_mask, self.hold_r = ids[hold], mask[hold], ratings[hold]
 
     def build_model(self):
-        model = RatingModel(BertModel(bert_config(self.cfg, self.vocab_size), add_pooling_layer=False))
-        missing, _ = model.load_state_dict({k: v for k, v in self.init_state.items() if k.startswith("bert.")},
-                                           strict=False)
-        if any(k.startswith("bert.") for k in missing):
-            raise ValueError(f"pretrained encoder state is missing {missing[:3]}...")
-        return model
+        bert = BertModel(BertConfig.from_dict(self.bert_cfg), add_pooling_layer=False)
+        return _load_bert(RatingModel(bert), self.init_state)
 
     def steps_per_epoch(self, world_size):
         return steps_for(len(self.ids), self.batch_size, world_size)

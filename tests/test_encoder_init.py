@@ -1,0 +1,152 @@
+"""Encoder initialisation: a local checkpoint directory written by the test (a tiny random BERT saved with
+transformers), corrupted ones, the pip-installed all-MiniLM-L6-v2 with its hash, a hub id without internet, and
+training from a checkpoint through Ray Train + DeepSpeed on the real Magazine data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from prefmine.text.checkpoint import (
+    MINILM_SHA256,
+    InitCheckpointError,
+    file_sha256,
+    load_bert_config,
+    load_bert_state,
+    load_tokenizer,
+    resolve_init,
+)
+from prefmine.text.encoder import embed_texts
+
+
+def tiny_bert_dir(path, texts, hidden=32):
+    """A random 2-layer BERT with a WordPiece vocabulary of the texts' frequent words, saved like any HF model."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def item_texts(magazine5):
+    return list(pd.read_parquet(magazine5 / "items.parquet")["text"])
+
+
+def test_local_checkpoint_directory_is_verified_and_loaded(tmp_path, item_texts):
+    d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
+    ck = resolve_init(str(d))
+    assert ck.source == "directory" and ck.weights.name == "model.safetensors"
+    assert resolve_init(str(d), ck.sha256).sha256 == file_sha256(ck.weights)
+    tok, cfg, state = load_tokenizer(ck), load_bert_config(ck), load_bert_state(ck)
+    assert cfg.hidden_size == 32 and len(tok) == cfg.vocab_size
+    assert all(k.startswith("bert.") for k in state)
+    from transformers import BertModel
+
+    direct = BertModel.from_pretrained(str(d), add_pooling_layer=False)
+    assert torch.equal(state["bert.embeddings.word_embeddings.weight"], direct.embeddings.word_embeddings.weight)
+
+    with pytest.raises(InitCheckpointError, match=r"model.safetensors: sha256 [0-9a-f]{64} does not match"):
+        resolve_init(str(d), "0" * 64)
+    broken = tmp_path / "broken"
+    shutil.copytree(d, broken)
+    with open(broken / "model.safetensors", "r+b") as f:  # flip bytes in the middle of the weights
+        f.seek(4000)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(InitCheckpointError, match="does not match"):
+        resolve_init(str(broken), ck.sha256)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(InitCheckpointError, match=r"broken: missing weights"):
+        resolve_init(str(broken))
+    shutil.copy(d / "model.safetensors", broken / "model.safetensors")
+    for name in ("tokenizer.json", "vocab.txt"):
+        (broken / name).unlink()
+    with pytest.raises(InitCheckpointError, match="missing tokenizer"):
+        resolve_init(str(broken))
+    cfg_json = json.loads((d / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**cfg_json, "model_type": "gpt2"}))
+    with pytest.raises(InitCheckpointError, match="not BERT-family"):
+        resolve_init(str(broken))
+    with pytest.raises(InitCheckpointError, match="does not exist"):
+        resolve_init(str(tmp_path / "nowhere"))
+
+
+def test_minilm_from_the_pip_package_offline_with_its_hash():
+    ck = resolve_init("minilm")
+    assert ck.sha256 == MINILM_SHA256 and ck.source.startswith("package:")
+    cfg = load_bert_config(ck)
+    assert (cfg.num_hidden_layers, cfg.hidden_size) == (6, 384)
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(str(ck.path), add_pooling_layer=False)
+    tok = load_tokenizer(ck)
+    e = embed_texts(model, tok, ["knitting patterns magazine", "crochet and yarn craft magazine",
+                                 "car engine repair manual"], max_len=32)
+    # a real sentence encoder: the two craft titles are closer to each other than to the car manual
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.1 and e[0] @ e[1] > e[1] @ e[2] + 0.1
+
+
+def test_hub_id_without_internet_fails_with_a_clear_message(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InitCheckpointError, match=r"Hugging Face hub .*pass its local directory"):
+        resolve_init("prajjwal1/bert-tiny-not-cached-here")
+
+
+@pytest.mark.slow
+def test_encoder_trains_from_a_checkpoint_through_ray_train_deepspeed(magazine5, ray_session, tmp_path,
+                                                                      item_texts):
+    from cluster.ds_train import DistConfig
+    from cluster.train_encoder import train_encoder
+    from prefmine.data.dataset import load_dataset
+    from prefmine.text.encoder import EncoderConfig
+
+    ds = load_dataset(magazine5, with_reviews=True)
+    d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
+    cfg = EncoderConfig(init=str(d), init_sha256=file_sha256(d / "model.safetensors"), mlm_epochs=3,
+                        finetune_epochs=3, max_texts=1200, lr=1e-3, finetune_lr=1e-3)
+    m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig())
+    assert m["init"]["source"] == "directory"
+    mlm = [h["loss"] for h in m["mlm_history"]]
+    rating = [h["loss"] for h in m["rating_history"]]
+    assert mlm[-1] < mlm[0] and rating[-1] < rating[0]
+    enc = tmp_path / "bundle" / "encoder"
+    emb = np.load(enc / "item_embeddings.npy")
+    assert emb.shape == (ds.n_items, 32)
+    from prefmine.text.runtime import EncoderRuntime
+
+    rt = EncoderRuntime(tmp_path / "bundle")
+    assert rt.dim == 32 and len(rt.tokenizer) == len(load_tokenizer(resolve_init(str(d))))
+    np.testing.assert_allclose(rt.embed(list(ds.items["text"][:5])), emb[:5], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_encoder_fine_tunes_minilm(magazine5, ray_session, tmp_path):
+    from cluster.ds_train import DistConfig
+    from cluster.train_encoder import train_encoder
+    from prefmine.data.dataset import load_dataset
+    from prefmine.text.encoder import EncoderConfig
+
+    ds = load_dataset(magazine5, with_reviews=True)
+    cfg = EncoderConfig(init="minilm", mlm_epochs=0, finetune_epochs=2, max_texts=256, max_len=48,
+                        finetune_lr=5e-5)
+    m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig(deepspeed_config="zero2.json"))
+    assert m["init"]["weights_sha256"] == MINILM_SHA256 and "mlm" not in m
+    assert np.load(tmp_path / "bundle" / "encoder" / "item_embeddings.npy").shape == (ds.n_items, 384)
+    hist = m["rating_history"]
+    assert hist[-1]["heldout_rating_mae"] < hist[-1]["heldout_mean_baseline_mae"]
