@@ -83,8 +83,13 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
 
     if len(rated_texts) >= MIN_RATED_REVIEWS and cfg.finetune_epochs > 0:
         rids, rmask = tokenize(tokenizer, rated_texts, cfg.max_len)
-        ft = train(RatingTask(cfg, bcfg, state, rids, rmask, ratings), f"encoder-rating-{run}", storage, dist)
-        state = torch.load(ft.state_dict_path, map_location="cpu", weights_only=True)
+        task = RatingTask(cfg, bcfg, state, rids, rmask, ratings)
+        probe = task.build_model()
+        metrics["finetune"] = {"mode": cfg.finetune, "trainable_parameters": sum(
+            p.numel() for p in probe.parameters() if p.requires_grad), "parameters": sum(
+            p.numel() for p in probe.parameters())}
+        ft = train(task, f"encoder-rating-{run}", storage, dist)
+        state = task.encoder_state(torch.load(ft.state_dict_path, map_location="cpu", weights_only=True))
         metrics.update({"rating": ft.history[-1] if ft.history else {}, "rating_seconds": ft.seconds,
                         "rating_history": ft.history})
     else:

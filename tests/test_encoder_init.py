@@ -150,3 +150,30 @@ def test_encoder_fine_tunes_minilm(magazine5, ray_session, tmp_path):
     assert np.load(tmp_path / "bundle" / "encoder" / "item_embeddings.npy").shape == (ds.n_items, 384)
     hist = m["rating_history"]
     assert hist[-1]["heldout_rating_mae"] < hist[-1]["heldout_mean_baseline_mae"]
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_trains_adapters_only_and_merges_them(magazine5, ray_session, tmp_path, item_texts):
+    from transformers import BertModel
+
+    from cluster.ds_train import DistConfig
+    from cluster.train_encoder import train_encoder
+    from prefmine.data.dataset import load_dataset
+    from prefmine.text.encoder import EncoderConfig
+
+    ds = load_dataset(magazine5, with_reviews=True)
+    d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
+    cfg = EncoderConfig(init=str(d), mlm_epochs=0, finetune="lora", finetune_epochs=3, max_texts=1200,
+                        finetune_lr=3e-3, lora_r=4)
+    m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig())
+    ft = m["finetune"]
+    assert ft["mode"] == "lora" and ft["trainable_parameters"] < 0.1 * ft["parameters"]
+    rating = [h["loss"] for h in m["rating_history"]]
+    assert rating[-1] < rating[0]
+    before = BertModel.from_pretrained(str(d), add_pooling_layer=False).state_dict()
+    after = BertModel.from_pretrained(str(tmp_path / "bundle" / "encoder"), add_pooling_layer=False).state_dict()
+    assert set(after) == set(before)  # adapters merged: a plain BERT checkpoint, no peft keys
+    frozen = [k for k in before if ".query." not in k and ".value." not in k]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["encoder.layer.0.attention.self.query.weight"],
+                           after["encoder.layer.0.attention.self.query.weight"])

@@ -38,6 +38,17 @@ class EncoderConfig:
     # BERT-family checkpoint directory, or a hub id (needs internet); see prefmine.text.checkpoint
     init: str = "scratch"
     init_sha256: str = ""  # expected sha256 of the checkpoint's weights file (built in for "minilm")
+    # fine-tuning: "full" (every encoder weight) or "lora" (low-rank adapters through peft on the attention
+    # projections; the encoder is frozen, adapters and head train, and the adapters are merged for serving)
+    finetune: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple = ("query", "value")
+
+    def __post_init__(self):
+        if self.finetune not in ("full", "lora"):
+            raise ValueError(f"encoder.finetune must be 'full' or 'lora', got {self.finetune!r}")
 
 
 PRESETS = {

@@ -96,6 +96,14 @@ class MLMTask:
         return {"heldout_mlm_loss": float(out.loss)}
 
 
+def with_lora(bert, cfg: EncoderConfig):
+    """Wrap a BertModel with peft LoRA adapters on `cfg.lora_targets`; only the adapters stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(bert, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                           target_modules=list(cfg.lora_targets), bias="none"))
+
+
 class RatingTask:
     """Fine-tune the MLM-pretrained encoder to predict a review's rating from its text."""
 
@@ -112,7 +120,20 @@ class RatingTask:
 
     def build_model(self):
         bert = BertModel(BertConfig.from_dict(self.bert_cfg), add_pooling_layer=False)
-        return _load_bert(RatingModel(bert), self.init_state)
+        model = _load_bert(RatingModel(bert), self.init_state)
+        if self.cfg.finetune == "lora":
+            model.bert = with_lora(model.bert, self.cfg)
+        return model
+
+    def encoder_state(self, state: dict) -> dict:
+        """The trained `bert.`-prefixed encoder weights (LoRA adapters merged into the base weights) and head."""
+        if self.cfg.finetune != "lora":
+            return state
+        model = self.build_model()
+        model.load_state_dict(state)
+        merged = RatingModel(model.bert.merge_and_unload())
+        merged.head = model.head
+        return merged.state_dict()
 
     def steps_per_epoch(self, world_size):
         return steps_for(len(self.ids), self.batch_size, world_size)
