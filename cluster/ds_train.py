@@ -85,13 +85,14 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     zero3 = engine.zero_optimization_stage() == 3
 
-    start_epoch, history = 0, []
+    start_epoch, history, restarts = 0, [], 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             engine.load_checkpoint(d, tag="ds")
             state = json.loads((Path(d) / "state.json").read_text())
             start_epoch, history = state["epoch"] + 1, state["history"]
+            restarts = state.get("restarts", 0) + 1
         if rank == 0:
             print(f"[{config['name']}] resumed from epoch {start_epoch - 1}", flush=True)
 
@@ -99,6 +100,9 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     total = steps * task.epochs
     t0, done = time.time(), 0
     for epoch in range(start_epoch, task.epochs):
+        # Seed per (epoch, rank): dropout draws do not depend on how many epochs this process has run, so a run
+        # resumed from a checkpoint takes the same path as an uninterrupted one.
+        torch.manual_seed(task.seed * 1_000_003 + epoch * 1_009 + rank)
         engine.train()
         loss_sum, n, t_epoch = 0.0, 0, time.time()
         for step, batch in enumerate(task.batches(epoch, rank, world)):
@@ -119,6 +123,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             tdist.all_reduce(mean)
         seconds = time.time() - t_epoch
         metrics = {"epoch": epoch, "loss": float(mean[0] / max(mean[1], 1)), "epoch_seconds": round(seconds, 3),
+                   "restarts": restarts,
                    "samples_per_s": round(float(mean[1]) * task.batch_size / max(seconds, 1e-9), 2)}
         engine.eval()
         if rank == 0 or zero3:  # under ZeRO-3 a forward pass gathers parameters from every rank
@@ -139,7 +144,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
             if rank == 0:
                 torch.save({k: v.float() for k, v in full.items()}, Path(tmp) / "model.pt")
-                (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+                (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history,
+                                                                     "restarts": restarts}))
             ray.train.report({**metrics, "history": json.dumps(history)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
