@@ -25,8 +25,10 @@ from prefmine.data.prepare import (
     REVIEW_SCHEMA,
     SNIPPET_SCHEMA,
     _snippets,
+    bucket_hash,
     bucket_of,
     combine_hashes,
+    review_descriptions,
 )
 from prefmine.data.privacy import DEMO_FINGERPRINT, Pseudonymiser, load_key
 from prefmine.data.rows import RawDataError
@@ -96,11 +98,7 @@ def forget(data: str | Path, raw_user: str, feedback: str | Path | None = None, 
     erasure = {"id": uuid.uuid4().hex[:12], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "rows": removed, "data_hash_before": manifest["data_hash"]}
     if removed["interactions"]:
-        import hashlib
-
-        df = frames["interactions"]
-        manifest["bucket_hashes"][str(b)] = hashlib.sha256(pd.util.hash_pandas_object(
-            df[["user", "item", "ts", "rating"]], index=False).to_numpy().tobytes()).hexdigest()
+        manifest["bucket_hashes"][str(b)] = bucket_hash(frames["interactions"])
         manifest["data_hash"] = combine_hashes(manifest["bucket_hashes"])
         c = manifest["counts"]
         c["interactions"] -= removed["interactions"]
@@ -130,11 +128,9 @@ def forget(data: str | Path, raw_user: str, feedback: str | Path | None = None, 
 def _rebuild_review_texts(data: Path) -> None:
     """Rebuild the descriptions of items whose text comes from reviews, from the current snippets."""
     from prefmine.data.clean import item_text
-    from prefmine.data.prepare import SNIPPET_CHARS
 
     items = pd.read_parquet(data / "items.parquet")
-    snippets = pd.read_parquet(data / "item_review_snippets.parquet")
-    by_item = snippets.groupby("item")["snippet"].apply(lambda s: " . ".join(s)[:SNIPPET_CHARS])
+    by_item = review_descriptions(pd.read_parquet(data / "item_review_snippets.parquet"))
     mask = items["text_source"] == "reviews"
     if not mask.any():
         return

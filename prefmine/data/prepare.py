@@ -218,6 +218,19 @@ def _snippets(reviews: pd.DataFrame) -> pd.DataFrame:
                          "reviews": grouped.size().to_numpy()})
 
 
+def bucket_hash(inter: pd.DataFrame) -> str:
+    """Content hash of one bucket's interactions; the dataset's data hash combines these in bucket order."""
+    return hashlib.sha256(pd.util.hash_pandas_object(inter[["user", "item", "ts", "rating"]], index=False)
+                          .to_numpy().tobytes()).hexdigest()
+
+
+def review_descriptions(snippets: pd.DataFrame) -> pd.Series:
+    """Item -> description built from its review snippets (all buckets), for items without catalogue text."""
+    if not len(snippets):
+        return pd.Series(dtype=object)
+    return snippets.groupby("item")["snippet"].apply(lambda s: " . ".join(s)[:SNIPPET_CHARS])
+
+
 def split_bucket(task: dict, ctx: PrepContext) -> dict:
     """Leave-one-out split of one bucket's users; writes the bucket's parts of the canonical tables."""
     b = task["bucket"]
@@ -249,8 +262,7 @@ def split_bucket(task: dict, ctx: PrepContext) -> dict:
         pq.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False),
                        work / f"{name}.parquet" / f"part-{b:05d}.parquet")
     split_counts = inter["split"].value_counts().to_dict()
-    digest = hashlib.sha256(pd.util.hash_pandas_object(inter[["user", "item", "ts", "rating"]], index=False)
-                            .to_numpy().tobytes()).hexdigest()
+    digest = bucket_hash(inter)
     stats = {"interactions": len(inter), "users": int(inter["user"].nunique()), "reviews": len(reviews),
              "split": {k: int(v) for k, v in split_counts.items()}, "items": sorted(set(inter["item"])),
              "events": {k: int(v) for k, v in inter["event"].value_counts().items()},
@@ -270,8 +282,7 @@ def item_table(catalogue: pd.DataFrame, interacted: list[str], snippets: pd.Data
                                           "description": ""})], ignore_index=True)
     items = items.fillna({"title": "", "brand": "", "description": ""})
     items["categories"] = items["categories"].apply(lambda c: list(c) if isinstance(c, (list, np.ndarray)) else [])
-    by_item = snippets.groupby("item")["snippet"].apply(lambda s: " . ".join(s)[:SNIPPET_CHARS]) if len(snippets) \
-        else pd.Series(dtype=object)
+    by_item = review_descriptions(snippets)
     no_text = (items["title"] == "") & (items["description"] == "")
     items["text_source"] = np.where(no_text, "reviews", "catalogue")
     items.loc[no_text, "description"] = items.loc[no_text, "item"].map(by_item).fillna("")
@@ -329,7 +340,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
         shutil.rmtree(work / "_stage", ignore_errors=True)
 
         stage_stats = [json.loads(r["stats"]) for r in staged]
-        split_stats = [json.loads(r["stats"]) for r in split if not json.loads(r["stats"]).get("empty")]
+        bucket_stats = {int(r["bucket"]): json.loads(r["stats"]) for r in split}
+        split_stats = [st for st in bucket_stats.values() if not st.get("empty")]
         for s in stage_stats + split_stats:
             bad.merge(s.get("bad", {}), s.get("examples", []))
         n_inter = sum(s["interactions"] for s in split_stats)
@@ -351,7 +363,7 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             event_counts.update(s["events"])
         for s in stage_stats:
             scrubbed.update(s["scrubbed"])
-        bucket_hashes = {int(r["bucket"]): json.loads(r["stats"]).get("hash", "") for r in split}
+        bucket_hashes = {b: st.get("hash", "") for b, st in bucket_stats.items()}
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "dataset_id": uuid.uuid4().hex[:12],
@@ -388,9 +400,10 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
 
 
 def combine_hashes(bucket_hashes: dict) -> str:
+    """One data hash from per-bucket hashes (keys are bucket numbers, as ints or, from JSON, strings)."""
     h = hashlib.sha256()
-    for k in sorted(int(b) for b in bucket_hashes):
-        h.update(str(bucket_hashes[k] if k in bucket_hashes else bucket_hashes[str(k)]).encode())
+    for _, digest in sorted((int(b), d) for b, d in bucket_hashes.items()):
+        h.update(str(digest).encode())
     return h.hexdigest()[:16]
 
 
