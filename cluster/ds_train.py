@@ -117,7 +117,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
                 rate = done / max(time.time() - t0, 1e-9)
                 left = (total - epoch * steps - step - 1) / max(rate, 1e-9)
                 print(f"[{config['name']}] epoch {epoch + 1}/{task.epochs} step {step + 1}/{steps} "
-                      f"loss {float(loss):.4f} {rate:.1f} steps/s ETA {left:.0f}s", flush=True)
+                      f"loss {float(loss.detach()):.4f} {rate:.1f} steps/s ETA {left:.0f}s", flush=True)
         mean = torch.tensor([loss_sum, n], dtype=torch.float64)
         if tdist.is_initialized():
             tdist.all_reduce(mean)

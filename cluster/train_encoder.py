@@ -1,12 +1,15 @@
-"""Encoder job: initialisation -> MLM pretraining -> rating fine-tuning -> item embeddings.
+"""Encoder job: initialisation -> MLM pretraining -> rating fine-tuning -> contrastive fine-tuning -> embeddings.
 
 Initialisation is `scratch` (a WordPiece tokenizer trained on the corpus, a fresh BERT) or a verified checkpoint
 (prefmine.text.checkpoint: a local directory, the pip-installed all-MiniLM-L6-v2, a hub id), whose tokenizer and
 weights are used as they are; MLM then adapts it to the shop's text (`mlm_epochs: 0` skips that).
 
-Both training stages run through Ray Train + DeepSpeed (`cluster.ds_train`). The result is a Hugging Face BERT
-directory in `<bundle>/encoder/` plus `item_embeddings.npy` (one L2-normalised row per catalogue item, in the
-dataset's item order) that the ranker fuses with item IDs.
+Every training stage runs through Ray Train + DeepSpeed (`cluster.ds_train`); each fine-tuning stage starts from
+the previous stage's weights. The contrastive stage pairs a user's text history with the next item's text
+(`prefmine.text.user_text`). The result is a Hugging Face BERT directory in `<bundle>/encoder/` plus, computed by
+Ray Data batch inference (`cluster.embed_job`), `item_embeddings.npy` (one L2-normalised row per catalogue item,
+in the dataset's item order) that the ranker fuses with item IDs, and `user_text_embeddings.npy` (one row per
+user of the dataset, in its user order, from the user's train-period history).
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import torch
 from transformers import BertModel
 
 from cluster.ds_train import DistConfig, train
+from cluster.embed_job import EmbedConfig, embed_on_ray
 from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
-from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config, embed_texts
-from prefmine.text.tasks import MLMTask, RatingTask, tokenize
+from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config
+from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, tokenize
 from prefmine.text.tokenizer import train_wordpiece
+from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories
 
 MIN_RATED_REVIEWS = 100
+MIN_PAIRS = 100
 
 
 def corpus(ds: Dataset, cfg: EncoderConfig) -> tuple[list[str], list[str], np.ndarray]:
@@ -39,12 +45,18 @@ def corpus(ds: Dataset, cfg: EncoderConfig) -> tuple[list[str], list[str], np.nd
     if "split" in rev.columns:
         rev = rev[rev["split"] == "train"]
     review_texts = [" . ".join(p for p in (s, t) if p) for s, t in zip(rev["summary"], rev["text"])]
-    texts = list(ds.items["text"]) + review_texts
+    texts = list(dict.fromkeys(t for t in list(ds.items["text"]) + review_texts if t))  # distinct, in order
     rng = np.random.default_rng(cfg.seed)
-    texts = [t for t in texts if t]
     if len(texts) > cfg.max_texts:
         texts = [texts[i] for i in rng.choice(len(texts), cfg.max_texts, replace=False)]
-    rated = rev["rating"].notna().to_numpy() & np.array([bool(t) for t in review_texts])
+    # each distinct review text once: Amazon repeats a review under every variant of a product, and a copy on
+    # both sides of the rating task's held-out split would flatter its held-out error
+    seen: set[str] = set()
+    rated = np.zeros(len(review_texts), dtype=bool)
+    for i, (t, r) in enumerate(zip(review_texts, rev["rating"].notna().to_numpy())):
+        if t and r and t not in seen:
+            seen.add(t)
+            rated[i] = True
     rated_texts = [t for t, r in zip(review_texts, rated) if r]
     ratings = rev["rating"].to_numpy()[rated].astype(np.float32)
     if len(rated_texts) > cfg.max_texts:
@@ -95,14 +107,33 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     else:
         print(f"[encoder] {len(rated_texts)} rated reviews (< {MIN_RATED_REVIEWS}) or finetune_epochs 0: "
               "rating fine-tuning skipped", flush=True)
+
+    writer = HistoryWriter(ds, cfg.history_items, cfg.history_item_words)
+    queries, targets, target_items = contrastive_pairs(ds, writer, cfg.pairs_per_user, cfg.max_texts, cfg.seed)
+    if len(queries) >= MIN_PAIRS and cfg.contrastive_epochs > 0:
+        q_ids, q_mask = tokenize(tokenizer, queries, cfg.max_len)
+        d_ids, d_mask = tokenize(tokenizer, targets, cfg.max_len)
+        task = ContrastiveTask(cfg, bcfg, state, q_ids, q_mask, d_ids, d_mask, target_items)
+        ct = train(task, f"encoder-contrastive-{run}", storage, dist)
+        state = task.encoder_state(torch.load(ct.state_dict_path, map_location="cpu", weights_only=True))
+        metrics.update({"contrastive": ct.history[-1] if ct.history else {}, "contrastive_pairs": len(queries),
+                        "contrastive_seconds": ct.seconds, "contrastive_history": ct.history})
+    else:
+        print(f"[encoder] {len(queries)} history/next-item pairs (< {MIN_PAIRS}) or contrastive_epochs 0: "
+              "contrastive fine-tuning skipped", flush=True)
+
     bert = BertModel(bcfg, add_pooling_layer=False)
     if state is not None:
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
     bert.save_pretrained(str(out))
-    emb = embed_texts(bert, tokenizer, list(ds.items["text"]), cfg.max_len)
-    np.save(out / "item_embeddings.npy", emb.astype(np.float32))
     (out / "encoder_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "vocab_size": vocab,
                                                          "max_len": cfg.max_len}, indent=2))
+    t_embed = time.time()
+    emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, EmbedConfig())
+    users = embed_on_ray(out, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,
+                         EmbedConfig())
+    metrics["embedding"] = {"items": int(emb.shape[0]), "users": int(users.shape[0]),
+                            "seconds": round(time.time() - t_embed, 1)}
     metrics["seconds"] = round(time.time() - t0, 1)
     summary = {k: v for k, v in metrics.items() if not k.endswith("_history")}
     update_manifest(bundle, components={"encoder": {"config": C.to_dict(cfg), "dim": int(emb.shape[1]),

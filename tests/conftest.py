@@ -8,6 +8,8 @@ the tiny bundle is trained once through the real pipeline (Ray Train + DeepSpeed
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,28 @@ def magazine5(raw_dir, tmp_path_factory) -> Path:
     prepare("amazon2018", raw, out, "Magazine_Subscriptions")
     shutil.rmtree(raw.parent, ignore_errors=True)
     return out
+
+
+def make_tiny_bert(path, texts, hidden=32):
+    """A random 2-layer BERT with a WordPiece vocabulary of the texts' frequent words, saved like any HF model."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir():
+    """The function writing a tiny random BERT checkpoint directory (see make_tiny_bert)."""
+    return make_tiny_bert
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,7 @@ training from a checkpoint through Ray Train + DeepSpeed on the real Magazine da
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -26,27 +24,12 @@ from prefmine.text.checkpoint import (
 from prefmine.text.encoder import embed_texts
 
 
-def tiny_bert_dir(path, texts, hidden=32):
-    """A random 2-layer BERT with a WordPiece vocabulary of the texts' frequent words, saved like any HF model."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    words = Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab=str(path / "vocab.txt")).save_pretrained(str(path))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def item_texts(magazine5):
     return list(pd.read_parquet(magazine5 / "items.parquet")["text"])
 
 
-def test_local_checkpoint_directory_is_verified_and_loaded(tmp_path, item_texts):
+def test_local_checkpoint_directory_is_verified_and_loaded(tmp_path, item_texts, tiny_bert_dir):
     d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
     ck = resolve_init(str(d))
     assert ck.source == "directory" and ck.weights.name == "model.safetensors"
@@ -110,7 +93,7 @@ def test_hub_id_without_internet_fails_with_a_clear_message(monkeypatch):
 
 @pytest.mark.slow
 def test_encoder_trains_from_a_checkpoint_through_ray_train_deepspeed(magazine5, ray_session, tmp_path,
-                                                                      item_texts):
+                                                                      item_texts, tiny_bert_dir):
     from cluster.ds_train import DistConfig
     from cluster.train_encoder import train_encoder
     from prefmine.data.dataset import load_dataset
@@ -119,7 +102,7 @@ def test_encoder_trains_from_a_checkpoint_through_ray_train_deepspeed(magazine5,
     ds = load_dataset(magazine5, with_reviews=True)
     d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
     cfg = EncoderConfig(init=str(d), init_sha256=file_sha256(d / "model.safetensors"), mlm_epochs=3,
-                        finetune_epochs=3, max_texts=1200, lr=1e-3, finetune_lr=1e-3)
+                        finetune_epochs=3, max_texts=1200, lr=1e-3, finetune_lr=1e-3, contrastive_epochs=0)
     m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig())
     assert m["init"]["source"] == "directory"
     mlm = [h["loss"] for h in m["mlm_history"]]
@@ -144,7 +127,7 @@ def test_encoder_fine_tunes_minilm(magazine5, ray_session, tmp_path):
 
     ds = load_dataset(magazine5, with_reviews=True)
     cfg = EncoderConfig(init="minilm", mlm_epochs=0, finetune_epochs=2, max_texts=256, max_len=48,
-                        finetune_lr=5e-5)
+                        finetune_lr=5e-5, contrastive_epochs=0)
     m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig(deepspeed_config="zero2.json"))
     assert m["init"]["weights_sha256"] == MINILM_SHA256 and "mlm" not in m
     assert np.load(tmp_path / "bundle" / "encoder" / "item_embeddings.npy").shape == (ds.n_items, 384)
@@ -153,7 +136,8 @@ def test_encoder_fine_tunes_minilm(magazine5, ray_session, tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_fine_tuning_trains_adapters_only_and_merges_them(magazine5, ray_session, tmp_path, item_texts):
+def test_lora_fine_tuning_trains_adapters_only_and_merges_them(magazine5, ray_session, tmp_path, item_texts,
+                                                              tiny_bert_dir):
     from transformers import BertModel
 
     from cluster.ds_train import DistConfig
@@ -164,7 +148,7 @@ def test_lora_fine_tuning_trains_adapters_only_and_merges_them(magazine5, ray_se
     ds = load_dataset(magazine5, with_reviews=True)
     d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
     cfg = EncoderConfig(init=str(d), mlm_epochs=0, finetune="lora", finetune_epochs=3, max_texts=1200,
-                        finetune_lr=3e-3, lora_r=4)
+                        finetune_lr=3e-3, lora_r=4, contrastive_epochs=0)
     m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig())
     ft = m["finetune"]
     assert ft["mode"] == "lora" and ft["trainable_parameters"] < 0.1 * ft["parameters"]

@@ -23,7 +23,7 @@ def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     assert m["data_hash"] == json.loads((magazine5 / "manifest.json").read_text())["data_hash"]
     assert set(m["components"]) >= {"encoder", "ranker", "ranker_id_only", "policy"}
     for rel in ("encoder/config.json", "encoder/model.safetensors", "encoder/tokenizer.json",
-                "encoder/item_embeddings.npy", "ranker/model.pt", "ranker_id_only/model.pt",
+                "encoder/item_embeddings.npy", "encoder/user_text_embeddings.npy", "ranker/model.pt", "ranker_id_only/model.pt",
                 "policy/policy_config.json", "catalog/items.parquet", "catalog/histories.parquet"):
         assert (tiny_bundle / rel).exists(), rel
     emb = np.load(tiny_bundle / "encoder/item_embeddings.npy")
@@ -36,9 +36,12 @@ def test_encoder_stages_trained_with_deepspeed_on_two_workers(tiny_bundle):
     enc = comp["metrics"]
     assert enc["mlm"]["heldout_mlm_loss"] < np.log(comp["vocab_size"]) - 1.0  # well below uniform guessing
     assert enc["rating"]["heldout_rating_mae"] < enc["rating"]["heldout_mean_baseline_mae"] * 1.05
+    assert enc["contrastive_pairs"] > 500 and enc["contrastive"]["heldout_candidates"] > 10
+    assert enc["embedding"]["users"] == 348
     # every stage's Ray Train checkpoint holds DeepSpeed ZeRO-2 optimizer shards from both workers
     runs = sorted((tiny_bundle / ".train").iterdir())
-    assert any(r.name.startswith("encoder-mlm") for r in runs) and any(r.name.startswith("ranker") for r in runs)
+    for stage in ("encoder-mlm", "encoder-rating", "encoder-contrastive", "ranker"):
+        assert any(r.name.startswith(stage) for r in runs), stage
     for run in runs:
         shards = {p.name for p in run.glob("checkpoint_*/ds/*optim_states.pt")}
         assert any("zero_pp_rank_0" in s for s in shards) and any("zero_pp_rank_1" in s for s in shards), run

@@ -2,8 +2,10 @@
 
 Stages: (1) masked-language-model pretraining of a small BERT on the corpus (`BertForMaskedLM`), (2) fine-tuning
 the same encoder to predict a review's rating from its text (`RatingModel`: BERT + mean pooling + linear head,
-MSE on the standardised rating), (3) embedding every item's text (mean pooling, L2-normalised). All weights are
-plain transformers models, so the encoder directory is a regular Hugging Face checkpoint.
+MSE on the standardised rating), (3) contrastive fine-tuning (`TextMatcher`): a user's text history against the
+text of the next item they chose, other items of the batch as negatives, (4) embedding every item's and user's
+text (mean pooling, L2-normalised). All weights are plain transformers models, so the encoder directory is a
+regular Hugging Face checkpoint.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ class EncoderConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple = ("query", "value")
+    # contrastive objective (0 epochs skips it): user history text vs the next item's text, in-batch negatives
+    contrastive_epochs: int = 2
+    history_items: int = 8  # items in a history string, most recent first
+    history_item_words: int = 24  # words kept per item (or per review) in a history
+    pairs_per_user: int = 4  # last positions of each user's train sequence used as (history, next item) pairs
+    temperature: float = 0.05
 
     def __post_init__(self):
         if self.finetune not in ("full", "lora"):
@@ -89,14 +97,44 @@ class RatingModel(nn.Module):
         return F.mse_loss(pred, target) if target is not None else pred
 
 
+class TextMatcher(nn.Module):
+    """One shared BERT encodes queries (user histories) and documents (item texts); the loss is the symmetric
+    InfoNCE over the batch's query x document cosine similarities / temperature. A document of the same item as
+    the positive (popular items recur within a batch) is not counted as a negative."""
+
+    def __init__(self, bert: BertModel, temperature: float = 0.05):
+        super().__init__()
+        self.bert = bert
+        self.temperature = temperature
+
+    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(mean_pool(h, attention_mask), dim=-1)
+
+    def forward(self, q_ids, q_mask, d_ids, d_mask, d_item):
+        q, d = self.encode(q_ids, q_mask), self.encode(d_ids, d_mask)
+        logits = q @ d.T / self.temperature
+        same = (d_item[:, None] == d_item[None, :]) & ~torch.eye(len(d_item), dtype=torch.bool, device=q.device)
+        logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+        labels = torch.arange(len(q), device=q.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
 @torch.no_grad()
 def embed_texts(bert: BertModel, tokenizer, texts, max_len: int, batch_size: int = 128) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings [len(texts), hidden]."""
+    """L2-normalised mean-pooled embeddings [len(texts), hidden], in the order of `texts`.
+
+    Texts are batched by length (longest first) so a batch pads to its own longest text, not the corpus's."""
     bert.eval()
-    out = []
+    device = next(bert.parameters()).device
+    texts = [t or "" for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = np.zeros((len(texts), bert.config.hidden_size), dtype=np.float32)
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer([t or "" for t in texts[i:i + batch_size]], padding=True, truncation=True,
-                        max_length=max_len, return_tensors="pt")
-        h = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        out.append(F.normalize(mean_pool(h, enc["attention_mask"]), dim=-1).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, bert.config.hidden_size), dtype=np.float32)
+        idx = order[i:i + batch_size]
+        enc = tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=max_len,
+                        return_tensors="pt")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        h = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        out[idx] = F.normalize(mean_pool(h, mask), dim=-1).float().cpu().numpy()
+    return out

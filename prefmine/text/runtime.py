@@ -12,14 +12,20 @@ from transformers import AutoTokenizer, BertModel
 from prefmine.text.encoder import embed_texts
 
 
+def load_encoder(encoder_dir: str | Path):
+    """(tokenizer, BertModel in eval mode) from an encoder directory (a Hugging Face BERT checkpoint)."""
+    d = Path(encoder_dir)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} holds no encoder (config.json missing)")
+    tokenizer = AutoTokenizer.from_pretrained(str(d), use_fast=True)
+    return tokenizer, BertModel.from_pretrained(str(d), add_pooling_layer=False).eval()
+
+
 class EncoderRuntime:
     def __init__(self, bundle_path: str | Path):
         d = Path(bundle_path) / "encoder"
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"{d} holds no encoder (config.json missing)")
         torch.set_num_threads(1)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(d), use_fast=True)
-        self.model = BertModel.from_pretrained(str(d), add_pooling_layer=False).eval()
+        self.tokenizer, self.model = load_encoder(d)
         meta = json.loads((d / "encoder_config.json").read_text())
         self.max_len = int(meta.get("max_len", 64))
         self.item_embeddings = np.load(d / "item_embeddings.npy")
