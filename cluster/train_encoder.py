@@ -30,7 +30,7 @@ from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
 from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config
-from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, tokenize
+from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, save_adapter, tokenize
 from prefmine.text.tokenizer import train_wordpiece
 from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories
 
@@ -63,6 +63,15 @@ def corpus(ds: Dataset, cfg: EncoderConfig) -> tuple[list[str], list[str], np.nd
         pick = rng.choice(len(rated_texts), cfg.max_texts, replace=False)
         rated_texts, ratings = [rated_texts[i] for i in pick], ratings[pick]
     return texts, rated_texts, ratings
+
+
+def finished_stage(task, result, adapter_dir: Path) -> dict:
+    """The encoder state a fine-tuning stage ends with. Under LoRA its adapters are also kept as a peft adapter
+    directory (relative to the weights the stage started from) before they are merged into the weights."""
+    trained = torch.load(result.state_dict_path, map_location="cpu", weights_only=True)
+    if task.cfg.finetune == "lora":
+        save_adapter(task, trained, adapter_dir)
+    return task.encoder_state(trained)
 
 
 def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfig) -> dict:
@@ -101,7 +110,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
             p.numel() for p in probe.parameters() if p.requires_grad), "parameters": sum(
             p.numel() for p in probe.parameters())}
         ft = train(task, f"encoder-rating-{run}", storage, dist)
-        state = task.encoder_state(torch.load(ft.state_dict_path, map_location="cpu", weights_only=True))
+        state = finished_stage(task, ft, out / "lora" / "rating")
         metrics.update({"rating": ft.history[-1] if ft.history else {}, "rating_seconds": ft.seconds,
                         "rating_history": ft.history})
     else:
@@ -115,7 +124,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
         d_ids, d_mask = tokenize(tokenizer, targets, cfg.max_len)
         task = ContrastiveTask(cfg, bcfg, state, q_ids, q_mask, d_ids, d_mask, target_items)
         ct = train(task, f"encoder-contrastive-{run}", storage, dist)
-        state = task.encoder_state(torch.load(ct.state_dict_path, map_location="cpu", weights_only=True))
+        state = finished_stage(task, ct, out / "lora" / "contrastive")
         metrics.update({"contrastive": ct.history[-1] if ct.history else {}, "contrastive_pairs": len(queries),
                         "contrastive_seconds": ct.seconds, "contrastive_history": ct.history})
     else:

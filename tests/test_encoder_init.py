@@ -161,3 +161,12 @@ def test_lora_fine_tuning_trains_adapters_only_and_merges_them(magazine5, ray_se
     assert all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["encoder.layer.0.attention.self.query.weight"],
                            after["encoder.layer.0.attention.self.query.weight"])
+    # the adapters themselves reload with peft onto the starting weights and give the merged encoder
+    from peft import PeftModel
+
+    adapter = tmp_path / "bundle" / "encoder" / "lora" / "rating"
+    assert (adapter / "adapter_config.json").is_file()
+    base = BertModel.from_pretrained(str(d), add_pooling_layer=False)
+    reloaded = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().state_dict()
+    for k in after:
+        torch.testing.assert_close(reloaded[k], after[k], rtol=1e-5, atol=1e-6, msg=k)

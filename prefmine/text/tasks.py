@@ -124,6 +124,14 @@ def merged_state(task, state: dict) -> dict:
     return model.state_dict()
 
 
+def save_adapter(task, state: dict, path) -> None:
+    """Write a LoRA task's trained adapters as a peft adapter directory (adapter_config.json + weights), to be
+    applied with `PeftModel.from_pretrained` on the weights the stage started from."""
+    model = task.build_model()
+    model.load_state_dict(state)
+    model.bert.save_pretrained(str(path))
+
+
 class RatingTask:
     """Fine-tune the MLM-pretrained encoder to predict a review's rating from its text."""
 
