@@ -113,6 +113,16 @@ def with_lora(bert, cfg: EncoderConfig):
                                            target_modules=list(cfg.lora_targets), bias="none"))
 
 
+def finetune_model(task, wrap):
+    """A fine-tuning model: a BERT (the task's config) wrapped by `wrap` (adds the objective's head), loaded with
+    the task's initial encoder weights, under LoRA with adapters on the configured projections."""
+    bert = BertModel(BertConfig.from_dict(task.bert_cfg), add_pooling_layer=False)
+    model = _load_bert(wrap(bert), task.init_state)
+    if task.cfg.finetune == "lora":
+        model.bert = with_lora(model.bert, task.cfg)
+    return model
+
+
 def merged_state(task, state: dict) -> dict:
     """A fine-tuning task's trained state with plain `bert.` keys: under LoRA the adapters are merged into the
     base weights (a regular BERT for serving); under full fine-tuning the state as it is."""
@@ -148,11 +158,7 @@ class RatingTask:
         self.hold_ids, self.hold_mask, self.hold_r = ids[hold], mask[hold], ratings[hold]
 
     def build_model(self):
-        bert = BertModel(BertConfig.from_dict(self.bert_cfg), add_pooling_layer=False)
-        model = _load_bert(RatingModel(bert), self.init_state)
-        if self.cfg.finetune == "lora":
-            model.bert = with_lora(model.bert, self.cfg)
-        return model
+        return finetune_model(self, RatingModel)
 
     def encoder_state(self, state: dict) -> dict:
         """The trained `bert.`-prefixed encoder weights (LoRA adapters merged into the base weights) and head."""
@@ -198,11 +204,7 @@ class ContrastiveTask:
         self.hold = tuple(a[hold] for a in (q_ids, q_mask, d_ids, d_mask, d_item))
 
     def build_model(self):
-        bert = BertModel(BertConfig.from_dict(self.bert_cfg), add_pooling_layer=False)
-        model = _load_bert(TextMatcher(bert, self.cfg.temperature), self.init_state)
-        if self.cfg.finetune == "lora":
-            model.bert = with_lora(model.bert, self.cfg)
-        return model
+        return finetune_model(self, lambda bert: TextMatcher(bert, self.cfg.temperature))
 
     def encoder_state(self, state: dict) -> dict:
         return merged_state(self, state)
