@@ -51,3 +51,37 @@ def test_baselines_on_a_toy_log():
     # item 1 co-occurs with 0 in two users: cos = 2 / sqrt(3 * 2); item 2 once: 1 / sqrt(3 * 2)
     assert s[1] == pytest.approx(2 / math.sqrt(6), rel=1e-5) and s[2] == pytest.approx(1 / math.sqrt(6), rel=1e-5)
     assert s[3] == 0 and s[4] == 0
+
+
+def _reference_metrics(topk, targets, k, n_items):
+    """The definitions of prefmine/metrics.py written as a plain loop over users, to check the vectorised code."""
+    rows = []
+    for row, rel in zip(topk.tolist(), targets):
+        rel = set(rel)
+        hit = [x in rel for x in row[:k]]
+        n_hit = sum(hit)
+        p, r = n_hit / k, n_hit / max(len(rel), 1)
+        dcg = sum(1 / math.log2(i + 2) for i, h in enumerate(hit) if h)
+        idcg = sum(1 / math.log2(i + 2) for i in range(min(len(rel), k)))
+        first = next((i + 1 for i, h in enumerate(hit) if h), 0)
+        rows.append((r, float(n_hit > 0), p, 2 * p * r / (p + r) if n_hit else 0.0, dcg / idcg if idcg else 0.0,
+                     1 / first if first else 0.0))
+    names = ("Recall", "HR", "Precision", "F1", "NDCG", "MRR")
+    out = {f"{m}@{k}": float(np.mean([r[i] for r in rows])) for i, m in enumerate(names)}
+    out[f"Coverage@{k}"] = len({x for row in topk.tolist() for x in row[:k]}) / n_items
+    return out
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_vectorised_metrics_match_a_plain_loop_at_every_k(multi):
+    rng = np.random.default_rng(3)
+    topk = np.stack([rng.choice(40, 20, replace=False) for _ in range(200)])
+    single = np.where(rng.random(200) < 0.5, topk[np.arange(200), rng.integers(0, 20, 200)], rng.integers(0, 40, 200))
+    targets = [set(rng.choice(40, rng.integers(0, 4), replace=False).tolist()) for _ in range(200)] if multi \
+        else single
+    m = ranking_metrics(topk, targets, ks=range(1, 21), n_items=50)
+    for k in range(1, 21):
+        ref = _reference_metrics(topk, [t if multi else {t} for t in targets], k, 50)
+        for key, value in ref.items():
+            assert m[key] == pytest.approx(value, abs=1e-12), key
+    assert m == ranking_metrics(topk, list(targets), ks=range(1, 21), n_items=50)  # list input, same path
