@@ -1,23 +1,23 @@
 """The evaluation protocol of DESIGN.md, for every model in a bundle and the baselines, on one split.
 
 Leave-one-out test items; each model scores the full catalogue from the user's train + valid history; items of
-that history are excluded; HR/Recall, Precision, F1, NDCG, MRR at K = 5, 10, 20 and catalogue coverage. Models:
-popularity, item-kNN, prefmine's ID-only ranker and the full (text-fused) ranker, all on the same users.
+that history are excluded; HR/Recall, Precision, F1, NDCG, MRR at K = 5, 10, 20 and catalogue coverage, plus
+NDCG@K at every K = 1..20 (the curve prefmine.report plots; the other metrics only at the headline Ks, to keep
+the JSON small). Models: popularity, item-kNN, prefmine's ID-only ranker and the full (text-fused) ranker, all on
+the same users. Rendering (Markdown, JSON, PNG) lives in prefmine.report.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from prefmine.baselines import ItemKNN, Popularity
 from prefmine.data.dataset import Dataset
-from prefmine.metrics import KS, ranking_metrics, top_k
+from prefmine.metrics import CURVE_KS, KS, ranking_metrics, top_k
 from prefmine.ranker.runtime import RankerRuntime
-
-HEADLINE = ("NDCG@10", "Recall@10", "MRR@10", "Precision@10", "F1@10", "NDCG@20", "Recall@20", "Coverage@10")
+from prefmine.report import HEADLINE, write_json
 
 
 def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = "test",
@@ -34,13 +34,17 @@ def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = 
         for name, component in (("prefmine_id_only", "ranker_id_only"), ("prefmine", "ranker")):
             if (Path(bundle) / component / "model.pt").exists():
                 models[name] = RankerRuntime(bundle, component).scores
+    depth = max(*KS, *CURVE_KS)
     results = {}
     for name, score_fn in models.items():
         tops = []
         for i in range(0, len(users), 1024):
-            tops.append(top_k(score_fn(histories[i:i + 1024]), max(KS), exclude[i:i + 1024]))
-        top = np.concatenate(tops) if tops else np.zeros((0, max(KS)), dtype=np.int64)
-        results[name] = ranking_metrics(top, targets, KS, ds.n_items)
+            tops.append(top_k(score_fn(histories[i:i + 1024]), depth, exclude[i:i + 1024]))
+        top = np.concatenate(tops) if tops else np.zeros((0, depth), dtype=np.int64)
+        m = ranking_metrics(top, targets, sorted(set(KS) | set(CURVE_KS)), ds.n_items)
+        # every metric at the headline Ks (as before), then NDCG alone at the other Ks of the curve
+        headline = {k: v for k, v in m.items() if int(k.rsplit("@", 1)[1]) in KS}
+        results[name] = {**headline, **{f"NDCG@{k}": m[f"NDCG@{k}"] for k in CURVE_KS if k not in KS}}
     return {"phase": phase, "users": int(len(users)), "n_items": ds.n_items,
             "dataset": {k: ds.manifest.get(k) for k in ("source", "category", "data_hash")},
             "protocol": "leave-one-out by time, full catalogue ranking, history items excluded",
@@ -57,8 +61,7 @@ def format_table(report: dict, keys=HEADLINE) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> None:
+    """The report as JSON at `path` (the `evaluate --json` file), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    tmp.replace(path)
+    write_json(report, path)
