@@ -68,9 +68,14 @@ def _train(a) -> int:
 
 
 def _evaluate(a) -> int:
+    from pathlib import Path
+
     from cluster.evaluate_job import run_evaluation
 
-    run_evaluation(a.data, a.bundle, a.json, policy_sessions=a.policy_sessions)
+    if a.out_dir and Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
+        print(f"prefmine: error: --out-dir {a.out_dir} exists and is not a directory", file=sys.stderr)
+        return 2  # checked before the evaluation, not after minutes of it
+    run_evaluation(a.data, a.bundle, a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
     return 0
 
 
@@ -143,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="test metrics of every model and the policy")
     ev.add_argument("--data", required=True)
     ev.add_argument("--bundle", required=True)
-    ev.add_argument("--json")
+    ev.add_argument("--json", help="also write the report JSON here")
+    ev.add_argument("--out-dir", help="folder for evaluation.json, evaluation.md and evaluation_ndcg_at_k.png "
+                                      "(default: BUNDLE/reports)")
     ev.add_argument("--policy-sessions", type=int, default=1000)
     ev.set_defaults(func=_evaluate)
 

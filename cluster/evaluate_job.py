@@ -2,8 +2,9 @@
 
 Ranking: popularity, item-kNN, the ID-only ranker and the full ranker (prefmine.evaluate). Policy: mean simulated
 session return, CTR and 95% intervals of the learned policy against greedy top-1 from the ranker, popularity and
-random, on the same seeded sessions. The report is printed as tables, written as JSON (`--json`), and recorded
-in the bundle manifest under `metrics`.
+random, on the same seeded sessions. The report is printed as tables, written as JSON (`--json`), rendered by
+prefmine.report into `evaluation.json`, `evaluation.md` and `evaluation_ndcg_at_k.png` in the output folder
+(default `<bundle>/reports/`), and recorded in the bundle manifest under `metrics`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import load_dataset
 from prefmine.evaluate import evaluate_models, format_table, write_report
+from prefmine.report import write_reports
 
 
 def format_policy_table(policies: dict) -> str:
@@ -24,7 +26,9 @@ def format_policy_table(policies: dict) -> str:
 
 
 def run_evaluation(data: str | Path, bundle: str | Path, json_path: str | Path | None = None,
-                   policy_sessions: int = 1000, record: bool = True) -> dict:
+                   policy_sessions: int = 1000, record: bool = True, out_dir: str | Path | None = None) -> dict:
+    """Evaluate every model (and the policy), print the tables and write the report files (prefmine.report)
+    into `out_dir`, default `<bundle>/reports/`, printing where they are; `json_path` also gets the JSON."""
     ds = load_dataset(data, with_reviews=True)
     report = evaluate_models(ds, bundle)
     print(format_table(report), flush=True)
@@ -39,6 +43,8 @@ def run_evaluation(data: str | Path, bundle: str | Path, json_path: str | Path |
         print(format_policy_table(policies), flush=True)
     if json_path:
         write_report(report, json_path)
+    paths = write_reports(report, Path(out_dir) if out_dir else Path(bundle) / "reports")
+    print("report: " + ", ".join(f"{kind} {path}" for kind, path in paths.items()), flush=True)
     if record:
         update_manifest(Path(bundle), metrics={"test": report["models"], "policy": report.get("policy", {})})
     return report
