@@ -6,6 +6,11 @@ worker saves its DeepSpeed checkpoint shard and reports it through Ray Train (me
 directory), rank 0 adding a plain fp32 `model.pt` for export and the metrics history;
 a restarted worker group resumes from the last checkpoint (FailureConfig). Progress is printed per step with
 rate and ETA.
+
+Model selection: a task with a `select_metric` (a key its `evaluate` returns, higher is better) has its best epoch
+kept as the exported `model.pt`, and with `patience` > 0 training stops after that many epochs without a better
+value (early stopping, as RecBole's `stopping_step`). The best weights travel in every checkpoint, so a resumed
+run selects exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -85,7 +90,10 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     zero3 = engine.zero_optimization_stage() == 3
 
+    select, patience = getattr(task, "select_metric", None), int(getattr(task, "patience", 0) or 0)
     start_epoch, history, restarts = 0, [], 0
+    best = {"value": None, "epoch": -1}
+    best_state = None  # rank 0: fp32 CPU copy of the best epoch's weights
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -93,6 +101,9 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             state = json.loads((Path(d) / "state.json").read_text())
             start_epoch, history = state["epoch"] + 1, state["history"]
             restarts = state.get("restarts", 0) + 1
+            best = state.get("best", best)
+            if rank == 0 and (Path(d) / "best.pt").exists():
+                best_state = torch.load(Path(d) / "best.pt", map_location="cpu", weights_only=True)
         if rank == 0:
             print(f"[{config['name']}] resumed from epoch {start_epoch - 1}", flush=True)
 
@@ -129,13 +140,29 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         if rank == 0 or zero3:  # under ZeRO-3 a forward pass gathers parameters from every rank
             with torch.no_grad():
                 metrics.update(task.evaluate(engine.module))
+        improved = False
+        if select and select in metrics and (best["value"] is None or metrics[select] > best["value"]):
+            best, improved = {"value": float(metrics[select]), "epoch": epoch}, True
+        if select:
+            metrics["best_epoch"] = best["epoch"]
         history.append(metrics)
         if rank == 0:
             print(f"[{config['name']}] epoch {epoch + 1} " +
                   " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_seconds")),
                   flush=True)
+        # rank 0 alone evaluates (except under ZeRO-3): it decides, and tells the others, whether to keep/stop
+        flags = torch.tensor([float(improved), float(patience > 0 and best["epoch"] >= 0
+                                                     and epoch - best["epoch"] >= patience)])
+        if tdist.is_initialized():
+            tdist.broadcast(flags, 0)
+        improved, stop = bool(flags[0]), bool(flags[1])
+        if improved:
+            full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+            if rank == 0:
+                best_state = {k: v.detach().float().cpu().clone() for k, v in full.items()}
+        last = stop or epoch == task.epochs - 1
         every = config["checkpoint_every"] or max(1, task.epochs // 10)
-        if (epoch + 1) % every and epoch != task.epochs - 1:
+        if (epoch + 1) % every and not last:
             ray.train.report({**metrics, "history": json.dumps(history)})
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -143,11 +170,19 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             # ZeRO-3 partitions parameters: gather a full state dict (a collective call) before rank 0 saves it
             full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
             if rank == 0:
-                torch.save({k: v.float() for k, v in full.items()}, Path(tmp) / "model.pt")
+                final = best_state if best_state is not None else {k: v.float() for k, v in full.items()}
+                torch.save(final, Path(tmp) / "model.pt")  # the export: the best epoch when selecting
+                if best_state is not None:
+                    torch.save(best_state, Path(tmp) / "best.pt")
                 (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history,
-                                                                     "restarts": restarts}))
+                                                                     "restarts": restarts, "best": best}))
             ray.train.report({**metrics, "history": json.dumps(history)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if stop:
+            if rank == 0:
+                print(f"[{config['name']}] early stop after epoch {epoch + 1}: best {select} "
+                      f"{best['value']:.4f} at epoch {best['epoch'] + 1}", flush=True)
+            break
 
 
 def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:

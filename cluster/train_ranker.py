@@ -30,7 +30,8 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
     if len(vu) > cfg.eval_users:
         vu = np.random.default_rng(cfg.seed).choice(vu, cfg.eval_users, replace=False)
     task = RankerTask(cfg, ds.n_items, ds.train_seqs, ds.train_events, text,
-                      [ds.history(u, "valid") for u in vu], ds.valid_item[vu])
+                      [ds.history(u, "valid") for u in vu], ds.valid_item[vu],
+                      ds.train_times, [ds.history_times(u, "valid") for u in vu])
     name = f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
     out = Path(bundle) / component

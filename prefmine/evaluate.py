@@ -26,10 +26,11 @@ def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = 
     if max_users and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     histories = [ds.history(u, phase) for u in users]
+    times = [ds.history_times(u, phase) for u in users] if ds.train_times is not None else None
     targets = ds.targets(phase)[users]
     exclude = [set(h.tolist()) for h in histories]
-    models = {"popularity": Popularity(ds.n_items, ds.train_seqs).scores,
-              "item_knn": ItemKNN(ds.n_items, ds.train_seqs).scores}
+    pop, knn = Popularity(ds.n_items, ds.train_seqs), ItemKNN(ds.n_items, ds.train_seqs)
+    models = {"popularity": lambda h, t: pop.scores(h), "item_knn": lambda h, t: knn.scores(h)}
     if bundle is not None:
         for name, component in (("prefmine_id_only", "ranker_id_only"), ("prefmine", "ranker")):
             if (Path(bundle) / component / "model.pt").exists():
@@ -39,7 +40,8 @@ def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = 
     for name, score_fn in models.items():
         tops = []
         for i in range(0, len(users), 1024):
-            tops.append(top_k(score_fn(histories[i:i + 1024]), depth, exclude[i:i + 1024]))
+            chunk_times = times[i:i + 1024] if times is not None else None
+            tops.append(top_k(score_fn(histories[i:i + 1024], chunk_times), depth, exclude[i:i + 1024]))
         top = np.concatenate(tops) if tops else np.zeros((0, depth), dtype=np.int64)
         m = ranking_metrics(top, targets, sorted(set(KS) | set(CURVE_KS)), ds.n_items)
         # every metric at the headline Ks (as before), then NDCG alone at the other Ks of the curve

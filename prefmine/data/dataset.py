@@ -30,6 +30,9 @@ class Dataset:
     valid_item: np.ndarray
     test_item: np.ndarray
     reviews: pd.DataFrame = field(repr=False, default=None)
+    train_times: list = field(repr=False, default=None)  # per user, event times (unix seconds) of train_seqs
+    valid_time: np.ndarray = field(repr=False, default=None)  # -1 where the user has no valid item
+    test_time: np.ndarray = field(repr=False, default=None)
 
     @property
     def n_items(self) -> int:
@@ -55,6 +58,13 @@ class Dataset:
         if phase == "test" and self.valid_item[user] >= 0:
             seq = np.append(seq, self.valid_item[user])
         return seq
+
+    def history_times(self, user: int, phase: str) -> np.ndarray:
+        """Event times aligned with `history(user, phase)` (time-gap features)."""
+        t = self.train_times[user]
+        if phase == "test" and self.valid_item[user] >= 0:
+            t = np.append(t, self.valid_time[user])
+        return t
 
     def targets(self, phase: str) -> np.ndarray:
         return self.valid_item if phase == "valid" else self.test_item
@@ -95,12 +105,16 @@ def load_dataset(path: str | Path, with_reviews: bool = False) -> Dataset:
     t_events = train["event"].map({e: i for i, e in enumerate(EVENTS)}).fillna(4).astype(np.int64).to_numpy()
     train_seqs = [t_items[bounds[u]:bounds[u + 1]] for u in range(n_users)]
     train_events = [t_events[bounds[u]:bounds[u + 1]] for u in range(n_users)]
-    valid_item = np.full(n_users, -1, dtype=np.int64)
-    test_item = np.full(n_users, -1, dtype=np.int64)
-    for name, arr in (("valid", valid_item), ("test", test_item)):
+    t_times = train["ts"].to_numpy().astype(np.int64)
+    train_times = [t_times[bounds[u]:bounds[u + 1]] for u in range(n_users)]
+    valid_item, valid_time = np.full(n_users, -1, dtype=np.int64), np.full(n_users, -1, dtype=np.int64)
+    test_item, test_time = np.full(n_users, -1, dtype=np.int64), np.full(n_users, -1, dtype=np.int64)
+    for name, arr, times in (("valid", valid_item, valid_time), ("test", test_item, test_time)):
         mask = inter["split"].to_numpy() == name
         arr[codes[mask]] = inter["iidx"].to_numpy()[mask]
+        times[codes[mask]] = inter["ts"].to_numpy()[mask]
     reviews = pd.read_parquet(path / "reviews.parquet") if with_reviews else None
     return Dataset(path=path, manifest=manifest, items=items, item_ids=item_ids, item_index=item_index,
                    users=np.asarray(users).astype(str), train_seqs=train_seqs, train_events=train_events,
-                   valid_item=valid_item, test_item=test_item, reviews=reviews)
+                   valid_item=valid_item, test_item=test_item, reviews=reviews, train_times=train_times,
+                   valid_time=valid_time, test_time=test_time)

@@ -41,11 +41,12 @@ class RankerRuntime:
     def dim(self) -> int:
         return self.item_vectors.shape[1]
 
-    def user_states(self, histories) -> np.ndarray:
-        return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len)
+    def user_states(self, histories, times=None) -> np.ndarray:
+        """`times`: event times in seconds aligned with each history (time-gap features); None: unknown."""
+        return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len, times)
 
-    def scores(self, histories) -> np.ndarray:
-        return self.user_states(histories) @ self.item_vectors.T
+    def scores(self, histories, times=None) -> np.ndarray:
+        return self.user_states(histories, times) @ self.item_vectors.T
 
     def top_n(self, histories, n: int, exclude=None):
         """Top-n items and scores per history; an empty history is ranked by popularity (cold start)."""
