@@ -5,31 +5,31 @@ that is linear in the catalogue and, at a million items, too slow per request. `
 over the item vectors with the same score (inner product: the ranker's item vectors are not normalised, so
 this is maximum-inner-product search, not cosine) and three kinds:
 
-  exact  IndexFlatIP: the matmul, in faiss (the reference; fine below ~50k items).
-  hnsw   IndexHNSWFlat, METRIC_INNER_PRODUCT: a graph; fast queries, no training, ~2x the vectors' memory.
+  exact  IndexFlatIP: the matmul, in faiss (the reference).
+  hnsw   IndexHNSWFlat, METRIC_INNER_PRODUCT: a graph; no training, but slow to build and ~2x the vectors' memory.
   ivf    IndexIVFFlat, METRIC_INNER_PRODUCT: k-means lists, trained on a seeded sample; `nprobe` of `nlist`
          lists are scanned per query (nprobe = nlist is exact).
 
-`kind="auto"` picks exact below `AUTO_EXACT_BELOW` items and HNSW above. `search` excludes items (a user's seen
-items) by over-fetching k + the largest exclude set, so excluded ids never come back and k results remain
-whenever the catalogue has k items left; rows are padded with id -1 and score -inf only when it has not.
-Over-fetching asks HNSW for ranks up to k + |exclude|, which its graph search finds less reliably than the top
-k: when the excluded items are the user's own best-scoring ones (seen items usually are), HNSW recall drops
-(bench/retrieval.py, `recall@10_excl`); IVF scans whole lists and keeps its recall.
-Scores are float32 as faiss computes them; ties are in faiss's order (`prefmine.metrics.top_k` breaks ties by
-the lower item index, so the two can differ between items of exactly equal score).
+`kind="auto"` is exact below `cfg.exact_below` items (50k by default; `RankerRuntime` then keeps its numpy
+matmul + `prefmine.metrics.top_k`, bit-identical to before) and IVF from there. Why IVF and not HNSW, from
+bench/results/retrieval.json (dim 64, one search thread, 2-core AMD EPYC, no GPU):
+AUTO_CHOICE_NUMBERS
+
+Exclusion (a user's seen items): `search` over-fetches k + the largest exclude set of the batch (HNSW also
+widens its candidate list by as much), drops excluded ids and keeps the best k. A row left with fewer than k
+valid ids (IVF: the probed lists hold too few items; HNSW: the graph search found too few) is searched again
+exhaustively (the flat storage of HNSW, all lists of IVF) with the same over-fetch, so excluded ids never come
+back and a row has k results whenever the catalogue has k items outside its exclude set; only then is it padded
+with id -1 and score -inf. Scores are float32 as faiss computes them; within the returned rows ties are ordered
+by the lower item id (as `prefmine.metrics.top_k` does), but which of several items tied at the k-th score is
+returned is faiss's choice.
 
 faiss runs OpenMP threads; this project runs one thread per process, so every index sets
 `faiss.omp_set_num_threads(cfg.threads)` (1 by default) on build, load and search (a process-wide setting).
-`save(dir)` writes `index.faiss` and `index.json` (config, n, dim, resolved kind), each written aside and
-renamed into place, the JSON last; `load(dir)` checks the two agree. No torch or Ray here.
-
-Use in `RankerRuntime.top_n` (not wired in yet): get the index once, at load, and per request call
-`ids, scores = index.search(states, n, exclude)` in place of `states @ item_vectors.T` + `top_k`; ids are
-0-based rows of `item_vectors`, as `top_k` returns. Empty histories (cold start) keep the popularity ranking.
-Build at 1M items is slow on one thread (bench: HNSW ~30 min, IVF ~45 s), so build it when the bundle is
-written (`ItemIndex.build(item_vectors, cfg).save(bundle / "ranker" / "index")`) and `ItemIndex.load` it in
-`RankerRuntime.__init__`, rebuilding only when `index.n` no longer matches the item count.
+Search-time settings (ef_search, nprobe) are passed per call as faiss SearchParameters, not set on the index.
+`save(dir, name)` writes `<name>.faiss` and `<name>.json` (config, n, dim, resolved kind, a few probe rows of the
+vectors), each written aside and renamed into place, the JSON last; `load(dir, name)` checks that the two agree
+and `matches(vectors)` that an index still belongs to a set of item vectors. No torch or Ray here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import faiss
@@ -45,39 +45,48 @@ import numpy as np
 
 KINDS = ("auto", "exact", "hnsw", "ivf")
 AUTO_EXACT_BELOW = 50_000
-INDEX_FILE = "index.faiss"
-META_FILE = "index.json"
+INDEX_NAME = "index"  # files <name>.faiss and <name>.json
 EXACT_BLAS_FROM_QUERIES = 4  # exact search: a batch of at least this many queries goes through BLAS
 IVF_TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (faiss wants 39..256), at most all items
+PROBE_ROWS = 8  # rows of the item vectors kept in the JSON to tell whether an index still fits the vectors
 
 
 @dataclass
 class RetrievalConfig:
-    kind: str = "auto"  # "exact" | "hnsw" | "ivf" | "auto" (exact below AUTO_EXACT_BELOW items, else hnsw)
+    kind: str = "auto"  # "exact" | "hnsw" | "ivf" | "auto" (exact below exact_below items, else ivf)
+    exact_below: int = AUTO_EXACT_BELOW  # auto: catalogues smaller than this are searched exactly
     m: int = 32  # HNSW: neighbours per node
     ef_construction: int = 200  # HNSW: candidate list while building
-    ef_search: int = 128  # HNSW: candidate list while searching (raised to k when k is larger)
+    ef_search: int = 128  # HNSW: candidate list while searching (plus the over-fetch when excluding)
     nlist: int = 0  # IVF: lists; 0 = about 4 * sqrt(n), at most n / 39
-    nprobe: int = 16  # IVF: lists scanned per query (capped at nlist)
+    nprobe: int = 32  # IVF: lists scanned per query (capped at nlist)
     seed: int = 0  # IVF: training sample and k-means seed
     threads: int = 1  # faiss OpenMP threads (process-wide)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"retrieval kind must be one of {KINDS}, got {self.kind!r}")
-        for name, low in (("m", 2), ("ef_construction", 1), ("ef_search", 1), ("nlist", 0), ("nprobe", 1),
-                          ("seed", 0), ("threads", 1)):
+        for name, low in (("exact_below", 0), ("m", 2), ("ef_construction", 1), ("ef_search", 1), ("nlist", 0),
+                          ("nprobe", 1), ("seed", 0), ("threads", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"retrieval {name} must be an integer >= {low}, got {value!r}")
             if value >= 2**31:
                 raise ValueError(f"retrieval {name} must be below 2**31, got {value!r}")
 
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "retrieval config") -> RetrievalConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown retrieval field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
 
 def resolve_kind(cfg: RetrievalConfig, n: int) -> str:
     if cfg.kind != "auto":
         return cfg.kind
-    return "exact" if n < AUTO_EXACT_BELOW else "hnsw"
+    return "exact" if n < cfg.exact_below else "ivf"
 
 
 def resolve_nlist(cfg: RetrievalConfig, n: int) -> int:
@@ -100,6 +109,17 @@ def _as_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     return x
 
 
+def _kind_of(index: faiss.Index) -> str:
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    if isinstance(index, faiss.IndexFlat):
+        return "exact"
+    raise ValueError(f"unsupported faiss index type {type(index).__name__}")
+
+
 def _build_faiss(x: np.ndarray, kind: str, cfg: RetrievalConfig) -> faiss.Index:
     n, d = x.shape
     if kind == "exact":
@@ -119,11 +139,22 @@ def _build_faiss(x: np.ndarray, kind: str, cfg: RetrievalConfig) -> faiss.Index:
     return index
 
 
+def _probe(x: np.ndarray) -> dict:
+    rows = np.unique(np.linspace(0, len(x) - 1, PROBE_ROWS).astype(np.int64))
+    return {"rows": rows.tolist(), "vectors": x[rows].astype(np.float32).tolist()}
+
+
+def _exclude_size(ex) -> int:
+    return 0 if ex is None else len(ex)
+
+
 class ItemIndex:
     """Item vectors behind a faiss inner-product index; `search` returns (ids [q, k], scores [q, k])."""
 
-    def __init__(self, index: faiss.Index, cfg: RetrievalConfig, kind: str):
-        self.index, self.kind = index, kind
+    def __init__(self, index: faiss.Index, cfg: RetrievalConfig, kind: str, probe: dict | None = None):
+        if _kind_of(index) != kind:
+            raise ValueError(f"index kind {kind!r} does not match the faiss index ({_kind_of(index)})")
+        self.index, self.kind, self.probe = index, kind, probe  # index: a concrete faiss type
         self.configure(cfg)
 
     @property
@@ -140,87 +171,124 @@ class ItemIndex:
         faiss.omp_set_num_threads(cfg.threads)
         x = _as_matrix(vectors, "item vectors")
         kind = resolve_kind(cfg, len(x))
-        return cls(_build_faiss(x, kind, cfg), cfg, kind)
+        return cls(_build_faiss(x, kind, cfg), cfg, kind, _probe(x))
 
     def configure(self, cfg: RetrievalConfig) -> None:
-        """Apply the search-time settings of `cfg` (threads, ef_search, nprobe); no rebuild."""
+        """Use the search-time settings of `cfg` (threads, ef_search, nprobe) from now on; no rebuild."""
         self.cfg = cfg
         faiss.omp_set_num_threads(cfg.threads)
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = self.cfg.ef_search
-        elif self.kind == "ivf":
-            self.index.nprobe = min(self.cfg.nprobe, self.index.nlist)
 
-    def _raw_search(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.kind == "exact":
+    def matches(self, vectors: np.ndarray, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+        """Whether this index was built from `vectors`: same shape and the same probe rows (within float noise)."""
+        if vectors.shape != (self.n, self.dim) or not self.probe:
+            return False
+        rows = np.asarray(self.probe["rows"], dtype=np.int64)
+        return bool(np.allclose(np.asarray(vectors[rows], dtype=np.float32),
+                                np.asarray(self.probe["vectors"], dtype=np.float32), rtol=rtol, atol=atol))
+
+    def _raw_search(self, q: np.ndarray, fetch: int, widen: int = 0, exhaustive: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss search for `fetch` ids per query; `exhaustive` scans every item (exact top `fetch`)."""
+        if self.kind == "exact" or (exhaustive and self.kind == "hnsw"):
+            flat = self.index if self.kind == "exact" else faiss.downcast_index(self.index.storage)
             # faiss 1.15 multiplies by BLAS only from queries * dim >= 128000 (2000 queries at dim 64); on one
             # thread BLAS is faster from ~4 queries (6-8x at 64 queries x 100k items), so switch there.
             before = faiss.cvar.distance_compute_blas_threshold
             faiss.cvar.distance_compute_blas_threshold = EXACT_BLAS_FROM_QUERIES * self.dim
             try:
-                scores, ids = self.index.search(q, fetch)
+                scores, ids = flat.search(q, fetch)
             finally:
                 faiss.cvar.distance_compute_blas_threshold = before
+        elif self.kind == "hnsw":
+            # faiss searches with max(efSearch, fetch) candidates; the over-fetch for exclusion widens it further
+            # so ranks k+1..fetch are found about as reliably as the top k would be.
+            params = faiss.SearchParametersHNSW(efSearch=self.cfg.ef_search + widen)
+            scores, ids = self.index.search(q, fetch, params=params)
         else:
-            scores, ids = self.index.search(q, fetch)  # HNSW searches with max(efSearch, fetch) candidates
+            nlist = int(self.index.nlist)
+            params = faiss.SearchParametersIVF(nprobe=nlist if exhaustive else min(self.cfg.nprobe, nlist))
+            scores, ids = self.index.search(q, fetch, params=params)
+        ids = ids.astype(np.int64, copy=False)
+        scores = scores.astype(np.float32, copy=False)
         scores[ids < 0] = -np.inf
-        return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+        return ids, scores
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[set[int] | None] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and inner-product scores per query, best first, never an id from `exclude[row]`."""
+    def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and inner-product scores per query, best first, never an id from `exclude[row]`.
+
+        `exclude` holds one collection of item ids (or None) per query. Rows are padded with id -1 and score -inf
+        only when fewer than k items are left outside their exclude set.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         q = _as_matrix(queries, "queries", self.dim)
         if exclude is not None and len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
         faiss.omp_set_num_threads(self.cfg.threads)
-        largest = max((len(e) for e in exclude if e), default=0) if exclude is not None else 0
+        k = int(k)
+        largest = max((_exclude_size(e) for e in exclude), default=0) if exclude is not None else 0
         fetch = min(self.n, k + largest)
-        if largest == 0:  # no exclusion: one search, padded when the catalogue is smaller than k
-            ids, scores = self._raw_search(q, fetch)
-            if fetch == k and (fetch == self.n or (ids >= 0).all()):
-                return ids, scores
+        ids, scores = self._raw_search(q, fetch, widen=fetch - min(k, self.n))
+        if largest == 0 and fetch == k and (ids >= 0).all():
+            return ids, scores  # the common case: nothing to exclude, k found
         out_ids = np.full((len(q), k), -1, dtype=np.int64)
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        rows = np.arange(len(q))
-        while True:
-            ids, scores = self._raw_search(q[rows], fetch)
-            short = []
-            for j, row in enumerate(rows):
-                keep = ids[j] >= 0
-                if exclude is not None and exclude[row]:
-                    keep &= ~np.isin(ids[j], np.fromiter(exclude[row], dtype=np.int64))
-                got_ids, got_scores = ids[j][keep][:k], scores[j][keep][:k]
-                out_ids[row, : len(got_ids)], out_scores[row, : len(got_ids)] = got_ids, got_scores
-                if len(got_ids) < k:
-                    short.append(row)
-            # A row can come back short when the index returns fewer than `fetch` items (IVF lists too small,
-            # HNSW candidate list exhausted): fetch more for those rows until the whole catalogue was asked for.
-            if not short or fetch >= self.n:
-                return out_ids, out_scores
-            rows, fetch = np.asarray(short), min(self.n, 2 * fetch)
+        short = self._fill(ids, scores, np.arange(len(q)), exclude, k, out_ids, out_scores)
+        if short and self.kind != "exact":
+            # The approximate search left these rows short of k valid ids: search them exhaustively.
+            rows = np.asarray(short)
+            over = max(_exclude_size(exclude[r]) for r in short) if exclude is not None else 0
+            fetch = min(self.n, k + over)
+            ids, scores = self._raw_search(q[rows], fetch, exhaustive=True)
+            self._fill(ids, scores, rows, exclude, k, out_ids, out_scores)
+        return out_ids, out_scores
 
-    def save(self, d: str | Path) -> Path:
+    @staticmethod
+    def _fill(ids, scores, rows, exclude, k, out_ids, out_scores) -> list[int]:
+        """Write each row's best k non-excluded ids (ties: lower id first) into out_*; return the short rows."""
+        short = []
+        for j, row in enumerate(rows):
+            keep = ids[j] >= 0
+            ex = exclude[row] if exclude is not None else None
+            if ex is not None and len(ex):
+                keep &= ~np.isin(ids[j], np.fromiter(ex, dtype=np.int64, count=len(ex)))
+            got_ids, got_scores = ids[j][keep], scores[j][keep]
+            order = np.lexsort((got_ids, -got_scores))[:k]
+            out_ids[row, : len(order)], out_scores[row, : len(order)] = got_ids[order], got_scores[order]
+            if len(order) < k:
+                short.append(int(row))
+        return short
+
+    def save(self, d: str | Path, name: str = INDEX_NAME) -> Path:
+        """Write `<d>/<name>.faiss` and `<d>/<name>.json` (each written aside, then renamed; the JSON last)."""
         d = Path(d)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"config": asdict(self.cfg), "kind": self.kind, "n": self.n, "dim": self.dim,
-                "faiss": faiss.__version__}
-        tmp_index, tmp_meta = d / f".{INDEX_FILE}.tmp", d / f".{META_FILE}.tmp"
+                "faiss": faiss.__version__, "probe": self.probe}
+        tmp_index, tmp_meta = d / f".{name}.faiss.tmp", d / f".{name}.json.tmp"
         faiss.write_index(self.index, str(tmp_index))
         tmp_meta.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp_index, d / INDEX_FILE)
-        os.replace(tmp_meta, d / META_FILE)
+        os.replace(tmp_index, d / f"{name}.faiss")
+        os.replace(tmp_meta, d / f"{name}.json")
         return d
 
     @classmethod
-    def load(cls, d: str | Path) -> ItemIndex:
+    def load(cls, d: str | Path, name: str = INDEX_NAME, cfg: RetrievalConfig | None = None) -> ItemIndex:
+        """Read an index `save` wrote; `cfg` replaces the saved search-time settings (threads, ef_search, nprobe)."""
         d = Path(d)
-        meta = json.loads((d / META_FILE).read_text())
-        cfg = RetrievalConfig(**meta["config"])
-        faiss.omp_set_num_threads(cfg.threads)
-        index = faiss.read_index(str(d / INDEX_FILE))
-        if index.ntotal != meta["n"] or index.d != meta["dim"]:
-            raise ValueError(f"{d}: {INDEX_FILE} holds {index.ntotal} x {index.d}, {META_FILE} says "
-                             f"{meta['n']} x {meta['dim']} (a save was interrupted?)")
-        return cls(index, cfg, meta["kind"])
+        meta_path, index_path = d / f"{name}.json", d / f"{name}.faiss"
+        for path in (meta_path, index_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (write the index with ItemIndex.save)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            saved = RetrievalConfig.from_dict(meta["config"], str(meta_path))
+            kind, n, dim = meta["kind"], int(meta["n"]), int(meta["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{meta_path} is not an index description ({type(e).__name__}: {e})") from e
+        faiss.omp_set_num_threads((cfg or saved).threads)
+        index = faiss.read_index(str(index_path))
+        if index.ntotal != n or index.d != dim or _kind_of(index) != kind:
+            raise ValueError(f"{d}: {index_path.name} holds a {_kind_of(index)} index of {index.ntotal} x "
+                             f"{index.d}, {meta_path.name} says {kind} {n} x {dim} (a save was interrupted?)")
+        return cls(index, cfg or saved, kind, meta.get("probe"))
