@@ -292,3 +292,51 @@ class ItemIndex:
             raise ValueError(f"{d}: {index_path.name} holds a {_kind_of(index)} index of {index.ntotal} x "
                              f"{index.d}, {meta_path.name} says {kind} {n} x {dim} (a save was interrupted?)")
         return cls(index, cfg or saved, kind, meta.get("probe"))
+
+
+SERVING_INDEX = "item_index"  # <ranker dir>/item_index.faiss + item_index.json, beside model.pt
+
+
+def write_item_index(d: str | Path, vectors: np.ndarray, cfg: RetrievalConfig | None = None,
+                     name: str = SERVING_INDEX) -> ItemIndex | None:
+    """Build and save the serving index of a ranker directory; None (and no files) when `cfg` resolves to exact.
+
+    Files an earlier index left there are removed first, so a directory never pairs new vectors with an old index.
+    """
+    d, cfg = Path(d), cfg or RetrievalConfig()
+    for suffix in (".json", ".faiss"):  # the JSON first: without it the index is not used
+        (d / f"{name}{suffix}").unlink(missing_ok=True)
+    if resolve_kind(cfg, len(vectors)) == "exact":
+        return None
+    index = ItemIndex.build(vectors, cfg)
+    index.save(d, name)
+    return index
+
+
+def open_item_index(d: str | Path, vectors: np.ndarray, cfg: RetrievalConfig | None = None,
+                    name: str = SERVING_INDEX, log=None) -> ItemIndex | None:
+    """The serving index for `vectors`: None when retrieval is exact (the caller keeps its matmul), else the index
+    saved in `d` when it was built from these vectors with the kind wanted, else one built now (logged: slow at
+    a million items; bundles written before the index existed take this path).
+
+    `cfg` None: the configuration saved with the index, or the defaults when there is none. A given `cfg` decides
+    the kind (auto: by the number of items) and its search settings apply to a loaded index.
+    """
+    d = Path(d)
+    saved = None
+    if (d / f"{name}.json").is_file():
+        try:
+            saved = ItemIndex.load(d, name, cfg)
+        except (OSError, ValueError, RuntimeError) as e:  # faiss raises RuntimeError on a damaged file
+            if log:
+                log(f"{d / name}: unreadable ({type(e).__name__}: {e}); rebuilding it")
+    want = cfg or (saved.cfg if saved is not None else RetrievalConfig())
+    kind = resolve_kind(want, len(vectors))
+    if kind == "exact":
+        return None
+    if saved is not None and saved.kind == kind and saved.matches(vectors):
+        return saved
+    if log:
+        reason = "none saved" if saved is None else "the saved one does not match the item vectors or kind"
+        log(f"{d / name}: building a {kind} index over {len(vectors)} items ({reason})")
+    return ItemIndex.build(vectors, want)
