@@ -165,6 +165,7 @@ def test_ties_come_back_lower_id_first(kind):
     index = ItemIndex.build(items, cfg.get(kind, RetrievalConfig(kind=kind)))
     ids, scores = index.search(np.ones((2, 8), dtype=np.float32), 5, exclude=[None, {3}])
     np.testing.assert_array_equal(ids[0], np.sort(top))
+    np.testing.assert_array_equal(index.search(np.ones((1, 8), dtype=np.float32), 5)[0][0], np.sort(top))
     assert ids[1, :4].tolist() == [7, 77, 120, 250] and ids[1, 4] not in top
 
 

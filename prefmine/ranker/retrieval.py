@@ -229,8 +229,9 @@ class ItemIndex:
         largest = max((_exclude_size(e) for e in exclude), default=0) if exclude is not None else 0
         fetch = min(self.n, k + largest)
         ids, scores = self._raw_search(q, fetch, widen=fetch - min(k, self.n))
-        if largest == 0 and fetch == k and (ids >= 0).all():
-            return ids, scores  # the common case: nothing to exclude, k found
+        if largest == 0 and fetch == k and (ids >= 0).all():  # the common case: nothing to exclude, k found
+            order = np.lexsort((ids, -scores), axis=1)  # ties: lower id first
+            return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
         out_ids = np.full((len(q), k), -1, dtype=np.int64)
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         short = self._fill(ids, scores, np.arange(len(q)), exclude, k, out_ids, out_scores)
