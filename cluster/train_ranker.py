@@ -1,8 +1,10 @@
 """Ranker job: the fused (ID + text) sequential ranker and its ID-only variant, on Ray Train + DeepSpeed.
 
 Reads item text embeddings from `<bundle>/encoder/item_embeddings.npy`; writes `<bundle>/ranker/` (fused) and
-`<bundle>/ranker_id_only/` (baseline), each with model.pt, ranker_config.json and, for the fused model, the frozen
-text embeddings it was trained with.
+`<bundle>/ranker_id_only/` (baseline), each with model.pt, ranker_config.json, for the fused model the frozen
+text embeddings it was trained with, and, for catalogues of `RetrievalConfig.exact_below` items (50k) or more,
+the serving index of its item vectors (item_index.faiss + item_index.json, see prefmine.ranker.retrieval), so
+RankerRuntime need not build one at load.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.ranker.model import PRESETS, RankerConfig
+from prefmine.ranker.retrieval import RetrievalConfig, write_item_index
+from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
 from prefmine.ranker.task import RankerTask
 
 
@@ -40,7 +44,17 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
     if text is not None:
         np.save(out / "text_embeddings.npy", text.astype(np.float32))
     (out / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": ds.n_items}, indent=2))
-    return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x))}
+    return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
+            "retrieval": save_retrieval_index(out)}
+
+
+def save_retrieval_index(ranker_dir: Path, cfg: RetrievalConfig | None = None) -> dict:
+    """Write the serving index of a saved ranker (none below the exact threshold); what was built, for the manifest."""
+    t = time.perf_counter()
+    vectors = ranker_item_vectors(load_ranker(ranker_dir))
+    index = write_item_index(ranker_dir, vectors, cfg)
+    return {"kind": index.kind if index is not None else "exact", "items": int(len(vectors)),
+            "build_seconds": round(time.perf_counter() - t, 2)}
 
 
 def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True) -> dict:

@@ -1,8 +1,16 @@
-"""Ranker at inference time: user states, full-catalogue scores and top-N candidates (no Ray)."""
+"""Ranker at inference time: user states, full-catalogue scores and top-N candidates (no Ray).
+
+Top-N candidates come from `prefmine.ranker.retrieval`: below `RetrievalConfig.exact_below` items (50k) the
+runtime scores the whole catalogue (`states @ item_vectors.T` + `prefmine.metrics.top_k`, exact); from there it
+searches an approximate index (IVF by default) that the ranker job saved beside the model
+(`<bundle>/ranker/item_index.{faiss,json}`), or builds one at load when the bundle has none (older bundles).
+`scores` always covers the full catalogue (evaluation ranks over all items).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,7 +19,10 @@ import torch
 
 from prefmine.metrics import top_k
 from prefmine.ranker.model import FusedRanker, RankerConfig
+from prefmine.ranker.retrieval import RetrievalConfig, open_item_index
 from prefmine.ranker.task import user_states
+
+logger = logging.getLogger(__name__)
 
 
 def load_ranker(d: Path) -> FusedRanker:
@@ -24,18 +35,26 @@ def load_ranker(d: Path) -> FusedRanker:
     return model.eval()
 
 
+def ranker_item_vectors(model: FusedRanker) -> np.ndarray:
+    with torch.no_grad():
+        return model.item_vectors().float().numpy()
+
+
 class RankerRuntime:
-    def __init__(self, bundle_path: str | Path, component: str = "ranker"):
+    """`retrieval`: how top-N candidates are found (None: as saved with the bundle's index, else the defaults)."""
+
+    def __init__(self, bundle_path: str | Path, component: str = "ranker", retrieval: RetrievalConfig | None = None):
         d = Path(bundle_path) / component
         if not (d / "model.pt").is_file():
             raise FileNotFoundError(f"{d} holds no ranker (model.pt missing)")
         torch.set_num_threads(1)
         self.model = load_ranker(d)
         self.max_len = self.model.cfg.max_len
-        with torch.no_grad():
-            self.item_vectors = self.model.item_vectors().float().numpy()
+        self.item_vectors = ranker_item_vectors(self.model)
         pop_path = Path(bundle_path) / "catalog" / "popularity.npy"
         self.popularity = np.load(pop_path) if pop_path.exists() else np.zeros(len(self.item_vectors))
+        # None: exact (the full matmul below); else an approximate ItemIndex over item_vectors
+        self.index = open_item_index(d, self.item_vectors, retrieval, log=logger.warning)
 
     @property
     def dim(self) -> int:
@@ -56,9 +75,30 @@ class RankerRuntime:
     def top_n_with_states(self, histories, n: int, exclude=None):
         """(top-n items, their scores, user states): one forward pass for ranker and policy."""
         states = self.user_states(histories)
-        scores = states @ self.item_vectors.T
-        for i, h in enumerate(histories):
-            if len(h) == 0:
-                scores[i] = np.log1p(self.popularity)
-        idx = top_k(scores, n, exclude)
-        return idx, np.take_along_axis(scores, idx, 1), states
+        if self.index is None:
+            scores = states @ self.item_vectors.T
+            for i, h in enumerate(histories):
+                if len(h) == 0:
+                    scores[i] = np.log1p(self.popularity)
+            idx = top_k(scores, n, exclude)
+            return idx, np.take_along_axis(scores, idx, 1), states
+        return (*self._top_n_indexed(histories, states, n, exclude), states)
+
+    def _top_n_indexed(self, histories, states: np.ndarray, n: int, exclude):
+        """Top-n from the approximate index; empty histories by popularity. Rows with fewer than n items left
+        outside their exclude set are padded with id -1 and score -inf."""
+        k = min(int(n), len(self.item_vectors))
+        idx = np.full((len(histories), k), -1, dtype=np.int64)
+        scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        cold = np.array([len(h) == 0 for h in histories], dtype=bool)
+        rows_of = (lambda rows: [exclude[i] for i in rows]) if exclude is not None else (lambda rows: None)
+        warm = np.flatnonzero(~cold)
+        if len(warm):
+            idx[warm], scores[warm] = self.index.search(states[warm], k, rows_of(warm))
+        pop = np.log1p(self.popularity)[None, :] if cold.any() else None
+        for i in np.flatnonzero(cold):
+            ex = rows_of([i])
+            row = top_k(pop, k, ex)[0]
+            ok = np.ones(k, dtype=bool) if ex is None or ex[0] is None else ~np.isin(row, list(ex[0]))
+            idx[i, ok], scores[i, ok] = row[ok], pop[0, row[ok]]
+        return idx, scores
