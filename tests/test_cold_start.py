@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from prefmine.cold_start import ColdSplit, cold_item_split, evaluate_cold, random_scores, text_similarity_scores
+from prefmine.cold_start import (
+    ColdSplit,
+    cold_item_split,
+    evaluate_cold,
+    random_scores,
+    text_similarity_scores,
+)
 from prefmine.data.dataset import load_dataset
 from prefmine.ranker.model import RankerConfig
 from prefmine.ranker.task import RankerTask, score_histories
