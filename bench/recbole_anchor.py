@@ -100,11 +100,12 @@ def ensure_venv(path: Path = DEFAULT_VENV) -> Path:
 
 
 def run_recbole(python: Path, data_dir: Path, name: str, models: list[str], seed: int, out_json: Path,
-                time_cap_s: float | None) -> dict:
+                time_cap_s: float | None, *, probe_batches: int = 0) -> dict:
     """Run `bench/recbole_runner.py` with `python` on `<data_dir>/<name>/<name>.inter`; returns its JSON.
 
     `time_cap_s` caps each model's training wall clock (None: train until early stopping). The runner writes
-    `out_json` itself; its progress goes to this process's stderr.
+    `out_json` itself; its progress goes to this process's stderr. `probe_batches` > 0 only times that many
+    training batches and one validation pass per model (for sizing a run on a big dataset).
     """
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,8 @@ def run_recbole(python: Path, data_dir: Path, name: str, models: list[str], seed
            "--out", str(out_json), "--models", *models]
     if time_cap_s is not None:
         cmd += ["--time-cap-s", str(float(time_cap_s))]
+    if probe_batches:
+        cmd += ["--probe-batches", str(int(probe_batches))]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--seed", type=int, default=2020)
     ap.add_argument("--time-cap-s", type=float, default=None)
+    ap.add_argument("--probe-batches", type=int, default=0, help="only time this many batches per model")
     ap.add_argument("--venv", default=str(DEFAULT_VENV))
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -141,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     python = ensure_venv(Path(args.venv))
     with tempfile.TemporaryDirectory(prefix="recbole-atomic-") as tmp:
         write_atomic(ds, Path(tmp), name)
-        res = run_recbole(python, Path(tmp), name, args.models, args.seed, Path(args.out), args.time_cap_s)
-    print(json.dumps({m: r.get("test", {}).get("NDCG@10") for m, r in res["models"].items()}, indent=1))
+        res = run_recbole(python, Path(tmp), name, args.models, args.seed, Path(args.out), args.time_cap_s,
+                          probe_batches=args.probe_batches)
+    print(json.dumps({m: r.get("test", {}).get("NDCG@10", r.get("probe")) for m, r in res["models"].items()},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ model is reported with `converged: false`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -41,6 +42,22 @@ TOPK = list(range(1, 21))
 
 class _TimeCap(Exception):
     """Raised at the start of an epoch once the model's training time cap is used up."""
+
+
+class _FirstBatches:
+    """The first `n` batches of a RecBole train DataLoader (for timing a partial epoch); other attributes pass."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n = loader, min(n, len(loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self):
+        return self.n
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
 
 
 def _timed_trainer(base, time_cap_s: float | None):
@@ -125,8 +142,29 @@ def _to_float(d) -> dict:
     return out
 
 
+def _probe(trainer, train_data, valid_data, n: int, counts: dict, load_s: float) -> dict:
+    """Time `n` training batches and one validation pass; extrapolate one epoch. No test, no convergence."""
+    batches_per_epoch = len(train_data)
+    trainer.fit_start = time.perf_counter()
+    trainer._train_epoch(_FirstBatches(train_data, n), 0)
+    trainer._valid_epoch(valid_data)
+    s_per_batch = trainer.epoch_train_s[0] / min(n, batches_per_epoch)
+    return {
+        "probe": {
+            "batches_timed": min(n, batches_per_epoch),
+            "train_seconds": trainer.epoch_train_s[0],
+            "s_per_batch": s_per_batch,
+            "batches_per_epoch": batches_per_epoch,
+            "valid_seconds": trainer.epoch_valid_s[0],
+            "est_epoch_s": s_per_batch * batches_per_epoch + trainer.epoch_valid_s[0],
+            "dataset_load_s": load_s,
+        },
+        "counts": counts,
+    }
+
+
 def run_model(model: str, data_dir: str, dataset: str, seed: int, epochs: int, time_cap_s: float | None,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, probe_batches: int = 0) -> dict:
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
@@ -146,6 +184,16 @@ def run_model(model: str, data_dir: str, dataset: str, seed: int, epochs: int, t
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
         trainer = _timed_trainer(get_trainer(config["MODEL_TYPE"], config["model"]), time_cap_s)(config, net)
+        counts = {
+            "users": int(data.user_num - 1),  # RecBole's id 0 is [PAD]
+            "items": int(data.item_num - 1),
+            "interactions": int(data.inter_num),
+            "train_interactions": int(train_data._dataset.inter_num),
+            "valid_users": int(len(valid_data._dataset.inter_feat)),
+            "test_users": int(len(test_data._dataset.inter_feat)),
+        }
+        if probe_batches:
+            return _probe(trainer, train_data, valid_data, probe_batches, counts, time.perf_counter() - t0)
         try:
             best_valid, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
         except _TimeCap:
@@ -171,14 +219,7 @@ def run_model(model: str, data_dir: str, dataset: str, seed: int, epochs: int, t
             "train_seconds": train_s,
             "epoch_train_s": trainer.epoch_train_s,
             "epoch_valid_s": trainer.epoch_valid_s,
-            "counts": {
-                "users": int(data.user_num - 1),  # RecBole's id 0 is [PAD]
-                "items": int(data.item_num - 1),
-                "interactions": int(data.inter_num),
-                "train_interactions": int(train_data._dataset.inter_num),
-                "valid_users": int(len(valid_data._dataset.inter_feat)),
-                "test_users": int(len(test_data._dataset.inter_feat)),
-            },
+            "counts": counts,
             "config": {k: config[k] for k in ("train_batch_size", "stopping_step", "valid_metric", "epochs",
                                               "MAX_ITEM_LIST_LENGTH", "learning_rate", "loss_type")},
             "overrides": overrides or {},
@@ -194,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--time-cap-s", type=float, default=None)
     ap.add_argument("--override", default=None, help="JSON dict of RecBole settings applied over these defaults")
+    ap.add_argument("--probe-batches", type=int, default=0,
+                    help="only time this many training batches and one validation pass (no test, no JSON metrics)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     overrides = json.loads(args.override) if args.override else None
@@ -221,14 +264,26 @@ def main(argv: list[str] | None = None) -> None:
         os.chdir(work)
         for model in args.models:
             print(f"[recbole] {args.dataset} {model} ...", file=sys.stderr, flush=True)
-            r = run_model(model, data_dir, args.dataset, args.seed, args.epochs, args.time_cap_s, overrides)
+            r = run_model(model, data_dir, args.dataset, args.seed, args.epochs, args.time_cap_s, overrides,
+                          args.probe_batches)
             result["models"][model] = r
+            if args.probe_batches:
+                p = r["probe"]
+                print(f"[recbole] {args.dataset} {model}: {p['s_per_batch']:.2f} s/batch x "
+                      f"{p['batches_per_epoch']} batches + valid {p['valid_seconds']:.1f}s = one epoch "
+                      f"~{p['est_epoch_s']:.0f}s", file=sys.stderr, flush=True)
+                _write(out, result)
+                continue
             print(f"[recbole] {args.dataset} {model}: NDCG@10 {r['test'].get('NDCG@10', float('nan')):.4f} "
                   f"epochs {r['epochs']} {r['seconds']:.1f}s converged {r['converged']}", file=sys.stderr,
                   flush=True)
-            tmp = out.with_suffix(out.suffix + ".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            os.replace(tmp, out)
+            _write(out, result)
+
+
+def _write(out: Path, result: dict) -> None:
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":
