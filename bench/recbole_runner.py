@@ -180,6 +180,7 @@ def run_model(model: str, data_dir: str, dataset: str, seed: int, epochs: int, t
                 h.setLevel(logging.WARNING)  # the terminal gets this script's one line per epoch instead
         t0 = time.perf_counter()
         data = create_dataset(config)
+        n_loaded = int(data.inter_num)  # before build(): sequential datasets then turn rows into prefixes
         train_data, valid_data, test_data = data_preparation(config, data)
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -187,7 +188,8 @@ def run_model(model: str, data_dir: str, dataset: str, seed: int, epochs: int, t
         counts = {
             "users": int(data.user_num - 1),  # RecBole's id 0 is [PAD]
             "items": int(data.item_num - 1),
-            "interactions": int(data.inter_num),
+            "interactions": n_loaded,
+            "rows_after_build": int(data.inter_num),  # sequential models: one row per target (n - 1 per user)
             "train_interactions": int(train_data._dataset.inter_num),
             "valid_users": int(len(valid_data._dataset.inter_feat)),
             "test_users": int(len(test_data._dataset.inter_feat)),
