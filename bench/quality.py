@@ -1,0 +1,298 @@
+"""Benchmark: prefmine's ranker against RecBole 1.2.1 on RecBole's own protocol, on identical splits, one run.
+
+Protocol (DESIGN.md, and the anchor table of the ranker issue): leave-one-out by time, full ranking over all
+items, no sampled negatives, the user's history excluded; every rating an interaction, no k-core beyond what the
+files are (the Amazon 5-core review files, MovieLens latest-small as shipped). prefmine's prepared dataset defines
+the split; RecBole reads the same interactions as atomic files whose timestamps reproduce that split exactly
+(`bench.recbole_anchor.write_atomic`), so both sides rank the same users' same held-out items.
+
+Per data set, in one run:
+  - RecBole: Pop, ItemKNN, BPR, GRU4Rec, SASRec, BERT4Rec (its defaults, CE loss for the sequential models,
+    batch 256, early stopping after 5 epochs without a better valid NDCG@10), in its own virtualenv
+    (`.venv-recbole`, created on first use), run as a subprocess beside prefmine's training;
+  - prefmine: the fused ranker (ID + frozen all-MiniLM-L6-v2 text vectors of the item texts) and its ID-only
+    variant, each over `--seeds` (3) seeds, trained through Ray Train + DeepSpeed (`cluster.ds_train`, one CPU
+    worker, so RecBole has the other core), best epoch by valid NDCG@10, early stopping;
+  - popularity and item-kNN (prefmine's own, for reference);
+  - cold items: 10% of items held out of training entirely (`prefmine.cold_start`), Recall@10/NDCG@10 among
+    the cold items for the fused ranker trained on the rest, against random and text similarity, per seed.
+
+Verdict per data set: prefmine's mean over seeds against the best RecBole model, for NDCG@10 and Recall@10 each
+(the best model per metric); `passes` when both lifts are >= 5%, the fused model beats the ID-only one, and all
+six RecBole models ran and converged (early stopping, not the `--recbole-cap-s` wall-clock cap).
+Results merge into `--out` per data set (a later run of other data sets keeps the earlier ones), and the
+Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
+
+    python -m bench.quality [--datasets Magazine_Subscriptions Gift_Cards ml-latest-small] [--seeds 3]
+                            [--no-recbole] [--no-cold] [--recbole-cap-s 2400] [--recbole-models ...] [--quick]
+                            [--out bench/results/quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.data_scale import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+AMAZON = ("Magazine_Subscriptions", "Gift_Cards")
+DATASETS = (*AMAZON, "ml-latest-small")
+RECBOLE_MODELS = ("Pop", "ItemKNN", "BPR", "GRU4Rec", "SASRec", "BERT4Rec")
+LIFT = 0.05
+
+
+QUICK_EPOCHS = 0  # --quick: a smoke test (epochs capped, one seed, RecBole Pop and ItemKNN only)
+
+
+def ranker_config(name: str, seed: int):
+    """The ranker settings per data set: small Amazon catalogues want small batches and many epochs; MovieLens's
+    9.7k items a sampled softmax (a full one costs ~70 s an epoch here)."""
+    from prefmine.ranker.model import RankerConfig
+
+    if name == "ml-latest-small":
+        cfg = RankerConfig(batch_size=64, lr=2e-3, dropout=0.2, softmax="sampled", negatives=1024, epochs=60,
+                           max_epochs=60, patience=8, seed=seed, eval_users=610)
+    else:
+        cfg = RankerConfig(batch_size=16, dropout=0.5, epochs=200, max_epochs=200, patience=30, seed=seed)
+    if QUICK_EPOCHS:
+        cfg = dataclasses.replace(cfg, epochs=QUICK_EPOCHS, max_epochs=QUICK_EPOCHS)
+    return cfg
+
+
+def prepare_dataset(name: str, raw_root: Path, cache: Path) -> Path:
+    """The prefmine dataset for `name` (prepared once into the cache)."""
+    from prefmine.data.prepare import prepare
+
+    out = cache / "data" / name
+    if (out / "manifest.json").exists():
+        return out
+    if name in AMAZON:  # the 5-core review file and the metadata only (no ratings-only CSV)
+        raw = Path(tempfile.mkdtemp(dir=cache)) / "amazon2018"
+        (raw / name).mkdir(parents=True)
+        for f in (f"{name}_5.json.gz", f"meta_{name}.json.gz"):
+            os.symlink(raw_root / "amazon2018" / name / f, raw / name / f)
+        prepare("amazon2018", raw, out, name)
+        shutil.rmtree(raw.parent, ignore_errors=True)
+    else:
+        prepare("movielens", raw_root / "movielens", out, name)
+    return out
+
+
+def item_text_vectors(ds, cache: Path) -> np.ndarray:
+    """Frozen all-MiniLM-L6-v2 vectors of the item texts (the pip-shipped checkpoint, hash-checked)."""
+    path = cache / "text" / f"{ds.manifest.get('data_hash', ds.path.name)}.npy"
+    if path.exists():
+        return np.load(path)
+    from transformers import AutoTokenizer, BertModel
+
+    from prefmine.text.checkpoint import minilm_dir, resolve_init
+    from prefmine.text.encoder import embed_texts
+
+    resolve_init("minilm")  # verifies the shipped weights' sha256
+    d = minilm_dir()
+    vecs = embed_texts(BertModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d),
+                       list(ds.items["text"].fillna("")), 128)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vecs)
+    return vecs
+
+
+def train_prefmine(ds, text: np.ndarray, name: str, seed: int, bundle: Path, dist) -> dict:
+    """Fused and ID-only rankers for one seed into `bundle`; their test metrics and training summaries."""
+    from cluster.train_ranker import _train_one
+    from prefmine.evaluate import evaluate_models
+
+    cfg = ranker_config(name, seed)
+    summary = {}
+    for component, fusion in (("ranker", "gate"), ("ranker_id_only", "none")):
+        t0 = time.time()
+        m = _train_one(ds, bundle, dataclasses.replace(cfg, fusion=fusion), dist, component,
+                       text if fusion != "none" else None)
+        best = max(m["history"], key=lambda h: h.get("valid_NDCG@10", -1)) if m["history"] else {}
+        summary[component] = {"seconds": round(time.time() - t0, 1), "epochs": len(m["history"]),
+                              "best_epoch": best.get("epoch"), "valid_NDCG@10": best.get("valid_NDCG@10")}
+    report = evaluate_models(ds, bundle)
+    return {"models": report["models"], "training": summary}
+
+
+def cold_start(ds, text: np.ndarray, name: str, seed: int, work: Path, dist) -> dict:
+    """Cold-item evaluation for one seed: the fused ranker trained on the warm split through Ray Train."""
+    import torch
+
+    from cluster.ds_train import train
+    from prefmine.cold_start import cold_item_split, evaluate_cold, random_scores, text_similarity_scores
+    from prefmine.ranker.model import FusedRanker
+    from prefmine.ranker.task import RankerTask, score_histories
+
+    split = cold_item_split(ds, 0.1, seed)
+    cfg = dataclasses.replace(ranker_config(name, seed), id_dropout=0.3)
+    task = RankerTask(cfg, ds.n_items, split.train_seqs, split.train_events, text, split.valid_histories,
+                      split.valid_targets, split.train_times, split.valid_times)
+    res = train(task, f"cold-{name}-{seed}", work, dist)
+    model = FusedRanker(cfg, ds.n_items, text, task.warm)
+    model.load_state_dict(torch.load(res.state_dict_path, map_location="cpu", weights_only=True))
+    model.eval()
+    return evaluate_cold(split, {"random": random_scores(ds.n_items, seed),
+                                 "text_similarity": text_similarity_scores(text),
+                                 "prefmine": lambda h, t: score_histories(model, h, cfg.max_len, t)})
+
+
+def _mean_over_seeds(per_seed: list[dict]) -> dict:
+    """{metric: [value per seed]} for the keys every seed has (the report takes mean ± std of lists)."""
+    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
+    return {k: [float(m[k]) for m in per_seed] for k in sorted(keys)}
+
+
+def verdict(models: dict) -> dict:
+    """prefmine's mean against the best RecBole model per headline metric, and fused against ID-only."""
+    out = {}
+    for metric in ("NDCG@10", "Recall@10"):
+        rec = {m: v[metric] for m, v in models.items() if m.startswith("recbole_") and metric in v}
+        ours = float(np.mean(models["prefmine"][metric]))
+        id_only = float(np.mean(models["prefmine_id_only"][metric]))
+        if rec:
+            best = max(rec, key=rec.get)
+            out[metric] = {"prefmine": ours, "prefmine_id_only": id_only, "best_recbole": best,
+                           "best_recbole_value": rec[best], "lift": ours / max(rec[best], 1e-12) - 1.0}
+        else:
+            out[metric] = {"prefmine": ours, "prefmine_id_only": id_only}
+    lifts = [v["lift"] for v in out.values() if "lift" in v]
+    text_wins = all(v["prefmine"] > v["prefmine_id_only"] for v in out.values())
+    anchors = {m[len("recbole_"):]: bool(v.get("converged")) for m, v in models.items() if m.startswith("recbole_")}
+    out["text_beats_id_only"] = text_wins
+    out["recbole_models"] = sorted(anchors)
+    out["recbole_all_converged"] = bool(anchors) and all(anchors.values())
+    # a claim needs every anchor model, each trained to convergence (a capped anchor may be under-reported)
+    out["passes"] = bool(len(lifts) == 2 and min(lifts) >= LIFT and text_wins
+                         and set(anchors) == set(RECBOLE_MODELS) and out["recbole_all_converged"])
+    return out
+
+
+class RecBoleJob(threading.Thread):
+    """All RecBole models on one data set, in the RecBole virtualenv, beside prefmine's training."""
+
+    def __init__(self, python: Path, atomic_dir: Path, name: str, models, seed: int, out: Path,
+                 cap_s: float | None):
+        super().__init__(daemon=True)
+        self.args = (python, atomic_dir, name, list(models), seed, out, cap_s)
+        self.result: dict | None = None
+        self.error: str | None = None
+
+    def run(self) -> None:
+        from bench.recbole_anchor import run_recbole
+
+        try:
+            self.result = run_recbole(*self.args)
+        except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as e:
+            self.error = f"{type(e).__name__}: {e}"
+
+
+def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
+    from cluster.ds_train import DistConfig
+    from prefmine.data.dataset import load_dataset
+
+    t0 = time.time()
+    path = prepare_dataset(name, Path(args.raw), cache)
+    ds = load_dataset(path)
+    text = item_text_vectors(ds, cache)
+    job = None
+    if python is not None:
+        from bench.recbole_anchor import write_atomic
+
+        write_atomic(ds, cache / "recbole", name)
+        job = RecBoleJob(python, cache / "recbole", name, args.recbole_models, 2020,
+                         cache / "recbole" / f"{name}.json", args.recbole_cap_s)
+        job.start()
+    dist = DistConfig(num_workers=1, log_every=10_000)
+    seeds = [2020 + i for i in range(args.seeds)]
+    runs, cold = [], []
+    for seed in seeds:
+        runs.append(train_prefmine(ds, text, name, seed, cache / "bundles" / name / f"seed{seed}", dist))
+        if not args.no_cold:
+            cold.append(cold_start(ds, text, name, seed, cache / "cold" / name, dist))
+    models = {"popularity": runs[0]["models"]["popularity"], "item_knn": runs[0]["models"]["item_knn"]}
+    for m in ("prefmine_id_only", "prefmine"):
+        models[m] = {**_mean_over_seeds([r["models"][m] for r in runs]), "seeds": len(seeds)}
+    recbole = {}
+    if job is not None:
+        job.join()
+        if job.error:
+            recbole = {"error": job.error}
+        else:
+            for model, res in job.result["models"].items():
+                models[f"recbole_{model}"] = {**res["test"], "converged": res["converged"],
+                                              "epochs": res["epochs"], "seconds": round(res["seconds"], 1)}
+            recbole = {k: v for k, v in job.result.items() if k != "models"}
+    entry = {"phase": "test", "users": int(len(ds.eval_users("test"))), "n_items": ds.n_items,
+             "interactions": int(sum(map(len, ds.train_seqs)) + (ds.valid_item >= 0).sum()
+                                 + (ds.test_item >= 0).sum()),
+             "dataset": name, "seeds": seeds, "models": models,
+             "training": {str(s): r["training"] for s, r in zip(seeds, runs)}, "recbole": recbole,
+             "verdict": verdict(models) if "prefmine" in models else {},
+             "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if cold:
+        entry["cold_start"] = {**{k: v for k, v in cold[0].items() if k != "models"},
+                               "models": {m: {**_mean_over_seeds([c["models"][m] for c in cold]),
+                                              "seeds": len(cold)} for m in cold[0]["models"]}}
+    return entry
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--raw", default=os.environ.get("PREFMINE_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    p.add_argument("--cache", default=str(ROOT / "runs" / "bench_quality"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    p.add_argument("--no-recbole", action="store_true", help="prefmine only (no RecBole virtualenv)")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation")
+    p.add_argument("--recbole-cap-s", type=float, default=2400.0, help="wall-clock cap per RecBole model")
+    p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,
+                   help="a subset runs faster, but the verdict then never passes")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 seed, RecBole Pop/ItemKNN")
+    args = p.parse_args(argv)
+    if args.quick:
+        global QUICK_EPOCHS
+        QUICK_EPOCHS, args.seeds, args.recbole_models = 2, 1, ["Pop", "ItemKNN"]
+    os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "bench-quality")
+    from cluster.ray_env import ensure_ray, set_process_threads
+
+    set_process_threads()
+    cache = Path(args.cache).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    python = None
+    if not args.no_recbole:
+        from bench.recbole_anchor import ensure_venv
+
+        python = ensure_venv()
+    ensure_ray(num_cpus=2, dashboard=False, quiet=True)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.setdefault("datasets", {})
+    for name in args.datasets:
+        print(f"[quality] {name}", flush=True)
+        report["datasets"][name] = bench_dataset(name, args, cache, python)
+        report["machine"] = machine()
+        report["protocol"] = ("leave-one-out by time, full ranking over all items, history excluded; RecBole "
+                              "1.2.1 on the same split; prefmine mean over seeds")
+        from prefmine.report import write_reports
+
+        paths = write_reports(report, out.parent, out.stem)  # after every data set: a crash keeps the rest
+        print(json.dumps(report["datasets"][name]["verdict"], indent=2), flush=True)
+    print(f"[quality] wrote {paths['json']}, {paths['markdown']}, {paths['plot']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
