@@ -94,15 +94,12 @@ def item_text_vectors(ds, cache: Path) -> np.ndarray:
     path = cache / "text" / f"{ds.manifest.get('data_hash', ds.path.name)}.npy"
     if path.exists():
         return np.load(path)
-    from transformers import AutoTokenizer, BertModel
-
-    from prefmine.text.checkpoint import minilm_dir, resolve_init
+    from prefmine.text.checkpoint import resolve_init
     from prefmine.text.encoder import embed_texts
+    from prefmine.text.runtime import load_encoder
 
-    resolve_init("minilm")  # verifies the shipped weights' sha256
-    d = minilm_dir()
-    vecs = embed_texts(BertModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d),
-                       list(ds.items["text"].fillna("")), 128)
+    tokenizer, bert = load_encoder(resolve_init("minilm").path)  # the shipped weights, sha256 verified
+    vecs = embed_texts(bert, tokenizer, list(ds.items["text"].fillna("")), 128)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vecs)
     return vecs

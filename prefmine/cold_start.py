@@ -41,10 +41,10 @@ class ColdSplit:
 
 
 def _full_sequence(ds: Dataset, u: int):
-    items, times = ds.train_seqs[u], ds.train_times[u]
-    for item, t in ((ds.valid_item[u], ds.valid_time[u]), (ds.test_item[u], ds.test_time[u])):
-        if item >= 0:
-            items, times = np.append(items, item), np.append(times, t)
+    """Every event of user u (train, valid, test) with its time: the test-phase history plus the test item."""
+    items, times = ds.history(u, "test"), ds.history_times(u, "test")
+    if ds.test_item[u] >= 0:
+        items, times = np.append(items, ds.test_item[u]), np.append(times, ds.test_time[u])
     return items, times
 
 

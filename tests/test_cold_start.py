@@ -61,16 +61,14 @@ def test_cold_metrics_by_hand():
 
 
 def test_a_ranker_that_never_saw_the_cold_items_scores_them_from_text(magazine5):
-    from transformers import AutoTokenizer, BertModel
-
-    from prefmine.text.checkpoint import minilm_dir
+    from prefmine.text.checkpoint import resolve_init
     from prefmine.text.encoder import embed_texts
+    from prefmine.text.runtime import load_encoder
 
     torch.manual_seed(0)
     ds = load_dataset(magazine5)
-    d = minilm_dir()
-    text = embed_texts(BertModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d),
-                       list(ds.items["text"].fillna("")), 96)
+    tokenizer, bert = load_encoder(resolve_init("minilm").path)
+    text = embed_texts(bert, tokenizer, list(ds.items["text"].fillna("")), 96)
     sp = cold_item_split(ds, 0.1, seed=0)
     cfg = RankerConfig(batch_size=16, dropout=0.5, id_dropout=0.3)
     task = RankerTask(cfg, ds.n_items, sp.train_seqs, sp.train_events, text, sp.valid_histories,
