@@ -118,7 +118,8 @@ def train_prefmine(ds, text: np.ndarray, name: str, seed: int, bundle: Path, dis
                        text if fusion != "none" else None)
         best = max(m["history"], key=lambda h: h.get("valid_NDCG@10", -1)) if m["history"] else {}
         summary[component] = {"seconds": round(time.time() - t0, 1), "epochs": len(m["history"]),
-                              "best_epoch": best.get("epoch"), "valid_NDCG@10": best.get("valid_NDCG@10")}
+                              "best_epoch": best.get("epoch"), "valid_NDCG@10": best.get("valid_NDCG@10"),
+                              "cooc_blend": m.get("cooc_blend")}
     report = evaluate_models(ds, bundle)
     return {"models": report["models"], "training": summary}
 
@@ -219,8 +220,9 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
         if not args.no_cold:
             cold.append(cold_start(ds, text, name, seed, cache / "cold" / name, dist))
     models = {"popularity": runs[0]["models"]["popularity"], "item_knn": runs[0]["models"]["item_knn"]}
-    for m in ("prefmine_id_only", "prefmine"):
-        models[m] = {**_mean_over_seeds([r["models"][m] for r in runs]), "seeds": len(seeds)}
+    for m in ("prefmine_id_only_no_cooc", "prefmine_no_cooc", "prefmine_id_only", "prefmine"):
+        if all(m in r["models"] for r in runs):  # *_no_cooc: the ranker without its co-occurrence blend
+            models[m] = {**_mean_over_seeds([r["models"][m] for r in runs]), "seeds": len(seeds)}
     recbole = {}
     if job is not None:
         job.join()
@@ -279,7 +281,10 @@ def main(argv=None) -> int:
     report.setdefault("datasets", {})
     for name in args.datasets:
         print(f"[quality] {name}", flush=True)
-        report["datasets"][name] = bench_dataset(name, args, cache, python)
+        previous = report["datasets"].get(name, {})
+        report["datasets"][name] = entry = bench_dataset(name, args, cache, python)
+        if "cold_start" not in entry and "cold_start" in previous:  # --no-cold: keep the last cold-item run
+            entry["cold_start"] = {**previous["cold_start"], "from_run_finished": previous.get("finished")}
         report["machine"] = machine()
         report["protocol"] = ("leave-one-out by time, full ranking over all items, history excluded; RecBole "
                               "1.2.1 on the same split; prefmine mean over seeds")

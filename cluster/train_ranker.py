@@ -22,10 +22,11 @@ from cluster.ds_train import DistConfig, train
 from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.ranker.cooccurrence import BlendConfig, choose_beta, item_similarity, save_blend
 from prefmine.ranker.model import PRESETS, RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig, write_item_index
 from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
-from prefmine.ranker.task import RankerTask
+from prefmine.ranker.task import RankerTask, user_states
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
@@ -44,8 +45,20 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
     if text is not None:
         np.save(out / "text_embeddings.npy", text.astype(np.float32))
     (out / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": ds.n_items}, indent=2))
+    valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
-            "retrieval": save_retrieval_index(out)}
+            "retrieval": save_retrieval_index(out),
+            "cooc_blend": fit_cooc_blend(out, ds, cfg, *valid) if cfg.cooc_blend else None}
+
+
+def fit_cooc_blend(ranker_dir: Path, ds: Dataset, cfg: RankerConfig, histories, times, targets) -> dict:
+    """Choose the co-occurrence blend weight of a saved ranker on the validation users and save it beside it."""
+    blend_cfg = BlendConfig(neighbours=cfg.cooc_neighbours)
+    model = load_ranker(ranker_dir)
+    states = user_states(model, histories, cfg.max_len, times)
+    sim = item_similarity(ds.n_items, ds.train_seqs, blend_cfg.neighbours)
+    beta, table = choose_beta(states, ranker_item_vectors(model), sim, histories, targets, blend_cfg.betas)
+    return save_blend(ranker_dir, sim, beta, table, blend_cfg)
 
 
 def save_retrieval_index(ranker_dir: Path, cfg: RetrievalConfig | None = None) -> dict:

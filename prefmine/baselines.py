@@ -8,7 +8,8 @@ item's `neighbours` most similar items.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
+
+from prefmine.ranker.cooccurrence import cooc_scores, item_similarity
 
 
 class Popularity:
@@ -24,27 +25,12 @@ class Popularity:
 
 
 class ItemKNN:
+    """Item-kNN on the sparse co-occurrence similarity the ranker's blend uses (`ranker.cooccurrence`)."""
+
     name = "item_knn"
 
     def __init__(self, n_items: int, train_seqs, neighbours: int = 100, shrink: float = 0.0):
-        rows = np.concatenate([np.full(len(s), u) for u, s in enumerate(train_seqs)]) if train_seqs else []
-        cols = np.concatenate(train_seqs) if train_seqs else []
-        m = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(train_seqs), n_items))
-        m.data[:] = 1.0
-        m.sum_duplicates()
-        m.data[:] = 1.0
-        co = (m.T @ m).toarray()
-        norms = np.sqrt(np.diag(co))
-        sim = co / (np.outer(norms, norms) + shrink + 1e-12)
-        np.fill_diagonal(sim, 0.0)
-        if neighbours < n_items:
-            cut = np.partition(sim, n_items - neighbours, axis=1)[:, n_items - neighbours][:, None]
-            sim = np.where(sim >= cut, sim, 0.0)
-        self.sim = sim.astype(np.float32)
+        self.sim = item_similarity(n_items, train_seqs, neighbours, shrink)
 
     def scores(self, histories) -> np.ndarray:
-        out = np.zeros((len(histories), self.sim.shape[0]), dtype=np.float32)
-        for i, h in enumerate(histories):
-            if len(h):
-                out[i] = self.sim[np.unique(h)].sum(0)
-        return out
+        return cooc_scores(self.sim, histories)

@@ -34,7 +34,10 @@ def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = 
     if bundle is not None:
         for name, component in (("prefmine_id_only", "ranker_id_only"), ("prefmine", "ranker")):
             if (Path(bundle) / component / "model.pt").exists():
-                models[name] = RankerRuntime(bundle, component).scores
+                runtime = RankerRuntime(bundle, component)
+                if runtime.blend is not None:  # the ranker alone too, so the co-occurrence term's share shows
+                    models[f"{name}_no_cooc"] = RankerRuntime(bundle, component, cooc_blend=False).scores
+                models[name] = runtime.scores
     depth = max(*KS, *CURVE_KS)
     results = {}
     for name, score_fn in models.items():

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from prefmine.metrics import top_k
+from prefmine.ranker.cooccurrence import CooccurrenceBlend
 from prefmine.ranker.model import FusedRanker, RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig, open_item_index
 from prefmine.ranker.task import user_states
@@ -41,9 +42,11 @@ def ranker_item_vectors(model: FusedRanker) -> np.ndarray:
 
 
 class RankerRuntime:
-    """`retrieval`: how top-N candidates are found (None: as saved with the bundle's index, else the defaults)."""
+    """`retrieval`: how top-N candidates are found (None: as saved with the bundle's index, else the defaults).
+    `cooc_blend`: add the item co-occurrence term saved with the ranker (`ranker/cooccurrence.py`), if any."""
 
-    def __init__(self, bundle_path: str | Path, component: str = "ranker", retrieval: RetrievalConfig | None = None):
+    def __init__(self, bundle_path: str | Path, component: str = "ranker", retrieval: RetrievalConfig | None = None,
+                 cooc_blend: bool = True):
         d = Path(bundle_path) / component
         if not (d / "model.pt").is_file():
             raise FileNotFoundError(f"{d} holds no ranker (model.pt missing)")
@@ -55,6 +58,7 @@ class RankerRuntime:
         self.popularity = np.load(pop_path) if pop_path.exists() else np.zeros(len(self.item_vectors))
         # None: exact (the full matmul below); else an approximate ItemIndex over item_vectors
         self.index = open_item_index(d, self.item_vectors, retrieval, log=logger.warning)
+        self.blend = CooccurrenceBlend.load(d, self.item_vectors) if cooc_blend else None
 
     @property
     def dim(self) -> int:
@@ -65,7 +69,9 @@ class RankerRuntime:
         return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len, times)
 
     def scores(self, histories, times=None) -> np.ndarray:
-        return self.user_states(histories, times) @ self.item_vectors.T
+        """Scores of every item [len(histories), n_items]; blended with co-occurrence when the ranker has it."""
+        scores = self.user_states(histories, times) @ self.item_vectors.T
+        return self.blend.full(scores, histories) if self.blend is not None else scores
 
     def top_n(self, histories, n: int, exclude=None):
         """Top-n items and scores per history; an empty history is ranked by popularity (cold start)."""
@@ -77,12 +83,22 @@ class RankerRuntime:
         states = self.user_states(histories)
         if self.index is None:
             scores = states @ self.item_vectors.T
+            if self.blend is not None:
+                scores = self.blend.full(scores, histories)
             for i, h in enumerate(histories):
                 if len(h) == 0:
                     scores[i] = np.log1p(self.popularity)
             idx = top_k(scores, n, exclude)
             return idx, np.take_along_axis(scores, idx, 1), states
-        return (*self._top_n_indexed(histories, states, n, exclude), states)
+        if self.blend is None:
+            return (*self._top_n_indexed(histories, states, n, exclude), states)
+        # the index retrieves by ranker score alone: take twice as many, blend them in exactly, keep the best n
+        idx, scores = self._top_n_indexed(histories, states, min(2 * int(n), len(self.item_vectors)), exclude)
+        warm = np.flatnonzero([len(h) > 0 for h in histories])
+        if len(warm):
+            scores[warm] = self.blend.rescore(states[warm], scores[warm], idx[warm], [histories[i] for i in warm])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(idx, order, 1), np.take_along_axis(scores, order, 1), states
 
     def _top_n_indexed(self, histories, states: np.ndarray, n: int, exclude):
         """Top-n from the approximate index; empty histories by popularity. Rows with fewer than n items left
