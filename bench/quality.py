@@ -12,7 +12,9 @@ Per data set, in one run:
     (`.venv-recbole`, created on first use), run as a subprocess beside prefmine's training;
   - prefmine: the fused ranker (ID + frozen all-MiniLM-L6-v2 text vectors of the item texts) and its ID-only
     variant, each over `--seeds` (3) seeds, trained through Ray Train + DeepSpeed (`cluster.ds_train`, one CPU
-    worker, so RecBole has the other core), best epoch by valid NDCG@10, early stopping;
+    worker, so RecBole has the other core), best epoch by valid NDCG@10, early stopping; each then blended with
+    item co-occurrence (and, for the fused one, text similarity) with weights chosen on the validation users
+    (`prefmine.ranker.blend`); `*_no_blend` rows are the same rankers without the blend;
   - popularity and item-kNN (prefmine's own, for reference);
   - cold items: 10% of items held out of training entirely (`prefmine.cold_start`), Recall@10/NDCG@10 among
     the cold items for the fused ranker trained on the rest, against random and text similarity, per seed.
@@ -24,7 +26,8 @@ Results merge into `--out` per data set (a later run of other data sets keeps th
 Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
 
     python -m bench.quality [--datasets Magazine_Subscriptions Gift_Cards ml-latest-small] [--seeds 3]
-                            [--no-recbole] [--no-cold] [--recbole-cap-s 2400] [--recbole-models ...] [--quick]
+                            [--no-recbole] [--no-cold] [--reuse-recbole] [--recbole-cap-s 2400]
+                            [--recbole-models ...] [--quick]
                             [--out bench/results/quality.json]
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -119,7 +123,7 @@ def train_prefmine(ds, text: np.ndarray, name: str, seed: int, bundle: Path, dis
         best = max(m["history"], key=lambda h: h.get("valid_NDCG@10", -1)) if m["history"] else {}
         summary[component] = {"seconds": round(time.time() - t0, 1), "epochs": len(m["history"]),
                               "best_epoch": best.get("epoch"), "valid_NDCG@10": best.get("valid_NDCG@10"),
-                              "cooc_blend": m.get("cooc_blend")}
+                              "blend": m.get("blend")}
     report = evaluate_models(ds, bundle)
     return {"models": report["models"], "training": summary}
 
@@ -165,6 +169,9 @@ def verdict(models: dict) -> dict:
                            "best_recbole_value": rec[best], "lift": ours / max(rec[best], 1e-12) - 1.0}
         else:
             out[metric] = {"prefmine": ours, "prefmine_id_only": id_only}
+        for alone in ("prefmine_no_blend", "prefmine_id_only_no_blend"):  # the ranker alone, for the record
+            if alone in models:
+                out[metric][alone] = float(np.mean(models[alone][metric]))
     lifts = [v["lift"] for v in out.values() if "lift" in v]
     text_wins = all(v["prefmine"] > v["prefmine_id_only"] for v in out.values())
     anchors = {m[len("recbole_"):]: bool(v.get("converged")) for m, v in models.items() if m.startswith("recbole_")}
@@ -196,6 +203,18 @@ class RecBoleJob(threading.Thread):
             self.error = f"{type(e).__name__}: {e}"
 
 
+def reusable_recbole(path: Path, inter_sha256: str, models) -> dict | None:
+    """A finished RecBole result for exactly this split (.inter hash) and these models, or None."""
+    side = Path(f"{path}.inter_sha256")
+    if not (path.is_file() and side.is_file()) or side.read_text().strip() != inter_sha256:
+        return None
+    result = json.loads(path.read_text())
+    if not set(models) <= set(result.get("models", {})):
+        return None
+    result["reused_from"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+    return result
+
+
 def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     from cluster.ds_train import DistConfig
     from prefmine.data.dataset import load_dataset
@@ -208,10 +227,14 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     if python is not None:
         from bench.recbole_anchor import write_atomic
 
-        write_atomic(ds, cache / "recbole", name)
+        inter = write_atomic(ds, cache / "recbole", name)
         job = RecBoleJob(python, cache / "recbole", name, args.recbole_models, 2020,
                          cache / "recbole" / f"{name}.json", args.recbole_cap_s)
-        job.start()
+        job.inter_sha256 = hashlib.sha256(inter.read_bytes()).hexdigest()
+        job.previous = reusable_recbole(cache / "recbole" / f"{name}.json", job.inter_sha256,
+                                        args.recbole_models) if args.reuse_recbole else None
+        if job.previous is None:
+            job.start()
     dist = DistConfig(num_workers=1, log_every=10_000)
     seeds = [2020 + i for i in range(args.seeds)]
     runs, cold = [], []
@@ -220,12 +243,17 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
         if not args.no_cold:
             cold.append(cold_start(ds, text, name, seed, cache / "cold" / name, dist))
     models = {"popularity": runs[0]["models"]["popularity"], "item_knn": runs[0]["models"]["item_knn"]}
-    for m in ("prefmine_id_only_no_cooc", "prefmine_no_cooc", "prefmine_id_only", "prefmine"):
-        if all(m in r["models"] for r in runs):  # *_no_cooc: the ranker without its co-occurrence blend
+    for m in ("prefmine_id_only_no_blend", "prefmine_no_blend", "prefmine_id_only", "prefmine"):
+        if all(m in r["models"] for r in runs):  # *_no_blend: the ranker alone, without its item-to-item terms
             models[m] = {**_mean_over_seeds([r["models"][m] for r in runs]), "seeds": len(seeds)}
     recbole = {}
     if job is not None:
-        job.join()
+        if job.previous is not None:
+            job.result = job.previous
+        else:
+            job.join()
+            if not job.error:  # remember which split the results belong to (--reuse-recbole)
+                Path(f"{job.args[5]}.inter_sha256").write_text(job.inter_sha256)
         if job.error:
             recbole = {"error": job.error}
         else:
@@ -255,7 +283,9 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench_quality"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     p.add_argument("--no-recbole", action="store_true", help="prefmine only (no RecBole virtualenv)")
-    p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation (keeps the last one)")
+    p.add_argument("--reuse-recbole", action="store_true",
+                   help="reuse the cached RecBole results when they were computed on this exact split")
     p.add_argument("--recbole-cap-s", type=float, default=2400.0, help="wall-clock cap per RecBole model")
     p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,
                    help="a subset runs faster, but the verdict then never passes")

@@ -22,7 +22,7 @@ from cluster.ds_train import DistConfig, train
 from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
-from prefmine.ranker.cooccurrence import BlendConfig, choose_beta, item_similarity, save_blend
+from prefmine.ranker.blend import BlendConfig, choose_weights, item_similarity, save_blend, unit_rows
 from prefmine.ranker.model import PRESETS, RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig, write_item_index
 from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
@@ -48,17 +48,20 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
             "retrieval": save_retrieval_index(out),
-            "cooc_blend": fit_cooc_blend(out, ds, cfg, *valid) if cfg.cooc_blend else None}
+            "blend": fit_blend(out, ds, cfg, text, *valid) if cfg.blend else None}
 
 
-def fit_cooc_blend(ranker_dir: Path, ds: Dataset, cfg: RankerConfig, histories, times, targets) -> dict:
-    """Choose the co-occurrence blend weight of a saved ranker on the validation users and save it beside it."""
-    blend_cfg = BlendConfig(neighbours=cfg.cooc_neighbours)
+def fit_blend(ranker_dir: Path, ds: Dataset, cfg: RankerConfig, text: np.ndarray | None, histories, times,
+              targets) -> dict:
+    """Choose the blend weights (ranker/blend.py) of a saved ranker on the validation users; save them beside it.
+    The text-similarity term is only tried for a text-fused ranker (`text` given)."""
+    blend_cfg = BlendConfig(neighbours=cfg.blend_neighbours)
     model = load_ranker(ranker_dir)
     states = user_states(model, histories, cfg.max_len, times)
     sim = item_similarity(ds.n_items, ds.train_seqs, blend_cfg.neighbours)
-    beta, table = choose_beta(states, ranker_item_vectors(model), sim, histories, targets, blend_cfg.betas)
-    return save_blend(ranker_dir, sim, beta, table, blend_cfg)
+    weights, table = choose_weights(states, ranker_item_vectors(model), sim, histories, targets, blend_cfg,
+                                    unit_rows(text) if text is not None else None)
+    return save_blend(ranker_dir, sim, weights, table, blend_cfg)
 
 
 def save_retrieval_index(ranker_dir: Path, cfg: RetrievalConfig | None = None) -> dict:

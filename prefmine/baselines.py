@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prefmine.ranker.cooccurrence import cooc_scores, item_similarity
+from prefmine.ranker.blend import cooc_scores, item_similarity
 
 
 class Popularity:
@@ -25,7 +25,7 @@ class Popularity:
 
 
 class ItemKNN:
-    """Item-kNN on the sparse co-occurrence similarity the ranker's blend uses (`ranker.cooccurrence`)."""
+    """Item-kNN on the sparse co-occurrence similarity the ranker's blend uses (`ranker/blend.py`)."""
 
     name = "item_knn"
 

@@ -35,8 +35,8 @@ def evaluate_models(ds: Dataset, bundle: str | Path | None = None, phase: str = 
         for name, component in (("prefmine_id_only", "ranker_id_only"), ("prefmine", "ranker")):
             if (Path(bundle) / component / "model.pt").exists():
                 runtime = RankerRuntime(bundle, component)
-                if runtime.blend is not None:  # the ranker alone too, so the co-occurrence term's share shows
-                    models[f"{name}_no_cooc"] = RankerRuntime(bundle, component, cooc_blend=False).scores
+                if runtime.blend is not None:  # the ranker alone too, so what the blend adds shows
+                    models[f"{name}_no_blend"] = RankerRuntime(bundle, component, blend=False).scores
                 models[name] = runtime.scores
     depth = max(*KS, *CURVE_KS)
     results = {}

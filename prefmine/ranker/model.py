@@ -57,8 +57,8 @@ class RankerConfig:
     weight_decay: float = 0.0
     seed: int = 2020
     eval_users: int = 2000  # validation users scored after each epoch
-    cooc_blend: bool = True  # after training, blend item co-occurrence scores in (weight chosen on validation)
-    cooc_neighbours: int = 100  # co-occurrence similarities kept per item (ranker/cooccurrence.py)
+    blend: bool = True  # after training, blend co-occurrence and text similarity in (weights chosen on validation)
+    blend_neighbours: int = 100  # co-occurrence similarities kept per item (ranker/blend.py)
 
 
 PRESETS = {

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from prefmine.metrics import top_k
-from prefmine.ranker.cooccurrence import CooccurrenceBlend
+from prefmine.ranker.blend import ScoreBlend
 from prefmine.ranker.model import FusedRanker, RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig, open_item_index
 from prefmine.ranker.task import user_states
@@ -43,10 +43,10 @@ def ranker_item_vectors(model: FusedRanker) -> np.ndarray:
 
 class RankerRuntime:
     """`retrieval`: how top-N candidates are found (None: as saved with the bundle's index, else the defaults).
-    `cooc_blend`: add the item co-occurrence term saved with the ranker (`ranker/cooccurrence.py`), if any."""
+    `blend`: add the co-occurrence and text-similarity terms saved with the ranker (`ranker/blend.py`), if any."""
 
     def __init__(self, bundle_path: str | Path, component: str = "ranker", retrieval: RetrievalConfig | None = None,
-                 cooc_blend: bool = True):
+                 blend: bool = True):
         d = Path(bundle_path) / component
         if not (d / "model.pt").is_file():
             raise FileNotFoundError(f"{d} holds no ranker (model.pt missing)")
@@ -58,7 +58,7 @@ class RankerRuntime:
         self.popularity = np.load(pop_path) if pop_path.exists() else np.zeros(len(self.item_vectors))
         # None: exact (the full matmul below); else an approximate ItemIndex over item_vectors
         self.index = open_item_index(d, self.item_vectors, retrieval, log=logger.warning)
-        self.blend = CooccurrenceBlend.load(d, self.item_vectors) if cooc_blend else None
+        self.blend = ScoreBlend.load(d, self.item_vectors) if blend else None
 
     @property
     def dim(self) -> int:
@@ -69,7 +69,7 @@ class RankerRuntime:
         return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len, times)
 
     def scores(self, histories, times=None) -> np.ndarray:
-        """Scores of every item [len(histories), n_items]; blended with co-occurrence when the ranker has it."""
+        """Scores of every item [len(histories), n_items]; blended (ranker/blend.py) when the ranker has a blend."""
         scores = self.user_states(histories, times) @ self.item_vectors.T
         return self.blend.full(scores, histories) if self.blend is not None else scores
 

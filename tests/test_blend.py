@@ -1,5 +1,5 @@
-"""The ranker's co-occurrence blend (prefmine/ranker/cooccurrence.py): similarity by hand, the blend weight
-chosen on validation, candidate subsets blended exactly as full rows, and a saved blend used by RankerRuntime."""
+"""The ranker's score blend (prefmine/ranker/blend.py): similarity by hand, the weights chosen on validation,
+candidate subsets blended exactly as full rows, and a saved blend used by RankerRuntime."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 
 from prefmine.metrics import top_k
-from prefmine.ranker.cooccurrence import (
+from prefmine.ranker.blend import (
     BlendConfig,
-    CooccurrenceBlend,
-    blend,
-    choose_beta,
+    ScoreBlend,
+    choose_weights,
+    combine,
     cooc_scores,
     item_similarity,
     save_blend,
+    text_profiles,
+    unit_rows,
 )
 from prefmine.ranker.retrieval import RetrievalConfig
 from prefmine.ranker.runtime import RankerRuntime
@@ -47,18 +49,26 @@ def _chain(n_items: int, users: int, rng):
     return hist, targets, item_similarity(n_items, train, 2)
 
 
-def test_choose_beta_uses_cooccurrence_only_when_it_helps():
+def test_weights_are_chosen_on_validation_only_for_terms_that_help():
     rng = np.random.default_rng(0)
     n = 60
     hist, targets, sim = _chain(n, 200, rng)
     vecs = rng.standard_normal((n, 8))
-    noise_states = rng.standard_normal((200, 8))  # a ranker that knows nothing
-    beta, table = choose_beta(noise_states, vecs, sim, hist, targets, BlendConfig().betas, chunk=64)
-    assert beta > 0 and table[beta] > table[0.0] + 0.3
-    onehot = np.eye(n)  # a ranker that knows the answer: co-occurrence can only tie or blur it
+    noise_states = rng.standard_normal((200, 8))  # a ranker that knows nothing; co-occurrence knows the answer
+    (beta, gamma), table = choose_weights(noise_states, vecs, sim, hist, targets, BlendConfig(), chunk=64)
+    assert beta > 0 and gamma == 0.0 and table[(beta, 0.0)] > table[(0.0, 0.0)] + 0.3
+    assert {g for _, g in table} == {0.0}  # no text vectors: the text weight is not tried
+    onehot = np.eye(n)  # a ranker that knows the answer: the other terms can only tie or blur it
     noisy_sim = item_similarity(n, [rng.integers(0, n, 5) for _ in range(300)], 10)
-    beta, table = choose_beta(onehot[targets], onehot, noisy_sim, hist, targets, BlendConfig().betas)
-    assert beta == 0.0 and table[0.0] == pytest.approx(1.0) and min(table.values()) < 1.0
+    (beta, gamma), table = choose_weights(onehot[targets], onehot, noisy_sim, hist, targets, BlendConfig(),
+                                          unit_rows(rng.standard_normal((n, 16))))
+    assert (beta, gamma) == (0.0, 0.0) and table[(0.0, 0.0)] == pytest.approx(1.0) and min(table.values()) < 1.0
+    # text vectors that put each item next to its successor (and predecessor): the text weight is chosen
+    angle = np.arange(n) * 2 * np.pi / n
+    ring = np.stack([np.cos(angle), np.sin(angle)], 1)
+    (beta, gamma), table = choose_weights(noise_states, vecs, noisy_sim, [h[-1:] for h in hist], targets,
+                                          BlendConfig(), ring)
+    assert gamma > 0 and table[(beta, gamma)] > table[(0.0, 0.0)] + 0.1
 
 
 def test_candidate_subsets_are_blended_as_full_rows():
@@ -66,10 +76,12 @@ def test_candidate_subsets_are_blended_as_full_rows():
     n = 500
     sim = item_similarity(n, [rng.integers(0, n, rng.integers(2, 12)) for _ in range(400)], 50)
     vecs, states = rng.standard_normal((n, 16)), rng.standard_normal((30, 16))
+    text = unit_rows(rng.standard_normal((n, 24)))
     hist = [rng.integers(0, n, rng.integers(1, 10)) for _ in range(30)]
-    b = CooccurrenceBlend(sim, 0.7, vecs)
+    b = ScoreBlend(sim, 0.7, vecs, text, 0.4)
     full = b.full(states @ vecs.T, hist)
-    np.testing.assert_allclose(full, blend(states @ vecs.T, cooc_scores(sim, hist), 0.7), rtol=1e-5)
+    want_full = combine(states @ vecs.T, cooc_scores(sim, hist), text_profiles(text, hist) @ text.T, 0.7, 0.4)
+    np.testing.assert_allclose(full, want_full, rtol=1e-5)
     cands = rng.integers(0, n, (30, 40))
     cands[:, -3:] = -1  # padding stays out
     got = b.rescore(states, np.take_along_axis(states @ vecs.T, np.maximum(cands, 0), 1), cands, hist)
@@ -83,13 +95,13 @@ def blended_bundle(tmp_path_factory):
     path = write_bundle(tmp_path_factory.mktemp("blend"), 3000, seed=5)
     rng = np.random.default_rng(5)
     sim = item_similarity(3000, [rng.integers(0, 3000, rng.integers(2, 20)) for _ in range(4000)], 100)
-    save_blend(path / "ranker", sim, 0.5, {0.0: 0.1, 0.5: 0.2}, BlendConfig())
+    save_blend(path / "ranker", sim, (0.5, 0.0), {(0.0, 0.0): 0.1, (0.5, 0.0): 0.2}, BlendConfig())
     return path
 
 
 def test_runtime_scores_and_candidates_use_the_saved_blend(blended_bundle):
     histories, exclude = requests(3000)
-    plain = RankerRuntime(blended_bundle, cooc_blend=False, retrieval=RetrievalConfig(exact_below=10**6))
+    plain = RankerRuntime(blended_bundle, blend=False, retrieval=RetrievalConfig(exact_below=10**6))
     rt = RankerRuntime(blended_bundle, retrieval=RetrievalConfig(exact_below=10**6))
     assert rt.blend is not None and plain.blend is None
     raw = plain.scores(histories)
