@@ -75,14 +75,17 @@ def _evaluate(a) -> int:
     if a.out_dir and Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
         print(f"prefmine: error: --out-dir {a.out_dir} exists and is not a directory", file=sys.stderr)
         return 2  # checked before the evaluation, not after minutes of it
-    run_evaluation(a.data, a.bundle, a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
+    from prefmine.store import fetch
+
+    run_evaluation(a.data, str(fetch(a.bundle)), a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
     return 0
 
 
 def _serve(a) -> int:
+    from prefmine.store import fetch
     from serve.run import run_serve
 
-    return run_serve(a.bundle, a.grpc_port)
+    return run_serve(str(fetch(a.bundle)), a.grpc_port)  # a cloud URI is downloaded once per bundle version
 
 
 def _client_recommend(a) -> int:
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train encoder, ranker and policy (or one stage) into a bundle")
     tr.add_argument("stage", nargs="?", choices=["encoder", "ranker", "policy"])
     tr.add_argument("--data", required=True)
-    tr.add_argument("--out", required=True, help="bundle directory")
+    tr.add_argument("--out", required=True, help="bundle location: a directory or a URI (s3://, gs://, file://)")
     tr.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     tr.add_argument("--config", help="YAML with encoder/ranker/policy/simulator/dist sections")
     tr.set_defaults(func=_train)
@@ -166,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--exclude", nargs="*", help="raw item ids to exclude")
     rec.set_defaults(func=_client_recommend)
+
+    from cluster.jobs import add_parser as add_jobs_parser
+
+    add_jobs_parser(sub)
 
     demo = sub.add_parser("demo", help="the main job: prepare, train, evaluate, serve and query, end to end")
     demo.add_argument("--dataset", choices=["magazine", "movielens"], default="magazine")

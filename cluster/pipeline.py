@@ -4,12 +4,19 @@
 starts (`cluster.ray_env.ensure_ray`). A config file (YAML) may hold `encoder:`, `ranker:`, `policy:`,
 `simulator:` and `dist:` sections; unknown keys are errors. Each stage records its config and metrics in the
 bundle manifest; the manifest is rewritten atomically after each stage.
+
+The bundle is built in a local staging directory (a copy of the bundle already at `out`, if any, so one stage can
+be retrained) and published to `out` at the end through `prefmine.store` with the manifest written last: `out`
+may be a local path or a cloud URI (s3://, gs://, ...), and serving never picks up a half-written bundle.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +25,7 @@ import numpy as np
 from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
+from prefmine import store
 from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.ranker.model import PRESETS as RANKER_PRESETS
@@ -66,7 +74,10 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     dist = C.resolve(DIST_PRESETS, preset, file.get("dist"))
 
     ds = load_dataset(data, with_reviews=True)
-    bundle = Path(out)
+    bundle = staging_dir(out)
+    shutil.rmtree(bundle, ignore_errors=True)  # a staging left by a run that died: start clean
+    if store.is_complete(out):  # retraining some stages of an existing bundle: start from a copy of it
+        shutil.copytree(store.fetch(out), bundle)
     bundle.mkdir(parents=True, exist_ok=True)
     try:
         version = read_manifest(bundle)["version"]
@@ -93,7 +104,17 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
                                                        "metrics": {k: v for k, v in metrics["policy"].items()
                                                                    if k != "history"}}})
     update_manifest(bundle, train_seconds=round(time.time() - t0, 1))
+    metrics["published"] = store.publish(bundle, out)
+    shutil.rmtree(bundle, ignore_errors=True)
     return metrics
+
+
+def staging_dir(out: str | Path) -> Path:
+    """Where a bundle for `out` is built: beside a local `out` (same disk: cheap copy), else a temp dir."""
+    if store.is_uri(out) and not str(out).startswith("file://"):
+        return Path(tempfile.gettempdir()) / f"prefmine-staging-{hashlib.sha1(str(out).encode()).hexdigest()[:12]}"
+    path = Path(store.resolve(out)[1])
+    return path.parent / f".{path.name}.staging"
 
 
 def main(argv=None) -> int:
@@ -105,7 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--config")
     args = p.parse_args(argv)
     m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config)
-    print(json.dumps(m, indent=2, default=str)[:4000])
+    print(json.dumps({stage: {k: v for k, v in part.items() if k != "history"} if isinstance(part, dict) else part
+                      for stage, part in m.items()}, indent=2, default=str)[:4000])
+    print(f"bundle written: {args.out}", flush=True)
     return 0
 
 

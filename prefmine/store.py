@@ -1,0 +1,142 @@
+"""The bundle store: where finished bundles are published and where serving fetches them from.
+
+A store location is a local path or any URI pyarrow's filesystems resolve (`file://`, `s3://`, `gs://`,
+`hdfs://`, `abfs://`; credentials from the environment as the cloud SDKs read them). Training always builds a
+bundle in a local staging directory (`cluster/pipeline.py`), then `publish` copies it to the location with the
+manifest written LAST, after the previous manifest there was removed first: a reader that finds `manifest.json`
+(serving's `check_bundle`, `fetch`) therefore always sees a complete bundle, and one that finds none knows the
+bundle is still being written (or a publish died half-way: publish again). On object stores each object write is
+atomic, so the manifest appears whole or not at all; on local disks it is written to a temporary name and renamed.
+
+`fetch` gives serving a local directory: a local location is used in place; a remote one is downloaded once per
+bundle version into a cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    cache_dir: str = str(Path.home() / ".cache" / "prefmine" / "bundles")  # fetched remote bundles
+    chunk_bytes: int = 8 << 20
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+_FILESYSTEMS: dict[str, pafs.FileSystem] = {}  # one client per scheme://authority (cloud clients are costly)
+
+
+def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(location).resolve())
+    uri = str(location)
+    scheme, rest = uri.split("://", 1)
+    key = f"{scheme}://{rest.split('/', 1)[0]}"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return _FILESYSTEMS.setdefault(key, fs), path
+
+
+def _files(fs: pafs.FileSystem, root: str) -> list[str]:
+    """Paths of all files under root, relative to it, sorted."""
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root.rstrip("/")) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def _copy(src_fs, src: str, dst_fs, dst: str, chunk: int) -> None:
+    with src_fs.open_input_stream(src) as fin, dst_fs.open_output_stream(dst) as fout:
+        while True:
+            block = fin.read(chunk)
+            if not block:
+                break
+            fout.write(block)
+
+
+def is_complete(location: str | Path) -> bool:
+    fs, root = resolve(location)
+    return fs.get_file_info(f"{root}/{MANIFEST}").type == pafs.FileType.File
+
+
+def read_manifest(location: str | Path) -> dict:
+    fs, root = resolve(location)
+    with fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+        return json.loads(f.read().decode())
+
+
+def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig = StoreConfig(),
+            on_file=None) -> dict:
+    """Copy a finished local bundle to `location` (path or URI), manifest last. Returns what was written.
+
+    `on_file(relative_path)` is called after each file is copied (progress; an exception there aborts the
+    publish and leaves the location without a manifest)."""
+    src = Path(local_bundle)
+    if not (src / MANIFEST).is_file():
+        raise FileNotFoundError(f"{src} is not a finished bundle (no {MANIFEST})")
+    dst_fs, root = resolve(location)
+    if not is_uri(location) and Path(root) == src.resolve():
+        return {"location": str(location), "files": 0, "bytes": 0, "in_place": True}
+    dst_fs.create_dir(root, recursive=True)
+    if dst_fs.get_file_info(f"{root}/{MANIFEST}").type == pafs.FileType.File:
+        dst_fs.delete_file(f"{root}/{MANIFEST}")  # from here on readers see "being written"
+    src_fs = pafs.LocalFileSystem()
+    files = [f for f in _files(src_fs, str(src.resolve())) if f != MANIFEST]
+    written = 0
+    for rel in files:
+        parent = os.path.dirname(rel)
+        if parent:
+            dst_fs.create_dir(f"{root}/{parent}", recursive=True)
+        _copy(src_fs, str(src.resolve() / rel), dst_fs, f"{root}/{rel}", cfg.chunk_bytes)
+        written += (src / rel).stat().st_size
+        if on_file is not None:
+            on_file(rel)
+    manifest = (src / MANIFEST).read_bytes()
+    if isinstance(dst_fs, pafs.LocalFileSystem):  # write + rename: never a half-written manifest on disk
+        tmp = f"{root}/.{MANIFEST}.tmp"
+        with dst_fs.open_output_stream(tmp) as f:
+            f.write(manifest)
+        os.replace(tmp, f"{root}/{MANIFEST}")
+    else:
+        with dst_fs.open_output_stream(f"{root}/{MANIFEST}") as f:
+            f.write(manifest)
+    return {"location": str(location), "files": len(files) + 1, "bytes": written + len(manifest), "in_place": False}
+
+
+def fetch(location: str | Path, cfg: StoreConfig = StoreConfig()) -> Path:
+    """A local directory holding the complete bundle at `location` (downloaded once per version if remote)."""
+    if not is_complete(location):
+        raise FileNotFoundError(f"{location} holds no complete bundle ({MANIFEST} missing: not written yet, "
+                                "or a publish did not finish)")
+    if not is_uri(location) or str(location).startswith("file://"):
+        return Path(resolve(location)[1])
+    version = read_manifest(location).get("version", "unversioned")
+    dest = Path(cfg.cache_dir) / f"{str(location).split('://', 1)[1].strip('/').replace('/', '_')}-{version}"
+    if (dest / MANIFEST).is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    download(location, tmp, cfg)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def download(location: str | Path, local_dir: Path, cfg: StoreConfig = StoreConfig()) -> None:
+    """Download a remote bundle into `local_dir`, manifest last."""
+    src_fs, root = resolve(location)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    files = _files(src_fs, root)
+    for rel in [f for f in files if f != MANIFEST] + [MANIFEST]:
+        (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        _copy(src_fs, f"{root}/{rel}", pafs.LocalFileSystem(), str(local_dir / rel), cfg.chunk_bytes)
