@@ -39,13 +39,18 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True, quiet: bool 
 
     if ray.is_initialized():
         return ray
+    runtime_env = {"env_vars": worker_env()}
+    # A submitted job's own runtime_env (`prefmine jobs submit` sets these variables there, and Ray exports them
+    # to this driver) may not be given again: Ray refuses to merge the same keys. So only what's missing is added.
+    missing = {k: v for k, v in worker_env().items() if k not in os.environ}
     for k, v in worker_env().items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": worker_env()}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env, log_to_driver=not quiet)
+        ray.init(runtime_env={"env_vars": missing} if missing else None, log_to_driver=not quiet)
         return ray
-    ctx = ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
+    # address="local": always a new Ray owned by this process. Without it ray.init() joins whatever `ray start`
+    # cluster /tmp/ray/ray_current_cluster names (another user's head, or a stale one that no longer answers).
+    ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
                    dashboard_host="127.0.0.1", runtime_env=runtime_env,
                    log_to_driver=not quiet, logging_level="WARNING")
     url = getattr(ctx, "dashboard_url", None)

@@ -1,0 +1,139 @@
+"""Running on a real cluster: ray_cluster.yaml passes Ray's own launcher validation, and the pipeline submitted
+through `prefmine jobs` to a real `ray start --head` (loopback, dashboard on) succeeds and writes its bundle."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def launcher_config(cfg: dict) -> dict:
+    """What `ray up` does with the file before it starts anything: fill defaults, then validate."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cfg))
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_yaml_passes_rays_launcher_validation():
+    raw = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    cfg = launcher_config(raw)
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    gpu = [t for name, t in types.items() if name != cfg["head_node_type"]]
+    assert head.get("resources", {}).get("GPU", 0) == 0, "the head is a CPU node"
+    assert gpu and all(t["resources"].get("GPU", 0) >= 1 for t in gpu), "a GPU worker type"
+    assert all(t["min_workers"] == 0 < t["max_workers"] for t in gpu), "GPU workers autoscale from zero"
+    assert any("bootstrap.sh" in c for c in cfg["setup_commands"]), "nodes install the project like a laptop"
+    assert "." in cfg["file_mounts"].values(), "the project is mounted on every node"
+    assert any("bundle" in k for k in cfg["file_mounts"]), "a file mount for the bundle store"
+    # the validation is real: a broken copy is refused
+    for breaks in (lambda c: c.update(head_node_type="nope"),
+                   lambda c: c["available_node_types"]["gpu_worker"].update(min_workers="two")):
+        bad = copy.deepcopy(raw)
+        breaks(bad)
+        with pytest.raises((ValueError, jsonschema.ValidationError)):
+            launcher_config(bad)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real Ray head node (`ray start --head --block`) in its own process group, killed as a group at the end
+    so that the session's other Ray instance is left alone (`ray stop` would stop every Ray on the machine)."""
+    dash, gcs = free_port(), free_port()
+    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
+             "--dashboard-agent-listen-port", str(free_port()), "--node-manager-port", str(free_port()),
+             "--object-manager-port", str(free_port())]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
+                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
+                             "--dashboard-host", "127.0.0.1", *ports], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray dashboard did not come up in 120 s"
+            time.sleep(1)
+        yield address
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                continue
+        # `ray start` recorded this head as the machine's current cluster; `ray stop` would remove the record, a
+        # group kill does not, and a later plain ray.init() would try to join the dead head
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()
+
+
+def prefmine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "prefmine"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
+@pytest.mark.slow
+def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(ray_head, magazine5, tmp_path):
+    bundle = tmp_path / "bundle"
+    run = prefmine("jobs", "submit", "--address", ray_head, "--wait", "--timeout", "1500", "--",
+                   "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(bundle),
+                   "--preset", "tiny", timeout=1600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    job_id = run.stdout.split()[1]
+    assert [ln.split(": ")[1] for ln in run.stdout.splitlines() if ln.startswith(job_id)][-1] == "SUCCEEDED"
+    st = prefmine("jobs", "status", job_id, "--address", ray_head)
+    assert st.returncode == 0 and st.stdout.strip() == "SUCCEEDED"
+    log = prefmine("jobs", "logs", job_id, "--address", ray_head)
+    assert log.returncode == 0 and f"bundle written: {bundle}" in log.stdout  # printed by the job's driver
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {"encoder", "ranker", "policy"} <= set(manifest["components"])
+    for f in ("ranker/model.pt", "policy/policy_config.json", "encoder/item_embeddings.npy"):
+        assert (bundle / f).is_file(), f
+    # the job ran on the head's cluster with the project shipped as its working_dir, not in this process
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(ray_head).get_job_info(job_id)
+    assert info.runtime_env["working_dir"].startswith(("gcs://", "file://"))
+    assert info.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_jobs_cli_rejects_an_empty_entrypoint(ray_head):
+    run = prefmine("jobs", "submit", "--address", ray_head, "--")
+    assert run.returncode != 0 and "entrypoint is empty" in run.stderr
