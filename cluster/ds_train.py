@@ -5,7 +5,8 @@ The same code runs on this laptop-class CPU (DeepSpeed's CPU accelerator, gloo) 
 worker saves its DeepSpeed checkpoint shard and reports it through Ray Train (merged into one checkpoint
 directory), rank 0 adding a plain fp32 `model.pt` for export and the metrics history;
 a restarted worker group resumes from the last checkpoint (FailureConfig). Progress is printed per step with
-rate and ETA.
+rate and ETA; rank 0 also writes each epoch's metrics to `<storage>/<name>/metrics.jsonl` and TensorBoard
+(`cluster/metrics_log.py`).
 
 Model selection: a task with a `select_metric` (a key its `evaluate` returns, higher is better) has its best epoch
 kept as the exported `model.pt`, and with `patience` > 0 training stops after that many epochs without a better
@@ -21,6 +22,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cluster.metrics_log import EpochLog
 
 DS_CONFIG_DIR = Path(__file__).parent / "deepspeed"
 
@@ -107,6 +110,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         if rank == 0:
             print(f"[{config['name']}] resumed from epoch {start_epoch - 1}", flush=True)
 
+    log = EpochLog(config["log_dir"], history, start_epoch) if rank == 0 and config.get("log_dir") else None
     steps = task.steps_per_epoch(world)
     total = steps * task.epochs
     t0, done = time.time(), 0
@@ -146,6 +150,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         if select:
             metrics["best_epoch"] = best["epoch"]
         history.append(metrics)
+        if log is not None:
+            log.write(metrics)
         if rank == 0:
             print(f"[{config['name']}] epoch {epoch + 1} " +
                   " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_seconds")),
@@ -183,6 +189,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
                 print(f"[{config['name']}] early stop after epoch {epoch + 1}: best {select} "
                       f"{best['value']:.4f} at epoch {best['epoch'] + 1}", flush=True)
             break
+    if log is not None:
+        log.close()
 
 
 def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:
@@ -201,7 +209,7 @@ def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> Tra
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every,
-                           "checkpoint_every": dist.checkpoint_every},
+                           "checkpoint_every": dist.checkpoint_every, "log_dir": str(storage / name)},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
                                      resources_per_worker={"CPU": dist.cpus_per_worker}),

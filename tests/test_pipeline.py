@@ -47,6 +47,23 @@ def test_encoder_stages_trained_with_deepspeed_on_two_workers(tiny_bundle):
         assert any("zero_pp_rank_0" in s for s in shards) and any("zero_pp_rank_1" in s for s in shards), run
 
 
+def test_every_training_run_logs_epoch_metrics_as_json_lines_and_tensorboard(tiny_bundle):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted((tiny_bundle / ".train").iterdir())
+    assert runs
+    for run in runs:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in lines] == list(range(len(lines))) and len(lines) >= 1, run
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        loss = events.Scalars("loss")
+        assert [e.step for e in loss] == [m["epoch"] for m in lines]
+        assert np.allclose([e.value for e in loss], [m["loss"] for m in lines], rtol=1e-5), run
+    ranker = next(r for r in runs if r.name.startswith("ranker-"))
+    assert "valid_NDCG_at_10" in EventAccumulator(str(ranker / "tensorboard")).Reload().Tags()["scalars"]
+
+
 def test_ranker_loss_goes_down_and_learns(tiny_bundle):
     comps = read_manifest(tiny_bundle)["components"]
     for name in ("ranker", "ranker_id_only"):
