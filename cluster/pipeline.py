@@ -99,7 +99,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)
         metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg)
-        update_manifest(bundle, components={"policy": {"algorithm": "DQN", "config": C.to_dict(pol_cfg),
+        update_manifest(bundle, components={"policy": {"algorithm": pol_cfg.algorithm, "config": C.to_dict(pol_cfg),
                                                        "simulator": C.to_dict(sim_cfg),
                                                        "metrics": {k: v for k, v in metrics["policy"].items()
                                                                    if k != "history"}}})

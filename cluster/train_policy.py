@@ -1,8 +1,10 @@
-"""Train the recommendation policy with RLlib DQN on the user simulator, export it, and evaluate it.
+"""Train the recommendation policy with RLlib (DQN or PPO) on the user simulator, export it, and evaluate it.
 
-`train_policy` builds a DQN (RLlib new API stack) on `RecSimEnv`, trains for a time/iteration budget with a
-small rollout fragment and train batch (RLlib's DQN defaults make one iteration take ~40 s on 2 cores), and
-exports the RLModule so that `prefmine.policy.runtime.PolicyRuntime` can load it without an Algorithm:
+`train_policy` builds a DQN (double, dueling Q-learning) or a PPO (clipped policy gradient with a value
+baseline) on `RecSimEnv`, both on RLlib's new API stack (RLModule + Learner + EnvRunner), trains for a
+time/iteration budget with a small rollout fragment and train batch (RLlib's DQN defaults make one iteration take
+~40 s on 2 cores), and exports the RLModule so that `prefmine.policy.runtime.PolicyRuntime` can load it without
+an Algorithm:
 
     out_dir/rl_module/            RLModule checkpoint (module.save_to_path)
     out_dir/policy_config.json    simulator config, obs spec and layout, N, training metrics
@@ -10,7 +12,13 @@ exports the RLModule so that `prefmine.policy.runtime.PolicyRuntime` can load it
     out_dir/item_popularity.npy   train counts (obs feature)
 
 `evaluate_policies` runs the learned, greedy (ranker's top item), popularity and random policies on the same
-seeded simulated sessions and reports return mean, 95% CI and CTR for each.
+seeded simulated sessions and reports return mean, CTR and conversion, each with a 95% CI, and the paired
+difference of every policy's return against greedy.
+
+`warm_start` continues from an exported policy's RLModule (the incremental update job, `cluster/update_policy.py`):
+its weights are loaded into the Learner (DQN: target network synced to them) and broadcast to the EnvRunners
+before the first sample. Padded candidate slots are not masked inside RLlib (both algorithms learn from the
+PAD_SCORE features that a padded slot shows nothing); `PolicyRuntime` and the evaluation mask them.
 
 The caller owns Ray: if it is not initialised, a local one is started (2 CPUs, one OMP thread per worker).
 """
@@ -30,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from prefmine.config import ConfigError, load_file, parse_overrides, resolve
+from prefmine.policy.response import save_response
 from prefmine.policy.simulator import (
     SIMULATOR_PRESETS,
     ObsSpec,
@@ -42,12 +51,16 @@ from prefmine.policy.simulator import (
 
 @dataclass(frozen=True)
 class PolicyTrainConfig:
-    """DQN training settings. Presets: `POLICY_PRESETS`; `simulator` names the SimulatorConfig preset."""
+    """Policy training settings. Presets: `POLICY_PRESETS`; `simulator` names the SimulatorConfig preset.
 
+    `algorithm` picks DQN or PPO; the `ppo_*` fields apply to PPO only, the epsilon/replay fields to DQN only.
+    """
+
+    algorithm: str = "DQN"  # "DQN" (Q-learning family) or "PPO"
     simulator: str = "tiny"
     max_iterations: int = 12
     time_budget_s: float = 100.0  # stop after the iteration that crosses this
-    steps_per_iteration: int = 1000  # env steps sampled per train() call
+    steps_per_iteration: int = 1000  # env steps sampled per train() call (PPO: its train batch)
     rollout_fragment_length: int = 5  # per env: 5 x 4 envs = 20 env steps per training step (50 updates/1000 steps)
     num_envs_per_env_runner: int = 4  # vectorised envs batch the module's inference (RLlib's per-step overhead)
     train_batch_size: int = 256
@@ -55,25 +68,42 @@ class PolicyTrainConfig:
     gamma: float = 0.5  # sessions are short; the immediate click dominates
     hiddens: tuple = (64, 64)
     epsilon_timesteps: int = 4000
+    initial_epsilon: float = 1.0  # a warm start (update job) begins lower: the policy already knows something
     final_epsilon: float = 0.05
     learning_starts: int = 500
     target_update_freq: int = 500
     buffer_capacity: int = 50_000
     replay_buffer: str = "EpisodeReplayBuffer"  # uniform; "PrioritizedEpisodeReplayBuffer" samples ~10x slower
     n_step: int = 1
+    ppo_lr: float = 3e-4
+    ppo_gamma: float = 0.9  # PPO's GAE works with the longer horizon; DQN's bootstrapping prefers the short one
+    ppo_lambda: float = 0.95
+    ppo_minibatch_size: int = 128
+    ppo_num_epochs: int = 6
+    ppo_entropy_coeff: float = 0.01
+    ppo_clip_param: float = 0.2
+    ppo_vf_loss_coeff: float = 0.5
     num_env_runners: int = 0  # 0: sample in the driver's local env runner (cheapest on a small machine)
     seed: int = 0
 
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+
+
+ALGORITHMS = ("DQN", "PPO")
 
 POLICY_PRESETS = {
     "tiny": PolicyTrainConfig(),
     "base": PolicyTrainConfig(simulator="base", max_iterations=100, time_budget_s=1800.0, hiddens=(256, 256),
                               train_batch_size=256, rollout_fragment_length=32, epsilon_timesteps=30_000,
-                              learning_starts=2000, target_update_freq=2000, num_env_runners=2),
+                              learning_starts=2000, target_update_freq=2000, num_env_runners=2,
+                              ppo_minibatch_size=256),
     "large": PolicyTrainConfig(simulator="large", max_iterations=500, time_budget_s=4 * 3600.0,
                                hiddens=(512, 512), train_batch_size=512, rollout_fragment_length=64,
                                epsilon_timesteps=200_000, learning_starts=10_000, target_update_freq=8000,
-                               buffer_capacity=500_000, num_env_runners=8),
+                               buffer_capacity=500_000, num_env_runners=8, steps_per_iteration=4000,
+                               ppo_minibatch_size=512),
 }
 
 
@@ -94,58 +124,121 @@ def _buffer_extra(cfg: PolicyTrainConfig) -> dict:
     return {"alpha": 0.6, "beta": 0.4} if "Prioritized" in cfg.replay_buffer else {}
 
 
-def dqn_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig, spec: ObsSpec):
-    from ray.rllib.algorithms.dqn import DQNConfig
+def _env_and_runners(config, inputs, sim_cfg, cfg, spec):
+    return (config
+            .environment(RecSimEnv, env_config={"inputs": inputs, "config": sim_cfg, "obs_spec": spec})
+            .env_runners(num_env_runners=cfg.num_env_runners, rollout_fragment_length=cfg.rollout_fragment_length,
+                         num_envs_per_env_runner=cfg.num_envs_per_env_runner)
+            .debugging(seed=cfg.seed, log_level="ERROR"))
+
+
+def _model_config(cfg: PolicyTrainConfig):
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
+    return DefaultModelConfig(fcnet_hiddens=list(cfg.hiddens), fcnet_activation="relu", head_fcnet_hiddens=[])
+
+
+def dqn_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig, spec: ObsSpec):
+    from ray.rllib.algorithms.dqn import DQNConfig
+
     return (
-        DQNConfig()
-        .environment(RecSimEnv, env_config={"inputs": inputs, "config": sim_cfg, "obs_spec": spec})
-        .env_runners(num_env_runners=cfg.num_env_runners, rollout_fragment_length=cfg.rollout_fragment_length,
-                     num_envs_per_env_runner=cfg.num_envs_per_env_runner)
+        _env_and_runners(DQNConfig(), inputs, sim_cfg, cfg, spec)
         .training(lr=cfg.lr, gamma=cfg.gamma, train_batch_size=cfg.train_batch_size, n_step=cfg.n_step,
                   num_steps_sampled_before_learning_starts=cfg.learning_starts,
                   target_network_update_freq=cfg.target_update_freq, double_q=True, dueling=True,
-                  epsilon=[(0, 1.0), (cfg.epsilon_timesteps, cfg.final_epsilon)],
+                  epsilon=[(0, cfg.initial_epsilon), (cfg.epsilon_timesteps, cfg.final_epsilon)],
                   replay_buffer_config={"type": cfg.replay_buffer,
                                         "capacity": cfg.buffer_capacity, **_buffer_extra(cfg)})
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(cfg.hiddens), fcnet_activation="relu",
-                                                   head_fcnet_hiddens=[]))
+        .rl_module(model_config=_model_config(cfg))
         .reporting(min_sample_timesteps_per_iteration=cfg.steps_per_iteration, min_time_s_per_iteration=None)
-        .debugging(seed=cfg.seed, log_level="ERROR")
     )
 
 
+def ppo_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig, spec: ObsSpec):
+    """PPO: one iteration samples `steps_per_iteration` env steps and makes `ppo_num_epochs` passes over them."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    conf = _env_and_runners(PPOConfig(), inputs, sim_cfg, cfg, spec)
+    conf.env_runners(rollout_fragment_length="auto")  # PPO cuts the batch into fragments itself
+    return (
+        conf.training(lr=cfg.ppo_lr, gamma=cfg.ppo_gamma, lambda_=cfg.ppo_lambda,
+                      train_batch_size_per_learner=cfg.steps_per_iteration,
+                      minibatch_size=min(cfg.ppo_minibatch_size, cfg.steps_per_iteration),
+                      num_epochs=cfg.ppo_num_epochs, entropy_coeff=cfg.ppo_entropy_coeff,
+                      clip_param=cfg.ppo_clip_param, vf_loss_coeff=cfg.ppo_vf_loss_coeff, use_kl_loss=False)
+        .rl_module(model_config=_model_config(cfg))
+    )
+
+
+def algorithm_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig, spec: ObsSpec):
+    return (ppo_config if cfg.algorithm == "PPO" else dqn_config)(inputs, sim_cfg, cfg, spec)
+
+
+MODULE_COMPONENT = "learner_group/learner/rl_module/default_policy"
+
+
+def restore_module(algo, rl_module_dir: Path, algorithm: str) -> None:
+    """Load an exported RLModule's weights into the Learner and every EnvRunner (DQN: target net = online net)."""
+    algo.restore_from_path(str(Path(rl_module_dir).resolve()), component=MODULE_COMPONENT)
+    if algorithm == "DQN":
+        def sync_targets(learner):
+            module = learner.module["default_policy"]
+            for online, target in module.get_target_network_pairs():
+                target.load_state_dict(online.state_dict())
+
+        algo.learner_group.foreach_learner(sync_targets)
+
+
 def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig | None = None,
-                 sim_cfg: SimulatorConfig | None = None, verbose: bool = True) -> dict:
-    """Train DQN on the simulator and export the RLModule + policy_config.json to `out_dir`; returns metrics."""
+                 sim_cfg: SimulatorConfig | None = None, verbose: bool = True, warm_start: Path | None = None,
+                 on_iteration=None, spec: ObsSpec | None = None) -> dict:
+    """Train DQN or PPO on the simulator and export the RLModule + policy_config.json to `out_dir`.
+
+    warm_start: an exported policy dir (or its rl_module/) to continue from; its obs spec is reused so the
+    observation features keep their meaning. on_iteration(algo, row) is called after every train() (the
+    benchmark evaluates there); returning True stops training. Returns the training metrics.
+    """
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cfg = cfg or POLICY_PRESETS["tiny"]
     sim_cfg = sim_cfg or SIMULATOR_PRESETS[cfg.simulator]
-    spec = ObsSpec.from_inputs(inputs, sim_cfg)
+    module_dir = None
+    if warm_start is not None:
+        warm_start = Path(warm_start)
+        module_dir = warm_start / "rl_module" if (warm_start / "rl_module").is_dir() else warm_start
+        conf_path = module_dir.parent / "policy_config.json"
+        if spec is None and conf_path.is_file():
+            spec = ObsSpec(**json.loads(conf_path.read_text())["obs_spec"])
+    spec = spec or ObsSpec.from_inputs(inputs, sim_cfg)
+    if spec.size != ObsSpec.from_inputs(inputs, sim_cfg).size:
+        raise ValueError(f"train_policy: obs spec size {spec.size} does not match the simulator's")
     _ensure_ray()
-    algo = dqn_config(inputs, sim_cfg, cfg, spec).build_algo()
+    algo = algorithm_config(inputs, sim_cfg, cfg, spec).build_algo()
     history, t0 = [], time.time()
     try:
+        if module_dir is not None:
+            restore_module(algo, module_dir, cfg.algorithm)
         for it in range(1, cfg.max_iterations + 1):
             res = algo.train()
             env = res.get("env_runners", {})
             row = {"iteration": it, "seconds": round(time.time() - t0, 1),
-                   "env_steps": int(res.get("num_env_steps_sampled_lifetime", 0)),
+                   "env_steps": int(res.get("num_env_steps_sampled_lifetime",
+                                            env.get("num_env_steps_sampled_lifetime", 0)) or 0),
                    "episode_return_mean": _f(env.get("episode_return_mean")),
                    "episode_len_mean": _f(env.get("episode_len_mean"))}
             history.append(row)
+            stop = bool(on_iteration(algo, row)) if on_iteration is not None else False
             if verbose:
                 eta = (time.time() - t0) / it * (cfg.max_iterations - it)
-                print(f"[policy] iter {it}/{cfg.max_iterations} steps {row['env_steps']} "
+                print(f"[policy {cfg.algorithm}] iter {it}/{cfg.max_iterations} steps {row['env_steps']} "
                       f"return {row['episode_return_mean']} ({row['seconds']:.0f}s, eta<={eta:.0f}s)", flush=True)
-            if time.time() - t0 >= cfg.time_budget_s:
+            if stop or time.time() - t0 >= cfg.time_budget_s:
                 break
-        metrics = {"train_seconds": round(time.time() - t0, 1), "iterations": len(history),
-                   "env_steps": history[-1]["env_steps"] if history else 0, "history": history}
+        metrics = {"algorithm": cfg.algorithm, "train_seconds": round(time.time() - t0, 1),
+                   "iterations": len(history), "env_steps": history[-1]["env_steps"] if history else 0,
+                   "warm_start": str(warm_start) if warm_start is not None else None, "history": history}
         export_policy(algo.get_module(), out_dir, inputs, sim_cfg, cfg, spec, metrics)
     finally:
         algo.stop()
@@ -169,10 +262,11 @@ def export_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: Simul
         module.save_to_path(str((tmp / "rl_module").resolve()))
         np.save(tmp / "item_vectors.npy", np.asarray(inputs.item_vectors, dtype=np.float32))
         np.save(tmp / "item_popularity.npy", np.asarray(inputs.item_popularity, dtype=np.float64))
-        conf = {"format": "prefmine-policy/1", "algorithm": "DQN", "n_candidates": sim_cfg.n_candidates,
+        save_response(tmp / "response_model.npz", inputs.response)
+        conf = {"format": "prefmine-policy/1", "algorithm": cfg.algorithm, "n_candidates": sim_cfg.n_candidates,
                 "simulator": asdict(sim_cfg), "train": asdict(cfg), "obs_spec": spec.to_dict(),
                 "obs_layout": obs_layout(spec), "obs_size": spec.size, "n_items": int(len(inputs.item_vectors)),
-                "metrics": metrics}
+                "serving": {"epsilon": 0.0}, "metrics": metrics}
         (tmp / "policy_config.json").write_text(json.dumps(conf, indent=2))
         if out_dir.exists():
             old = out_dir.with_name(out_dir.name + ".old")
@@ -188,48 +282,92 @@ def export_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: Simul
     return out_dir
 
 
+def _mean_ci(x: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95% interval."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray) -> tuple[float, float]:
+    """sum(num)/sum(den) over sessions and the half-width of its 95% interval (delta method, sessions as the
+    independent units: the clicks of one session are not independent of each other)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if den.sum() == 0:
+        return 0.0, 0.0
+    r = num.sum() / den.sum()
+    n = len(num)
+    resid = (num - r * den) / den.mean()
+    return float(r), float(1.96 * resid.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
 def _run_sessions(inputs, sim_cfg, spec, choose, n_sessions: int, seed: int) -> dict:
+    """Run `n_sessions` seeded sessions; per-session arrays (return, shows, clicks, purchases)."""
     env = RecSimEnv({"inputs": inputs, "config": sim_cfg, "obs_spec": spec})
     rng = np.random.default_rng(seed + 7)
-    returns, shows, clicks = [], 0, 0
+    out = np.zeros((n_sessions, 4))
     for s in range(n_sessions):
         obs, _ = env.reset(seed=seed * 100_003 + s)
-        total, done = 0.0, False
+        done = False
         while not done:
             a = choose(env, obs, rng)
             obs, r, term, trunc, info = env.step(a)
-            total += r
-            shows += info["item"] >= 0
-            clicks += info["click"]
+            out[s] += (r, info["item"] >= 0, info["click"], info["purchase"])
             done = term or trunc
-        returns.append(total)
-    ret = np.asarray(returns)
-    return {"return_mean": float(ret.mean()), "ci95": float(1.96 * ret.std(ddof=1) / np.sqrt(len(ret))),
-            "ctr": float(clicks / max(shows, 1)), "sessions": n_sessions}
+    return {"return": out[:, 0], "shows": out[:, 1], "clicks": out[:, 2], "purchases": out[:, 3]}
 
 
-def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int = 500, seed: int = 0,
-                      sim_cfg: SimulatorConfig | None = None, include_oracle: bool = False) -> dict:
+def summarise_sessions(runs: dict) -> dict:
+    """return_mean/ci95, ctr/ctr_ci95 (clicks per item shown), conversion/conversion_ci95 (purchases per item
+    shown), purchases_per_click, mean session length, and the return's paired difference against greedy."""
+    ret, ci = _mean_ci(runs["return"])
+    ctr, ctr_ci = _ratio_ci(runs["clicks"], runs["shows"])
+    conv, conv_ci = _ratio_ci(runs["purchases"], runs["shows"])
+    return {"return_mean": ret, "ci95": ci, "ctr": ctr, "ctr_ci95": ctr_ci, "conversion": conv,
+            "conversion_ci95": conv_ci,
+            "purchases_per_click": float(runs["purchases"].sum() / max(runs["clicks"].sum(), 1)),
+            "session_len_mean": float(runs["shows"].mean()), "sessions": int(len(runs["return"]))}
+
+
+def greedy_action(env, obs, rng) -> int:
+    """The ranker's top remaining candidate (candidates are in ranker order)."""
+    return int(np.flatnonzero(env.valid)[0]) if env.valid.any() else 0
+
+
+def _learned(runtime):
+    return lambda env, obs, rng: runtime.act(obs, env.valid)
+
+
+def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int = 1000, seed: int = 0,
+                      sim_cfg: SimulatorConfig | None = None, include_oracle: bool = False,
+                      spec: ObsSpec | None = None) -> dict:
     """Learned vs greedy vs popularity vs random on the same seeded sessions (common random numbers).
 
-    policy_runtime: a PolicyRuntime (or None to skip the learned policy). The simulator config defaults to
-    the one the policy was trained with. include_oracle adds "oracle_myopic": it reads the response model
-    and shows the candidate with the highest expected immediate reward (a reference, not a deployable policy).
+    policy_runtime: a PolicyRuntime, a dict {name: PolicyRuntime} (several learned policies), or None (baselines
+    only); a single runtime is reported as "learned". The simulator config defaults to the one the (first)
+    policy was trained with. Every policy gets `summarise_sessions`' figures plus `vs_greedy` = the mean paired
+    difference of session return against greedy on the same sessions and its 95% CI (the same seeds give both
+    policies the same users and random draws, so the paired interval is tighter than the two separate ones).
+    include_oracle adds "oracle_myopic": it reads the response model and shows the candidate with the highest
+    expected immediate reward (a reference, not a deployable policy).
     """
+    runtimes = policy_runtime if isinstance(policy_runtime, dict) else (
+        {"learned": policy_runtime} if policy_runtime is not None else {})
+    first = next(iter(runtimes.values()), None)
     if sim_cfg is None:
-        sim_cfg = SimulatorConfig(**policy_runtime.config["simulator"]) if policy_runtime else SimulatorConfig()
-    spec = policy_runtime.spec if policy_runtime else ObsSpec.from_inputs(inputs, sim_cfg)
+        sim_cfg = SimulatorConfig(**first.config["simulator"]) if hasattr(first, "config") else SimulatorConfig()
+    spec = spec or getattr(first, "spec", None) or ObsSpec.from_inputs(inputs, sim_cfg)
     log_pop = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
 
     def popular(env, obs, rng):
         pops = np.where(env.valid, log_pop[np.where(env.valid, env.cand, 0)], -np.inf)
         return int(np.argmax(pops))
 
-    policies = {
-        "greedy": lambda env, obs, rng: 0,
+    policies = {name: _learned(rt) for name, rt in runtimes.items()}
+    policies.update({
+        "greedy": greedy_action,
         "popularity": popular,
         "random": lambda env, obs, rng: int(rng.choice(np.flatnonzero(env.valid))),
-    }
+    })
     if include_oracle:
         resp = inputs.response
 
@@ -239,9 +377,24 @@ def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int =
             return int(np.argmax(np.where(env.valid, value, -np.inf)))
 
         policies["oracle_myopic"] = oracle
-    if policy_runtime is not None:
-        policies = {"learned": lambda env, obs, rng: policy_runtime.act(obs, env.valid), **policies}
-    return {name: _run_sessions(inputs, sim_cfg, spec, fn, n_sessions, seed) for name, fn in policies.items()}
+    runs = {name: _run_sessions(inputs, sim_cfg, spec, fn, n_sessions, seed) for name, fn in policies.items()}
+    out = {}
+    for name, r in runs.items():
+        out[name] = summarise_sessions(r)
+        d, dci = _mean_ci(r["return"] - runs["greedy"]["return"])
+        out[name]["vs_greedy"] = {"diff_mean": d, "ci95": dci}
+    return out
+
+
+def format_evaluation(ev: dict) -> str:
+    lines = ["| policy | return (95% CI) | CTR (95% CI) | conversion (95% CI) | vs greedy (paired 95% CI) |",
+             "|---|---|---|---|---|"]
+    for name, r in ev.items():
+        g = r.get("vs_greedy", {})
+        lines.append(f"| {name} | {r['return_mean']:.3f} ± {r['ci95']:.3f} | {r['ctr']:.4f} ± {r['ctr_ci95']:.4f} "
+                     f"| {r['conversion']:.4f} ± {r['conversion_ci95']:.4f} "
+                     f"| {g.get('diff_mean', 0):+.3f} ± {g.get('ci95', 0):.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML/JSON file with `policy:` and/or `simulator:` sections")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PolicyTrainConfig overrides")
     p.add_argument("--sim-set", nargs="*", default=[], metavar="KEY=VALUE", help="SimulatorConfig overrides")
-    p.add_argument("--eval-sessions", type=int, default=300)
+    p.add_argument("--eval-sessions", type=int, default=1000)
     p.add_argument("--json", help="write metrics + evaluation here")
     args = p.parse_args(argv)
     import pickle
@@ -275,8 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = train_policy(inputs, Path(args.out), cfg, sim_cfg)
     ev = evaluate_policies(inputs, PolicyRuntime(args.out), args.eval_sessions, seed=cfg.seed, include_oracle=True)
-    for name, r in ev.items():
-        print(f"{name:>13}: return {r['return_mean']:.3f} +- {r['ci95']:.3f}  ctr {r['ctr']:.3f}")
+    print(format_evaluation(ev))
     if args.json:
         Path(args.json).write_text(json.dumps({"train": metrics, "policies": ev}, indent=2))
     return 0

@@ -1,7 +1,9 @@
-"""The recommendation policy: a held-out user response model, a session simulator for RLlib, and the serve-time
-runtime that loads the trained RLModule. Training itself lives in `cluster/train_policy.py` (RLlib)."""
+"""The recommendation policy: a held-out user response model, a session simulator for RLlib, off-policy
+estimates on logged data, and the serve-time runtime that loads the trained RLModule. Training (DQN, PPO) lives
+in `cluster/train_policy.py`, the incremental update from serving feedback in `cluster/update_policy.py`."""
 
-from prefmine.policy.response import ResponseModel, auc, fit_response_model
+from prefmine.policy.offpolicy import CAVEATS, off_policy_estimates
+from prefmine.policy.response import ResponseModel, auc, fit_response_model, load_response, save_response
 from prefmine.policy.simulator import (
     SIMULATOR_PRESETS,
     ObsSpec,
@@ -14,6 +16,6 @@ from prefmine.policy.simulator import (
 )
 
 __all__ = [
-    "SIMULATOR_PRESETS", "ObsSpec", "RecSimEnv", "ResponseModel", "SimulatorConfig", "SimulatorInputs", "auc",
+    "CAVEATS", "load_response", "off_policy_estimates", "save_response", "SIMULATOR_PRESETS", "ObsSpec", "RecSimEnv", "ResponseModel", "SimulatorConfig", "SimulatorInputs", "auc",
     "build_obs", "build_simulator_inputs", "fit_response_model", "simulator_config",
 ]

@@ -239,3 +239,22 @@ def auc(model: ResponseModel, train_seqs: list[np.ndarray], next_items: np.ndarr
     if not scores:
         raise ValueError("auc: no user has both a history and a next item")
     return float(np.mean(scores))
+
+
+def save_response(path, model: ResponseModel) -> None:
+    """Write the fitted response model as one .npz (exported beside the policy, read by the update job)."""
+    import json
+
+    np.savez(path, item_emb=model.item_emb, log_pop=model.log_pop, buy_prob=model.buy_prob, weights=model.weights,
+             bias=np.float64(model.bias), feat_mean=model.feat_mean, feat_std=model.feat_std,
+             logit_offset=np.float64(model.logit_offset), meta=np.asarray(json.dumps(model.meta)))
+
+
+def load_response(path) -> ResponseModel:
+    import json
+
+    with np.load(path) as z:
+        return ResponseModel(item_emb=z["item_emb"], log_pop=z["log_pop"], buy_prob=z["buy_prob"],
+                             weights=z["weights"], bias=float(z["bias"]), feat_mean=z["feat_mean"],
+                             feat_std=z["feat_std"], logit_offset=float(z["logit_offset"]),
+                             meta=json.loads(str(z["meta"])))

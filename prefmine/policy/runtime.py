@@ -3,9 +3,14 @@
 `PolicyRuntime(path)` accepts the policy dir (`rl_module/` + `policy_config.json`) or a bundle dir holding
 `policy/`. It rebuilds the observation with the simulator's own `build_obs`, so the policy sees at serve time
 exactly the features it was trained on. A slate of k is built slot by slot: slot j is the simulator's step j;
-the obs lists the top-N remaining candidates by ranker score, and the policy's argmax-Q over the valid ones
-fills the slot (already chosen items are removed, padding is masked). Exploration (epsilon) is off by default.
-No Ray cluster is needed: RLModule.from_checkpoint + compute_q_values, about a millisecond per slot.
+the obs lists the top-N remaining candidates by ranker score, and the policy's best-scored valid candidate
+fills the slot (already chosen items are removed, padding is masked). The score of a candidate is its Q-value
+for DQN and its action logit for PPO (`policy_config.json` says which algorithm trained it); greedy argmax
+over either is the deterministic policy. Exploration is off by default: `epsilon` (constructor, or per call)
+replaces a slot's choice with a uniformly random valid candidate with that probability, for online
+exploration; `select(..., return_propensities=True)` also returns each slot's probability of the item it chose
+under that epsilon-greedy rule, which is what an off-policy estimate of a later policy needs logged.
+No Ray cluster is needed: RLModule.from_checkpoint + one forward pass, about a millisecond per slot.
 """
 
 from __future__ import annotations
@@ -18,8 +23,44 @@ import numpy as np
 from prefmine.policy.simulator import ObsSpec, build_obs, top_candidates, unit_rows
 
 
+def module_scores(module, algorithm: str, obs: np.ndarray) -> np.ndarray:
+    """Action scores of an RLModule (DQN: Q-values, PPO: logits) for [b, obs_size] or [obs_size] observations."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    x = np.asarray(obs, dtype=np.float32)
+    single = x.ndim == 1
+    batch = {Columns.OBS: torch.from_numpy(x[None] if single else x)}
+    with torch.no_grad():
+        if algorithm == "DQN":
+            q = module.compute_q_values(batch)["qf_preds"].numpy()
+        else:
+            q = module.forward_inference(batch)[Columns.ACTION_DIST_INPUTS].numpy()
+    return q[0] if single else q
+
+
+def masked_argmax(scores: np.ndarray, valid: np.ndarray | None = None) -> int:
+    if valid is not None:
+        scores = np.where(valid, scores, -np.inf)
+    return int(np.argmax(scores))
+
+
+class ModulePolicy:
+    """A live RLModule (e.g. `algo.get_module()` during training) with PolicyRuntime's act(): for evaluating
+    the policy between training iterations without exporting it."""
+
+    def __init__(self, module, algorithm: str):
+        self.module, self.algorithm = module, algorithm
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        return module_scores(self.module, self.algorithm, obs)
+
+    def act(self, obs: np.ndarray, valid: np.ndarray | None = None) -> int:
+        return masked_argmax(self.q_values(obs), valid)
+
+
 class PolicyRuntime:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, epsilon: float | None = None):
         path = Path(path)
         if (path / "policy" / "policy_config.json").is_file():
             path = path / "policy"
@@ -33,6 +74,12 @@ class PolicyRuntime:
         self.path = path
         self.config = json.loads(conf_path.read_text())
         self.spec = ObsSpec(**self.config["obs_spec"])
+        self.algorithm = self.config.get("algorithm", "DQN")
+        if epsilon is None:
+            epsilon = float(self.config.get("serving", {}).get("epsilon", 0.0))
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"PolicyRuntime: epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = float(epsilon)
         self.n_candidates = self.spec.n_candidates
         self.module = RLModule.from_checkpoint(str((path / "rl_module").resolve()))
         self.module.eval()
@@ -42,33 +89,29 @@ class PolicyRuntime:
         self._torch = torch
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        """Q [b, N] for observations [b, obs_size] (or one obs [obs_size] -> [N])."""
-        from ray.rllib.core.columns import Columns
+        """Action scores [b, N] for observations [b, obs_size] (or one obs [obs_size] -> [N]): DQN's Q-values,
+        PPO's action logits. Higher is better in both; argmax is the greedy action."""
+        return module_scores(self.module, self.algorithm, obs)
 
-        x = np.asarray(obs, dtype=np.float32)
-        single = x.ndim == 1
-        with self._torch.no_grad():
-            out = self.module.compute_q_values({Columns.OBS: self._torch.from_numpy(x[None] if single else x)})
-        q = out["qf_preds"].numpy()
-        return q[0] if single else q
+    scores = q_values
 
     def act(self, obs: np.ndarray, valid: np.ndarray | None = None) -> int:
         """Greedy action for one env observation, padded (invalid) slots masked."""
-        q = self.q_values(obs)
-        if valid is not None:
-            q = np.where(valid, q, -np.inf)
-        return int(np.argmax(q))
+        return masked_argmax(self.q_values(obs), valid)
 
     def select(self, user_state: np.ndarray, candidates: np.ndarray, candidate_scores: np.ndarray, k: int,
-               epsilon: float = 0.0, popularity: np.ndarray | None = None,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+               epsilon: float | None = None, popularity: np.ndarray | None = None,
+               rng: np.random.Generator | None = None, return_propensities: bool = False):
         """An ordered slate of min(k, len(candidates)) distinct item indices chosen from `candidates`.
 
         user_state [d]: the ranker's state; candidates [M] item indices with ranker scores [M] (M may exceed N:
         each slot looks at the top-N remaining); popularity: per-candidate train counts aligned with
         `candidates` (default: the counts saved with the policy); epsilon: probability of a uniformly random
-        valid candidate per slot (online exploration; rng seeds it).
+        valid candidate per slot (online exploration; rng seeds it; None: the runtime's `epsilon`, 0 unless
+        configured). return_propensities: also return [k] probabilities of each slot's choice given the slots
+        before it.
         """
+        epsilon = self.epsilon if epsilon is None else float(epsilon)
         cands = np.asarray(candidates, dtype=np.int64)
         scores = np.asarray(candidate_scores, dtype=np.float64)
         if cands.shape != scores.shape:
@@ -86,16 +129,21 @@ class PolicyRuntime:
         k = min(int(k), len(cands))
         remaining = np.ones(len(cands), dtype=bool)
         chosen: list[int] = []
+        props: list[float] = []
         for slot in range(k):
             pos = np.flatnonzero(remaining)
             items, sc, valid = top_candidates(cands[pos], scores[pos], self.n_candidates)
-            if epsilon > 0 and rng.random() < epsilon:
-                a = int(rng.choice(np.flatnonzero(valid)))
-            else:
+            n_valid = int(valid.sum())
+            explore = epsilon > 0 and rng.random() < epsilon
+            greedy_a = None
+            if not explore or return_propensities:
                 obs = build_obs(self.spec, user_state, items, sc, valid, log_pop, self._unit, chosen,
                                 min(slot, self.spec.max_steps))
-                a = self.act(obs, valid)
+                greedy_a = self.act(obs, valid)
+            a = int(rng.choice(np.flatnonzero(valid))) if explore else greedy_a
+            props.append(epsilon / n_valid + (1.0 - epsilon) * (a == greedy_a))
             item = int(items[a])
             chosen.append(item)
             remaining[pos[np.flatnonzero(cands[pos] == item)[0]]] = False
-        return np.asarray(chosen, dtype=np.int64)
+        slate = np.asarray(chosen, dtype=np.int64)
+        return (slate, np.asarray(props)) if return_propensities else slate

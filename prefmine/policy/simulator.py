@@ -1,11 +1,26 @@
 """A user simulator (gymnasium.Env) for training the recommendation policy with RLlib.
 
-One episode is one browsing session of one logged user, one item per step (a scrolling feed: step t is
-display position t). Each step the ranker proposes its top-N unseen candidates for the current user state;
-the policy picks one of them (Discrete(N)); the held-out response model (`response.py`) decides whether the
-user clicks, and given a click whether they buy. A click appends the item to the history (which changes the
-response model's features) and moves the ranker state toward the item; showing near-duplicates of recently
-shown items tires the user (fatigue); after each step the user may leave, more likely after a skip.
+One episode is one browsing session of one logged user u, one item per step: the session is a sequence of
+slates (pages) of k = `slate_size` items filled slot by slot (a sequential per-slot choice: step t shows display
+position pos = t mod k; slate_size 0: one page as long as the session). Each step the ranker proposes its top-N
+unseen candidates for the current user state s_t (score = s_t . v_i); the policy picks one of them
+(Discrete(N)); the user responds.
+
+The response model (fitted on the logged train interactions, held out from the ranker; `response.py`):
+
+    attract(c | H)  = sigmoid(w . standardise[mean_h cos(c, h), max_h cos(c, h), log(1 + pop_c)] + b)
+                      cos = item-item co-occurrence cosine over the train user-item matrix, H = u's history
+    fatigue(c)      = 1 - fatigue * clip(max_{j in last fatigue_window shown} cos(c, j), 0, 1)
+    P(click)        = attract(c | H) * fatigue(c) * 1 / log2(pos + 2)              (position bias)
+    P(buy | click)  = smoothed share of the item's train ratings >= 4
+    reward          = click + purchase_value * buy    (paid as its expectation by default: same objective)
+    P(leave)        = leave_prob + leave_prob_skip * [no click]   after every step (interest runs out)
+    on a click      : H += c;  s_t+1 = (1 - state_step) s_t + state_step |s_t| v_c / |v_c|
+    truncation      : max_steps items
+
+A shown item is never proposed again in the session; items of u's history are never proposed. The check of the
+model on logged data is `response.auc`: the real held-out next item of each user against random items (the
+benchmark reports it; the test asserts > 0.6).
 
 Why: greedy "show the ranker's top item" is the baseline. A policy can beat it only by using what the ranker
 ignores: popularity, the diversity of what was already shown, where the session stands. So the observation
@@ -42,6 +57,7 @@ class SimulatorConfig:
 
     n_candidates: int = 10  # N: actions per step = the ranker's top-N unseen items
     max_steps: int = 10  # session length cap (truncation)
+    slate_size: int = 0  # k: items per slate (page); position bias restarts on each page; 0: one page
     purchase_value: float = 1.0  # reward of a purchase on top of the click's 1.0
     leave_prob: float = 0.05  # leave probability after a click
     leave_prob_skip: float = 0.2  # extra leave probability after a skip
@@ -53,9 +69,9 @@ class SimulatorConfig:
 
 
 SIMULATOR_PRESETS = {
-    "tiny": SimulatorConfig(n_candidates=10, max_steps=10),
-    "base": SimulatorConfig(n_candidates=20, max_steps=20),
-    "large": SimulatorConfig(n_candidates=50, max_steps=30),
+    "tiny": SimulatorConfig(n_candidates=10, max_steps=10, slate_size=5),
+    "base": SimulatorConfig(n_candidates=20, max_steps=20, slate_size=10),
+    "large": SimulatorConfig(n_candidates=50, max_steps=30, slate_size=10),
 }
 
 
@@ -232,6 +248,11 @@ class RecSimEnv(gym.Env):
                          self._unit, self.shown, self.t)
 
     @property
+    def position(self) -> int:
+        """Display position of the current step within its slate."""
+        return self.t % self.cfg.slate_size if self.cfg.slate_size > 0 else self.t
+
+    @property
     def action_mask(self) -> np.ndarray:
         return self.valid.copy()
 
@@ -246,7 +267,7 @@ class RecSimEnv(gym.Env):
             if recent:
                 dup = float(np.max(self._cooc_unit[recent] @ self._cooc_unit[item]))
                 p *= 1.0 - cfg.fatigue * min(max(dup, 0.0), 1.0)
-            p *= float(position_bias(self.t))
+            p *= float(position_bias(self.position))
             click = bool(rng.random() < p)
             p_buy = float(self.inputs.response.buy_prob[item])
             if cfg.expected_reward:

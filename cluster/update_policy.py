@@ -1,0 +1,276 @@
+"""Incremental policy update from serving feedback: serving bundle + new feedback events -> a NEW bundle version.
+
+What it does, in order:
+
+1. Reads the serving bundle's manifest: `components.policy.feedback_consumed_id` is the id of the last feedback
+   event an earlier update consumed (0: none yet). Reads every later event from the FeedbackLog (SQLite, paged
+   by id; serving may keep writing meanwhile: events after the last id read stay for the next run).
+2. Applies what the events change. Interactions (click, cart, buy, rate) on catalogue items extend the user's
+   history (once per user and item; a pseudonym not in the catalogue starts a new history) and the item's
+   popularity count; `view` is counted only (an impression, not an interaction); events on unknown items are
+   skipped and counted. Purchase given click is updated per item as a Beta posterior: the serving policy's
+   simulator purchase rate (`policy/response_model.npz`) weighs `buy_prior` pseudo-counts against the events
+   (a buy, or a rating >= 4, is a purchase; any interaction is a click), the same definition as at first fit.
+3. Refits the response model on the updated histories (each user's last item is the next-item target) and
+   rebuilds the simulator's user states with the bundle's ranker (the ranker itself is not retrained here).
+4. Continues training from the serving policy's exported RLModule (`train_policy(..., warm_start=...)`: same
+   algorithm, network and observation normalisation; DQN starts at a lower epsilon) for a short budget.
+5. Writes a new bundle version directory beside the old one (or `--out`): model files hard-linked where the
+   filesystem allows (they are read-only), catalogue histories and popularity rewritten, the new policy, and
+   the manifest last, with `parent_version` and the consumed feedback id; the whole directory is assembled
+   under a temporary name and renamed into place, so nothing half-written ever looks like a bundle.
+
+Fewer than `min_events` new events: nothing is written and the summary says so. The serving bundle is never
+modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--set K=V ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prefmine.bundle import MANIFEST, new_version, read_manifest, write_json_atomic
+from prefmine.config import ConfigError, apply, parse_overrides, resolve
+
+INTERACTIONS = ("click", "cart", "buy", "rate")
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Incremental update settings. Presets: `UPDATE_PRESETS`."""
+
+    max_iterations: int = 4  # policy train() calls after the warm start (0: re-export the warm-started module)
+    time_budget_s: float = 120.0
+    min_events: int = 1  # fewer new feedback events than this: no new bundle
+    initial_epsilon: float = 0.2  # DQN: exploration restarts here, not at 1.0
+    epsilon_timesteps: int = 2000
+    learning_starts: int = 200
+    buy_prior: float = 20.0  # pseudo-counts of the serving purchase rate against the new events
+    page_size: int = 50_000  # feedback rows read per query
+    seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this
+
+
+UPDATE_PRESETS = {
+    "tiny": UpdateConfig(),
+    "base": UpdateConfig(max_iterations=30, time_budget_s=900.0, epsilon_timesteps=10_000, learning_starts=1000,
+                         min_events=100),
+    "large": UpdateConfig(max_iterations=100, time_budget_s=3600.0, epsilon_timesteps=50_000,
+                          learning_starts=5000, min_events=1000),
+}
+
+
+def read_events(feedback: str | Path, after_id: int, page_size: int = 50_000) -> list[tuple]:
+    """Every feedback row with id > after_id, in id order: (id, user, item, event, ts, rating)."""
+    from prefmine.feedback import FeedbackLog
+
+    log = FeedbackLog(feedback, create=False)
+    try:
+        rows, last = [], after_id
+        while True:
+            page = log.read_since(last, page_size)
+            rows += page
+            if len(page) < page_size:
+                return rows
+            last = page[-1][0]
+    finally:
+        log.close()
+
+
+def apply_events(events: list[tuple], item_ids: np.ndarray, histories: dict[str, list[int]],
+                 popularity: np.ndarray, buy_prob: np.ndarray, buy_prior: float) -> tuple[np.ndarray, dict]:
+    """Update `histories` (in place) and `popularity` (in place) from events; return the new buy_prob and counts.
+
+    The Beta posterior per item: (buy_prior * old + purchases) / (buy_prior + clicks), where every user with an
+    interaction on the item is one click and a buy or a rating >= 4 by that user is one purchase.
+    """
+    index = {str(it): i for i, it in enumerate(item_ids)}
+    clicks = np.zeros(len(item_ids))
+    buys = np.zeros(len(item_ids))
+    seen: set[tuple[str, int]] = set()
+    bought: set[tuple[str, int]] = set()
+    counts = {"events": len(events), "interactions": 0, "views": 0, "unknown_item": 0, "unknown_event": 0,
+              "new_users": 0, "users": 0}
+    users: set[str] = set()
+    for _id, user, item, event, _ts, rating in events:
+        i = index.get(str(item))
+        if i is None:
+            counts["unknown_item"] += 1
+            continue
+        if event == "view":
+            counts["views"] += 1
+            continue
+        if event not in INTERACTIONS:
+            counts["unknown_event"] += 1
+            continue
+        counts["interactions"] += 1
+        users.add(user)
+        if (user, i) not in seen:
+            seen.add((user, i))
+            if user not in histories:
+                histories[user] = []
+                counts["new_users"] += 1
+            if i not in histories[user]:
+                histories[user].append(i)
+                popularity[i] += 1.0
+            clicks[i] += 1.0
+        if (event == "buy" or (event == "rate" and rating is not None and rating >= 4)) and (user, i) not in bought:
+            bought.add((user, i))
+            buys[i] += 1.0
+    counts["users"] = len(users)
+    counts["items_touched"] = int((clicks > 0).sum())
+    new_buy = (buy_prior * np.asarray(buy_prob, dtype=np.float64) + buys) / (buy_prior + clicks)
+    return np.clip(new_buy, 1e-6, 1 - 1e-6), counts
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | None = None,
+                  cfg: UpdateConfig | None = None, verbose: bool = True) -> dict:
+    """Run one incremental update (see the module docstring). Returns a summary with `updated`, `bundle` (the
+    new version's path when updated), `version`, `consumed_id` and the event counts."""
+    import pandas as pd
+
+    from cluster.train_policy import POLICY_PRESETS, train_policy
+    from prefmine.policy.response import fit_response_model, load_response
+    from prefmine.policy.simulator import SimulatorConfig, SimulatorInputs
+    from prefmine.ranker.runtime import RankerRuntime
+
+    cfg = cfg or UPDATE_PRESETS["tiny"]
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    pol_dir = bundle / "policy"
+    if not (pol_dir / "policy_config.json").is_file():
+        raise FileNotFoundError(f"{bundle}: no policy/policy_config.json to continue from")
+    pol_conf = json.loads((pol_dir / "policy_config.json").read_text())
+    after = int(manifest.get("components", {}).get("policy", {}).get("feedback_consumed_id", 0))
+    events = read_events(feedback, after, cfg.page_size)
+    summary = {"updated": False, "parent": str(bundle), "parent_version": manifest.get("version"),
+               "consumed_from": after, "new_events": len(events)}
+    if len(events) < cfg.min_events:
+        summary["consumed_id"] = after
+        summary["reason"] = f"{len(events)} new feedback events < min_events {cfg.min_events}"
+        return summary
+    last_id = int(events[-1][0])
+    t0 = time.time()
+
+    # 2. what the events change
+    items = pd.read_parquet(bundle / "catalog" / "items.parquet")
+    hist_df = pd.read_parquet(bundle / "catalog" / "histories.parquet")
+    histories = {u: [int(i) for i in s] for u, s in zip(hist_df["user"], hist_df["items"])}
+    popularity = np.load(bundle / "catalog" / "popularity.npy").astype(np.float64)
+    old_resp_path = pol_dir / "response_model.npz"
+    old_buy = load_response(old_resp_path).buy_prob if old_resp_path.is_file() else np.full(len(items), 0.6)
+    buy_prob, counts = apply_events(events, items["item"].to_numpy(), histories, popularity, old_buy,
+                                    cfg.buy_prior)
+    summary["counts"] = counts
+
+    # 3. refit the response model and the simulator on the updated logs
+    users = [u for u, h in histories.items() if len(h) >= 1]
+    seqs = [np.asarray(histories[u], dtype=np.int64) for u in users]
+    fit_seqs = [s[:-1] for s in seqs]
+    nxt = np.asarray([s[-1] if len(s) >= 2 else -1 for s in seqs], dtype=np.int64)
+    response = fit_response_model(fit_seqs, nxt, len(items), seed=int(pol_conf["train"].get("seed", 0)))
+    response.buy_prob = buy_prob
+    ranker = RankerRuntime(bundle)
+    inputs = SimulatorInputs(user_states=ranker.user_states(seqs).astype(np.float32),
+                             item_vectors=np.asarray(ranker.item_vectors, dtype=np.float32),
+                             item_popularity=popularity, user_histories=seqs, response=response)
+
+    # 4. continue training the serving policy
+    train = dict(pol_conf["train"])
+    train["hiddens"] = tuple(train["hiddens"])
+    base = POLICY_PRESETS["tiny"]
+    pcfg = apply(base, {k: v for k, v in train.items() if hasattr(base, k)}, "serving policy config")
+    pcfg = apply(pcfg, {"max_iterations": cfg.max_iterations, "time_budget_s": cfg.time_budget_s,
+                        "initial_epsilon": cfg.initial_epsilon, "epsilon_timesteps": cfg.epsilon_timesteps,
+                        "learning_starts": cfg.learning_starts, "seed": pcfg.seed + cfg.seed_offset})
+    sim_cfg = SimulatorConfig(**pol_conf["simulator"])
+
+    # 5. the new bundle version, assembled aside and renamed into place
+    version = f"{new_version(manifest.get('data_hash') or 'nodata')}-fb{last_id}"
+    out = Path(out) if out is not None else bundle.parent / version
+    if out.exists():
+        raise FileExistsError(f"update_policy: {out} already exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for entry in bundle.iterdir():
+            if entry.name in (MANIFEST, "policy", "catalog", "reports") or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                _link_or_copy_tree(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+        shutil.copytree(bundle / "catalog", tmp / "catalog")  # real copies: two files are rewritten below
+        pd.DataFrame({"user": list(histories), "items": [list(h) for h in histories.values()]}).to_parquet(
+            tmp / "catalog" / "histories.parquet", index=False)
+        np.save(tmp / "catalog" / "popularity.npy", popularity)
+        metrics = train_policy(inputs, tmp / "policy", pcfg, sim_cfg, verbose=verbose, warm_start=pol_dir)
+        comp = dict(manifest.get("components", {}).get("policy", {}))
+        comp.update({"algorithm": pcfg.algorithm, "feedback_consumed_id": last_id,
+                     "update": {"parent_version": manifest.get("version"), "consumed_from": after,
+                                "counts": counts, "config": vars_of(cfg), "seconds": round(time.time() - t0, 1)},
+                     "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+        new_manifest = {**manifest, "version": version, "parent_version": manifest.get("version"),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "components": {**manifest.get("components", {}), "policy": comp}}
+        new_manifest.pop("metrics", None)  # the parent's evaluation does not describe this version
+        write_json_atomic(tmp / MANIFEST, new_manifest)  # last: only now is it a finished bundle
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary.update({"updated": True, "bundle": str(out), "version": version, "consumed_id": last_id,
+                    "seconds": round(time.time() - t0, 1), "train": {k: v for k, v in metrics.items()
+                                                                     if k != "history"}})
+    return summary
+
+
+def vars_of(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cluster.update_policy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", required=True, help="the serving bundle (read only)")
+    p.add_argument("--feedback", required=True, help="the serving feedback log (SQLite)")
+    p.add_argument("--out", help="where the new bundle version goes (default: beside --bundle, named by version)")
+    p.add_argument("--preset", default="tiny", choices=sorted(UPDATE_PRESETS))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="UpdateConfig overrides")
+    args = p.parse_args(argv)
+    try:
+        cfg = resolve(UPDATE_PRESETS, args.preset, None, parse_overrides(args.set))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in (("--bundle", Path(args.bundle) / MANIFEST), ("--feedback", Path(args.feedback))):
+        if not path.is_file():
+            print(f"error: {name}: {path} does not exist", file=sys.stderr)
+            return 2
+    summary = update_policy(args.bundle, args.feedback, args.out, cfg)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
