@@ -111,12 +111,9 @@ def _ensure_ray():
     import ray
 
     if not ray.is_initialized():
-        try:
-            from cluster.ray_env import ensure_ray
+        from cluster.ray_env import ensure_ray
 
-            ensure_ray(num_cpus=2, dashboard=False)
-        except ImportError:  # pragma: no cover - ray_env is the lead's; fall back to the same settings
-            ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ensure_ray(num_cpus=2, dashboard=False)
     return ray
 
 
