@@ -112,9 +112,9 @@ def prefmine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(ray_head, magazine5, tmp_path):
     bundle = tmp_path / "bundle"
-    run = prefmine("jobs", "submit", "--address", ray_head, "--wait", "--timeout", "1500", "--",
+    run = prefmine("jobs", "submit", "--address", ray_head, "--wait", "--timeout", "2400", "--",
                    "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(bundle),
-                   "--preset", "tiny", timeout=1600)
+                   "--preset", "tiny", timeout=2500)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     job_id = run.stdout.split()[1]
     assert [ln.split(": ")[1] for ln in run.stdout.splitlines() if ln.startswith(job_id)][-1] == "SUCCEEDED"
