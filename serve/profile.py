@@ -72,7 +72,9 @@ class CatalogText:
         if len(title) > 60:
             title = title[:59] + "…"
         text = f"because you interacted with '{title}' (similarity {similarity:.2f})"
-        shared = [c for c in self.categories[int(item)] if c in set(self.categories[int(source)])]
+        cats = self.categories[int(item)]
+        specific = cats[1:] if len(cats) > 1 else cats  # the first name is the catalogue's root: says nothing
+        shared = [c for c in specific if c in set(self.categories[int(source)])]
         if shared:
             text += f"; same category: {shared[-1]}"
         if self.brands[int(item)] and self.brands[int(item)] == self.brands[int(source)]:
