@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc = _start(cmd, "bare grpc ready")
             else:
                 code = (f"import sys; from serve.run import run_serve; "
-                        f"sys.exit(run_serve({bundle!r}, {port}, feedback_db={db!r}))")
+                        f"sys.exit(run_serve({bundle!r}, {port}, feedback_db={db!r}, address='local'))")
                 proc = _start([sys.executable, "-c", code], "prefmine serve: ready")
             try:
                 points = [(c, run_grpc_load(f"127.0.0.1:{port}", users, a.k, c, seconds, warmup))

@@ -247,7 +247,10 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None) -> ServeProc
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    kwargs = f"api_keys_file={api_keys_file and str(api_keys_file)!r}, feedback_db={feedback_db and str(feedback_db)!r}"
+    # address="local": always a fresh Ray of its own, never a cluster someone started with `ray start` on this
+    # machine (killing the server must kill its whole Ray; other people's clusters are left alone)
+    kwargs = (f"api_keys_file={api_keys_file and str(api_keys_file)!r}, "
+              f"feedback_db={feedback_db and str(feedback_db)!r}, address='local'")
     code = (f"import sys; from serve.run import run_serve; "
             f"sys.exit(run_serve({str(bundle_path)!r}, {port}, {kwargs}))")
     proc = subprocess.Popen(
