@@ -275,7 +275,7 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None) -> ServeProc
     t0 = time.monotonic()
     while not ready.wait(1.0):
         if proc.poll() is not None or time.monotonic() - t0 > READY_TIMEOUT_S:
-            proc.kill()
+            ServeProcess(proc, "", lines).kill()  # its whole session: a half-started Ray must not linger
             pytest.fail("server did not get ready:\n" + "".join(lines[-60:]))
     ready_line = next(x for x in lines if "prefmine serve: ready" in x)
     print(ready_line.strip())
