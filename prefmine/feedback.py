@@ -69,6 +69,11 @@ class FeedbackLog:
             return self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM feedback WHERE user = ?", (user,)).fetchone()[0]
 
+    def counts_by_event(self, user: str) -> dict[str, int]:
+        """Stored events of one pseudonymous user by event name (GetUserProfile's activity counts)."""
+        rows = self._db.execute("SELECT event, COUNT(*) FROM feedback WHERE user = ? GROUP BY event", (user,))
+        return {str(e): int(n) for e, n in rows.fetchall()}
+
     def forget(self, user: str) -> int:
         """Delete every row of one pseudonymous user and checkpoint the WAL so the rows leave the disk too."""
         with self._db:

@@ -6,41 +6,63 @@ Graph (each box a separate deployment, composed with DeploymentHandles)::
                                      --handle--> PolicyDeployment   (orders a slate of k from the candidates)
                                      --handle--> EncoderDeployment  (text embeddings; ModelInfo's dim)
 
-The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/recommender.proto): its methods
-are named like the RPCs and take ``(request, grpc_context)``. It pseudonymises the raw user id with the bundle's
-key, looks up the user's history in the bundle's catalogue, and never lets an exception escape (Ray would send
-INTERNAL with a traceback): bad input -> INVALID_ARGUMENT naming the field, anything else -> INTERNAL with a
-short message, both with an empty response.
+The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/recommender.proto) and the
+standard ``grpc.health.v1.Health/Check``: its methods are named like the RPCs and take ``(request,
+grpc_context)``. Every call goes through ``_serve``: API key from the metadata (serve/auth.py; not for health),
+a request the proxy could not parse (serve/wire.py's ``Malformed``), field validation (serve/validate.py), then
+the work. It pseudonymises the raw user id with the bundle's key, looks up the user's history in the bundle's
+catalogue, and never lets an exception escape (Ray would send INTERNAL with a traceback): UNAUTHENTICATED,
+INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with
+an empty response. RecordFeedback appends to the feedback log (prefmine.feedback.FeedbackLog: SQLite WAL,
+synchronous=FULL) and answers only after the commit returned.
 
-``build_app({"bundle": PATH})`` is the application builder used by ``serve/run.py`` and ``serve/config.yaml``.
+``build_app({"bundle": PATH, ...})`` is the application builder used by ``serve/run.py`` and
+``serve/config.yaml``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from prefmine.v1 import recommender_pb2 as pb
+from serve.auth import ApiKeyCheck, AuthConfig, Unauthenticated
+from serve.validate import (
+    EVENT_NAMES,
+    K_MAX,
+    MAX_EXCLUDE,
+    BadRequest,
+    validate_feedback,
+    validate_profile,
+    validate_rank,
+    validate_request,
+    validate_search,
+    validate_similar,
+)
+from serve.wire import SERVICE, SERVICER_FUNCTION, Malformed
 
 logger = logging.getLogger("ray.serve")
 
-K_MAX = 1000
-MAX_EXCLUDE = 10_000
 DEFAULT_CANDIDATES = 100
+SEARCH_CANDIDATES = 100
 APP_NAME = "prefmine"
-GRPC_SERVICER = "prefmine.v1.recommender_pb2_grpc.add_RecommenderServicer_to_server"
+GRPC_SERVICER = SERVICER_FUNCTION  # serve.wire.add_services: Recommender + Health, lenient request parsing
+__all__ = ["K_MAX", "MAX_EXCLUDE", "BadRequest", "validate_request", "build_app"]
 
 
-class BadRequest(ValueError):
-    """A request field is invalid; the message names the field."""
+class NotFound(LookupError):
+    """The subject of a call (SimilarItems' item) is unknown; the message names the field."""
 
 
 def _one_thread() -> None:
@@ -52,18 +74,6 @@ def _one_thread() -> None:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-
-
-def validate_request(request: pb.RecommendRequest) -> None:
-    """Raise BadRequest naming the field when a RecommendRequest is invalid."""
-    if not request.user_id.strip():
-        raise BadRequest("user_id must be a non-empty string")
-    if not 1 <= request.k <= K_MAX:
-        raise BadRequest(f"k must be in 1..{K_MAX}, got {request.k}")
-    if len(request.exclude_item_ids) > MAX_EXCLUDE:
-        raise BadRequest(
-            f"exclude_item_ids has {len(request.exclude_item_ids)} entries, at most {MAX_EXCLUDE}"
-        )
 
 
 def slate_scores(relevance: np.ndarray) -> np.ndarray:
@@ -87,12 +97,26 @@ class EncoderDeployment:
         from prefmine.text.runtime import EncoderRuntime
 
         self.runtime = EncoderRuntime(bundle)
+        self._unit_items: np.ndarray | None = None
 
     def dim(self) -> int:
         return int(self.runtime.dim)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.runtime.embed(list(texts))
+
+    def search(self, query: str, n: int) -> dict[str, np.ndarray]:
+        """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
+        if self._unit_items is None:
+            v = np.asarray(self.runtime.item_embeddings, dtype=np.float32)
+            self._unit_items = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        q = np.asarray(self.runtime.embed([query]), dtype=np.float32)[0]
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        sims = self._unit_items @ q
+        n = min(int(n), len(sims))
+        idx = np.argpartition(-sims, n - 1)[:n]
+        idx = idx[np.lexsort((idx, -sims[idx]))]
+        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
 
 
 @serve.deployment(
@@ -115,6 +139,46 @@ class RankerDeployment:
         idx, scores = np.asarray(idx[0], dtype=np.int64), np.asarray(scores[0], dtype=np.float32)
         keep = np.isfinite(scores) & (idx >= 0)
         return {"idx": idx[keep], "scores": scores[keep], "state": np.asarray(state, dtype=np.float32)}
+
+    def score_items(self, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Relevance of given items for one history, and the probability the next interaction is each of them
+        (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
+        scores = self.runtime.scores([np.asarray(history, dtype=np.int64)])[0].astype(np.float64)
+        logz = scores.max() + np.log(np.exp(scores - scores.max()).sum())
+        items = np.asarray(items, dtype=np.int64)
+        return {"scores": scores[items].astype(np.float32), "probs": np.exp(scores[items] - logz)}
+
+    def similar(self, item: int, k: int) -> dict[str, np.ndarray]:
+        """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
+        v = self._unit_vectors()
+        sims = v @ v[int(item)]
+        sims[int(item)] = -np.inf
+        k = min(int(k), len(sims) - 1)
+        if k <= 0:
+            return {"idx": np.zeros(0, np.int64), "sims": np.zeros(0, np.float32)}
+        idx = np.argpartition(-sims, k - 1)[:k]
+        idx = idx[np.lexsort((idx, -sims[idx]))]
+        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
+
+    def explain(self, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
+        from serve.profile import nearest_sources
+
+        src, sims = nearest_sources(self.runtime.item_vectors, history, items)
+        return {"source": src, "sims": sims}
+
+    def preference(self, history: np.ndarray, top: int = 5) -> dict[str, Any]:
+        """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
+        state = self.runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
+        scores = state @ self.runtime.item_vectors.T
+        top_idx = np.argsort(-scores, kind="stable")[:top]
+        return {"dim": int(state.shape[0]), "norm": float(np.linalg.norm(state)), "top": top_idx.astype(np.int64)}
+
+    def _unit_vectors(self) -> np.ndarray:
+        if getattr(self, "_unit", None) is None:
+            v = np.asarray(self.runtime.item_vectors, dtype=np.float32)
+            self._unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return self._unit
 
 
 @serve.deployment(
@@ -167,7 +231,7 @@ class PolicyDeployment:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3)
 class RecommenderIngress:
-    """gRPC ingress for prefmine.v1.Recommender (methods named like the RPCs)."""
+    """gRPC ingress for prefmine.v1.Recommender and grpc.health.v1.Health (methods named like the RPCs)."""
 
     def __init__(
         self,
@@ -176,9 +240,13 @@ class RecommenderIngress:
         policy: DeploymentHandle,
         encoder: DeploymentHandle,
         candidates: int = DEFAULT_CANDIDATES,
+        feedback_db: str | None = None,
+        auth: dict | None = None,
     ):
         _one_thread()
         from prefmine.bundle import Bundle
+        from prefmine.feedback import FeedbackLog
+        from serve.profile import CatalogText
 
         self.bundle = Bundle.load(bundle)
         if not getattr(self.bundle, "key_matches", True):
@@ -193,36 +261,88 @@ class RecommenderIngress:
         pop = np.asarray(self.bundle.popularity, dtype=np.float64)
         self.pop_order = np.argsort(-pop, kind="stable")
         self.pop_scores = pop
+        self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
+        self.catalog = CatalogText(self.bundle.items)
         self._dim: int | None = None
+        self.auth = ApiKeyCheck(AuthConfig(**(auth or {"required": False})))
+        if not self.auth.required:
+            logger.warning("API-key authentication is OFF (demo mode): every caller is accepted")
+        self.feedback = FeedbackLog(feedback_db or default_feedback_db(bundle))
+        self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
 
     # -- RPCs -----------------------------------------------------------------------------------------------
-    async def Recommend(self, request: pb.RecommendRequest, grpc_context) -> pb.RecommendResponse:
+    async def Recommend(self, request, grpc_context) -> pb.RecommendResponse:
         """Ordered slate of up to k items for the (raw) user id; cold start from popularity."""
+        return await self._serve("Recommend", request, grpc_context, pb.RecommendResponse, validate_request,
+                                 self._recommend)
+
+    async def Search(self, request, grpc_context) -> pb.SearchResponse:
+        """Text retrieval by the encoder, re-ranked by the user's ranker relevance."""
+        return await self._serve("Search", request, grpc_context, pb.SearchResponse, validate_search,
+                                 self._search)
+
+    async def Rank(self, request, grpc_context) -> pb.RankResponse:
+        """Client-supplied candidates by expected value (next-interaction probability x bid)."""
+        return await self._serve("Rank", request, grpc_context, pb.RankResponse, validate_rank, self._rank)
+
+    async def SimilarItems(self, request, grpc_context) -> pb.SimilarItemsResponse:
+        return await self._serve("SimilarItems", request, grpc_context, pb.SimilarItemsResponse,
+                                 validate_similar, self._similar)
+
+    async def GetUserProfile(self, request, grpc_context) -> pb.UserProfile:
+        return await self._serve("GetUserProfile", request, grpc_context, pb.UserProfile, validate_profile,
+                                 self._profile)
+
+    async def RecordFeedback(self, request, grpc_context) -> pb.RecordFeedbackResponse:
+        """Durably stores the events (committed to the WAL with synchronous=FULL) before answering."""
+        return await self._serve("RecordFeedback", request, grpc_context, pb.RecordFeedbackResponse,
+                                 validate_feedback, self._record_feedback)
+
+    async def ModelInfo(self, request, grpc_context) -> pb.ModelInfoResponse:
+        """Versions of the served bundle and its components."""
+        return await self._serve("ModelInfo", request, grpc_context, pb.ModelInfoResponse, None,
+                                 lambda _request: self._model_info())
+
+    # grpc.health.v1.Health: no API key (probes carry none); reaching this method means proxy, routing and the
+    # ingress replica work.
+    async def Check(self, request, grpc_context) -> health_pb2.HealthCheckResponse:
+        if isinstance(request, Malformed) or request.service not in ("", SERVICE):
+            return self._fail(grpc_context, grpc.StatusCode.NOT_FOUND,
+                              f"service: unknown service {getattr(request, 'service', '')!r}",
+                              health_pb2.HealthCheckResponse())
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def List(self, request, grpc_context) -> health_pb2.HealthListResponse:
+        ok = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        return health_pb2.HealthListResponse(statuses={"": ok, SERVICE: ok})
+
+    def Watch(self, request, grpc_context):
+        """Sends the current status once and ends (the proxy cannot hold a stream open for status changes)."""
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    # -- the common path of every RPC -------------------------------------------------------------------------
+    async def _serve(self, rpc: str, request, grpc_context, empty_cls, validate, work):
         t0 = time.perf_counter()
         try:
-            validate_request(request)
-            resp = await self._recommend(request)
-            logger.debug(
-                "Recommend k=%d cold=%s %.1f ms", request.k, resp.cold_start, 1e3 * (time.perf_counter() - t0)
-            )
+            self.auth.check(grpc_context.invocation_metadata() if grpc_context is not None else ())
+            if isinstance(request, Malformed):
+                return self._fail(grpc_context, request.status, request.message, empty_cls())
+            if validate is not None:
+                validate(request)
+            resp = await work(request)
+            logger.debug("%s %.1f ms", rpc, 1e3 * (time.perf_counter() - t0))
             return resp
+        except Unauthenticated as e:
+            return self._fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, str(e), empty_cls())
         except BadRequest as e:
-            return self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e), pb.RecommendResponse())
+            return self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e), empty_cls())
+        except NotFound as e:
+            return self._fail(grpc_context, grpc.StatusCode.NOT_FOUND, str(e), empty_cls())
+        except asyncio.CancelledError:  # the client went away (deadline, cancel): stop, answer nothing
+            raise
         except Exception:  # noqa: BLE001 - never let Ray turn it into INTERNAL + traceback
-            logger.exception("Recommend failed")
-            return self._fail(
-                grpc_context, grpc.StatusCode.INTERNAL, "internal error in Recommend", pb.RecommendResponse()
-            )
-
-    async def ModelInfo(self, request: pb.ModelInfoRequest, grpc_context) -> pb.ModelInfoResponse:
-        """Versions of the served bundle and its components."""
-        try:
-            return await self._model_info()
-        except Exception:  # noqa: BLE001
-            logger.exception("ModelInfo failed")
-            return self._fail(
-                grpc_context, grpc.StatusCode.INTERNAL, "internal error in ModelInfo", pb.ModelInfoResponse()
-            )
+            logger.exception("%s failed", rpc)
+            return self._fail(grpc_context, grpc.StatusCode.INTERNAL, f"internal error in {rpc}", empty_cls())
 
     # -- helpers --------------------------------------------------------------------------------------------
     @staticmethod
@@ -240,22 +360,132 @@ class RecommenderIngress:
                 out.add(int(i))
         return out
 
+    def _history(self, user_id: str, recent_events=()) -> np.ndarray:
+        """The user's history in the bundle, then the known items of recent_events in timestamp order."""
+        history = np.asarray(self.bundle.history(self.bundle.pseudonymise(user_id)), dtype=np.int64)
+        if not recent_events:
+            return history
+        recent = sorted(((ev.timestamp, n, self.bundle.item_index(ev.item_id)) for n, ev in enumerate(recent_events)))
+        extra = [int(i) for _, _, i in recent if i is not None]
+        return np.concatenate([history, np.asarray(extra, dtype=np.int64)]) if extra else history
+
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         k = int(request.k)
         exclude = self._exclude_set(request.exclude_item_ids)
-        history = np.asarray(self.bundle.history(self.bundle.pseudonymise(request.user_id)), dtype=np.int64)
+        history = self._history(request.user_id, request.recent_events)
         if len(history) == 0:
             items, scores = self._popular(k, exclude)
-            return self._response(items, scores, cold_start=True)
+            resp = self._response(items, scores, cold_start=True, placement=request.placement)
+            if request.explain:
+                for it, i in zip(resp.items, items):
+                    it.reason = self.catalog.reason(int(i), None, None, self.pop_scores[int(i)])
+            return resp
         exclude |= set(history.tolist())
         n = min(max(k, self.n_candidates), self.bundle.n_items - len(exclude))
         if n <= 0:
-            return self._response(np.zeros(0, np.int64), np.zeros(0), cold_start=False)
+            return self._response(np.zeros(0, np.int64), np.zeros(0), cold_start=False, placement=request.placement)
         cand = await self.ranker.candidates.remote(history, n, exclude)
         slate = await self.policy.select.remote(cand["state"], cand["idx"], cand["scores"], k)
         by_item = dict(zip(cand["idx"].tolist(), cand["scores"].tolist()))
         relevance = np.asarray([by_item[int(i)] for i in slate], dtype=np.float64)
-        return self._response(np.asarray(slate, np.int64), slate_scores(relevance), cold_start=False)
+        slate = np.asarray(slate, np.int64)
+        resp = self._response(slate, slate_scores(relevance), cold_start=False, placement=request.placement)
+        if request.explain and len(slate):
+            why = await self.ranker.explain.remote(history, slate)
+            for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
+                it.reason = self.catalog.reason(int(i), int(src), float(sim), None)
+        return resp
+
+    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        k = int(request.k)
+        hits = await self.encoder.search.remote(request.query, max(k, SEARCH_CANDIDATES))
+        idx, text = hits["idx"], hits["sims"].astype(np.float64)
+        history = self._history(request.user_id)
+        cold = len(history) == 0
+        if cold:
+            relevance = np.zeros(len(idx))
+            final = text
+        else:
+            relevance = np.asarray((await self.ranker.score_items.remote(history, idx))["scores"], np.float64)
+            final = 0.5 * _z(text) + 0.5 * _z(relevance)
+        order = np.lexsort((np.arange(len(idx)), -final))[:k]
+        return pb.SearchResponse(
+            results=[pb.SearchResult(item_id=self.item_ids[int(idx[j])], score=float(final[j]),
+                                     text_score=float(text[j]), relevance=float(relevance[j]),
+                                     title=self.titles[int(idx[j])]) for j in order],
+            bundle_version=str(self.bundle.version), cold_start=cold)
+
+    async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
+        bids = list(request.bids) or [1.0] * len(request.candidate_item_ids)
+        known: dict[int, tuple[int, str, float]] = {}  # item index -> (request position, raw id, bid)
+        unknown: list[str] = []
+        for pos, (raw, bid) in enumerate(zip(request.candidate_item_ids, bids)):
+            i = self.bundle.item_index(raw)
+            if i is None:
+                unknown.append(raw)
+            elif int(i) not in known:  # duplicates are ranked once, with their first bid
+                known[int(i)] = (pos, raw, float(bid))
+        history = self._history(request.user_id)
+        cold = len(history) == 0
+        items = np.fromiter(known, dtype=np.int64, count=len(known))
+        if len(items) == 0:
+            probs = np.zeros(0)
+        elif cold:
+            probs = self.pop_share[items]
+        else:
+            probs = np.asarray((await self.ranker.score_items.remote(history, items))["probs"], np.float64)
+        pos = np.asarray([known[int(i)][0] for i in items])
+        bid = np.asarray([known[int(i)][2] for i in items])
+        ev = probs * bid
+        order = np.lexsort((pos, -ev))
+        return pb.RankResponse(
+            items=[pb.RankedItem(item_id=known[int(items[j])][1], click_probability=float(probs[j]),
+                                 bid=float(bid[j]), expected_value=float(ev[j])) for j in order],
+            unknown_item_ids=unknown, bundle_version=str(self.bundle.version), cold_start=cold)
+
+    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
+        i = self.bundle.item_index(request.item_id)
+        if i is None:
+            raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
+        got = await self.ranker.similar.remote(int(i), int(request.k))
+        return pb.SimilarItemsResponse(
+            items=[pb.SimilarItem(item_id=self.item_ids[int(j)], similarity=float(s), title=self.titles[int(j)])
+                   for j, s in zip(got["idx"], got["sims"])],
+            bundle_version=str(self.bundle.version))
+
+    async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
+        pseudonym = self.bundle.pseudonymise(request.user_id)
+        history = self._history(request.user_id)
+        with self._feedback_lock:
+            counts = self.feedback.counts_by_event(pseudonym)
+        profile = pb.UserProfile(known=len(history) > 0, history_length=len(history), feedback_counts=counts,
+                                 bundle_version=str(self.bundle.version))
+        terms = pb.WeightedTerm
+        profile.top_categories.extend(terms(name=n, weight=w) for n, w in self.catalog.top_categories(history))
+        profile.top_brands.extend(terms(name=n, weight=w) for n, w in self.catalog.top_brands(history))
+        profile.keywords.extend(terms(name=n, weight=w) for n, w in self.catalog.keywords(history))
+        if len(history):
+            pref = await self.ranker.preference.remote(history)
+            profile.preference.CopyFrom(pb.PreferenceSummary(
+                dim=pref["dim"], norm=pref["norm"], top_item_ids=[self.item_ids[int(j)] for j in pref["top"]]))
+        return profile
+
+    async def _record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
+        from prefmine.feedback import FeedbackEvent
+
+        events = [FeedbackEvent(user=self.bundle.pseudonymise(ev.user_id), item=ev.item_id,
+                                event=EVENT_NAMES[ev.type], ts=int(ev.timestamp),
+                                rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None)
+                  for ev in request.events]
+
+        def append() -> int:
+            with self._feedback_lock:
+                return self.feedback.append(events)
+
+        # shielded: once the write has started, a client that goes away does not cancel it half-way (the
+        # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
+        last = await asyncio.shield(asyncio.to_thread(append))
+        return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
 
     def _popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
         order = self.pop_order
@@ -264,7 +494,8 @@ class RecommenderIngress:
         items = order[:k]
         return items, self.pop_scores[items]
 
-    def _response(self, items: np.ndarray, scores: np.ndarray, cold_start: bool) -> pb.RecommendResponse:
+    def _response(self, items: np.ndarray, scores: np.ndarray, cold_start: bool,
+                  placement: str = "") -> pb.RecommendResponse:
         return pb.RecommendResponse(
             items=[
                 pb.RecommendedItem(item_id=self.item_ids[int(i)], score=float(s), title=self.titles[int(i)])
@@ -272,6 +503,7 @@ class RecommenderIngress:
             ],
             bundle_version=str(self.bundle.version),
             cold_start=cold_start,
+            placement=placement,
         )
 
     async def _model_info(self) -> pb.ModelInfoResponse:
@@ -304,7 +536,20 @@ class RecommenderIngress:
         )
 
 
-BUILD_ARGS = {"bundle", "candidates"}
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """Standardised scores (0 when all are equal)."""
+    sd = float(np.std(x))
+    return (x - np.mean(x)) / sd if sd > 0 else np.zeros_like(x)
+
+
+def default_feedback_db(bundle: str | Path) -> str:
+    """Where feedback goes when no path is configured: $PREFMINE_FEEDBACK_DB, else feedback.sqlite beside the
+    bundle directory (shared by the bundle versions rolled in there, so a rollout keeps the log)."""
+    return os.environ.get("PREFMINE_FEEDBACK_DB") or str(Path(bundle).resolve().parent / "feedback.sqlite")
+
+
+BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key"}
 REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
 
 
@@ -332,7 +577,12 @@ def check_pseudonym_key(bundle: Path) -> None:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Application builder: ``{"bundle": PATH, "candidates": N (optional, default 100)}``.
+    """Application builder. Args:
+
+    ``bundle`` (required): model bundle directory; ``candidates``: ranker candidates the policy chooses from
+    (default 100); ``feedback_db``: SQLite file RecordFeedback appends to (default: ``default_feedback_db``);
+    ``api_keys_file``: the server's API keys, one per line (required unless ``require_api_key: false``, which
+    turns authentication off: demo only).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -347,6 +597,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     candidates = int(args.get("candidates", DEFAULT_CANDIDATES))
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
+    require = args.get("require_api_key", True)
+    if not isinstance(require, bool):
+        raise ValueError(f"require_api_key must be true or false, got {require!r}")
+    keys_file = args.get("api_keys_file")
+    keys_file = str(Path(str(keys_file)).expanduser().resolve()) if keys_file else None
+    auth = AuthConfig(keys_file=keys_file, required=require)
+    if auth.required:
+        from serve.auth import load_keys
+
+        load_keys(auth.keys_file)  # fail here, naming the file, rather than in every ingress replica
+    feedback_db = str(Path(str(args.get("feedback_db") or default_feedback_db(bundle))).expanduser().resolve())
     b = str(bundle)
     return RecommenderIngress.bind(
         b,
@@ -354,4 +615,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         PolicyDeployment.bind(b),
         EncoderDeployment.bind(b),
         candidates=candidates,
+        feedback_db=feedback_db,
+        auth={"keys_file": auth.keys_file, "required": auth.required},
     )

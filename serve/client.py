@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,12 +13,19 @@ from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 
+def call_metadata(app: str | None = None, api_key: str | None = None) -> tuple:
+    """Metadata of a call: ``application`` (only needed when the cluster runs several Serve applications) and
+    ``x-api-key`` (default: $PREFMINE_API_KEY)."""
+    api_key = api_key if api_key is not None else os.environ.get("PREFMINE_API_KEY")
+    return ((("application", app),) if app else ()) + ((("x-api-key", api_key),) if api_key else ())
+
+
 @contextmanager
-def connect(addr: str, app: str | None = None) -> Iterator[tuple[pb_grpc.RecommenderStub, tuple]]:
-    """An insecure channel to HOST:PORT; yields (stub, metadata). ``app`` routes to one Serve application
-    (only needed when the cluster runs several)."""
+def connect(addr: str, app: str | None = None, api_key: str | None = None
+            ) -> Iterator[tuple[pb_grpc.RecommenderStub, tuple]]:
+    """An insecure channel to HOST:PORT; yields (stub, metadata) (see call_metadata)."""
     with grpc.insecure_channel(addr) as channel:
-        yield pb_grpc.RecommenderStub(channel), ((("application", app),) if app else ())
+        yield pb_grpc.RecommenderStub(channel), call_metadata(app, api_key)
 
 
 def recommend(
@@ -27,16 +35,18 @@ def recommend(
     exclude: Iterable[str] = (),
     timeout: float = 10.0,
     app: str | None = None,
+    api_key: str | None = None,
 ) -> pb.RecommendResponse:
     """Call Recommend once; raises grpc.RpcError on a non-OK status."""
     request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude))
-    with connect(addr, app) as (stub, metadata):
+    with connect(addr, app, api_key) as (stub, metadata):
         return stub.Recommend(request, timeout=timeout, metadata=metadata)
 
 
-def model_info(addr: str, timeout: float = 10.0, app: str | None = None) -> pb.ModelInfoResponse:
+def model_info(addr: str, timeout: float = 10.0, app: str | None = None,
+               api_key: str | None = None) -> pb.ModelInfoResponse:
     """Call ModelInfo once; raises grpc.RpcError on a non-OK status."""
-    with connect(addr, app) as (stub, metadata):
+    with connect(addr, app, api_key) as (stub, metadata):
         return stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout, metadata=metadata)
 
 

@@ -1,9 +1,13 @@
 """`prefmine serve`: run the Serve application for one bundle until SIGINT/SIGTERM.
 
-``run_serve(bundle, grpc_port)`` starts a local Ray (2 CPUs, one thread per worker, with the dashboard) unless
+``run_serve(bundle, grpc_port, api_keys_file=..., feedback_db=...)`` starts a local Ray (2 CPUs, one thread per worker, with the dashboard) unless
 an address is given or a cluster started with ``ray start`` is found, deploys ``serve.app.build_app``, waits
 until a real Recommend call over gRPC on 127.0.0.1:PORT answers, prints one line containing ``ready``, and on
 SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0.
+
+Authentication: with ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE) every RPC needs one of its keys; without
+either, the server runs in demo mode with authentication off and says so on its first line. Requests that run
+longer than ``request_timeout_s`` (30 s) get DEADLINE_EXCEEDED from the proxy.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 logger = logging.getLogger("prefmine.serve")
 
 READY_TIMEOUT_S = 300.0
+REQUEST_TIMEOUT_S = 30.0
 PROBE_USER = "__prefmine_readiness_probe__"
 RUNTIME_ENV = {
     "env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -66,7 +71,7 @@ def _connect_or_start_ray(address: str | None) -> bool:
     return True
 
 
-def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S) -> float:
+def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S, api_key: str | None = None) -> float:
     """Poll Recommend (cold-start probe) and ModelInfo over gRPC until both answer; returns the seconds taken."""
     import grpc
 
@@ -76,8 +81,8 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S) -> float:
     last: Exception | None = None
     while time.monotonic() - t0 < timeout_s:
         try:
-            recommend(addr, PROBE_USER, 1, timeout=10.0)
-            model_info(addr, timeout=30.0)
+            recommend(addr, PROBE_USER, 1, timeout=10.0, api_key=api_key)
+            model_info(addr, timeout=30.0, api_key=api_key)
             return time.monotonic() - t0
         except grpc.RpcError as e:  # proxy not up yet, app not routed yet, ...
             last = e
@@ -85,7 +90,9 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S) -> float:
     raise TimeoutError(f"no answer from Recommend on {addr} within {timeout_s:.0f} s: {last}")
 
 
-def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None) -> int:
+def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None,
+              api_keys_file: str | None = None, feedback_db: str | None = None,
+              request_timeout_s: float = REQUEST_TIMEOUT_S) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
@@ -102,6 +109,26 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         print(f"prefmine serve: --grpc-port must be in 1..65535, got {grpc_port}", file=sys.stderr)
         return 2
     version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version", "?")
+    import os
+
+    from serve.auth import load_keys
+
+    api_keys_file = api_keys_file or os.environ.get("PREFMINE_API_KEYS_FILE") or None
+    probe_key = None
+    if api_keys_file:
+        try:
+            probe_key = load_keys(api_keys_file)[0].decode()
+        except (OSError, ValueError) as e:
+            print(f"prefmine serve: {e}", file=sys.stderr)
+            return 2
+    else:
+        print("prefmine serve: API-key authentication is OFF (demo mode); set --api-keys-file or "
+              "PREFMINE_API_KEYS_FILE for anything else", flush=True)
+    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": bool(api_keys_file)}
+    if api_keys_file:
+        app_args["api_keys_file"] = api_keys_file
+    if feedback_db:
+        app_args["feedback_db"] = feedback_db
 
     stop = threading.Event()
     ready = threading.Event()
@@ -128,13 +155,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         _install()  # ray.init replaces the SIGTERM handler with its own
         serve.start(
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
-            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+            grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],
+                                     request_timeout_s=request_timeout_s),
         )
-        serve.run(
-            build_app({"bundle": str(Path(bundle).resolve())}), name=APP_NAME, route_prefix=f"/{APP_NAME}"
-        )
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix=f"/{APP_NAME}")
         addr = f"127.0.0.1:{grpc_port}"
-        wait_ready(addr)
+        wait_ready(addr, api_key=probe_key)
         print(
             f"prefmine serve: ready on {addr} (gRPC), bundle {version}, "
             f"{time.monotonic() - t0:.1f} s to ready",

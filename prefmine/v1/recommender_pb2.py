@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprefmine/v1/recommender.proto\x12\x0bprefmine.v1\"H\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"@\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"l\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.prefmine.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xa1\x01\n\rComponentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12>\n\nattributes\x18\x03 \x03(\x0b\x32*.prefmine.v1.ComponentInfo.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x11ModelInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12.\n\ncomponents\x18\x02 \x03(\x0b\x32\x1a.prefmine.v1.ComponentInfo\x12\x0f\n\x07n_items\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x11\n\tdata_hash\x18\x05 \x01(\t\x12\x15\n\rembedding_dim\x18\x06 \x01(\x05\x32\xa5\x01\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.prefmine.v1.RecommendRequest\x1a\x1e.prefmine.v1.RecommendResponse\x12J\n\tModelInfo\x12\x1d.prefmine.v1.ModelInfoRequest\x1a\x1e.prefmine.v1.ModelInfoResponseBN\n\x0eio.prefmine.v1P\x01Z:github.com/prefmine/prefmine/gen/go/prefmine/v1;prefminev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprefmine/v1/recommender.proto\x12\x0bprefmine.v1\"r\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.prefmine.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0e\n\x06rating\x18\x05 \x01(\x02\"\x97\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12)\n\rrecent_events\x18\x04 \x03(\x0b\x32\x12.prefmine.v1.Event\x12\x11\n\tplacement\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"P\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x7f\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.prefmine.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x11\n\tplacement\x18\x04 \x01(\t\":\n\rSearchRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"d\n\x0cSearchResult\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\ntext_score\x18\x03 \x01(\x02\x12\x11\n\trelevance\x18\x04 \x01(\x02\x12\r\n\x05title\x18\x05 \x01(\t\"h\n\x0eSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.prefmine.v1.SearchResult\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"H\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x02 \x03(\t\x12\x0c\n\x04\x62ids\x18\x03 \x03(\x01\"]\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x19\n\x11\x63lick_probability\x18\x02 \x01(\x01\x12\x0b\n\x03\x62id\x18\x03 \x01(\x01\x12\x16\n\x0e\x65xpected_value\x18\x04 \x01(\x01\"|\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.prefmine.v1.RankedItem\x12\x18\n\x10unknown_item_ids\x18\x02 \x03(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12\x12\n\ncold_start\x18\x04 \x01(\x08\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"A\n\x0bSimilarItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\"W\n\x14SimilarItemsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.prefmine.v1.SimilarItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"(\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x0cWeightedTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"D\n\x11PreferenceSummary\x12\x0b\n\x03\x64im\x18\x01 \x01(\x05\x12\x0c\n\x04norm\x18\x02 \x01(\x01\x12\x14\n\x0ctop_item_ids\x18\x03 \x03(\t\"\x8d\x03\n\x0bUserProfile\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x16\n\x0ehistory_length\x18\x02 \x01(\x03\x12\x45\n\x0f\x66\x65\x65\x64\x62\x61\x63k_counts\x18\x03 \x03(\x0b\x32,.prefmine.v1.UserProfile.FeedbackCountsEntry\x12\x31\n\x0etop_categories\x18\x04 \x03(\x0b\x32\x19.prefmine.v1.WeightedTerm\x12-\n\ntop_brands\x18\x05 \x03(\x0b\x32\x19.prefmine.v1.WeightedTerm\x12+\n\x08keywords\x18\x06 \x03(\x0b\x32\x19.prefmine.v1.WeightedTerm\x12\x32\n\npreference\x18\x07 \x01(\x0b\x32\x1e.prefmine.v1.PreferenceSummary\x12\x16\n\x0e\x62undle_version\x18\x08 \x01(\t\x1a\x35\n\x13\x46\x65\x65\x64\x62\x61\x63kCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\";\n\x15RecordFeedbackRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.prefmine.v1.Event\"9\n\x16RecordFeedbackResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x0f\n\x07last_id\x18\x02 \x01(\x03\"\x12\n\x10ModelInfoRequest\"\xa1\x01\n\rComponentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12>\n\nattributes\x18\x03 \x03(\x0b\x32*.prefmine.v1.ComponentInfo.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x11ModelInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12.\n\ncomponents\x18\x02 \x03(\x0b\x32\x1a.prefmine.v1.ComponentInfo\x12\x0f\n\x07n_items\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\t\x12\x11\n\tdata_hash\x18\x05 \x01(\t\x12\x15\n\rembedding_dim\x18\x06 \x01(\x05*\x90\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_CART\x10\x03\x12\x12\n\x0e\x45VENT_TYPE_BUY\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x05\x32\xa5\x04\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.prefmine.v1.RecommendRequest\x1a\x1e.prefmine.v1.RecommendResponse\x12\x41\n\x06Search\x12\x1a.prefmine.v1.SearchRequest\x1a\x1b.prefmine.v1.SearchResponse\x12;\n\x04Rank\x12\x18.prefmine.v1.RankRequest\x1a\x19.prefmine.v1.RankResponse\x12S\n\x0cSimilarItems\x12 .prefmine.v1.SimilarItemsRequest\x1a!.prefmine.v1.SimilarItemsResponse\x12N\n\x0eGetUserProfile\x12\".prefmine.v1.GetUserProfileRequest\x1a\x18.prefmine.v1.UserProfile\x12Y\n\x0eRecordFeedback\x12\".prefmine.v1.RecordFeedbackRequest\x1a#.prefmine.v1.RecordFeedbackResponse\x12J\n\tModelInfo\x12\x1d.prefmine.v1.ModelInfoRequest\x1a\x1e.prefmine.v1.ModelInfoResponseBN\n\x0eio.prefmine.v1P\x01Z:github.com/prefmine/prefmine/gen/go/prefmine/v1;prefminev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,22 +32,60 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prefmine.v1.recommender_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016io.prefmine.v1P\001Z:github.com/prefmine/prefmine/gen/go/prefmine/v1;prefminev1'
+  _globals['_USERPROFILE_FEEDBACKCOUNTSENTRY']._loaded_options = None
+  _globals['_USERPROFILE_FEEDBACKCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_RECOMMENDREQUEST']._serialized_start=46
-  _globals['_RECOMMENDREQUEST']._serialized_end=118
-  _globals['_RECOMMENDEDITEM']._serialized_start=120
-  _globals['_RECOMMENDEDITEM']._serialized_end=184
-  _globals['_RECOMMENDRESPONSE']._serialized_start=186
-  _globals['_RECOMMENDRESPONSE']._serialized_end=294
-  _globals['_MODELINFOREQUEST']._serialized_start=296
-  _globals['_MODELINFOREQUEST']._serialized_end=314
-  _globals['_COMPONENTINFO']._serialized_start=317
-  _globals['_COMPONENTINFO']._serialized_end=478
-  _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._serialized_start=429
-  _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._serialized_end=478
-  _globals['_MODELINFORESPONSE']._serialized_start=481
-  _globals['_MODELINFORESPONSE']._serialized_end=648
-  _globals['_RECOMMENDER']._serialized_start=651
-  _globals['_RECOMMENDER']._serialized_end=816
+  _globals['_EVENTTYPE']._serialized_start=2330
+  _globals['_EVENTTYPE']._serialized_end=2474
+  _globals['_EVENT']._serialized_start=46
+  _globals['_EVENT']._serialized_end=160
+  _globals['_RECOMMENDREQUEST']._serialized_start=163
+  _globals['_RECOMMENDREQUEST']._serialized_end=314
+  _globals['_RECOMMENDEDITEM']._serialized_start=316
+  _globals['_RECOMMENDEDITEM']._serialized_end=396
+  _globals['_RECOMMENDRESPONSE']._serialized_start=398
+  _globals['_RECOMMENDRESPONSE']._serialized_end=525
+  _globals['_SEARCHREQUEST']._serialized_start=527
+  _globals['_SEARCHREQUEST']._serialized_end=585
+  _globals['_SEARCHRESULT']._serialized_start=587
+  _globals['_SEARCHRESULT']._serialized_end=687
+  _globals['_SEARCHRESPONSE']._serialized_start=689
+  _globals['_SEARCHRESPONSE']._serialized_end=793
+  _globals['_RANKREQUEST']._serialized_start=795
+  _globals['_RANKREQUEST']._serialized_end=867
+  _globals['_RANKEDITEM']._serialized_start=869
+  _globals['_RANKEDITEM']._serialized_end=962
+  _globals['_RANKRESPONSE']._serialized_start=964
+  _globals['_RANKRESPONSE']._serialized_end=1088
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1090
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1139
+  _globals['_SIMILARITEM']._serialized_start=1141
+  _globals['_SIMILARITEM']._serialized_end=1206
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1208
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1295
+  _globals['_GETUSERPROFILEREQUEST']._serialized_start=1297
+  _globals['_GETUSERPROFILEREQUEST']._serialized_end=1337
+  _globals['_WEIGHTEDTERM']._serialized_start=1339
+  _globals['_WEIGHTEDTERM']._serialized_end=1383
+  _globals['_PREFERENCESUMMARY']._serialized_start=1385
+  _globals['_PREFERENCESUMMARY']._serialized_end=1453
+  _globals['_USERPROFILE']._serialized_start=1456
+  _globals['_USERPROFILE']._serialized_end=1853
+  _globals['_USERPROFILE_FEEDBACKCOUNTSENTRY']._serialized_start=1800
+  _globals['_USERPROFILE_FEEDBACKCOUNTSENTRY']._serialized_end=1853
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=1855
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=1914
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=1916
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=1973
+  _globals['_MODELINFOREQUEST']._serialized_start=1975
+  _globals['_MODELINFOREQUEST']._serialized_end=1993
+  _globals['_COMPONENTINFO']._serialized_start=1996
+  _globals['_COMPONENTINFO']._serialized_end=2157
+  _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._serialized_start=2108
+  _globals['_COMPONENTINFO_ATTRIBUTESENTRY']._serialized_end=2157
+  _globals['_MODELINFORESPONSE']._serialized_start=2160
+  _globals['_MODELINFORESPONSE']._serialized_end=2327
+  _globals['_RECOMMENDER']._serialized_start=2477
+  _globals['_RECOMMENDER']._serialized_end=3026
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,35 +7,233 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_CART: _ClassVar[EventType]
+    EVENT_TYPE_BUY: _ClassVar[EventType]
+    EVENT_TYPE_RATE: _ClassVar[EventType]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_CART: EventType
+EVENT_TYPE_BUY: EventType
+EVENT_TYPE_RATE: EventType
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "item_id", "type", "timestamp", "rating")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    type: EventType
+    timestamp: int
+    rating: float
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ..., rating: _Optional[float] = ...) -> None: ...
+
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "recent_events", "placement", "explain")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    recent_events: _containers.RepeatedCompositeFieldContainer[Event]
+    placement: str
+    explain: bool
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., placement: _Optional[str] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "title")
+    __slots__ = ("item_id", "score", "title", "reason")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     title: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "bundle_version", "cold_start")
+    __slots__ = ("items", "bundle_version", "cold_start", "placement")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     bundle_version: str
     cold_start: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+    placement: str
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("user_id", "query", "k")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    query: str
+    k: int
+    def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("item_id", "score", "text_score", "relevance", "title")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    RELEVANCE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    text_score: float
+    relevance: float
+    title: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., text_score: _Optional[float] = ..., relevance: _Optional[float] = ..., title: _Optional[str] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("results", "bundle_version", "cold_start")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    bundle_version: str
+    cold_start: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+
+class RankRequest(_message.Message):
+    __slots__ = ("user_id", "candidate_item_ids", "bids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BIDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    candidate_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    bids: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, user_id: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., bids: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RankedItem(_message.Message):
+    __slots__ = ("item_id", "click_probability", "bid", "expected_value")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    BID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    click_probability: float
+    bid: float
+    expected_value: float
+    def __init__(self, item_id: _Optional[str] = ..., click_probability: _Optional[float] = ..., bid: _Optional[float] = ..., expected_value: _Optional[float] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("items", "unknown_item_ids", "bundle_version", "cold_start")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RankedItem]
+    unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    bundle_version: str
+    cold_start: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SimilarItem(_message.Message):
+    __slots__ = ("item_id", "similarity", "title")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    similarity: float
+    title: str
+    def __init__(self, item_id: _Optional[str] = ..., similarity: _Optional[float] = ..., title: _Optional[str] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("items", "bundle_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
+    bundle_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+
+class GetUserProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class WeightedTerm(_message.Message):
+    __slots__ = ("name", "weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class PreferenceSummary(_message.Message):
+    __slots__ = ("dim", "norm", "top_item_ids")
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
+    TOP_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    dim: int
+    norm: float
+    top_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dim: _Optional[int] = ..., norm: _Optional[float] = ..., top_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UserProfile(_message.Message):
+    __slots__ = ("known", "history_length", "feedback_counts", "top_categories", "top_brands", "keywords", "preference", "bundle_version")
+    class FeedbackCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    TOP_BRANDS_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    history_length: int
+    feedback_counts: _containers.ScalarMap[str, int]
+    top_categories: _containers.RepeatedCompositeFieldContainer[WeightedTerm]
+    top_brands: _containers.RepeatedCompositeFieldContainer[WeightedTerm]
+    keywords: _containers.RepeatedCompositeFieldContainer[WeightedTerm]
+    preference: PreferenceSummary
+    bundle_version: str
+    def __init__(self, known: _Optional[bool] = ..., history_length: _Optional[int] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., top_categories: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., top_brands: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., keywords: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., preference: _Optional[_Union[PreferenceSummary, _Mapping]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("stored", "last_id")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ID_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    last_id: int
+    def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -40,6 +40,31 @@ class RecommenderStub:
                 request_serializer=prefmine_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=prefmine_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/prefmine.v1.Recommender/Search',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.SearchRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.Rank = channel.unary_unary(
+                '/prefmine.v1.Recommender/Rank',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.RankRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.RankResponse.FromString,
+                _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/prefmine.v1.Recommender/SimilarItems',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
+        self.GetUserProfile = channel.unary_unary(
+                '/prefmine.v1.Recommender/GetUserProfile',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.GetUserProfileRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.UserProfile.FromString,
+                _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/prefmine.v1.Recommender/RecordFeedback',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/prefmine.v1.Recommender/ModelInfo',
                 request_serializer=prefmine_dot_v1_dot_recommender__pb2.ModelInfoRequest.SerializeToString,
@@ -53,6 +78,41 @@ class RecommenderServicer:
 
     def Recommend(self, request, context):
         """Returns an ordered slate of up to k items for one user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Personalised search: items whose text matches a free-text query, re-ranked for the user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rank(self, request, context):
+        """Personalised ranking of a client-supplied candidate set (e.g. sponsored products with bids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimilarItems(self, request, context):
+        """Items most similar to one item of the catalogue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserProfile(self, request, context):
+        """What the server knows about one user's preferences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """Stores feedback events; answers only once they are durably stored (readable by the policy update job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,6 +132,31 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=prefmine_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
                     response_serializer=prefmine_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.SearchRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.SearchResponse.SerializeToString,
+            ),
+            'Rank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rank,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.RankRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.RankResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'GetUserProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserProfile,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.GetUserProfileRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.UserProfile.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackResponse.SerializeToString,
             ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
@@ -107,6 +192,141 @@ class Recommender:
             '/prefmine.v1.Recommender/Recommend',
             prefmine_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
             prefmine_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/Search',
+            prefmine_dot_v1_dot_recommender__pb2.SearchRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/Rank',
+            prefmine_dot_v1_dot_recommender__pb2.RankRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/SimilarItems',
+            prefmine_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/GetUserProfile',
+            prefmine_dot_v1_dot_recommender__pb2.GetUserProfileRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.UserProfile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/RecordFeedback',
+            prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

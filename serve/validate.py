@@ -1,0 +1,143 @@
+"""Request validation for every RPC of prefmine.v1.Recommender: limits, and errors that name the field.
+
+Each ``validate_*`` raises ``BadRequest("<field> ...")`` (the message starts with the field's path, e.g.
+``events[3].type``) and returns nothing; the ingress turns it into INVALID_ARGUMENT. The limits are the ones
+documented in protos/prefmine/v1/recommender.proto; they keep one request's work and memory bounded so a
+malformed or hostile request cannot take a replica down. Messages quote at most a few bytes of the bad value
+(a 1 MB id is not echoed back).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from prefmine.v1 import recommender_pb2 as pb
+
+K_MAX = 1000
+MAX_ID_BYTES = 256
+MAX_EXCLUDE = 10_000
+MAX_RECENT_EVENTS = 10_000
+MAX_CANDIDATES = 10_000
+MAX_FEEDBACK_EVENTS = 1000
+MAX_QUERY_BYTES = 1024
+MAX_PLACEMENT_BYTES = 64
+MIN_TIMESTAMP = 631_152_000  # 1990-01-01T00:00:00Z, as the data preparation's bad-row rules
+FUTURE_SLACK_S = 86_400  # clocks differ; a day ahead is accepted, more is a bug on the client
+RATING_RANGE = (1.0, 5.0)
+EVENT_NAMES = {
+    pb.EVENT_TYPE_VIEW: "view",
+    pb.EVENT_TYPE_CLICK: "click",
+    pb.EVENT_TYPE_CART: "cart",
+    pb.EVENT_TYPE_BUY: "buy",
+    pb.EVENT_TYPE_RATE: "rate",
+}
+
+
+class BadRequest(ValueError):
+    """A request field is invalid; the message starts with the field's name."""
+
+
+def _short(value: str, n: int = 20) -> str:
+    return repr(value if len(value) <= n else value[:n] + "...")
+
+
+def check_id(value: str, field: str) -> None:
+    """A raw user or item id: 1..MAX_ID_BYTES bytes, not only whitespace."""
+    if not value.strip():
+        raise BadRequest(f"{field} must be a non-empty string")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise BadRequest(f"{field} is {size} bytes long, at most {MAX_ID_BYTES}")
+
+
+def check_k(k: int, field: str = "k") -> None:
+    if not 1 <= k <= K_MAX:
+        raise BadRequest(f"{field} must be in 1..{K_MAX}, got {k}")
+
+
+def check_count(n: int, field: str, most: int, least: int = 0) -> None:
+    if n > most:
+        raise BadRequest(f"{field} has {n} entries, at most {most}")
+    if n < least:
+        raise BadRequest(f"{field} must have at least {least} entr{'y' if least == 1 else 'ies'}, got {n}")
+
+
+def check_timestamp(ts: int, field: str, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    if ts < MIN_TIMESTAMP:
+        raise BadRequest(f"{field} must be Unix seconds from 1990-01-01 on, got {ts}")
+    if ts > now + FUTURE_SLACK_S:
+        raise BadRequest(f"{field} is {ts}, more than a day in the future (server time {int(now)})")
+
+
+def check_event(ev: pb.Event, field: str, need_user: bool, now: float | None = None) -> None:
+    if need_user:
+        check_id(ev.user_id, f"{field}.user_id")
+    check_id(ev.item_id, f"{field}.item_id")
+    if ev.type not in EVENT_NAMES:
+        raise BadRequest(
+            f"{field}.type must be one of {sorted(pb.EventType.Name(t) for t in EVENT_NAMES)}, got {ev.type}"
+        )
+    check_timestamp(ev.timestamp, f"{field}.timestamp", now)
+    if ev.type == pb.EVENT_TYPE_RATE:
+        lo, hi = RATING_RANGE
+        if not (math.isfinite(ev.rating) and lo <= ev.rating <= hi):
+            raise BadRequest(f"{field}.rating must be in {lo:g}..{hi:g} for EVENT_TYPE_RATE, got {ev.rating}")
+    elif ev.rating != 0:
+        raise BadRequest(f"{field}.rating must be unset except for EVENT_TYPE_RATE, got {ev.rating}")
+
+
+def validate_request(request: pb.RecommendRequest) -> None:
+    """Recommend."""
+    check_id(request.user_id, "user_id")
+    check_k(request.k)
+    check_count(len(request.exclude_item_ids), "exclude_item_ids", MAX_EXCLUDE)
+    check_count(len(request.recent_events), "recent_events", MAX_RECENT_EVENTS)
+    size = len(request.placement.encode("utf-8", "surrogatepass"))
+    if size > MAX_PLACEMENT_BYTES:
+        raise BadRequest(f"placement is {size} bytes long, at most {MAX_PLACEMENT_BYTES}")
+    now = time.time()
+    for i, ev in enumerate(request.recent_events):
+        check_event(ev, f"recent_events[{i}]", need_user=False, now=now)
+
+
+def validate_search(request: pb.SearchRequest) -> None:
+    check_id(request.user_id, "user_id")
+    if not request.query.strip():
+        raise BadRequest("query must be a non-empty string")
+    size = len(request.query.encode("utf-8", "surrogatepass"))
+    if size > MAX_QUERY_BYTES:
+        raise BadRequest(f"query is {size} bytes long, at most {MAX_QUERY_BYTES}")
+    check_k(request.k)
+
+
+def validate_rank(request: pb.RankRequest) -> None:
+    check_id(request.user_id, "user_id")
+    n = len(request.candidate_item_ids)
+    check_count(n, "candidate_item_ids", MAX_CANDIDATES, least=1)
+    for i, item in enumerate(request.candidate_item_ids):
+        check_id(item, f"candidate_item_ids[{i}]")
+    if request.bids:
+        if len(request.bids) != n:
+            raise BadRequest(f"bids has {len(request.bids)} entries; it must be empty or have one per "
+                             f"candidate_item_ids entry ({n})")
+        for i, bid in enumerate(request.bids):
+            if not (math.isfinite(bid) and bid >= 0):
+                raise BadRequest(f"bids[{i}] must be a finite number >= 0, got {bid}")
+
+
+def validate_similar(request: pb.SimilarItemsRequest) -> None:
+    check_id(request.item_id, "item_id")
+    check_k(request.k)
+
+
+def validate_profile(request: pb.GetUserProfileRequest) -> None:
+    check_id(request.user_id, "user_id")
+
+
+def validate_feedback(request: pb.RecordFeedbackRequest) -> None:
+    check_count(len(request.events), "events", MAX_FEEDBACK_EVENTS, least=1)
+    now = time.time()
+    for i, ev in enumerate(request.events):
+        check_event(ev, f"events[{i}]", need_user=True, now=now)
