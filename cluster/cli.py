@@ -85,7 +85,8 @@ def _serve(a) -> int:
     from prefmine.store import fetch
     from serve.run import run_serve
 
-    return run_serve(str(fetch(a.bundle)), a.grpc_port)  # a cloud URI is downloaded once per bundle version
+    # a cloud URI is downloaded once per bundle version
+    return run_serve(str(fetch(a.bundle)), a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db)
 
 
 def _client_recommend(a) -> int:
@@ -160,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a bundle over gRPC with Ray Serve")
     sv.add_argument("--bundle", required=True)
     sv.add_argument("--grpc-port", type=int, required=True)
+    sv.add_argument("--api-keys-file", default=None,
+                    help="file with one API key a line; clients send x-api-key (default $PREFMINE_API_KEYS_FILE; "
+                         "neither: authentication off, demo mode)")
+    sv.add_argument("--feedback-db", default=None,
+                    help="SQLite file RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
     sv.set_defaults(func=_serve)
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)
