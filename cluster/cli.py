@@ -75,18 +75,20 @@ def _evaluate(a) -> int:
     if a.out_dir and Path(a.out_dir).exists() and not Path(a.out_dir).is_dir():
         print(f"prefmine: error: --out-dir {a.out_dir} exists and is not a directory", file=sys.stderr)
         return 2  # checked before the evaluation, not after minutes of it
-    from prefmine.store import fetch
+    from prefmine.store import fetch, is_uri
 
-    run_evaluation(a.data, str(fetch(a.bundle)), a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
+    # a cloud URI is downloaded once per bundle version; a local folder is read as it is (baselines need no model)
+    bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle
+    run_evaluation(a.data, bundle, a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
     return 0
 
 
 def _serve(a) -> int:
-    from prefmine.store import fetch
+    from prefmine.store import fetch, is_uri
     from serve.run import run_serve
 
-    # a cloud URI is downloaded once per bundle version
-    return run_serve(str(fetch(a.bundle)), a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db)
+    bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle  # a cloud URI: downloaded once per version
+    return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db)
 
 
 def _client_recommend(a) -> int:
