@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-MANIFEST = "manifest.json"
+from prefmine.bundle import MANIFEST
 
 
 @dataclass(frozen=True)
