@@ -98,7 +98,12 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist)
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)
-        metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg)
+        # Algorithm checkpoints beside the Ray Train runs; a driver restarted on this staging resumes from them.
+        # Removed once the policy is exported: they are not part of the bundle, and a later retrain of this
+        # stage (which starts from a copy of the bundle) must start a new run, not resume the finished one.
+        metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg,
+                                         checkpoint_dir=bundle / ".train" / "policy")
+        shutil.rmtree(bundle / ".train" / "policy", ignore_errors=True)
         update_manifest(bundle, components={"policy": {"algorithm": pol_cfg.algorithm, "config": C.to_dict(pol_cfg),
                                                        "simulator": C.to_dict(sim_cfg),
                                                        "metrics": {k: v for k, v in metrics["policy"].items()

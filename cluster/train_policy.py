@@ -20,19 +20,48 @@ its weights are loaded into the Learner (DQN: target network synced to them) and
 before the first sample. Padded candidate slots are not masked inside RLlib (both algorithms learn from the
 PAD_SCORE features that a padded slot shows nothing); `PolicyRuntime` and the evaluation mask them.
 
+Checkpoints and resume (`checkpoint_dir`, `PolicyTrainConfig.checkpoint_every`): every `checkpoint_every`
+iterations and after the last one the whole Algorithm is saved with `Algorithm.save_to_path` (RLlib's new-stack
+Checkpointable format: LearnerGroup with the RLModule, target network and optimizer state, the local EnvRunner
+with its connectors and its env-step counter, the Algorithm's MetricsLogger and training iteration) to
+`checkpoint_dir/.iter_NNNNNN.*.tmp`, plus `prefmine_checkpoint.json` (iteration, elapsed seconds, the history
+rows, and what the run must match: algorithm, obs spec, network, simulator config, a fingerprint of the
+SimulatorInputs) written last; the folder is then renamed to `iter_NNNNNN`. Only the last two are kept. A folder
+without the completed JSON (a driver killed mid-write) is ignored. A later call with the same `checkpoint_dir`
+builds the algorithm from its config, `restore_from_path`s the newest complete checkpoint, and continues at
+iteration N+1; the time budget counts the seconds already spent, and the history holds every iteration once.
+A checkpoint of another algorithm, obs spec, network, simulator or data is refused (`CheckpointMismatch`), never
+loaded into the wrong run. What survives a resume, measured on ray 2.60 (tests/test_policy_resume.py):
+
+- RLModule weights, DQN target network, optimizer state, `training_iteration`: restored by `restore_from_path`.
+- Env-step counters: `num_env_steps_sampled_lifetime` (MetricsLogger and the EnvRunner's own count) continues
+  from the checkpoint, so DQN's epsilon schedule (driven by the EnvRunner's lifetime count), learning-starts
+  and target-update timing continue rather than restart at 0.
+- DQN replay buffer: *not* in RLlib's Algorithm checkpoint on the new API stack (`Algorithm.get_state` leaves
+  `local_replay_buffer` out; only the old stack had `store_buffer_in_checkpoints`). With
+  `checkpoint_replay_buffer` (default on) its `get_state()` is pickled beside the checkpoint and `set_state()`
+  restores it; off, a resumed DQN learns at once (the counters are past learning-starts) from a nearly empty
+  buffer.
+- Not restored: the simulators' and the sampler's random streams (the env runner is rebuilt from the seed). A
+  resumed run therefore draws from seed + iteration (not the original seed, which would replay the first
+  iteration's sessions) and is not bit-identical to an uninterrupted one.
+
 The caller owns Ray: if it is not initialised, a local one is started (2 CPUs, one OMP thread per worker).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +114,14 @@ class PolicyTrainConfig:
     ppo_vf_loss_coeff: float = 0.5
     num_env_runners: int = 0  # 0: sample in the driver's local env runner (cheapest on a small machine)
     seed: int = 0
+    checkpoint_every: int = 1  # iterations between Algorithm checkpoints (given a checkpoint_dir); 0: none, no resume
+    checkpoint_replay_buffer: bool = True  # DQN: save the replay buffer too (RLlib's checkpoint leaves it out)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError(f"policy config key 'checkpoint_every': {self.checkpoint_every!r}; an int >= 0")
 
 
 ALGORITHMS = ("DQN", "PPO")
@@ -98,12 +131,12 @@ POLICY_PRESETS = {
     "base": PolicyTrainConfig(simulator="base", max_iterations=100, time_budget_s=1800.0, hiddens=(256, 256),
                               train_batch_size=256, rollout_fragment_length=32, epsilon_timesteps=30_000,
                               learning_starts=2000, target_update_freq=2000, num_env_runners=2,
-                              ppo_minibatch_size=256),
+                              ppo_minibatch_size=256, checkpoint_every=5),
     "large": PolicyTrainConfig(simulator="large", max_iterations=500, time_budget_s=4 * 3600.0,
                                hiddens=(512, 512), train_batch_size=512, rollout_fragment_length=64,
                                epsilon_timesteps=200_000, learning_starts=10_000, target_update_freq=8000,
                                buffer_capacity=500_000, num_env_runners=8, steps_per_iteration=4000,
-                               ppo_minibatch_size=512),
+                               ppo_minibatch_size=512, checkpoint_every=10),
 }
 
 
@@ -186,14 +219,134 @@ def restore_module(algo, rl_module_dir: Path, algorithm: str) -> None:
         algo.learner_group.foreach_learner(sync_targets)
 
 
+CHECKPOINT_FORMAT = "prefmine-policy-checkpoint/1"
+CHECKPOINT_STATE = "prefmine_checkpoint.json"  # written last: its presence (complete: true) marks a checkpoint done
+REPLAY_BUFFER_FILE = "replay_buffer.pkl"
+KEEP_CHECKPOINTS = 2
+_CKPT_RE = re.compile(r"iter_(\d{6,})")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that belongs to another run (algorithm, obs spec, network, simulator or data differ)."""
+
+
+def inputs_fingerprint(inputs: SimulatorInputs) -> str:
+    """sha1 of what the simulator is built from (states, vectors, popularity, histories, response model)."""
+    h = hashlib.sha1()
+    for a in (inputs.user_states, inputs.item_vectors, inputs.item_popularity, inputs.response.item_emb,
+              inputs.response.buy_prob, inputs.response.weights):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.data)
+    lengths = np.array([len(x) for x in inputs.user_histories], dtype=np.int64)
+    h.update(lengths.data)
+    if len(lengths):
+        h.update(np.ascontiguousarray(np.concatenate(inputs.user_histories).astype(np.int64)).data)
+    return h.hexdigest()
+
+
+def checkpoint_identity(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig,
+                        spec: ObsSpec) -> dict:
+    """What a run must share with a checkpoint to resume it (JSON types, so it compares with the saved copy)."""
+    ident = {"format": CHECKPOINT_FORMAT, "algorithm": cfg.algorithm, "obs_size": spec.size,
+             "obs_spec": spec.to_dict(), "hiddens": list(cfg.hiddens), "simulator": asdict(sim_cfg),
+             "replay_buffer": cfg.replay_buffer if cfg.algorithm == "DQN" else None,
+             "inputs_sha1": inputs_fingerprint(inputs)}
+    return json.loads(json.dumps(ident))
+
+
+def read_checkpoint_state(path: Path) -> dict | None:
+    """The checkpoint's state JSON if the checkpoint is complete, else None."""
+    try:
+        state = json.loads((Path(path) / CHECKPOINT_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(state, dict) and state.get("complete") is True and isinstance(state.get("iteration"), int)
+    return state if ok else None
+
+
+def find_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    """The newest complete `iter_NNNNNN` checkpoint in `checkpoint_dir`; None when there is none. Temp folders
+    and `iter_*` folders without a completed state JSON (a driver killed mid-write) are ignored."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    found = []
+    for p in Path(checkpoint_dir).iterdir():
+        if p.is_dir() and _CKPT_RE.fullmatch(p.name):
+            state = read_checkpoint_state(p)
+            if state is not None:
+                found.append((state["iteration"], p))
+    return max(found)[1] if found else None
+
+
+def check_resumable(state: dict, identity: dict, path: Path) -> None:
+    """Raise CheckpointMismatch naming every field in which the checkpoint differs from this run."""
+    diffs = []
+    for key, want in identity.items():
+        have = state.get(key)
+        if have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = [f"{key}.{k}: checkpoint {have.get(k)!r}, this run {want.get(k)!r}"
+                   for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
+            diffs += sub
+        else:
+            diffs.append(f"{key}: checkpoint {have!r}, this run {want!r}")
+    if diffs:
+        raise CheckpointMismatch(
+            f"policy checkpoint {path} was written by a different run and is not resumed: " + "; ".join(diffs)
+            + f". Use another checkpoint_dir (CLI: --checkpoint-dir, or --fresh) or remove {Path(path).parent}")
+
+
+def save_checkpoint(algo, checkpoint_dir: Path, state: dict, replay_buffer: bool = True) -> Path:
+    """Write `checkpoint_dir/iter_NNNNNN` (NNNNNN = state["iteration"]): the Algorithm (`save_to_path`), the DQN
+    replay buffer, and the state JSON last, all in a temp folder renamed into place; keep the newest
+    KEEP_CHECKPOINTS complete ones and remove leftovers of killed writes."""
+    d = Path(checkpoint_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"iter_{state['iteration']:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=d))
+    try:
+        algo.save_to_path(str(tmp.resolve()))
+        buffer = getattr(algo, "local_replay_buffer", None)
+        if replay_buffer and buffer is not None:
+            with open(tmp / REPLAY_BUFFER_FILE, "wb") as f:
+                pickle.dump(buffer.get_state(), f, protocol=pickle.HIGHEST_PROTOCOL)
+            state = {**state, "replay_buffer_timesteps": int(buffer.get_num_timesteps())}
+        (tmp / (CHECKPOINT_STATE + ".tmp")).write_text(json.dumps({**state, "complete": True}))
+        os.replace(tmp / (CHECKPOINT_STATE + ".tmp"), tmp / CHECKPOINT_STATE)
+        if final.exists():  # an incomplete folder of that name (never a complete one: iterations only grow)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    complete = sorted((read_checkpoint_state(p)["iteration"], p) for p in d.iterdir()
+                      if p.is_dir() and _CKPT_RE.fullmatch(p.name) and read_checkpoint_state(p) is not None)
+    for _, old in complete[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    for p in d.iterdir():  # temp folders of killed writes, and iter_* folders that never completed
+        if p.is_dir() and p != final and ((p.name.startswith(".iter_") and p.name.endswith(".tmp"))
+                                          or (_CKPT_RE.fullmatch(p.name) and read_checkpoint_state(p) is None)):
+            shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
 def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig | None = None,
                  sim_cfg: SimulatorConfig | None = None, verbose: bool = True, warm_start: Path | None = None,
-                 on_iteration=None, spec: ObsSpec | None = None) -> dict:
+                 on_iteration=None, spec: ObsSpec | None = None, checkpoint_dir: Path | None = None) -> dict:
     """Train DQN or PPO on the simulator and export the RLModule + policy_config.json to `out_dir`.
 
     warm_start: an exported policy dir (or its rl_module/) to continue from; its obs spec is reused so the
     observation features keep their meaning. on_iteration(algo, row) is called after every train() (the
     benchmark evaluates there); returning True stops training. Returns the training metrics.
+
+    checkpoint_dir: where Algorithm checkpoints go every `cfg.checkpoint_every` iterations and after the last
+    (None or checkpoint_every=0: none). If it already holds a complete checkpoint of this run, training resumes
+    from it (the module docstring says what is restored): metrics["resumed_from"] is its iteration and the
+    history continues it. A checkpoint of a different run raises CheckpointMismatch before Ray is touched. A
+    finished run's checkpoint is kept, so calling again re-exports it, or continues it if max_iterations or
+    time_budget_s grew; the caller removes the folder when it no longer wants that.
     """
     import torch
 
@@ -211,13 +364,41 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
     spec = spec or ObsSpec.from_inputs(inputs, sim_cfg)
     if spec.size != ObsSpec.from_inputs(inputs, sim_cfg).size:
         raise ValueError(f"train_policy: obs spec size {spec.size} does not match the simulator's")
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and cfg.checkpoint_every > 0 else None
+    identity = checkpoint_identity(inputs, sim_cfg, cfg, spec) if ckpt_dir is not None else None
+    resume = find_checkpoint(ckpt_dir)
+    saved = read_checkpoint_state(resume) if resume is not None else None
+    if saved is not None:
+        check_resumable(saved, identity, resume)
+    start = saved["iteration"] if saved else 0
     _ensure_ray()
-    algo = algorithm_config(inputs, sim_cfg, cfg, spec).build_algo()
-    history, t0 = [], time.time()
+    # a resumed run's simulators and sampler are rebuilt: seeding them as the first start did would replay the
+    # sessions of iteration 1, so they draw from seed + iteration
+    build_cfg = replace(cfg, seed=cfg.seed + 1_000 * start) if start else cfg
+    algo = algorithm_config(inputs, sim_cfg, build_cfg, spec).build_algo()
+    history, elapsed0, last_ckpt, stopped = [], 0.0, resume, False
     try:
-        if module_dir is not None:
+        if saved is not None:
+            algo.restore_from_path(str(resume.resolve()))
+            buffer = getattr(algo, "local_replay_buffer", None)
+            restored_buffer = None
+            if buffer is not None and (resume / REPLAY_BUFFER_FILE).is_file():
+                with open(resume / REPLAY_BUFFER_FILE, "rb") as f:
+                    buffer.set_state(pickle.load(f))
+                restored_buffer = int(buffer.get_num_timesteps())
+            history, elapsed0 = list(saved["history"]), float(saved["elapsed_s"])
+            stopped = bool(saved.get("stopped"))
+            print(f"[policy {cfg.algorithm}] resumed from iteration {start} (checkpoint {resume}; "
+                  f"{elapsed0:.0f}s trained, {saved.get('env_steps', 0)} env steps"
+                  + (f", replay buffer {restored_buffer} steps" if restored_buffer is not None else "") + ")",
+                  flush=True)
+        elif module_dir is not None:
             restore_module(algo, module_dir, cfg.algorithm)
-        for it in range(1, cfg.max_iterations + 1):
+        t0 = time.time() - elapsed0
+        done = stopped or start >= cfg.max_iterations or elapsed0 >= cfg.time_budget_s
+        it = start
+        while not done:
+            it += 1
             res = algo.train()
             env = res.get("env_runners", {})
             row = {"iteration": it, "seconds": round(time.time() - t0, 1),
@@ -226,16 +407,24 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
                    "episode_return_mean": _f(env.get("episode_return_mean")),
                    "episode_len_mean": _f(env.get("episode_len_mean"))}
             history.append(row)
-            stop = bool(on_iteration(algo, row)) if on_iteration is not None else False
+            stopped = bool(on_iteration(algo, row)) if on_iteration is not None else False
             if verbose:
                 eta = (time.time() - t0) / it * (cfg.max_iterations - it)
                 print(f"[policy {cfg.algorithm}] iter {it}/{cfg.max_iterations} steps {row['env_steps']} "
                       f"return {row['episode_return_mean']} ({row['seconds']:.0f}s, eta<={eta:.0f}s)", flush=True)
-            if stop or time.time() - t0 >= cfg.time_budget_s:
-                break
+            done = stopped or it >= cfg.max_iterations or time.time() - t0 >= cfg.time_budget_s
+            if ckpt_dir is not None and (done or it % cfg.checkpoint_every == 0):
+                last_ckpt = save_checkpoint(
+                    algo, ckpt_dir, {**identity, "iteration": it, "elapsed_s": round(time.time() - t0, 3),
+                                     "env_steps": row["env_steps"], "stopped": stopped, "history": history,
+                                     "resumed_from": start or None, "train": asdict(cfg),
+                                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                    replay_buffer=cfg.checkpoint_replay_buffer)
         metrics = {"algorithm": cfg.algorithm, "train_seconds": round(time.time() - t0, 1),
                    "iterations": len(history), "env_steps": history[-1]["env_steps"] if history else 0,
-                   "warm_start": str(warm_start) if warm_start is not None else None, "history": history}
+                   "warm_start": str(warm_start) if warm_start is not None else None,
+                   "resumed_from": start or None, "checkpoint": str(last_ckpt) if last_ckpt else None,
+                   "history": history}
         export_policy(algo.get_module(), out_dir, inputs, sim_cfg, cfg, spec, metrics)
     finally:
         algo.stop()
@@ -406,9 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-set", nargs="*", default=[], metavar="KEY=VALUE", help="SimulatorConfig overrides")
     p.add_argument("--eval-sessions", type=int, default=1000)
     p.add_argument("--json", help="write metrics + evaluation here")
+    p.add_argument("--checkpoint-dir", help="Algorithm checkpoints (every `checkpoint_every` iterations); a "
+                   "restarted command resumes from the newest complete one. Default: OUT.checkpoints beside "
+                   "--out; 'none': no checkpoints")
+    p.add_argument("--fresh", action="store_true", help="remove the checkpoint dir first: start over")
     args = p.parse_args(argv)
-    import pickle
-
     from prefmine.policy.runtime import PolicyRuntime
 
     try:
@@ -423,7 +614,16 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(inputs, SimulatorInputs):
         print(f"error: --inputs {args.inputs} does not hold a SimulatorInputs", file=sys.stderr)
         return 2
-    metrics = train_policy(inputs, Path(args.out), cfg, sim_cfg)
+    out = Path(args.out)
+    ckpt_dir = None if (args.checkpoint_dir or "").lower() == "none" else Path(
+        args.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
+    if args.fresh and ckpt_dir is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    try:
+        metrics = train_policy(inputs, out, cfg, sim_cfg, checkpoint_dir=ckpt_dir)
+    except CheckpointMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ev = evaluate_policies(inputs, PolicyRuntime(args.out), args.eval_sessions, seed=cfg.seed, include_oracle=True)
     print(format_evaluation(ev))
     if args.json:
