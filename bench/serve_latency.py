@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
@@ -40,32 +41,42 @@ class DirectHandle:
     """Calls a deployment object's methods in this process, shaped like a DeploymentHandle
     (``await handle.method.remote(...)``)."""
 
-    def __init__(self, obj):
-        self._obj = obj
+    def __init__(self, obj, name: str):
+        self._obj, self.deployment_name = obj, name
 
     def __getattr__(self, name):
         fn = getattr(self._obj, name)
 
         class _Method:
+            deployment_name = self.deployment_name
+
             @staticmethod
             async def remote(*args, **kwargs):
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                return await out if inspect.isawaitable(out) else out
 
         return _Method
 
 
-def local_ingress(bundle: str, feedback_db: str):
-    """The serving graph of serve.app without Ray: the same classes, direct-call handles."""
+async def local_ingress(bundle: str, feedback_db: str):
+    """The serving graph of serve.app without Ray: the same classes, direct-call handles, the same user_config.
+
+    A coroutine: the ranker's @serve.batch queue belongs to the event loop that first uses it, so build and
+    load the graph in the loop that will call it."""
     from serve import app
+    from serve.served import BundleRef
 
-    def raw(dep):
-        return dep.func_or_class
-
-    ranker = DirectHandle(raw(app.RankerDeployment)(bundle))
-    policy = DirectHandle(raw(app.PolicyDeployment)(bundle))
-    encoder = DirectHandle(raw(app.EncoderDeployment)(bundle))
-    return raw(app.RecommenderIngress)(bundle, ranker, policy, encoder, feedback_db=feedback_db,
-                                       auth={"required": False})
+    config = BundleRef.of({"bundle": bundle}).config()
+    parts = {}
+    for name in ("RankerDeployment", "PolicyDeployment", "EncoderDeployment"):
+        obj = getattr(app, name).func_or_class()
+        await obj.reconfigure(config)
+        parts[name] = DirectHandle(obj, name)
+    ingress = app.RecommenderIngress.func_or_class(
+        parts["RankerDeployment"], parts["PolicyDeployment"], parts["EncoderDeployment"],
+        feedback_db=feedback_db, auth={"required": False})
+    await ingress.reconfigure(config)
+    return ingress
 
 
 def known_users(bundle_path: str, n: int = 200, seed: int = 0) -> list[str]:
@@ -148,7 +159,7 @@ async def _bare_server(bundle: str, port: int, feedback_db: str) -> None:
 
     from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
-    ingress = local_ingress(bundle, feedback_db)
+    ingress = await local_ingress(bundle, feedback_db)
 
     class Servicer(pb_grpc.RecommenderServicer):
         async def Recommend(self, request, context):
@@ -222,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     for system in a.systems.split(","):
         t0 = time.monotonic()
         if system == "inprocess":
-            ingress = local_ingress(bundle, db)
+            async def inprocess() -> list:
+                ingress = await local_ingress(bundle, db)
 
-            async def call(req, ingress=ingress):
-                return await ingress.Recommend(req, None)
+                async def call(req):
+                    return await ingress.Recommend(req, None)
 
-            points = [(c, asyncio.run(_load(call, users, a.k, c, seconds, warmup))) for c in CONCURRENCY]
+                return [(c, await _load(call, users, a.k, c, seconds, warmup)) for c in CONCURRENCY]
+
+            points = asyncio.run(inprocess())
         elif system in ("bare_grpc", "ray_serve"):
             port = free_port()
             if system == "bare_grpc":

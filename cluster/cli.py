@@ -88,7 +88,8 @@ def _serve(a) -> int:
     from serve.run import run_serve
 
     bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle  # a cloud URI: downloaded once per version
-    return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db)
+    return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
+                     metrics_port=a.metrics_port)
 
 
 def _client_recommend(a) -> int:
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "neither: authentication off, demo mode)")
     sv.add_argument("--feedback-db", default=None,
                     help="SQLite file RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
+    sv.add_argument("--metrics-port", type=int, default=None,
+                    help="port of the Prometheus endpoint of the Ray this command starts (default: Ray picks one)")
     sv.set_defaults(func=_serve)
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)

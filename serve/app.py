@@ -10,11 +10,17 @@ The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/
 standard ``grpc.health.v1.Health/Check``: its methods are named like the RPCs and take ``(request,
 grpc_context)``. Every call goes through ``_serve``: API key from the metadata (serve/auth.py; not for health),
 a request the proxy could not parse (serve/wire.py's ``Malformed``), field validation (serve/validate.py), then
-the work. It pseudonymises the raw user id with the bundle's key, looks up the user's history in the bundle's
-catalogue, and never lets an exception escape (Ray would send INTERNAL with a traceback): UNAUTHENTICATED,
-INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with
-an empty response. RecordFeedback appends to the feedback log (prefmine.feedback.FeedbackLog: SQLite WAL,
-synchronous=FULL) and answers only after the commit returned.
+the work; its status code and time go to the Prometheus metrics (serve/metrics.py). It pseudonymises the raw
+user id with the bundle's key, looks up the user's history in the bundle's catalogue, and never lets an
+exception escape (Ray would send INTERNAL with a traceback): UNAUTHENTICATED, INVALID_ARGUMENT naming the field,
+RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with an empty response. RecordFeedback
+appends to the feedback log (prefmine.feedback.FeedbackLog: SQLite WAL, synchronous=FULL) and answers only after
+the commit returned.
+
+The hot path: the ranker batches concurrent users (``@serve.batch``); a call whose replica died is retried
+(``RecommenderIngress._call``), so losing a replica costs latency, not failed requests. The bundle version is
+every deployment's ``user_config``: a new version is rolled in by a lightweight update, each request answered
+by one version end to end (serve/served.py).
 
 ``build_app({"bundle": PATH, ...})`` is the application builder used by ``serve/run.py`` and
 ``serve/config.yaml``.
@@ -38,6 +44,8 @@ from ray.serve.handle import DeploymentHandle
 
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, Unauthenticated
+from serve.metrics import ServiceMetrics
+from serve.served import BundleRef, RuntimeCache, ServedBundle
 from serve.validate import (
     EVENT_NAMES,
     K_MAX,
@@ -55,6 +63,9 @@ from serve.wire import SERVICE, SERVICER_FUNCTION, Malformed
 logger = logging.getLogger("ray.serve")
 
 DEFAULT_CANDIDATES = 100
+RANKER_BATCH = 16  # users per batched ranker call (max_ongoing_requests of the ranker is >= this)
+RANKER_BATCH_WAIT_S = 0.002  # a lone request waits at most this long for company
+REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, policy, encoder)
 SEARCH_CANDIDATES = 100
 APP_NAME = "prefmine"
 GRPC_SERVICER = SERVICER_FUNCTION  # serve.wire.add_services: Recommender + Health, lenient request parsing
@@ -90,67 +101,94 @@ def slate_scores(relevance: np.ndarray) -> np.ndarray:
     ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
 )
 class EncoderDeployment:
-    """Text encoder (prefmine.text.runtime.EncoderRuntime): embeds texts; gives the embedding dim."""
+    """Text encoder (prefmine.text.runtime.EncoderRuntime) per bundle version: embeds texts, gives the dim."""
 
-    def __init__(self, bundle: str):
+    def __init__(self):
         _one_thread()
-        from prefmine.text.runtime import EncoderRuntime
+        self.runtimes = RuntimeCache(_EncoderVersion)
 
-        self.runtime = EncoderRuntime(bundle)
-        self._unit_items: np.ndarray | None = None
+    async def reconfigure(self, config: dict) -> None:
+        """A new bundle version (rollout): load it now, beside the one being served."""
+        await self.runtimes.get(BundleRef.of(config))
 
-    def dim(self) -> int:
-        return int(self.runtime.dim)
+    async def dim(self, ref: BundleRef) -> int:
+        return int((await self.runtimes.get(ref)).runtime.dim)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.runtime.embed(list(texts))
+    async def embed(self, ref: BundleRef, texts: list[str]) -> np.ndarray:
+        return (await self.runtimes.get(ref)).runtime.embed(list(texts))
 
-    def search(self, query: str, n: int) -> dict[str, np.ndarray]:
+    async def search(self, ref: BundleRef, query: str, n: int) -> dict[str, np.ndarray]:
         """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
-        if self._unit_items is None:
-            v = np.asarray(self.runtime.item_embeddings, dtype=np.float32)
-            self._unit_items = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        q = np.asarray(self.runtime.embed([query]), dtype=np.float32)[0]
+        enc = await self.runtimes.get(ref)
+        q = np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0]
         q = q / max(float(np.linalg.norm(q)), 1e-12)
-        sims = self._unit_items @ q
+        sims = enc.unit_items @ q
         n = min(int(n), len(sims))
         idx = np.argpartition(-sims, n - 1)[:n]
         idx = idx[np.lexsort((idx, -sims[idx]))]
         return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
 
 
+class _EncoderVersion:
+    def __init__(self, bundle: str):
+        from prefmine.text.runtime import EncoderRuntime
+
+        self.runtime = EncoderRuntime(bundle)
+        self.unit_items = _unit_rows(self.runtime.item_embeddings)
+
+
+def _unit_rows(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
 )
 class RankerDeployment:
-    """Sequential ranker (prefmine.ranker.runtime.RankerRuntime): user state and top-N candidates."""
+    """Sequential ranker (prefmine.ranker.runtime.RankerRuntime) per bundle version: user state, top-N
+    candidates, item scores, similar items."""
 
-    def __init__(self, bundle: str):
+    def __init__(self):
         _one_thread()
-        from prefmine.ranker.runtime import RankerRuntime
+        self.runtimes = RuntimeCache(_RankerVersion)
 
-        self.runtime = RankerRuntime(bundle)
+    async def reconfigure(self, config: dict) -> None:
+        """A new bundle version (rollout): load it now, beside the one being served."""
+        await self.runtimes.get(BundleRef.of(config))
 
-    def candidates(self, history: np.ndarray, n: int, exclude: set[int]) -> dict[str, np.ndarray]:
-        """Top-n item indices (and scores) not in exclude, plus the user state, for one history."""
-        history = np.asarray(history, dtype=np.int64)
-        idx, scores, states = self.runtime.top_n_with_states([history], n, [set(exclude)])
-        state = states[0]
-        idx, scores = np.asarray(idx[0], dtype=np.int64), np.asarray(scores[0], dtype=np.float32)
-        keep = np.isfinite(scores) & (idx >= 0)
-        return {"idx": idx[keep], "scores": scores[keep], "state": np.asarray(state, dtype=np.float32)}
+    async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
+        """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
 
-    def score_items(self, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        Concurrent calls are batched (``@serve.batch``): one forward pass and one scoring matmul for up to
+        ``RANKER_BATCH`` users, which is where the ranker's time goes under load.
+        """
+        return await self._candidates_batch((ref, np.asarray(history, dtype=np.int64), int(n), set(exclude)))
+
+    @serve.batch(max_batch_size=RANKER_BATCH, batch_wait_timeout_s=RANKER_BATCH_WAIT_S)
+    async def _candidates_batch(self, calls: list[tuple[BundleRef, np.ndarray, int, set[int]]]) -> list[dict]:
+        out: list[dict | None] = [None] * len(calls)
+        for ref in dict.fromkeys(c[0] for c in calls):  # during a rollout a batch may hold two versions
+            rows = [j for j, c in enumerate(calls) if c[0] == ref]
+            runtime = (await self.runtimes.get(ref)).runtime
+            got = candidates_for(runtime, [calls[j][1] for j in rows], [calls[j][2] for j in rows],
+                                 [calls[j][3] for j in rows])
+            for j, answer in zip(rows, got):
+                out[j] = answer
+        return out
+
+    async def score_items(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """Relevance of given items for one history, and the probability the next interaction is each of them
         (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
-        scores = self.runtime.scores([np.asarray(history, dtype=np.int64)])[0].astype(np.float64)
+        runtime = (await self.runtimes.get(ref)).runtime
+        scores = runtime.scores([np.asarray(history, dtype=np.int64)])[0].astype(np.float64)
         logz = scores.max() + np.log(np.exp(scores - scores.max()).sum())
         items = np.asarray(items, dtype=np.int64)
         return {"scores": scores[items].astype(np.float32), "probs": np.exp(scores[items] - logz)}
 
-    def similar(self, item: int, k: int) -> dict[str, np.ndarray]:
+    async def similar(self, ref: BundleRef, item: int, k: int) -> dict[str, np.ndarray]:
         """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
-        v = self._unit_vectors()
+        v = (await self.runtimes.get(ref)).unit_vectors()
         sims = v @ v[int(item)]
         sims[int(item)] = -np.inf
         k = min(int(k), len(sims) - 1)
@@ -160,40 +198,76 @@ class RankerDeployment:
         idx = idx[np.lexsort((idx, -sims[idx]))]
         return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
 
-    def explain(self, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+    async def explain(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
         from serve.profile import nearest_sources
 
-        src, sims = nearest_sources(self.runtime.item_vectors, history, items)
+        src, sims = nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors, history, items)
         return {"source": src, "sims": sims}
 
-    def preference(self, history: np.ndarray, top: int = 5) -> dict[str, Any]:
+    async def preference(self, ref: BundleRef, history: np.ndarray, top: int = 5) -> dict[str, Any]:
         """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
-        state = self.runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
-        scores = state @ self.runtime.item_vectors.T
+        runtime = (await self.runtimes.get(ref)).runtime
+        state = runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
+        scores = state @ runtime.item_vectors.T
         top_idx = np.argsort(-scores, kind="stable")[:top]
         return {"dim": int(state.shape[0]), "norm": float(np.linalg.norm(state)), "top": top_idx.astype(np.int64)}
 
-    def _unit_vectors(self) -> np.ndarray:
-        if getattr(self, "_unit", None) is None:
-            v = np.asarray(self.runtime.item_vectors, dtype=np.float32)
-            self._unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+class _RankerVersion:
+    def __init__(self, bundle: str):
+        from prefmine.ranker.runtime import RankerRuntime
+
+        self.runtime = RankerRuntime(bundle)
+        self._unit: np.ndarray | None = None
+
+    def unit_vectors(self) -> np.ndarray:
+        if self._unit is None:
+            self._unit = _unit_rows(self.runtime.item_vectors)
         return self._unit
+
+
+def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes: list[set[int]]) -> list[dict]:
+    """The ranker's candidates for several users at once: the top max(ns), each row cut to its own n (the top-k
+    order does not depend on k, ties going to the lower index, so a row's answer does not depend on its batch)."""
+    idx, scores, states = runtime.top_n_with_states(histories, max(ns), excludes)
+    out = []
+    for row, n in enumerate(ns):
+        i, s = np.asarray(idx[row][:n], dtype=np.int64), np.asarray(scores[row][:n], dtype=np.float32)
+        keep = np.isfinite(s) & (i >= 0)
+        out.append({"idx": i[keep], "scores": s[keep], "state": np.asarray(states[row], dtype=np.float32)})
+    return out
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
 )
 class PolicyDeployment:
-    """Slate policy (prefmine.policy.runtime.PolicyRuntime): orders k items out of the ranker's candidates.
+    """Slate policy (prefmine.policy.runtime.PolicyRuntime) per bundle version: orders k items out of the
+    ranker's candidates. A bundle without a usable policy falls back to the ranker's order (greedy), logged."""
 
-    A bundle without a usable policy falls back to the ranker's order (greedy), logged once at start.
-    """
-
-    def __init__(self, bundle: str):
+    def __init__(self):
         _one_thread()
+        self.runtimes = RuntimeCache(_PolicyVersion)
+
+    async def reconfigure(self, config: dict) -> None:
+        """A new bundle version (rollout): load it now, beside the one being served."""
+        await self.runtimes.get(BundleRef.of(config))
+
+    async def info(self, ref: BundleRef) -> str:
+        return (await self.runtimes.get(ref)).kind
+
+    async def select(self, ref: BundleRef, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
+                     k: int) -> np.ndarray:
+        return (await self.runtimes.get(ref)).select(state, candidates, scores, k)
+
+
+class _PolicyVersion:
+    def __init__(self, bundle: str | None):
         self.runtime = None
         self.kind = "greedy"
+        if bundle is None:
+            return
         try:
             from prefmine.policy.runtime import PolicyRuntime
 
@@ -201,9 +275,6 @@ class PolicyDeployment:
             self.kind = "learned"
         except Exception as e:  # noqa: BLE001 - fall back, but say so
             logger.warning("policy unavailable (%s: %s); using the ranker's order", type(e).__name__, e)
-
-    def info(self) -> str:
-        return self.kind
 
     def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """An ordered slate of min(k, len(candidates)) distinct candidate item indices."""
@@ -235,7 +306,6 @@ class RecommenderIngress:
 
     def __init__(
         self,
-        bundle: str,
         ranker: DeploymentHandle,
         policy: DeploymentHandle,
         encoder: DeploymentHandle,
@@ -244,31 +314,32 @@ class RecommenderIngress:
         auth: dict | None = None,
     ):
         _one_thread()
-        from prefmine.bundle import Bundle
         from prefmine.feedback import FeedbackLog
-        from serve.profile import CatalogText
 
-        self.bundle = Bundle.load(bundle)
-        if not getattr(self.bundle, "key_matches", True):
-            logger.warning(
-                "PREFMINE_PSEUDONYM_KEY differs from the key the bundle's data was prepared with: "
-                "every user will look unknown (cold start)"
-            )
         self.ranker, self.policy, self.encoder = ranker, policy, encoder
         self.n_candidates = int(candidates)
-        self.titles = [str(t) if t is not None else "" for t in self.bundle.titles]
-        self.item_ids = [str(i) for i in self.bundle.item_ids]
-        pop = np.asarray(self.bundle.popularity, dtype=np.float64)
-        self.pop_order = np.argsort(-pop, kind="stable")
-        self.pop_scores = pop
-        self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
-        self.catalog = CatalogText(self.bundle.items)
-        self._dim: int | None = None
+        self.served: ServedBundle | None = None  # set by reconfigure (user_config), before the first request
+        self._dims: dict[BundleRef, int] = {}
         self.auth = ApiKeyCheck(AuthConfig(**(auth or {"required": False})))
         if not self.auth.required:
             logger.warning("API-key authentication is OFF (demo mode): every caller is accepted")
-        self.feedback = FeedbackLog(feedback_db or default_feedback_db(bundle))
+        if not feedback_db:
+            raise ValueError("RecommenderIngress: feedback_db is required (build_app gives the default)")
+        self.feedback = FeedbackLog(feedback_db)
+        self.metrics = ServiceMetrics()
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
+
+    async def reconfigure(self, config: dict) -> None:
+        """Serve the bundle version of ``config`` (user_config ``{"bundle": PATH, "version": V}``): loaded in a
+        worker thread while the current version keeps answering, then swapped in at once. A request already
+        running finishes on the version it started with."""
+        ref = BundleRef.of(config)
+        if self.served is not None and self.served.ref == ref:
+            return
+        new = await asyncio.to_thread(ServedBundle, ref)
+        old, self.served = self.served, new
+        self.metrics.serving(new.version, previous=old.version if old else None)
+        logger.info("serving bundle %s%s", new.version, f" (was {old.version})" if old else "")
 
     # -- RPCs -----------------------------------------------------------------------------------------------
     async def Recommend(self, request, grpc_context) -> pb.RecommendResponse:
@@ -323,9 +394,11 @@ class RecommenderIngress:
     # -- the common path of every RPC -------------------------------------------------------------------------
     async def _serve(self, rpc: str, request, grpc_context, empty_cls, validate, work):
         t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             self.auth.check(grpc_context.invocation_metadata() if grpc_context is not None else ())
             if isinstance(request, Malformed):
+                code = request.status
                 return self._fail(grpc_context, request.status, request.message, empty_cls())
             if validate is not None:
                 validate(request)
@@ -333,16 +406,42 @@ class RecommenderIngress:
             logger.debug("%s %.1f ms", rpc, 1e3 * (time.perf_counter() - t0))
             return resp
         except Unauthenticated as e:
-            return self._fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, str(e), empty_cls())
+            code = grpc.StatusCode.UNAUTHENTICATED
+            return self._fail(grpc_context, code, str(e), empty_cls())
         except BadRequest as e:
-            return self._fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e), empty_cls())
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            return self._fail(grpc_context, code, str(e), empty_cls())
         except NotFound as e:
-            return self._fail(grpc_context, grpc.StatusCode.NOT_FOUND, str(e), empty_cls())
+            code = grpc.StatusCode.NOT_FOUND
+            return self._fail(grpc_context, code, str(e), empty_cls())
         except asyncio.CancelledError:  # the client went away (deadline, cancel): stop, answer nothing
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception:  # noqa: BLE001 - never let Ray turn it into INTERNAL + traceback
             logger.exception("%s failed", rpc)
-            return self._fail(grpc_context, grpc.StatusCode.INTERNAL, f"internal error in {rpc}", empty_cls())
+            code = grpc.StatusCode.INTERNAL
+            return self._fail(grpc_context, code, f"internal error in {rpc}", empty_cls())
+        finally:
+            self.metrics.observe(rpc, code.name, time.perf_counter() - t0)
+
+    async def _call(self, method, *args):
+        """``await method.remote(*args)`` on a deployment handle, again when the replica it reached died under it
+        (killed, out of memory, its node lost): the router then picks another replica, or waits for the
+        controller's replacement. Every method called this way only reads, so a retry is safe. Gives up after
+        ``REPLICA_RETRY_S`` (below the proxy's 30 s request timeout) and lets the caller answer INTERNAL."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        t0, delay = time.monotonic(), 0.05
+        while True:
+            try:
+                return await method.remote(*args)
+            except (RayActorError, ActorUnavailableError) as e:
+                if time.monotonic() - t0 + delay > REPLICA_RETRY_S:
+                    raise
+                self.metrics.replica_retry(getattr(method, "deployment_name", "?"))
+                logger.warning("replica lost during a call (%s); retrying in %.2f s", type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     # -- helpers --------------------------------------------------------------------------------------------
     @staticmethod
@@ -352,88 +451,74 @@ class RecommenderIngress:
             grpc_context.set_details(details)
         return empty
 
-    def _exclude_set(self, raw_ids) -> set[int]:
-        out = set()
-        for raw in raw_ids:
-            i = self.bundle.item_index(raw)
-            if i is not None:
-                out.add(int(i))
-        return out
-
-    def _history(self, user_id: str, recent_events=()) -> np.ndarray:
-        """The user's history in the bundle, then the known items of recent_events in timestamp order."""
-        history = np.asarray(self.bundle.history(self.bundle.pseudonymise(user_id)), dtype=np.int64)
-        if not recent_events:
-            return history
-        recent = sorted(((ev.timestamp, n, self.bundle.item_index(ev.item_id)) for n, ev in enumerate(recent_events)))
-        extra = [int(i) for _, _, i in recent if i is not None]
-        return np.concatenate([history, np.asarray(extra, dtype=np.int64)]) if extra else history
-
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
+        s = self.served
         k = int(request.k)
-        exclude = self._exclude_set(request.exclude_item_ids)
-        history = self._history(request.user_id, request.recent_events)
+        exclude = s.exclude_set(request.exclude_item_ids)
+        history = s.history(request.user_id, request.recent_events)
         if len(history) == 0:
-            items, scores = self._popular(k, exclude)
-            resp = self._response(items, scores, cold_start=True, placement=request.placement)
+            items, scores = s.popular(k, exclude)
+            resp = self._response(s, items, scores, cold_start=True, placement=request.placement)
             if request.explain:
                 for it, i in zip(resp.items, items):
-                    it.reason = self.catalog.reason(int(i), None, None, self.pop_scores[int(i)])
+                    it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
             return resp
         exclude |= set(history.tolist())
-        n = min(max(k, self.n_candidates), self.bundle.n_items - len(exclude))
+        n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
         if n <= 0:
-            return self._response(np.zeros(0, np.int64), np.zeros(0), cold_start=False, placement=request.placement)
-        cand = await self.ranker.candidates.remote(history, n, exclude)
-        slate = await self.policy.select.remote(cand["state"], cand["idx"], cand["scores"], k)
+            return self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False, placement=request.placement)
+        cand = await self._call(self.ranker.candidates, s.ref, history, n, exclude)
+        slate = await self._call(self.policy.select, s.ref, cand["state"], cand["idx"], cand["scores"], k)
         by_item = dict(zip(cand["idx"].tolist(), cand["scores"].tolist()))
         relevance = np.asarray([by_item[int(i)] for i in slate], dtype=np.float64)
         slate = np.asarray(slate, np.int64)
-        resp = self._response(slate, slate_scores(relevance), cold_start=False, placement=request.placement)
+        resp = self._response(s, slate, slate_scores(relevance), cold_start=False, placement=request.placement)
         if request.explain and len(slate):
-            why = await self.ranker.explain.remote(history, slate)
+            why = await self._call(self.ranker.explain, s.ref, history, slate)
             for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
-                it.reason = self.catalog.reason(int(i), int(src), float(sim), None)
+                it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
         return resp
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        s = self.served
         k = int(request.k)
-        hits = await self.encoder.search.remote(request.query, max(k, SEARCH_CANDIDATES))
+        hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
         idx, text = hits["idx"], hits["sims"].astype(np.float64)
-        history = self._history(request.user_id)
+        history = s.history(request.user_id)
         cold = len(history) == 0
         if cold:
             relevance = np.zeros(len(idx))
             final = text
         else:
-            relevance = np.asarray((await self.ranker.score_items.remote(history, idx))["scores"], np.float64)
+            relevance = np.asarray((await self._call(self.ranker.score_items, s.ref, history, idx))["scores"], np.float64)
             final = 0.5 * _z(text) + 0.5 * _z(relevance)
         order = np.lexsort((np.arange(len(idx)), -final))[:k]
         return pb.SearchResponse(
-            results=[pb.SearchResult(item_id=self.item_ids[int(idx[j])], score=float(final[j]),
+            results=[pb.SearchResult(item_id=s.item_ids[int(idx[j])], score=float(final[j]),
                                      text_score=float(text[j]), relevance=float(relevance[j]),
-                                     title=self.titles[int(idx[j])]) for j in order],
-            bundle_version=str(self.bundle.version), cold_start=cold)
+                                     title=s.titles[int(idx[j])]) for j in order],
+            bundle_version=str(s.bundle.version), cold_start=cold)
 
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
+        s = self.served
         bids = list(request.bids) or [1.0] * len(request.candidate_item_ids)
         known: dict[int, tuple[int, str, float]] = {}  # item index -> (request position, raw id, bid)
         unknown: list[str] = []
         for pos, (raw, bid) in enumerate(zip(request.candidate_item_ids, bids)):
-            i = self.bundle.item_index(raw)
+            i = s.bundle.item_index(raw)
             if i is None:
                 unknown.append(raw)
             elif int(i) not in known:  # duplicates are ranked once, with their first bid
                 known[int(i)] = (pos, raw, float(bid))
-        history = self._history(request.user_id)
+        history = s.history(request.user_id)
         cold = len(history) == 0
         items = np.fromiter(known, dtype=np.int64, count=len(known))
         if len(items) == 0:
             probs = np.zeros(0)
         elif cold:
-            probs = self.pop_share[items]
+            probs = s.pop_share[items]
         else:
-            probs = np.asarray((await self.ranker.score_items.remote(history, items))["probs"], np.float64)
+            probs = np.asarray((await self._call(self.ranker.score_items, s.ref, history, items))["probs"], np.float64)
         pos = np.asarray([known[int(i)][0] for i in items])
         bid = np.asarray([known[int(i)][2] for i in items])
         ev = probs * bid
@@ -441,39 +526,42 @@ class RecommenderIngress:
         return pb.RankResponse(
             items=[pb.RankedItem(item_id=known[int(items[j])][1], click_probability=float(probs[j]),
                                  bid=float(bid[j]), expected_value=float(ev[j])) for j in order],
-            unknown_item_ids=unknown, bundle_version=str(self.bundle.version), cold_start=cold)
+            unknown_item_ids=unknown, bundle_version=str(s.bundle.version), cold_start=cold)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        i = self.bundle.item_index(request.item_id)
+        s = self.served
+        i = s.bundle.item_index(request.item_id)
         if i is None:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
-        got = await self.ranker.similar.remote(int(i), int(request.k))
+        got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k))
         return pb.SimilarItemsResponse(
-            items=[pb.SimilarItem(item_id=self.item_ids[int(j)], similarity=float(s), title=self.titles[int(j)])
-                   for j, s in zip(got["idx"], got["sims"])],
-            bundle_version=str(self.bundle.version))
+            items=[pb.SimilarItem(item_id=s.item_ids[int(j)], similarity=float(sim), title=s.titles[int(j)])
+                   for j, sim in zip(got["idx"], got["sims"])],
+            bundle_version=str(s.bundle.version))
 
     async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
-        pseudonym = self.bundle.pseudonymise(request.user_id)
-        history = self._history(request.user_id)
+        s = self.served
+        pseudonym = s.bundle.pseudonymise(request.user_id)
+        history = s.history(request.user_id)
         with self._feedback_lock:
             counts = self.feedback.counts_by_event(pseudonym)
         profile = pb.UserProfile(known=len(history) > 0, history_length=len(history), feedback_counts=counts,
-                                 bundle_version=str(self.bundle.version))
+                                 bundle_version=str(s.bundle.version))
         terms = pb.WeightedTerm
-        profile.top_categories.extend(terms(name=n, weight=w) for n, w in self.catalog.top_categories(history))
-        profile.top_brands.extend(terms(name=n, weight=w) for n, w in self.catalog.top_brands(history))
-        profile.keywords.extend(terms(name=n, weight=w) for n, w in self.catalog.keywords(history))
+        profile.top_categories.extend(terms(name=n, weight=w) for n, w in s.catalog.top_categories(history))
+        profile.top_brands.extend(terms(name=n, weight=w) for n, w in s.catalog.top_brands(history))
+        profile.keywords.extend(terms(name=n, weight=w) for n, w in s.catalog.keywords(history))
         if len(history):
-            pref = await self.ranker.preference.remote(history)
+            pref = await self._call(self.ranker.preference, s.ref, history)
             profile.preference.CopyFrom(pb.PreferenceSummary(
-                dim=pref["dim"], norm=pref["norm"], top_item_ids=[self.item_ids[int(j)] for j in pref["top"]]))
+                dim=pref["dim"], norm=pref["norm"], top_item_ids=[s.item_ids[int(j)] for j in pref["top"]]))
         return profile
 
     async def _record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
         from prefmine.feedback import FeedbackEvent
 
-        events = [FeedbackEvent(user=self.bundle.pseudonymise(ev.user_id), item=ev.item_id,
+        s = self.served
+        events = [FeedbackEvent(user=s.bundle.pseudonymise(ev.user_id), item=ev.item_id,
                                 event=EVENT_NAMES[ev.type], ts=int(ev.timestamp),
                                 rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None)
                   for ev in request.events]
@@ -485,31 +573,27 @@ class RecommenderIngress:
         # shielded: once the write has started, a client that goes away does not cancel it half-way (the
         # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
         last = await asyncio.shield(asyncio.to_thread(append))
+        self.metrics.feedback_stored(events)
         return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
 
-    def _popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        order = self.pop_order
-        if exclude:
-            order = order[~np.isin(order, np.fromiter(exclude, dtype=np.int64))]
-        items = order[:k]
-        return items, self.pop_scores[items]
-
-    def _response(self, items: np.ndarray, scores: np.ndarray, cold_start: bool,
+    @staticmethod
+    def _response(s: ServedBundle, items: np.ndarray, scores: np.ndarray, cold_start: bool,
                   placement: str = "") -> pb.RecommendResponse:
         return pb.RecommendResponse(
             items=[
-                pb.RecommendedItem(item_id=self.item_ids[int(i)], score=float(s), title=self.titles[int(i)])
-                for i, s in zip(items, scores)
+                pb.RecommendedItem(item_id=s.item_ids[int(i)], score=float(score), title=s.titles[int(i)])
+                for i, score in zip(items, scores)
             ],
-            bundle_version=str(self.bundle.version),
+            bundle_version=str(s.bundle.version),
             cold_start=cold_start,
             placement=placement,
         )
 
     async def _model_info(self) -> pb.ModelInfoResponse:
-        m: dict[str, Any] = dict(self.bundle.manifest)
-        if self._dim is None:
-            self._dim = int(await self.encoder.dim.remote())
+        s = self.served
+        m: dict[str, Any] = dict(s.bundle.manifest)
+        if s.ref not in self._dims:
+            self._dims[s.ref] = int(await self._call(self.encoder.dim, s.ref))
         comps = []
         present = m.get("components") or {}
         known = [c for c in ("encoder", "ranker", "policy") if c in present]
@@ -525,14 +609,14 @@ class RecommenderIngress:
             comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
         for comp in comps:
             if comp.name == "policy":
-                comp.attributes["serving"] = await self.policy.info.remote()
+                comp.attributes["serving"] = await self._call(self.policy.info, s.ref)
         return pb.ModelInfoResponse(
-            bundle_version=str(self.bundle.version),
+            bundle_version=str(s.bundle.version),
             components=comps,
-            n_items=int(self.bundle.n_items),
+            n_items=int(s.bundle.n_items),
             created=str(m.get("created", "")),
             data_hash=str(m.get("data_hash", "")),
-            embedding_dim=self._dim,
+            embedding_dim=self._dims[s.ref],
         )
 
 
@@ -547,6 +631,25 @@ def default_feedback_db(bundle: str | Path) -> str:
     """Where feedback goes when no path is configured: $PREFMINE_FEEDBACK_DB, else feedback.sqlite beside the
     bundle directory (shared by the bundle versions rolled in there, so a rollout keeps the log)."""
     return os.environ.get("PREFMINE_FEEDBACK_DB") or str(Path(bundle).resolve().parent / "feedback.sqlite")
+
+
+def code_version() -> str:
+    """A hash of the serving code (serve/ and prefmine/ sources): the deployments' code version."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted([*root.joinpath("serve").rglob("*.py"), *root.joinpath("prefmine").rglob("*.py")]):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _same_code(deployment):
+    """The deployment with the serving code's hash as its version. `serve.run` gives every deployment a random
+    code version otherwise, so redeploying for a new bundle (serve.run.rollout) would restart every replica;
+    with it, only the user_config changes and Serve reconfigures the running replicas in place. ``version`` is
+    an internal option of Deployment.options in this Ray (ray 2.60), hence ``_internal``."""
+    return deployment.options(version=code_version(), _internal=True)
 
 
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key"}
@@ -608,12 +711,17 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
         load_keys(auth.keys_file)  # fail here, naming the file, rather than in every ingress replica
     feedback_db = str(Path(str(args.get("feedback_db") or default_feedback_db(bundle))).expanduser().resolve())
-    b = str(bundle)
-    return RecommenderIngress.bind(
-        b,
-        RankerDeployment.bind(b),
-        PolicyDeployment.bind(b),
-        EncoderDeployment.bind(b),
+    # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
+    # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
+    version = BundleRef.of({"bundle": str(bundle)}).config()
+
+    def versioned(deployment):
+        return _same_code(deployment.options(user_config=version))
+
+    return versioned(RecommenderIngress).bind(
+        versioned(RankerDeployment).bind(),
+        versioned(PolicyDeployment).bind(),
+        versioned(EncoderDeployment).bind(),
         candidates=candidates,
         feedback_db=feedback_db,
         auth={"keys_file": auth.keys_file, "required": auth.required},

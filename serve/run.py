@@ -3,7 +3,10 @@
 ``run_serve(bundle, grpc_port, api_keys_file=..., feedback_db=...)`` starts a local Ray (2 CPUs, one thread per worker, with the dashboard) unless
 an address is given or a cluster started with ``ray start`` is found, deploys ``serve.app.build_app``, waits
 until a real Recommend call over gRPC on 127.0.0.1:PORT answers, prints one line containing ``ready``, and on
-SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0.
+SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0. SIGHUP rolls in the bundle that
+``bundle`` names by then (``rollout``: point a symlink at a new version's directory, then ``kill -HUP``) without
+downtime. ``metrics_port`` fixes the port where
+the Ray it starts serves Prometheus metrics (serve/metrics.py lists prefmine's own).
 
 Authentication: with ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE) every RPC needs one of its keys; without
 either, the server runs in demo mode with authentication off and says so on its first line. Requests that run
@@ -38,10 +41,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _connect_or_start_ray(address: str | None) -> bool:
+def _connect_or_start_ray(address: str | None, metrics_port: int | None = None) -> bool:
     """Connect to ``address`` (or a ``ray start`` cluster found locally) or start a local Ray.
 
-    Returns True when this process started Ray (and so must shut it down).
+    ``metrics_port``: where the local Ray's metrics agent serves Prometheus metrics (a cluster's nodes set theirs
+    with ``ray start --metrics-export-port``). Returns True when this process started Ray (and so must shut it
+    down).
     """
     import ray
     from ray._private import services
@@ -53,13 +58,18 @@ def _connect_or_start_ray(address: str | None) -> bool:
     if existing is not None:
         ray.init(address=existing, runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
         print(f"prefmine serve: connected to Ray at {existing}", flush=True)
+        if metrics_port:
+            print("prefmine serve: --metrics-port is ignored on an existing cluster (its nodes export metrics "
+                  "on their own --metrics-export-port)", flush=True)
         return False
+    extra = {"_metrics_export_port": int(metrics_port)} if metrics_port else {}
     ctx = ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
         runtime_env=RUNTIME_ENV,
         logging_level=logging.WARNING,
+        **extra,
     )
     url = getattr(ctx, "dashboard_url", None)
     print(
@@ -68,6 +78,8 @@ def _connect_or_start_ray(address: str | None) -> bool:
         else "prefmine serve: started local Ray (no dashboard)",
         flush=True,
     )
+    if metrics_port:
+        print(f"prefmine serve: Prometheus metrics on http://127.0.0.1:{metrics_port}/metrics", flush=True)
     return True
 
 
@@ -92,7 +104,7 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S, api_key: str | Non
 
 def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None,
               api_keys_file: str | None = None, feedback_db: str | None = None,
-              request_timeout_s: float = REQUEST_TIMEOUT_S) -> int:
+              request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
@@ -124,14 +136,17 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     else:
         print("prefmine serve: API-key authentication is OFF (demo mode); set --api-keys-file or "
               "PREFMINE_API_KEYS_FILE for anything else", flush=True)
-    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": bool(api_keys_file)}
+    from serve.app import default_feedback_db
+
+    # the feedback log stays where it is across rollouts (the default: beside the first bundle's directory)
+    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": bool(api_keys_file),
+                "feedback_db": str(Path(feedback_db or default_feedback_db(Path(bundle).resolve())).resolve())}
     if api_keys_file:
         app_args["api_keys_file"] = api_keys_file
-    if feedback_db:
-        app_args["feedback_db"] = feedback_db
 
     stop = threading.Event()
     ready = threading.Event()
+    reload = threading.Event()
 
     def _on_signal(signum, _frame):
         print(f"prefmine serve: {signal.Signals(signum).name} received, shutting down", flush=True)
@@ -140,7 +155,9 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
             raise KeyboardInterrupt
 
     def _install() -> dict:
-        return {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
+        return handlers
 
     previous = _install()
     t0 = time.monotonic()
@@ -151,7 +168,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
 
         from serve.app import APP_NAME, GRPC_SERVICER, build_app
 
-        started_ray = _connect_or_start_ray(address)
+        started_ray = _connect_or_start_ray(address, metrics_port)
         _install()  # ray.init replaces the SIGTERM handler with its own
         serve.start(
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
@@ -168,7 +185,9 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         )
         ready.set()
         while not stop.wait(0.5):
-            pass
+            if reload.is_set():
+                reload.clear()
+                app_args = rollout(bundle, app_args, addr, probe_key)
         return 0
     except KeyboardInterrupt:
         return 0
@@ -180,6 +199,37 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         _shutdown(started_ray)
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def rollout(bundle: str, app_args: dict, addr: str, api_key: str | None) -> dict:
+    """Roll in the bundle ``bundle`` names now (SIGHUP): a symlink that was pointed at a new version's directory,
+    or a directory that now holds another version. Redeploys the application with the new version as every
+    deployment's user_config (a lightweight update: replicas load it beside the old one and switch, no restart,
+    no failed request; serve/served.py), waits until ModelInfo reports it, and returns the new app args. Anything
+    wrong with the new bundle is reported and the old version keeps serving."""
+    from ray import serve
+
+    from serve.app import APP_NAME, build_app, check_bundle
+    from serve.client import model_info
+    from serve.served import manifest_version
+
+    t0 = time.monotonic()
+    target = Path(bundle).resolve()
+    try:
+        check_bundle(target)
+        version = manifest_version(target)
+        new_args = {**app_args, "bundle": str(target)}
+        serve.run(build_app(new_args), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
+        while model_info(addr, timeout=30.0, api_key=api_key).bundle_version != version:
+            if time.monotonic() - t0 > READY_TIMEOUT_S:
+                raise TimeoutError(f"ModelInfo did not report {version} within {READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.5)
+    except Exception as e:  # noqa: BLE001 - keep serving what runs now
+        print(f"prefmine serve: rollout of {target} failed, still serving {app_args['bundle']}: "
+              f"{type(e).__name__}: {e}", flush=True)
+        return app_args
+    print(f"prefmine serve: rolled out bundle {version} ({target}) in {time.monotonic() - t0:.1f} s", flush=True)
+    return new_args
 
 
 def _deployment_errors() -> str:

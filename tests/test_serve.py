@@ -91,10 +91,10 @@ class _FakePolicy:
 
 
 def _policy_deployment(runtime):
-    from serve.app import PolicyDeployment
+    """What PolicyDeployment holds of one bundle version, around a given policy runtime (None: greedy)."""
+    from serve.app import _PolicyVersion
 
-    cls = PolicyDeployment.func_or_class
-    obj = cls.__new__(cls)
+    obj = _PolicyVersion(None)
     obj.runtime, obj.kind = runtime, "learned" if runtime else "greedy"
     return obj
 
@@ -135,6 +135,11 @@ def test_serve_config_matches_app():
     assert names == {"RecommenderIngress", "RankerDeployment", "PolicyDeployment", "EncoderDeployment"}
     for d in application.deployments:
         assert 0 < d.ray_actor_options.num_cpus <= 0.25
+        auto = d.autoscaling_config  # every deployment scales with load
+        assert auto and 1 <= auto["min_replicas"] < auto["max_replicas"], d.name
+        assert auto["target_ongoing_requests"] <= d.max_ongoing_requests, d.name
+    ranker = next(d for d in application.deployments if d.name == "RankerDeployment")
+    assert ranker.max_ongoing_requests >= app.RANKER_BATCH  # a full batch can be in flight
 
 
 def test_build_app_rejects_bad_args(tmp_path):
@@ -202,8 +207,8 @@ def _free_port() -> int:
 class ServeProcess:
     """A `run_serve` subprocess (its own session, so its Ray dies with it); ``addr`` once ready."""
 
-    def __init__(self, proc, addr, lines):
-        self.proc, self.addr, self.lines = proc, addr, lines
+    def __init__(self, proc, addr, lines, metrics_port=None):
+        self.proc, self.addr, self.lines, self.metrics_port = proc, addr, lines, metrics_port
 
     def stop(self, timeout: float = 90) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -242,7 +247,7 @@ def _session_pids(sid: int) -> list[int]:
     return out
 
 
-def start_server(bundle_path, api_keys_file=None, feedback_db=None) -> ServeProcess:
+def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port=None) -> ServeProcess:
     """`run_serve(bundle, port, ...)` in a subprocess; returns once it printed its ready line."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
@@ -250,7 +255,7 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None) -> ServeProc
     # address="local": always a fresh Ray of its own, never a cluster someone started with `ray start` on this
     # machine (killing the server must kill its whole Ray; other people's clusters are left alone)
     kwargs = (f"api_keys_file={api_keys_file and str(api_keys_file)!r}, "
-              f"feedback_db={feedback_db and str(feedback_db)!r}, address='local'")
+              f"feedback_db={feedback_db and str(feedback_db)!r}, address='local', metrics_port={metrics_port!r}")
     code = (f"import sys; from serve.run import run_serve; "
             f"sys.exit(run_serve({str(bundle_path)!r}, {port}, {kwargs}))")
     proc = subprocess.Popen(
@@ -280,7 +285,7 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None) -> ServeProc
     ready_line = next(x for x in lines if "prefmine serve: ready" in x)
     print(ready_line.strip())
     assert f"127.0.0.1:{port}" in ready_line
-    return ServeProcess(proc, f"127.0.0.1:{port}", lines)
+    return ServeProcess(proc, f"127.0.0.1:{port}", lines, metrics_port)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +303,7 @@ def feedback_db(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server_proc(bundle_path, keys_file, feedback_db):
     """One server for the module (auth on); SIGTERM at the end must exit 0."""
-    sp = start_server(bundle_path, keys_file, feedback_db)
+    sp = start_server(bundle_path, keys_file, feedback_db, metrics_port=_free_port())
     yield sp
     rc = sp.stop()
     assert rc == 0, "".join(sp.lines[-40:])
@@ -821,3 +826,126 @@ def test_after_fuzz_no_feedback_lost_and_replicas_alive(stub, server_proc, feedb
     log.close()
     assert rows == stored_before_fuzz
     assert not [r for r in rows if r[2] == "fuzz-item"]
+
+
+# -- Prometheus metrics ----------------------------------------------------------------------------------------
+def _scrape(port: int) -> dict:
+    import urllib.request
+
+    from serve.metrics import parse_prometheus
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return parse_prometheus(r.read().decode())
+
+
+def _wait_for_metrics(port: int, done, timeout_s: float = 90.0) -> dict:
+    """Scrape until done(samples) holds (Ray reports every few seconds); the last samples either way."""
+    t0, samples = time.monotonic(), {}
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            samples = _scrape(port)
+        except OSError:
+            samples = {}
+        if done(samples):
+            break
+        time.sleep(2)
+    return samples
+
+
+def test_parse_prometheus_and_metric_sum():
+    from serve.metrics import metric_sum, parse_prometheus
+
+    text = ('# HELP x_total calls\n# TYPE x_total counter\n'
+            'x_total{rpc="Recommend",code="OK",replica="a"} 3.0\n'
+            'x_total{rpc="Recommend",code="OK",replica="b"} 2\n'
+            'x_total{rpc="Search",code="NOT_FOUND"} 1\n'
+            'y_bucket{le="+Inf"} 7\nnot a sample line\n')
+    s = parse_prometheus(text)
+    assert metric_sum(s, "x_total", rpc="Recommend", code="OK") == 5.0
+    assert metric_sum(s, "x_total") == 6.0
+    assert metric_sum(s, "x_total", code="INTERNAL") == 0.0
+    assert metric_sum(s, "y_bucket", le="+Inf") == 7.0
+
+
+@pytest.mark.slow
+def test_prometheus_metrics_count_calls_codes_latency_version_and_feedback(server_proc, stub, bundle):
+    """The ingress's own metrics reach Ray's Prometheus endpoint: calls by RPC and status code, errors, the
+    latency histogram, the served bundle version and committed feedback events, each moving by exactly what this
+    test sent (the module's other tests run before or after, never during)."""
+    from serve.metrics import metric_sum
+
+    port = server_proc.metrics_port
+    calls = "ray_prefmine_grpc_requests_total"
+    errors = "ray_prefmine_grpc_errors_total"
+    latency = "ray_prefmine_grpc_request_latency_ms_count"
+    feedback = "ray_prefmine_feedback_events_total"
+
+    # everything up to now has been reported once the call count is the same in two scrapes in a row
+    last: list[float] = [-1.0]
+
+    def settled(s):
+        now = metric_sum(s, calls)
+        stable, last[0] = now > 0 and now == last[0], now
+        return stable
+
+    before = _wait_for_metrics(port, settled)
+    assert metric_sum(before, calls) > 0, "no prefmine metrics on Ray's Prometheus endpoint"
+    for _ in range(3):
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id=str(bundle.item_ids[0]), k=3), timeout=30)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SimilarItems(pb.SimilarItemsRequest(item_id="no-such-item-for-metrics", k=3), timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    stub.RecordFeedback(pb.RecordFeedbackRequest(events=[_ev(item_id="metrics-item", type=pb.EVENT_TYPE_CART),
+                                                        _ev(item_id="metrics-item", type=pb.EVENT_TYPE_CART),
+                                                        _ev(item_id="metrics-item", type=pb.EVENT_TYPE_BUY)]),
+                        timeout=30)
+
+    def delta(s, name, **labels):
+        return metric_sum(s, name, **labels) - metric_sum(before, name, **labels)
+
+    after = _wait_for_metrics(port, lambda s: delta(s, feedback, event="buy") >= 1
+                              and delta(s, calls, rpc="SimilarItems") >= 5)
+    assert delta(after, calls, rpc="SimilarItems", code="OK") == 3
+    assert delta(after, calls, rpc="SimilarItems", code="NOT_FOUND") == 2
+    assert delta(after, errors, rpc="SimilarItems", code="NOT_FOUND") == 2
+    assert delta(after, errors, rpc="SimilarItems", code="OK") == 0
+    assert delta(after, latency, rpc="SimilarItems") == 5
+    assert delta(after, "ray_prefmine_grpc_request_latency_ms_bucket", rpc="SimilarItems", le="+Inf") == 5
+    assert delta(after, feedback, event="cart") == 2 and delta(after, feedback, event="buy") == 1
+    assert delta(after, calls, rpc="RecordFeedback", code="OK") == 1
+    assert metric_sum(after, "ray_prefmine_model_bundle", bundle_version=str(bundle.version)) >= 1
+    tagged = [lab for (n, lab) in after if n == calls]
+    assert all(dict(lab).get("deployment") == "RecommenderIngress" for lab in tagged)
+
+
+@pytest.mark.slow
+def test_concurrent_recommends_are_batched_and_answer_as_alone(server_proc, stub, bundle):
+    """16 users at once: the ranker's @serve.batch groups them (Serve's own batch-size histogram shows batches
+    of more than one), and every user gets exactly the slate a lone request gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve.metrics import metric_sum
+
+    users = []
+    for raw in _raw_user_ids(bundle):
+        if raw not in users and len(bundle.history(bundle.pseudonymise(raw))):
+            users.append(raw)
+        if len(users) == 16:
+            break
+
+    def slate(raw):
+        return [it.item_id for it in stub.Recommend(pb.RecommendRequest(user_id=raw, k=5), timeout=60).items]
+
+    alone = {raw: slate(raw) for raw in users}
+    with ThreadPoolExecutor(16) as pool:
+        for _ in range(3):
+            together = dict(zip(users, pool.map(slate, users)))
+            assert together == alone
+    size = "ray_serve_actual_batch_size"
+    samples = _wait_for_metrics(server_proc.metrics_port, lambda s: metric_sum(  # this test's 64 calls reported
+        s, f"{size}_sum", function_name="_candidates_batch") >= 16 + 3 * 16)
+    batches = metric_sum(samples, f"{size}_count", function_name="_candidates_batch")
+    calls = metric_sum(samples, f"{size}_sum", function_name="_candidates_batch")
+    print(f"ranker batches {batches:.0f} for {calls:.0f} calls")
+    assert batches > 0 and calls / batches > 1.0, "no ranker call was batched with another"

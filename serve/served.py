@@ -1,0 +1,145 @@
+"""What a replica holds of a bundle version, so that a new version can be rolled in while requests flow.
+
+A rollout changes the application's ``user_config`` (``{"bundle": PATH, "version": V}``): a lightweight Serve
+update, so no replica restarts; each replica's ``reconfigure`` loads the new version beside the old one. Every
+request is answered by one version from end to end: the ingress takes its ``ServedBundle`` once per request and
+passes that version's ``BundleRef`` on every call to the ranker, policy and encoder deployments, whose
+``RuntimeCache`` answers with the runtime of exactly that version (loading it if this replica has not yet). So
+during the switch some requests are answered by the old version and some by the new one, but none mixes them
+(a ranker of one version scoring item indices of another) and none fails.
+
+A version is read from its own directory, which must stay as it is while any replica may still load it:
+publish each version to a new path (``prefmine train ... --out bundles/V``) and roll it in by pointing the server
+there. A directory rewritten in place under a running version is detected (the manifest's version no longer
+matches) and refused with a clear error, not served inconsistently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """One bundle version: its directory and the version its manifest names."""
+
+    path: str
+    version: str
+
+    @classmethod
+    def of(cls, config: dict) -> BundleRef:
+        """From a deployment's user_config ``{"bundle": PATH, "version": V}``."""
+        if not isinstance(config, dict) or not config.get("bundle"):
+            raise ValueError(f"user_config: needs 'bundle' (a bundle directory), got {config!r}")
+        return cls(str(config["bundle"]), str(config.get("version") or manifest_version(config["bundle"])))
+
+    def config(self) -> dict:
+        return {"bundle": self.path, "version": self.version}
+
+
+def manifest_version(path: str | Path) -> str:
+    return str(json.loads((Path(path) / "manifest.json").read_text()).get("version", ""))
+
+
+class StaleBundle(RuntimeError):
+    """The directory of a version now holds another version (rewritten in place during a rollout)."""
+
+
+def check_version(ref: BundleRef) -> None:
+    found = manifest_version(ref.path)
+    if found != ref.version:
+        raise StaleBundle(f"bundle {ref.path} now holds version {found!r}, not {ref.version!r}: publish each "
+                          f"version to its own directory to roll it in")
+
+
+class RuntimeCache:
+    """A replica's runtimes by bundle version: the serving one and, during a rollout, the next (LRU, ``keep``).
+
+    ``await get(ref)`` loads a version once (in a worker thread, so the replica keeps answering requests of the
+    version it already holds meanwhile); concurrent first requests for it wait for the same load.
+    """
+
+    def __init__(self, load: Callable[[str], Any], keep: int = 2):
+        self.load, self.keep = load, keep
+        self._items: OrderedDict[BundleRef, Any] = OrderedDict()
+        self._loading: dict[BundleRef, asyncio.Lock] = {}
+
+    async def get(self, ref: BundleRef) -> Any:
+        rt = self._items.get(ref)
+        if rt is not None:
+            self._items.move_to_end(ref)
+            return rt
+        lock = self._loading.setdefault(ref, asyncio.Lock())
+        async with lock:
+            if ref not in self._items:
+                check_version(ref)
+                self._items[ref] = await asyncio.to_thread(self.load, ref.path)
+                logger.info("loaded bundle %s (%s)", ref.version, ref.path)
+                while len(self._items) > self.keep:
+                    old, _ = self._items.popitem(last=False)  # in-flight requests keep their reference
+                    logger.info("released bundle %s", old.version)
+        self._loading.pop(ref, None)
+        return self._items[ref]
+
+    def versions(self) -> list[str]:
+        return [r.version for r in self._items]
+
+
+class ServedBundle:
+    """The ingress's view of one bundle version: catalogue, user histories, popularity, texts for reasons."""
+
+    def __init__(self, ref: BundleRef):
+        from prefmine.bundle import Bundle
+        from serve.profile import CatalogText
+
+        check_version(ref)
+        self.ref = ref
+        self.bundle = Bundle.load(ref.path)
+        if str(self.bundle.version) != ref.version:
+            raise StaleBundle(f"bundle {ref.path}: loaded version {self.bundle.version!r}, not {ref.version!r}")
+        if not getattr(self.bundle, "key_matches", True):
+            logger.warning("PREFMINE_PSEUDONYM_KEY differs from the key the bundle's data was prepared with: "
+                           "every user will look unknown (cold start)")
+        self.version = str(self.bundle.version)
+        self.titles = [str(t) if t is not None else "" for t in self.bundle.titles]
+        self.item_ids = [str(i) for i in self.bundle.item_ids]
+        pop = np.asarray(self.bundle.popularity, dtype=np.float64)
+        self.pop_order = np.argsort(-pop, kind="stable")
+        self.pop_scores = pop
+        self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
+        self.catalog = CatalogText(self.bundle.items)
+
+    def exclude_set(self, raw_ids) -> set[int]:
+        out = set()
+        for raw in raw_ids:
+            i = self.bundle.item_index(raw)
+            if i is not None:
+                out.add(int(i))
+        return out
+
+    def history(self, user_id: str, recent_events=()) -> np.ndarray:
+        """The user's history in the bundle, then the known items of recent_events in timestamp order."""
+        history = np.asarray(self.bundle.history(self.bundle.pseudonymise(user_id)), dtype=np.int64)
+        if not recent_events:
+            return history
+        recent = sorted(((ev.timestamp, n, self.bundle.item_index(ev.item_id)) for n, ev in enumerate(recent_events)))
+        extra = [int(i) for _, _, i in recent if i is not None]
+        return np.concatenate([history, np.asarray(extra, dtype=np.int64)]) if extra else history
+
+    def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        order = self.pop_order
+        if exclude:
+            order = order[~np.isin(order, np.fromiter(exclude, dtype=np.int64))]
+        items = order[:k]
+        return items, self.pop_scores[items]
