@@ -37,6 +37,25 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32)
 
 
+UNBATCHED = {"candidates": "candidates_unbatched"}  # @serve.batch needs a Serve replica
+
+
+class StatusContext:
+    """The part of a grpc context the ingress uses; a non-OK status it sets becomes an exception (an error)."""
+
+    def invocation_metadata(self):
+        return ()
+
+    def set_code(self, code):
+        import grpc
+
+        if code != grpc.StatusCode.OK:
+            raise RuntimeError(f"status {code.name}")
+
+    def set_details(self, details):
+        pass
+
+
 class DirectHandle:
     """Calls a deployment object's methods in this process, shaped like a DeploymentHandle
     (``await handle.method.remote(...)``)."""
@@ -45,7 +64,7 @@ class DirectHandle:
         self._obj, self.deployment_name = obj, name
 
     def __getattr__(self, name):
-        fn = getattr(self._obj, name)
+        fn = getattr(self._obj, UNBATCHED.get(name, name))
 
         class _Method:
             deployment_name = self.deployment_name
@@ -237,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 ingress = await local_ingress(bundle, db)
 
                 async def call(req):
-                    return await ingress.Recommend(req, None)
+                    return await ingress.Recommend(req, StatusContext())
 
                 return [(c, await _load(call, users, a.k, c, seconds, warmup)) for c in CONCURRENCY]
 

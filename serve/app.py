@@ -165,6 +165,11 @@ class RankerDeployment:
         """
         return await self._candidates_batch((ref, np.asarray(history, dtype=np.int64), int(n), set(exclude)))
 
+    async def candidates_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
+        """``candidates`` without @serve.batch, which needs a Serve replica (the benchmarks' in-process graph)."""
+        runtime = (await self.runtimes.get(ref)).runtime
+        return candidates_for(runtime, [np.asarray(history, dtype=np.int64)], [int(n)], [set(exclude)])[0]
+
     @serve.batch(max_batch_size=RANKER_BATCH, batch_wait_timeout_s=RANKER_BATCH_WAIT_S)
     async def _candidates_batch(self, calls: list[tuple[BundleRef, np.ndarray, int, set[int]]]) -> list[dict]:
         out: list[dict | None] = [None] * len(calls)
