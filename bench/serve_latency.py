@@ -6,7 +6,10 @@
   deployment classes, undecorated), called in this process with direct-call handles: the model cost alone.
 * ``bare_grpc``: the same objects behind a plain ``grpc.aio`` server in a subprocess: model + gRPC.
 * ``ray_serve``: ``prefmine serve`` (serve.run.run_serve) in a subprocess: model + gRPC + Serve's proxy, router
-  and one actor hop per deployment.
+  and the actor hops (Recommend: proxy -> ingress -> ranker, which also selects the slate).
+
+All three run the same code path (RecommenderIngress._recommend -> RankerDeployment.slate; in-process and bare
+call its unbatched twin, since @serve.batch needs a Serve replica) over the same users in the same order.
 
 The load generator is ``grpc.aio`` in this process (for inprocess: asyncio tasks calling the method): C workers
 each send a request, wait for the answer and send the next, for S seconds (after a warm-up), over users drawn
@@ -37,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 8, 32)
 
 
-UNBATCHED = {"candidates": "candidates_unbatched"}  # @serve.batch needs a Serve replica
+UNBATCHED = {"candidates": "candidates_unbatched", "slate": "slate_unbatched"}  # @serve.batch needs a Serve replica
 
 
 class StatusContext:

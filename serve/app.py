@@ -2,8 +2,9 @@
 
 Graph (each box a separate deployment, composed with DeploymentHandles)::
 
-    gRPC proxy -> RecommenderIngress --handle--> RankerDeployment   (user state + top-N candidates)
-                                     --handle--> PolicyDeployment   (orders a slate of k from the candidates)
+    gRPC proxy -> RecommenderIngress --handle--> RankerDeployment   (user state + top-N candidates; Recommend's
+                                                                      slate, by the policy it also holds)
+                                     --handle--> PolicyDeployment   (the policy's kind for ModelInfo)
                                      --handle--> EncoderDeployment  (text embeddings; ModelInfo's dim)
 
 The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/recommender.proto) and the
@@ -17,7 +18,11 @@ RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with an em
 appends to the feedback log (prefmine.feedback.FeedbackLog: SQLite WAL, synchronous=FULL) and answers only after
 the commit returned.
 
-The hot path: the ranker batches concurrent users (``@serve.batch``); a call whose replica died is retried
+The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
+users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
+replica too (PolicyDeployment.select's code; PolicyDeployment still answers ModelInfo's policy kind). A second
+hop to PolicyDeployment cost ~5 ms a request at c=1 and a third of the throughput at c=8-32 on 2 cores
+(bench.serve_latency). A call whose replica died is retried
 (``RecommenderIngress._call``), so losing a replica costs latency, not failed requests. The bundle version is
 every deployment's ``user_config``: a new version is rolled in by a lightweight update, each request answered
 by one version end to end (serve/served.py).
@@ -64,7 +69,7 @@ logger = logging.getLogger("ray.serve")
 
 DEFAULT_CANDIDATES = 100
 RANKER_BATCH = 16  # users per batched ranker call (max_ongoing_requests of the ranker is >= this)
-RANKER_BATCH_WAIT_S = 0.002  # a lone request waits at most this long for company
+RANKER_BATCH_WAIT_S = 0.0  # no wait for company: under load the queue fills batches anyway (bench.serve_latency)
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, policy, encoder)
 SEARCH_CANDIDATES = 100
 APP_NAME = "prefmine"
@@ -142,8 +147,10 @@ def _unit_rows(v) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
+# max_ongoing_requests 64 (> RANKER_BATCH): its calls now include the slate selection, and with 16 the ingress's
+# router queued the rest of c=32 and backed off (p95 2.5 s, 20-28 q/s); with 64: 83 q/s
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_constructor_retry_count=3
 )
 class RankerDeployment:
     """Sequential ranker (prefmine.ranker.runtime.RankerRuntime) per bundle version: user state, top-N
@@ -152,10 +159,30 @@ class RankerDeployment:
     def __init__(self):
         _one_thread()
         self.runtimes = RuntimeCache(_RankerVersion)
+        self.policies = RuntimeCache(_PolicyVersion)  # the hot path's slate selection (``slate``)
 
     async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now, beside the one being served."""
-        await self.runtimes.get(BundleRef.of(config))
+        """A new bundle version (rollout): load it now (ranker and policy), beside the one being served."""
+        ref = BundleRef.of(config)
+        await self.runtimes.get(ref)
+        await self.policies.get(ref)
+
+    async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+        """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
+        selected here by the same bundle version's policy (what PolicyDeployment.select does) rather than one
+        more actor hop. Returns the candidates' ``idx``/``scores`` and the ordered ``slate``."""
+        cand = await self.candidates(ref, history, n, exclude)
+        return await self._select(ref, cand, k)
+
+    async def slate_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+        """``slate`` without @serve.batch (the benchmarks' in-process graph)."""
+        cand = await self.candidates_unbatched(ref, history, n, exclude)
+        return await self._select(ref, cand, k)
+
+    async def _select(self, ref: BundleRef, cand: dict, k: int) -> dict:
+        policy = await self.policies.get(ref)
+        return {"idx": cand["idx"], "scores": cand["scores"],
+                "slate": policy.select(cand["state"], cand["idx"], cand["scores"], k)}
 
     async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
         """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
@@ -472,8 +499,9 @@ class RecommenderIngress:
         n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
         if n <= 0:
             return self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False, placement=request.placement)
-        cand = await self._call(self.ranker.candidates, s.ref, history, n, exclude)
-        slate = await self._call(self.policy.select, s.ref, cand["state"], cand["idx"], cand["scores"], k)
+        # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
+        cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k)
+        slate = cand["slate"]
         by_item = dict(zip(cand["idx"].tolist(), cand["scores"].tolist()))
         relevance = np.asarray([by_item[int(i)] for i in slate], dtype=np.float64)
         slate = np.asarray(slate, np.int64)
@@ -657,6 +685,9 @@ def _same_code(deployment):
     return deployment.options(version=code_version(), _internal=True)
 
 
+# no per-request access log line ("CALL ... OK") from every replica: written, tailed and streamed to the driver for
+# each hop, it cost ~2-4 ms a request on 2 cores (bench.serve_latency); errors and warnings are still logged
+LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key"}
 REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
 
@@ -721,7 +752,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     version = BundleRef.of({"bundle": str(bundle)}).config()
 
     def versioned(deployment):
-        return _same_code(deployment.options(user_config=version))
+        return _same_code(deployment.options(user_config=version, logging_config=LOGGING))
 
     return versioned(RecommenderIngress).bind(
         versioned(RankerDeployment).bind(),
