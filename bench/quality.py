@@ -22,6 +22,9 @@ Per data set, in one run:
 Verdict per data set: prefmine's mean over seeds against the best RecBole model, for NDCG@10 and Recall@10 each
 (the best model per metric); `passes` when both lifts are >= 5%, the fused model beats the ID-only one, and all
 six RecBole models ran and converged (early stopping, not the `--recbole-cap-s` wall-clock cap).
+RecBole keeps per-epoch state under `<cache>/recbole/state/<data set>`: a run that is killed (a MovieLens
+sequential model trains for hours on a laptop CPU) continues from its last epoch when started again with the same
+split and settings, and finished models are reused.
 Results merge into `--out` per data set (a later run of other data sets keeps the earlier ones), and the
 Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
 
@@ -188,9 +191,10 @@ class RecBoleJob(threading.Thread):
     """All RecBole models on one data set, in the RecBole virtualenv, beside prefmine's training."""
 
     def __init__(self, python: Path, atomic_dir: Path, name: str, models, seed: int, out: Path,
-                 cap_s: float | None):
+                 cap_s: float | None, state_dir: Path):
         super().__init__(daemon=True)
         self.args = (python, atomic_dir, name, list(models), seed, out, cap_s)
+        self.state_dir = state_dir
         self.result: dict | None = None
         self.error: str | None = None
 
@@ -198,7 +202,7 @@ class RecBoleJob(threading.Thread):
         from bench.recbole_anchor import run_recbole
 
         try:
-            self.result = run_recbole(*self.args)
+            self.result = run_recbole(*self.args, state_dir=self.state_dir)
         except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as e:
             self.error = f"{type(e).__name__}: {e}"
 
@@ -229,7 +233,8 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
 
         inter = write_atomic(ds, cache / "recbole", name)
         job = RecBoleJob(python, cache / "recbole", name, args.recbole_models, 2020,
-                         cache / "recbole" / f"{name}.json", args.recbole_cap_s)
+                         cache / "recbole" / f"{name}.json", args.recbole_cap_s or None,
+                         cache / "recbole" / "state" / name)
         job.inter_sha256 = hashlib.sha256(inter.read_bytes()).hexdigest()
         job.previous = reusable_recbole(cache / "recbole" / f"{name}.json", job.inter_sha256,
                                         args.recbole_models) if args.reuse_recbole else None
@@ -286,7 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation (keeps the last one)")
     p.add_argument("--reuse-recbole", action="store_true",
                    help="reuse the cached RecBole results when they were computed on this exact split")
-    p.add_argument("--recbole-cap-s", type=float, default=2400.0, help="wall-clock cap per RecBole model")
+    p.add_argument("--recbole-cap-s", type=float, default=2400.0,
+                   help="wall-clock cap per RecBole model (0: none, train to early stopping)")
     p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,
                    help="a subset runs faster, but the verdict then never passes")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 seed, RecBole Pop/ItemKNN")

@@ -100,12 +100,14 @@ def ensure_venv(path: Path = DEFAULT_VENV) -> Path:
 
 
 def run_recbole(python: Path, data_dir: Path, name: str, models: list[str], seed: int, out_json: Path,
-                time_cap_s: float | None, *, probe_batches: int = 0) -> dict:
+                time_cap_s: float | None, *, probe_batches: int = 0, state_dir: Path | None = None) -> dict:
     """Run `bench/recbole_runner.py` with `python` on `<data_dir>/<name>/<name>.inter`; returns its JSON.
 
     `time_cap_s` caps each model's training wall clock (None: train until early stopping). The runner writes
     `out_json` itself; its progress goes to this process's stderr. `probe_batches` > 0 only times that many
-    training batches and one validation pass per model (for sizing a run on a big dataset).
+    training batches and one validation pass per model (for sizing a run on a big dataset). `state_dir` keeps
+    each model's per-epoch training state there, so a killed run continues where it stopped when started again
+    with the same data and settings (see bench/recbole_runner.py).
     """
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,8 @@ def run_recbole(python: Path, data_dir: Path, name: str, models: list[str], seed
         cmd += ["--time-cap-s", str(float(time_cap_s))]
     if probe_batches:
         cmd += ["--probe-batches", str(int(probe_batches))]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(state_dir)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
