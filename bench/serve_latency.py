@@ -7,6 +7,8 @@
 * ``bare_grpc``: the same objects behind a plain ``grpc.aio`` server in a subprocess: model + gRPC.
 * ``ray_serve``: ``prefmine serve`` (serve.run.run_serve) in a subprocess: model + gRPC + Serve's proxy, router
   and the actor hops (Recommend: proxy -> ingress -> ranker, which also selects the slate).
+* ``ray_serve_direct``: the same with ``--direct-port`` (Serve's direct ingress), the load sent to the ingress
+  replica's own gRPC server: no proxy actor, one actor hop (ingress -> ranker).
 
 All three run the same code path (RecommenderIngress._recommend -> RankerDeployment.slate; in-process and bare
 call its unbatched twin, since @serve.batch needs a Serve replica) over the same users in the same order.
@@ -225,6 +227,24 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def free_direct_port(avoid: int) -> int:
+    """The start of a run of free ports for direct ingress replicas (serve.run.DIRECT_INGRESS_REPLICA_PORTS)."""
+    import socket
+
+    from serve.run import DIRECT_INGRESS_REPLICA_PORTS
+
+    for start in range(42000, 60000, DIRECT_INGRESS_REPLICA_PORTS):
+        if start <= avoid < start + DIRECT_INGRESS_REPLICA_PORTS:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", start))
+            return start
+        except OSError:
+            continue
+    raise RuntimeError("no free port for direct ingress")
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or None,
             "gpu": None, "python": platform.python_version()}
@@ -237,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 s per point (under 5 minutes here)")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per point (default 20; quick 3)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--systems", default="inprocess,bare_grpc,ray_serve")
+    p.add_argument("--systems", default="inprocess,bare_grpc,ray_serve,ray_serve_direct")
     p.add_argument("--_bare_server", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     bundle = str(Path(a.bundle).resolve())
@@ -264,18 +284,23 @@ def main(argv: list[str] | None = None) -> int:
                 return [(c, await _load(call, users, a.k, c, seconds, warmup)) for c in CONCURRENCY]
 
             points = asyncio.run(inprocess())
-        elif system in ("bare_grpc", "ray_serve"):
+        elif system in ("bare_grpc", "ray_serve", "ray_serve_direct"):
             port = free_port()
+            target = port
             if system == "bare_grpc":
                 cmd = [sys.executable, "-m", "bench.serve_latency", "--bundle", bundle, "--out", "-",
                        "--_bare_server", str(port), db]
                 proc = _start(cmd, "bare grpc ready")
             else:
+                direct = None
+                if system == "ray_serve_direct":
+                    direct = target = free_direct_port(port)
                 code = (f"import sys; from serve.run import run_serve; "
-                        f"sys.exit(run_serve({bundle!r}, {port}, feedback_db={db!r}, address='local'))")
+                        f"sys.exit(run_serve({bundle!r}, {port}, feedback_db={db!r}, address='local', "
+                        f"direct_port={direct!r}))")
                 proc = _start([sys.executable, "-c", code], "prefmine serve: ready")
             try:
-                points = [(c, run_grpc_load(f"127.0.0.1:{port}", users, a.k, c, seconds, warmup))
+                points = [(c, run_grpc_load(f"127.0.0.1:{target}", users, a.k, c, seconds, warmup))
                           for c in CONCURRENCY]
             finally:
                 _stop(proc)

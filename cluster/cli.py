@@ -89,7 +89,7 @@ def _serve(a) -> int:
 
     bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle  # a cloud URI: downloaded once per version
     return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
-                     metrics_port=a.metrics_port)
+                     metrics_port=a.metrics_port, direct_port=a.direct_port)
 
 
 def _client_recommend(a) -> int:
@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SQLite file RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
     sv.add_argument("--metrics-port", type=int, default=None,
                     help="port of the Prometheus endpoint of the Ray this command starts (default: Ray picks one)")
+    sv.add_argument("--direct-port", type=int, default=None,
+                    help="also answer gRPC straight from the ingress replica on this port (Serve's direct ingress: "
+                         "no proxy hop, lower latency; further ingress replicas take the next ports)")
     sv.set_defaults(func=_serve)
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)

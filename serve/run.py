@@ -8,6 +8,16 @@ SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0. SIGHUP r
 downtime. ``metrics_port`` fixes the port where
 the Ray it starts serves Prometheus metrics (serve/metrics.py lists prefmine's own).
 
+Direct ingress (``direct_port``, ``prefmine serve --direct-port``): Ray Serve's own RAY_SERVE_ENABLE_DIRECT_INGRESS
+mode, in which the ingress replica runs a gRPC server of its own, so a client skips the proxy actor and one
+actor hop (bench.serve_latency, 2 CPUs: p50 at c=1 and q/s at c=32 in bench/results/serve_latency.json). The
+first ingress replica listens on ``direct_port``, further ones (autoscaling) on the next free ports up to
+``direct_port + 63``; the proxy port keeps working beside it. Every check is the same (the same servicer
+functions, API keys, validation, size limits); what a client loses is the proxy's retry to another ingress
+replica, so put a load balancer over the direct ports when the ingress has several replicas. Serve reads the
+switch when its modules are imported, in the controller and the replicas: a local Ray started here gets it; a
+``ray start`` cluster needs DIRECT_INGRESS_ENV in the environment of ``ray start`` on every node.
+
 Authentication: with ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE) every RPC needs one of its keys; without
 either, the server runs in demo mode with authentication off and says so on its first line. Requests that run
 longer than ``request_timeout_s`` (30 s) get DEADLINE_EXCEEDED from the proxy.
@@ -40,6 +50,21 @@ RUNTIME_ENV = {
 }
 
 
+DIRECT_INGRESS_REPLICA_PORTS = 64  # ports direct_port .. direct_port + 63: one per ingress replica
+
+
+def direct_ingress_env(direct_port: int) -> dict[str, str]:
+    """The environment that turns Serve's direct ingress on with the ingress replicas' gRPC servers on
+    ``direct_port`` and up. An ingress replica stopping holds its port for a draining period first (Serve's
+    default is 30 s, for cloud load balancers to deregister it); 2 s is enough on one machine."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(direct_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(direct_port + DIRECT_INGRESS_REPLICA_PORTS - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago (for the HTTP proxy when none is asked for)."""
     with socket.socket() as s:
@@ -47,7 +72,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _connect_or_start_ray(address: str | None, metrics_port: int | None = None) -> bool:
+def _connect_or_start_ray(address: str | None, metrics_port: int | None = None,
+                          direct_port: int | None = None) -> bool:
     """Connect to ``address`` (or a ``ray start`` cluster found locally) or start a local Ray.
 
     ``metrics_port``: where the local Ray's metrics agent serves Prometheus metrics (a cluster's nodes set theirs
@@ -58,6 +84,8 @@ def _connect_or_start_ray(address: str | None, metrics_port: int | None = None) 
 
     for name, value in SERVE_ENV.items():  # before ray.init: the local Ray's processes inherit them
         os.environ.setdefault(name, value)
+    if direct_port:
+        os.environ.update(direct_ingress_env(direct_port))
     import ray
     from ray._private import services
 
@@ -71,6 +99,9 @@ def _connect_or_start_ray(address: str | None, metrics_port: int | None = None) 
         if metrics_port:
             print("prefmine serve: --metrics-port is ignored on an existing cluster (its nodes export metrics "
                   "on their own --metrics-export-port)", flush=True)
+        if direct_port:
+            print("prefmine serve: --direct-port on an existing cluster needs the nodes started with "
+                  + " ".join(f"{k}={v}" for k, v in direct_ingress_env(direct_port).items()), flush=True)
         return False
     extra = {"_metrics_export_port": int(metrics_port)} if metrics_port else {}
     ctx = ray.init(
@@ -114,8 +145,10 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S, api_key: str | Non
 
 def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None,
               api_keys_file: str | None = None, feedback_db: str | None = None,
-              request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None) -> int:
-    """Serve ``bundle`` over gRPC on ``grpc_port`` until SIGINT/SIGTERM; returns the exit code."""
+              request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
+              direct_port: int | None = None) -> int:
+    """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
+    there) until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
 
@@ -129,6 +162,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         return 2
     if not 1 <= grpc_port <= 65535:
         print(f"prefmine serve: --grpc-port must be in 1..65535, got {grpc_port}", file=sys.stderr)
+        return 2
+    if direct_port is not None and not (
+            1 <= direct_port <= 65536 - DIRECT_INGRESS_REPLICA_PORTS
+            and not direct_port <= grpc_port < direct_port + DIRECT_INGRESS_REPLICA_PORTS):
+        print(f"prefmine serve: --direct-port must leave {DIRECT_INGRESS_REPLICA_PORTS} ports below 65536 and "
+              f"not overlap --grpc-port, got {direct_port}", file=sys.stderr)
         return 2
     version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version", "?")
     import os
@@ -178,7 +217,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
 
         from serve.app import APP_NAME, GRPC_SERVICER, LOGGING, build_app
 
-        started_ray = _connect_or_start_ray(address, metrics_port)
+        started_ray = _connect_or_start_ray(address, metrics_port, direct_port)
         _install()  # ray.init replaces the SIGTERM handler with its own
         serve.start(
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
@@ -189,8 +228,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         serve.run(build_app(app_args), name=APP_NAME, route_prefix=f"/{APP_NAME}")
         addr = f"127.0.0.1:{grpc_port}"
         wait_ready(addr, api_key=probe_key)
+        direct = ""
+        if direct_port:
+            wait_ready(f"127.0.0.1:{direct_port}", api_key=probe_key)
+            direct = f", direct ingress on 127.0.0.1:{direct_port}"
         print(
-            f"prefmine serve: ready on {addr} (gRPC), bundle {version}, "
+            f"prefmine serve: ready on {addr} (gRPC){direct}, bundle {version}, "
             f"{time.monotonic() - t0:.1f} s to ready",
             flush=True,
         )
