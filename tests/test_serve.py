@@ -140,6 +140,9 @@ def test_serve_config_matches_app():
         assert auto["target_ongoing_requests"] <= d.max_ongoing_requests, d.name
     ranker = next(d for d in application.deployments if d.name == "RankerDeployment")
     assert ranker.max_ongoing_requests >= app.RANKER_BATCH  # a full batch can be in flight
+    # the served version is every deployment's user_config, written once (a YAML anchor): a rollout edits one line
+    user_configs = [d["user_config"] for d in raw["applications"][0]["deployments"]]
+    assert all(u is user_configs[0] for u in user_configs) and set(user_configs[0]) == {"bundle"}
 
 
 def test_build_app_rejects_bad_args(tmp_path):
