@@ -13,10 +13,10 @@ mode, in which the ingress replica runs a gRPC server of its own, so a client sk
 actor hop (bench.serve_latency, 2 CPUs: p50 at c=1 and q/s at c=32 in bench/results/serve_latency.json). The
 first ingress replica listens on ``direct_port``, further ones (autoscaling) on the next free ports up to
 ``direct_port + 63``; the proxy port keeps working beside it. Every check is the same (the same servicer
-functions, API keys, validation, size limits); what a client loses is the proxy's retry to another ingress
-replica, so put a load balancer over the direct ports when the ingress has several replicas. Serve reads the
+functions, API keys, validation, size limits); what a client loses is the proxy's choice among ingress
+replicas, so put a load balancer over the direct ports when the ingress has several replicas. Serve reads the
 switch when its modules are imported, in the controller and the replicas: a local Ray started here gets it; a
-``ray start`` cluster needs DIRECT_INGRESS_ENV in the environment of ``ray start`` on every node.
+``ray start`` cluster needs ``direct_ingress_env(PORT)`` in the environment of ``ray start`` on every node.
 
 Authentication: with ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE) every RPC needs one of its keys; without
 either, the server runs in demo mode with authentication off and says so on its first line. Requests that run
