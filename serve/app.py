@@ -50,7 +50,7 @@ from ray.serve.handle import DeploymentHandle
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, Unauthenticated
 from serve.metrics import ServiceMetrics
-from serve.served import BundleRef, RuntimeCache, ServedBundle
+from serve.served import BundleRef, RuntimeCache, ServedBundle, adopt
 from serve.validate import (
     EVENT_NAMES,
     K_MAX,
@@ -113,8 +113,13 @@ class EncoderDeployment:
         self.runtimes = RuntimeCache(_EncoderVersion)
 
     async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now, beside the one being served."""
-        await self.runtimes.get(BundleRef.of(config))
+        """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
+        await adopt(config, self.runtimes)
+
+    async def prepare(self, ref: BundleRef) -> str:
+        """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
+        await self.runtimes.get(ref)
+        return ref.version
 
     async def dim(self, ref: BundleRef) -> int:
         return int((await self.runtimes.get(ref)).runtime.dim)
@@ -162,10 +167,15 @@ class RankerDeployment:
         self.policies = RuntimeCache(_PolicyVersion)  # the hot path's slate selection (``slate``)
 
     async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now (ranker and policy), beside the one being served."""
-        ref = BundleRef.of(config)
+        """A new bundle version (rollout): load it now (ranker and policy), beside the one being served
+        (serve.served.adopt)."""
+        await adopt(config, self.runtimes, self.policies)
+
+    async def prepare(self, ref: BundleRef) -> str:
+        """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
         await self.runtimes.get(ref)
         await self.policies.get(ref)
+        return ref.version
 
     async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
         """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
@@ -283,8 +293,13 @@ class PolicyDeployment:
         self.runtimes = RuntimeCache(_PolicyVersion)
 
     async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now, beside the one being served."""
-        await self.runtimes.get(BundleRef.of(config))
+        """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
+        await adopt(config, self.runtimes)
+
+    async def prepare(self, ref: BundleRef) -> str:
+        """Load ``ref`` if not yet held: the ingress's check before it switches."""
+        await self.runtimes.get(ref)
+        return ref.version
 
     async def info(self, ref: BundleRef) -> str:
         return (await self.runtimes.get(ref)).kind
@@ -363,12 +378,24 @@ class RecommenderIngress:
 
     async def reconfigure(self, config: dict) -> None:
         """Serve the bundle version of ``config`` (user_config ``{"bundle": PATH, "version": V}``): loaded in a
-        worker thread while the current version keeps answering, then swapped in at once. A request already
-        running finishes on the version it started with."""
+        worker thread while the current version keeps answering, then swapped in at once, after the ranker,
+        policy and encoder have each loaded it too (``prepare``). A request already running finishes on the
+        version it started with. A version that does not load in some part is refused and logged, and the
+        current one keeps serving (ModelInfo still reports it; serve.run.rollout then rolls the config back)."""
         ref = BundleRef.of(config)
         if self.served is not None and self.served.ref == ref:
             return
-        new = await asyncio.to_thread(ServedBundle, ref)
+        try:
+            new = await asyncio.to_thread(ServedBundle, ref)
+            if self.served is not None:  # a rollout: switch only once every part holds the new version
+                await asyncio.gather(*(self._call(part.prepare, ref)
+                                       for part in (self.ranker, self.policy, self.encoder)))
+        except Exception as e:  # noqa: BLE001 - a version that does not load is refused, the old one serves on
+            if self.served is None:
+                raise  # nothing to serve yet: the replica must not count as started
+            logger.error("bundle %s (%s) refused, still serving %s: %s: %s", ref.version, ref.path,
+                         self.served.version, type(e).__name__, e)
+            return
         old, self.served = self.served, new
         self.metrics.serving(new.version, previous=old.version if old else None)
         logger.info("serving bundle %s%s", new.version, f" (was {old.version})" if old else "")

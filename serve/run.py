@@ -255,12 +255,34 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
             signal.signal(s, h)
 
 
+class RolloutRefused(RuntimeError):
+    """The replicas finished the update but did not switch: some part of the new version did not load."""
+
+
+def _app_settled() -> bool:
+    """The application is RUNNING and every deployment HEALTHY: no replica is still being updated."""
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    app = serve.status().applications.get(APP_NAME)
+    return (app is not None and str(app.status).endswith("RUNNING")
+            and all(str(d.status).endswith("HEALTHY") and not str(d.status).endswith("UNHEALTHY")
+                    for d in app.deployments.values()))
+
+
 def rollout(bundle: str, app_args: dict, addr: str, api_key: str | None) -> dict:
     """Roll in the bundle ``bundle`` names now (SIGHUP): a symlink that was pointed at a new version's directory,
     or a directory that now holds another version. Redeploys the application with the new version as every
     deployment's user_config (a lightweight update: replicas load it beside the old one and switch, no restart,
-    no failed request; serve/served.py), waits until ModelInfo reports it, and returns the new app args. Anything
-    wrong with the new bundle is reported and the old version keeps serving."""
+    no failed request; serve/served.py), waits until ModelInfo reports it, and returns the new app args.
+
+    Anything wrong with the new bundle keeps the old version serving: what ``check_bundle`` catches (missing
+    parts, another pseudonymisation key) before anything is deployed; a version that passes the checks but does
+    not load (broken weights) is refused by the replicas themselves (serve.served.adopt), which is seen here as
+    an update that finished (every deployment healthy again) while ModelInfo still reports the old version; the
+    application's config is then deployed back to the old version, so that a replica started later gets the
+    version that is actually served. Either way the line printed names the version ModelInfo reports."""
     from ray import serve
 
     from serve.app import APP_NAME, build_app, check_bundle
@@ -269,18 +291,33 @@ def rollout(bundle: str, app_args: dict, addr: str, api_key: str | None) -> dict
 
     t0 = time.monotonic()
     target = Path(bundle).resolve()
+    deployed = False
     try:
         check_bundle(target)
         version = manifest_version(target)
         new_args = {**app_args, "bundle": str(target)}
         serve.run(build_app(new_args), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
-        while model_info(addr, timeout=30.0, api_key=api_key).bundle_version != version:
+        deployed, t_deploy, settled = True, time.monotonic(), 0
+        while (got := model_info(addr, timeout=30.0, api_key=api_key).bundle_version) != version:
+            # settled three polls in a row, a few seconds after the deploy: the update is over and did not switch
+            settled = settled + 1 if time.monotonic() - t_deploy > 5.0 and _app_settled() else 0
+            if settled >= 3:
+                raise RolloutRefused(f"the replicas did not switch to {version} (it did not load; the replicas' "
+                                     f"logs say why); ModelInfo reports {got}")
             if time.monotonic() - t0 > READY_TIMEOUT_S:
                 raise TimeoutError(f"ModelInfo did not report {version} within {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.5)
     except Exception as e:  # noqa: BLE001 - keep serving what runs now
-        print(f"prefmine serve: rollout of {target} failed, still serving {app_args['bundle']}: "
-              f"{type(e).__name__}: {e}", flush=True)
+        serving = app_args["bundle"]
+        if deployed:  # Serve's target is the new version: point it back at the one being served
+            try:
+                serve.run(build_app(app_args), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
+                now = model_info(addr, timeout=30.0, api_key=api_key).bundle_version
+                serving = f"{app_args['bundle']} (ModelInfo: {now})"
+            except Exception as e2:  # noqa: BLE001
+                serving = f"{app_args['bundle']}? (rolling the config back failed: {type(e2).__name__}: {e2})"
+        print(f"prefmine serve: rollout of {target} failed after {time.monotonic() - t0:.1f} s, still serving "
+              f"{serving}: {type(e).__name__}: {e}", flush=True)
         return app_args
     print(f"prefmine serve: rolled out bundle {version} ({target}) in {time.monotonic() - t0:.1f} s", flush=True)
     return new_args

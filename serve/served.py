@@ -96,6 +96,25 @@ class RuntimeCache:
         return [r.version for r in self._items]
 
 
+async def adopt(config: dict, *caches: RuntimeCache) -> None:
+    """A deployment's ``reconfigure``: load the version ``config`` names into each of the replica's caches.
+
+    A version that does not load (a bundle that passed the checks but whose weights are broken, say) is refused
+    by a replica that already serves one: it logs the error and keeps what it holds, and stays healthy, so a bad
+    rollout cannot take the service down; the ingress, which switches only once every part has loaded the new
+    version (RecommenderIngress.reconfigure), keeps answering with the old one. On a fresh replica the error is
+    raised: a replica with nothing to serve must not count as started."""
+    ref = BundleRef.of(config)
+    try:
+        for cache in caches:
+            await cache.get(ref)
+    except Exception as e:  # noqa: BLE001 - refused, reported, and the replica serves on
+        if not any(cache.versions() for cache in caches):
+            raise
+        logger.error("bundle %s (%s) did not load, refused; still holding %s: %s: %s", ref.version, ref.path,
+                     sorted({v for cache in caches for v in cache.versions()}), type(e).__name__, e)
+
+
 class ServedBundle:
     """The ingress's view of one bundle version: catalogue, user histories, popularity, texts for reasons."""
 

@@ -10,6 +10,8 @@ and eight client threads calling Recommend for known users in a loop (``Load``).
 * Rollout: the server's ``--bundle`` is a symlink; it is pointed at a second version and the server gets SIGHUP
   (serve.run.rollout). No request may fail, every answer names one of the two versions, none after the switch
   the old one, ModelInfo reports the new version, and no replica was restarted (a lightweight update).
+* Refused rollout: the same with a version whose ranker weights are garbage (it passes the checks, it does not
+  load): refused by the replicas, the old version answers throughout, then a good version goes in normally.
 """
 
 from __future__ import annotations
@@ -205,5 +207,77 @@ def test_rollout_of_a_new_bundle_version_under_load_fails_no_request(bundle_path
         assert all(c[4] == new_version for c in calls if c[0] > t_done), "the old version answered after the switch"
         assert model_info(sp.addr, timeout=30, api_key=API_KEY).bundle_version == new_version
         assert replicas_started(sp) == replicas_before, "the rollout restarted replicas"
+    finally:
+        assert sp.stop() == 0, "".join(sp.lines[-40:])
+
+
+@pytest.mark.slow
+def test_rollout_of_a_version_that_does_not_load_is_refused_and_the_old_one_serves_on(bundle_path, tmp_path):
+    """A version that passes the checks but whose ranker weights are garbage, rolled in under load: the ranker
+    replicas refuse it (serve.served.adopt), the ingress does not switch (it waits for every part to load the
+    version first), no request fails, none is answered by the broken version, no replica is restarted, and the
+    server says the rollout failed and what still serves. A good version rolled in afterwards then goes in
+    normally (the config was rolled back, nothing is stuck)."""
+    import json
+    import shutil
+
+    from test_serve import replicas_started
+
+    from serve.client import model_info
+
+    versions = tmp_path / "bundles"
+    dirs = {name: versions / name for name in ("v1", "broken", "v2")}
+    for d in dirs.values():
+        shutil.copytree(bundle_path, d, symlinks=True)
+    old_version = json.loads((dirs["v1"] / "manifest.json").read_text())["version"]
+    names = {"v1": old_version, "broken": f"{old_version}-broken", "v2": f"{old_version}-next"}
+    for name in ("broken", "v2"):
+        manifest = json.loads((dirs[name] / "manifest.json").read_text())
+        manifest["version"] = names[name]
+        (dirs[name] / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    weights = dirs["broken"] / "ranker" / "model.pt"
+    weights.write_bytes(b"not a torch checkpoint " * (weights.stat().st_size // 23 + 1))
+    current = tmp_path / "current"
+    current.symlink_to(dirs["v1"])
+    users = known_users(bundle_path)
+
+    def roll_to(name: str, marker_count: int) -> str:
+        flip = tmp_path / "current.next"
+        flip.symlink_to(dirs[name])
+        os.replace(flip, current)
+        t0 = time.monotonic()
+        sp.proc.send_signal(signal.SIGHUP)
+        while True:
+            done = [x for x in sp.lines if "prefmine serve: rolled out" in x or "rollout of" in x]
+            if len(done) > marker_count:
+                return done[-1].strip()
+            assert time.monotonic() - t0 < 300, "no rollout outcome within 300 s:\n" + "".join(sp.lines[-40:])
+            time.sleep(0.2)
+
+    sp = start_server(current, _keys(tmp_path), tmp_path / "feedback.sqlite")
+    try:
+        replicas_before = replicas_started(sp)
+        with Load(sp.addr, users) as load:
+            time.sleep(5)
+            refused = roll_to("broken", 0)
+            t_refused = time.monotonic()
+            time.sleep(5)
+            assert model_info(sp.addr, timeout=30, api_key=API_KEY).bundle_version == old_version
+            good = roll_to("v2", 1)
+            t_good = time.monotonic()
+            time.sleep(3)
+        print(refused)
+        print(good)
+        assert "rollout of" in refused and "still serving" in refused and f"ModelInfo: {old_version}" in refused
+        assert "rolled out bundle " + names["v2"] in good
+        calls = load.calls
+        failed = [c for c in calls if not c[2]]
+        print(f"refused rollout: {len(calls)} requests, {len(failed)} failed, "
+              f"{sum(1 for c in calls if c[0] <= t_refused)} before the refusal was reported")
+        assert not failed, f"{len(failed)} of {len(calls)} requests failed: {sorted({c[3] for c in failed})}"
+        assert names["broken"] not in {c[4] for c in calls}
+        assert {c[4] for c in calls if c[1] < t_refused} == {old_version}
+        assert all(c[4] == names["v2"] for c in calls if c[0] > t_good)
+        assert replicas_started(sp) == replicas_before, "a replica was restarted"
     finally:
         assert sp.stop() == 0, "".join(sp.lines[-40:])
