@@ -81,16 +81,20 @@ class RuntimeCache:
             self._items.move_to_end(ref)
             return rt
         lock = self._loading.setdefault(ref, asyncio.Lock())
-        async with lock:
-            if ref not in self._items:
-                check_version(ref)
-                self._items[ref] = await asyncio.to_thread(self.load, ref.path)
-                logger.info("loaded bundle %s (%s)", ref.version, ref.path)
-                while len(self._items) > self.keep:
-                    old, _ = self._items.popitem(last=False)  # in-flight requests keep their reference
-                    logger.info("released bundle %s", old.version)
-        self._loading.pop(ref, None)
-        return self._items[ref]
+        try:
+            async with lock:
+                rt = self._items.get(ref)
+                if rt is None:
+                    check_version(ref)
+                    rt = self._items[ref] = await asyncio.to_thread(self.load, ref.path)
+                    logger.info("loaded bundle %s (%s)", ref.version, ref.path)
+                    while len(self._items) > self.keep:
+                        old, _ = self._items.popitem(last=False)  # in-flight requests keep their reference
+                        logger.info("released bundle %s", old.version)
+        finally:  # a failed load leaves no lock behind; the next request for the version tries again
+            if not lock.locked():
+                self._loading.pop(ref, None)
+        return rt
 
     def versions(self) -> list[str]:
         return [r.version for r in self._items]
