@@ -51,6 +51,22 @@ def magazine5(raw_dir, tmp_path_factory) -> Path:
     return out
 
 
+def bundle_versions(bundle: Path, root: Path, suffixes: dict[str, str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Copies of `bundle` under `root`, one per name, each its own version: the manifest's version plus the
+    name's suffix ('' keeps it). ({name: directory}, {name: version}), for rollout tests."""
+    import json
+    import shutil
+
+    dirs, versions = {}, {}
+    for name, suffix in suffixes.items():
+        d = dirs[name] = root / name
+        shutil.copytree(bundle, d, symlinks=True)
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["version"] = versions[name] = f"{manifest['version']}{suffix}"
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dirs, versions
+
+
 def make_tiny_bert(path, texts, hidden=32):
     """A random 2-layer BERT with a WordPiece vocabulary of the texts' frequent words, saved like any HF model."""
     import torch

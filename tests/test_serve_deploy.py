@@ -16,7 +16,6 @@ application's args into its code version, so every replica is replaced; the conf
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from conftest import bundle_versions
 from test_cluster import BIN, free_port
 from test_cluster import ray_head as ray_head  # the fixture, re-exported for this module
 from test_serve import API_KEY, ROOT
@@ -84,14 +84,8 @@ def replica_ids(address: str) -> dict[str, set[str]]:
 @pytest.mark.slow
 def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray_head, bundle_path, tmp_path):  # noqa: F811
     address = ray_head
-    versions = tmp_path / "bundles"
-    old_dir, new_dir = versions / "v1", versions / "v2"
-    shutil.copytree(bundle_path, old_dir, symlinks=True)
-    shutil.copytree(bundle_path, new_dir, symlinks=True)
-    manifest = json.loads((new_dir / "manifest.json").read_text())
-    old_version = manifest["version"]
-    manifest["version"] = new_version = f"{old_version}-deployed"
-    (new_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"v1": "", "v2": "-deployed"})
+    (old_dir, new_dir), (old_version, new_version) = dirs.values(), names.values()
     keys = tmp_path / "api_keys"
     keys.write_text(API_KEY + "\n")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import bundle_versions
 from test_serve import API_KEY, _raw_user_ids, _session_pids, start_server
 
 from prefmine.v1 import recommender_pb2 as pb
@@ -158,21 +159,13 @@ def test_killing_a_ranker_replica_under_load_fails_no_request(bundle_path, tmp_p
 
 @pytest.mark.slow
 def test_rollout_of_a_new_bundle_version_under_load_fails_no_request(bundle_path, tmp_path):
-    import json
-    import shutil
 
     from test_serve import replicas_started
 
     from serve.client import model_info
 
-    versions = tmp_path / "bundles"
-    old_dir, new_dir = versions / "old", versions / "new"
-    shutil.copytree(bundle_path, old_dir, symlinks=True)
-    shutil.copytree(bundle_path, new_dir, symlinks=True)
-    manifest = json.loads((new_dir / "manifest.json").read_text())
-    old_version = manifest["version"]
-    manifest["version"] = new_version = f"{old_version}-next"
-    (new_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"old": "", "new": "-next"})
+    (old_dir, new_dir), (old_version, new_version) = dirs.values(), names.values()
     current = tmp_path / "current"
     current.symlink_to(old_dir)
     users = known_users(bundle_path)
@@ -218,23 +211,13 @@ def test_rollout_of_a_version_that_does_not_load_is_refused_and_the_old_one_serv
     version first), no request fails, none is answered by the broken version, no replica is restarted, and the
     server says the rollout failed and what still serves. A good version rolled in afterwards then goes in
     normally (the config was rolled back, nothing is stuck)."""
-    import json
-    import shutil
 
     from test_serve import replicas_started
 
     from serve.client import model_info
 
-    versions = tmp_path / "bundles"
-    dirs = {name: versions / name for name in ("v1", "broken", "v2")}
-    for d in dirs.values():
-        shutil.copytree(bundle_path, d, symlinks=True)
-    old_version = json.loads((dirs["v1"] / "manifest.json").read_text())["version"]
-    names = {"v1": old_version, "broken": f"{old_version}-broken", "v2": f"{old_version}-next"}
-    for name in ("broken", "v2"):
-        manifest = json.loads((dirs[name] / "manifest.json").read_text())
-        manifest["version"] = names[name]
-        (dirs[name] / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"v1": "", "broken": "-broken", "v2": "-next"})
+    old_version = names["v1"]
     weights = dirs["broken"] / "ranker" / "model.pt"
     weights.write_bytes(b"not a torch checkpoint " * (weights.stat().st_size // 23 + 1))
     current = tmp_path / "current"
