@@ -126,6 +126,13 @@ def format_markdown(report: dict, keys: tuple[str, ...] | None = None) -> str:
         facts = [f for f in facts if f]
         lines += [("; ".join(facts) + ". " if facts else "") + "Best value per column in **bold**.", ""]
         lines += _model_table(models, keys) + [""]
+        cold = ev.get("cold_start")
+        if isinstance(cold, dict) and isinstance(cold.get("models"), dict) and cold["models"]:
+            what = "; ".join(f"{cold[k]} {k.replace('_', ' ')}" for k in ("cold_items", "users", "targets") if k in cold)
+            lines += [f"{'###' if many else '##'} Cold items", "",
+                      ((cold.get("protocol") or "items never seen in training") + (f" ({what})" if what else "")
+                       + ". Best value per column in **bold**."), ""]
+            lines += _model_table(_models(cold["models"], f"{name}.cold_start.models"), None) + [""]
         if isinstance(ev.get("policy"), dict) and ev["policy"]:
             lines += [f"{'###' if many else '##'} Policy in the simulator", ""] + _plain_table(ev["policy"]) + [""]
     return "\n".join(lines).rstrip() + "\n"

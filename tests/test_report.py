@@ -133,7 +133,9 @@ def test_several_datasets_and_seed_summaries(tmp_path):
     mag = {"phase": "test", "users": 10, "models": {
         "prefmine": {"NDCG@10": 0.30, "NDCG@20": 0.35, "seeds": 3, "std": {"NDCG@10": 0.02, "NDCG@20": 0.01},
                      **{f"NDCG@{k}": 0.3 * k / 10 for k in (1, 2, 3)}},
-        "popularity": {"NDCG@10": 0.10, "NDCG@20": 0.12}}}
+        "popularity": {"NDCG@10": 0.10, "NDCG@20": 0.12}},
+           "cold_start": {"cold_items": 16, "users": 9, "protocol": "10% of items held out", "models": {
+               "random": {"Recall@10": [0.1, 0.3], "seeds": 2}, "prefmine": {"Recall@10": [0.5, 0.7], "seeds": 2}}}}
     bench = {"machine": {"cpus": 2, "gpu": None},
              "datasets": {"magazine": mag, "ml-small": {"users": 610, "item_knn": {"NDCG@10": 0.2, "MRR@10": 0.1}}}}
     paths = write_reports(bench, tmp_path)
@@ -143,6 +145,10 @@ def test_several_datasets_and_seed_summaries(tmp_path):
     first = table_rows(md)
     assert first["prefmine"]["NDCG@10"] == "**0.3000 ± 0.0200**" and first["prefmine"]["seeds"] == "3"
     assert first["popularity"]["NDCG@10"] == "0.1000" and first["popularity"]["seeds"] == "1"
+    assert "### Cold items\n\n10% of items held out (16 cold items; 9 users)." in md
+    cold = table_rows(md[md.index("### Cold items"):md.index("## Evaluation: ml-small")])
+    assert cold == {"random": {"Recall@10": "0.2000 ± 0.1414", "seeds": "2"},
+                    "prefmine": {"Recall@10": "**0.6000 ± 0.1414**", "seeds": "2"}}
     second = table_rows(md[md.index("## Evaluation: ml-small"):])
     assert set(second) == {"item_knn"} and second["item_knn"] == {"NDCG@10": "**0.2000**", "MRR@10": "**0.1000**"}
     assert json.loads(paths["json"].read_text()) == bench
