@@ -61,7 +61,8 @@ def _data_download(a) -> int:
 def _train(a) -> int:
     from cluster.pipeline import STAGES, train_bundle
 
-    metrics = train_bundle(a.data, a.out, (a.stage,) if a.stage else STAGES, a.preset, a.config)
+    metrics = train_bundle(a.data, a.out, (a.stage,) if a.stage else STAGES, a.preset, a.config,
+                           a.keep_checkpoints)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v
                       for k, v in metrics.items()}, indent=2, default=str)[:6000])
     return 0
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="bundle location: a directory or a URI (s3://, gs://, file://)")
     tr.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     tr.add_argument("--config", help="YAML with encoder/ranker/policy/simulator/dist sections")
+    tr.add_argument("--keep-checkpoints", action="store_true",
+                    help="publish each run's Ray Train checkpoint (DeepSpeed states) in the bundle's .train/ too")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="test metrics of every model and the policy")

@@ -58,7 +58,9 @@ def simulator_inputs(ds: Dataset, bundle: Path):
 
 
 def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str = "tiny",
-                 config_file: str | None = None) -> dict:
+                 config_file: str | None = None, keep_checkpoints: bool = False) -> dict:
+    """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
+    checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
     from cluster.train_encoder import train_encoder
     from cluster.train_policy import POLICY_PRESETS, SIMULATOR_PRESETS, train_policy
     from cluster.train_ranker import train_ranker
@@ -109,9 +111,33 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
                                                        "metrics": {k: v for k, v in metrics["policy"].items()
                                                                    if k != "history"}}})
     update_manifest(bundle, train_seconds=round(time.time() - t0, 1))
+    if not keep_checkpoints:
+        metrics["checkpoint_bytes_dropped"] = drop_checkpoints(bundle)
     metrics["published"] = store.publish(bundle, out)
     shutil.rmtree(bundle, ignore_errors=True)
     return metrics
+
+
+def drop_checkpoints(bundle: Path) -> int:
+    """Remove the Ray Train checkpoints under `bundle/.train` before the bundle is published; the bytes removed.
+
+    A bundle is what serving and evaluation read, plus each run's logs (metrics.jsonl, tensorboard): the
+    checkpoints' DeepSpeed model and optimizer states are most of its bytes (19 of 21 MB for the tiny preset) and
+    every replica that fetches the bundle would copy them. Each run keeps `checkpoint.json`, which lists the files
+    its last checkpoint held and their sizes. `prefmine train --keep-checkpoints` keeps them (to go on training
+    from them)."""
+    dropped = 0
+    for run in sorted(p for p in (bundle / ".train").glob("*") if p.is_dir()):
+        ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+        if not ckpts:
+            continue
+        files = {str(f.relative_to(run)): f.stat().st_size for c in ckpts for f in sorted(c.rglob("*")) if f.is_file()}
+        (run / "checkpoint.json").write_text(json.dumps({"dropped_from_bundle": True, "files": files}, indent=1))
+        for c in ckpts:
+            shutil.rmtree(c)
+        (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)  # it names the removed checkpoints
+        dropped += sum(files.values())
+    return dropped
 
 
 def staging_dir(out: str | Path) -> Path:
@@ -129,8 +155,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="tiny", choices=C.PRESETS)
     p.add_argument("--config")
+    p.add_argument("--keep-checkpoints", action="store_true", help="publish the Ray Train checkpoints too")
     args = p.parse_args(argv)
-    m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config)
+    m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config,
+                     args.keep_checkpoints)
     print(json.dumps({stage: {k: v for k, v in part.items() if k != "history"} if isinstance(part, dict) else part
                       for stage, part in m.items()}, indent=2, default=str)[:4000])
     print(f"bundle written: {args.out}", flush=True)

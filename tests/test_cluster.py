@@ -126,6 +126,7 @@ def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(ray_head, ma
     assert {"encoder", "ranker", "policy"} <= set(manifest["components"])
     for f in ("ranker/model.pt", "policy/policy_config.json", "encoder/item_embeddings.npy"):
         assert (bundle / f).is_file(), f
+    assert list(bundle.glob(".train/*/metrics.jsonl")) and not list(bundle.glob(".train/*/checkpoint_*"))
     # the job ran on the head's cluster with the project shipped as its working_dir, not in this process
     from ray.job_submission import JobSubmissionClient
 
