@@ -24,12 +24,13 @@ Verdict per data set: prefmine's mean over seeds against the best RecBole model,
 six RecBole models ran and converged (early stopping, not the `--recbole-cap-s` wall-clock cap).
 RecBole keeps per-epoch state under `<cache>/recbole/state/<data set>`: a run that is killed (a MovieLens
 sequential model trains for hours on a laptop CPU) continues from its last epoch when started again with the same
-split and settings, and finished models are reused.
+split and settings, and finished models are reused. prefmine keeps each finished seed under `<cache>/seeds/`, and
+`--resume` picks them up (only for the same data and ranker config).
 Results merge into `--out` per data set (a later run of other data sets keeps the earlier ones), and the
 Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
 
     python -m bench.quality [--datasets Magazine_Subscriptions Gift_Cards ml-latest-small] [--seeds 3]
-                            [--no-recbole] [--no-cold] [--reuse-recbole] [--recbole-cap-s 2400]
+                            [--no-recbole] [--no-cold] [--reuse-recbole] [--resume] [--recbole-cap-s 2400]
                             [--recbole-models ...] [--quick]
                             [--out bench/results/quality.json]
 """
@@ -225,6 +226,15 @@ def reusable_recbole(path: Path, inter_sha256: str, models) -> dict | None:
     return result
 
 
+def seed_result_path(cache: Path, ds, name: str, seed: int) -> Path:
+    """Where one seed's prefmine results are kept, keyed by the data and the ranker config, so that `--resume`
+    after a killed run (MovieLens takes hours here) skips the seeds that finished and never reuses stale ones."""
+    cfg = dataclasses.asdict(ranker_config(name, seed))
+    key = hashlib.sha256(json.dumps({"data": ds.manifest.get("data_hash"), "ranker": cfg},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache / "seeds" / name / f"seed{seed}-{key}.json"
+
+
 def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     from cluster.ds_train import DistConfig
     from prefmine.data.dataset import load_dataset
@@ -250,9 +260,18 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     seeds = [2020 + i for i in range(args.seeds)]
     runs, cold = [], []
     for seed in seeds:
-        runs.append(train_prefmine(ds, text, name, seed, cache / "bundles" / name / f"seed{seed}", dist))
+        saved = seed_result_path(cache, ds, name, seed)
+        done = json.loads(saved.read_text()) if args.resume and saved.is_file() else {}
+        if "run" not in done:
+            done = {"run": train_prefmine(ds, text, name, seed, cache / "bundles" / name / f"seed{seed}", dist)}
+        if not args.no_cold and "cold" not in done:
+            done["cold"] = cold_start(ds, text, name, seed, cache / "cold" / name, dist)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(done))
+        print(f"[quality] {name} seed {seed} done ({saved.name})", flush=True)
+        runs.append(done["run"])
         if not args.no_cold:
-            cold.append(cold_start(ds, text, name, seed, cache / "cold" / name, dist))
+            cold.append(done["cold"])
     models = {"popularity": runs[0]["models"]["popularity"], "item_knn": runs[0]["models"]["item_knn"]}
     for m in ("prefmine_id_only_no_blend", "prefmine_no_blend", "prefmine_id_only", "prefmine"):
         if all(m in r["models"] for r in runs):  # *_no_blend: the ranker alone, without its item-to-item terms
@@ -297,6 +316,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation (keeps the last one)")
     p.add_argument("--reuse-recbole", action="store_true",
                    help="reuse the cached RecBole results when they were computed on this exact split")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the prefmine seeds an earlier run finished with this data and ranker config")
     p.add_argument("--recbole-cap-s", type=float, default=2400.0,
                    help="wall-clock cap per RecBole model (0: none, train to early stopping)")
     p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,
