@@ -228,7 +228,8 @@ def reusable_recbole(path: Path, inter_sha256: str, models) -> dict | None:
 
 def seed_result_path(cache: Path, ds, name: str, seed: int) -> Path:
     """Where one seed's prefmine results are kept, keyed by the data and the ranker config, so that `--resume`
-    after a killed run (MovieLens takes hours here) skips the seeds that finished and never reuses stale ones."""
+    after a killed run (MovieLens takes hours here) skips the seeds that finished. The key covers the data and the
+    config, not the code: after a change to the ranker itself, run without `--resume`."""
     cfg = dataclasses.asdict(ranker_config(name, seed))
     key = hashlib.sha256(json.dumps({"data": ds.manifest.get("data_hash"), "ranker": cfg},
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
