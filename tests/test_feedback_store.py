@@ -253,3 +253,48 @@ def test_acknowledged_append_survives_postgres_crash(postgres_server):
     acks = read_acks(lines + out.splitlines())
     assert check_acknowledged(location, acks, size) >= 30
 
+
+def test_data_forget_erases_from_either_backend(location, raw_dir, magazine5, tmp_path):
+    """`prefmine data forget --feedback LOCATION` with a SQLite path or a PostgreSQL DSN."""
+    import gzip
+    import shutil
+
+    from prefmine.data.privacy import Pseudonymiser
+
+    data = tmp_path / "data"
+    shutil.copytree(magazine5, data)
+    with gzip.open(raw_dir / "amazon2018/Magazine_Subscriptions/Magazine_Subscriptions_5.json.gz", "rt") as f:
+        person = json.loads(f.readline())["reviewerID"]
+    pseudo = Pseudonymiser()  # the key the fixtures prepared with (PREFMINE_PSEUDONYM_KEY)
+    me, them = pseudo(person), pseudo(person + "-someone-else")
+    store = open_feedback_store(location)
+    store.append(events_of(me, ["click", "buy"]) + events_of(them, ["view"]), idempotency_key="r1")
+    store.close()
+
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", person,
+                        "--feedback", location], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["rows_removed"]["feedback"] == 2
+    store = open_feedback_store(location, create=False)
+    try:
+        assert store.count(me) == 0 and store.count(them) == 1 and store.count() == 1
+    finally:
+        store.close()
+    if not location.startswith("postgresql://"):
+        assert me.encode() not in Path(location).read_bytes()
+
+
+def test_record_feedback_validates_the_idempotency_key():
+    """RecordFeedback's key is checked before anything is stored: INVALID_ARGUMENT naming the field."""
+    import time
+
+    from prefmine.v1 import recommender_pb2 as pb
+    from serve.validate import BadRequest, validate_feedback
+
+    ok = pb.Event(user_id="u", item_id="i", type=pb.EVENT_TYPE_CLICK, timestamp=int(time.time()))
+    validate_feedback(pb.RecordFeedbackRequest(events=[ok]))  # no key: allowed
+    validate_feedback(pb.RecordFeedbackRequest(events=[ok], idempotency_key="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"))
+    for bad in ("   ", "k" * 257):
+        with pytest.raises(BadRequest, match=r"^idempotency_key "):
+            validate_feedback(pb.RecordFeedbackRequest(events=[ok], idempotency_key=bad))
