@@ -238,9 +238,9 @@ def test_acknowledged_append_survives_writer_kill9(location):
 def test_acknowledged_append_survives_postgres_crash(postgres_server):
     """`pg_ctl stop -m immediate` while a writer appends: no checkpoint, the restarted server recovers from its
     WAL, and every acknowledged batch is there (the server's WAL writer sleeps 10 s, so only commits that flushed
-    their WAL themselves survive)."""
+    their WAL themselves survive). A store opened before the crash keeps working after the restart."""
     location = postgres_server.new_database()
-    open_feedback_store(location).close()
+    survivor = open_feedback_store(location)  # a replica that stays up across the database's restart
     size = 3
     proc = start_writer(location, "c", 0, size, shared=False)
     try:
@@ -251,7 +251,30 @@ def test_acknowledged_append_survives_postgres_crash(postgres_server):
         out = finish(proc)
         postgres_server.start()
     acks = read_acks(lines + out.splitlines())
-    assert check_acknowledged(location, acks, size) >= 30
+    n = check_acknowledged(location, acks, size)
+    assert n >= 30
+    try:  # its pooled connection died with the server: the pool notices and reconnects, the append succeeds
+        survivor.append(events_of("after", ["view"]), idempotency_key="after-restart")
+        assert survivor.count() == n * size + 1
+    finally:
+        survivor.close()
+
+
+def test_update_job_pages_through_every_event(location):
+    """The policy update job's reader (cluster.update_policy.read_events) on either backend: every event after
+    the consumed id, in id order, across pages."""
+    from cluster.update_policy import read_events
+
+    store = open_feedback_store(location)
+    try:
+        first = store.append(events_of("alice", ["view", "click", "buy"]))
+        store.append(events_of("bob", ["cart", "buy", "rate", "view"]))
+        rows = store.read_since(0)
+    finally:
+        store.close()
+    assert read_events(location, 0, page_size=2) == rows
+    assert read_events(location, first, page_size=3) == rows[3:]
+    assert read_events(location, rows[-1][0]) == []
 
 
 def test_data_forget_erases_from_either_backend(location, raw_dir, magazine5, tmp_path):
