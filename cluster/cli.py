@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg = data.add_parser("forget", help="erase one person from a dataset and the feedback log; mark old bundles")
     fg.add_argument("--data", required=True, help="prepared dataset directory")
     fg.add_argument("--user", required=True, help="the person's raw user id")
-    fg.add_argument("--feedback", help="serving feedback log (SQLite) to erase from as well")
+    fg.add_argument("--feedback", help="serving feedback log (SQLite path or postgresql:// DSN) to erase from as well")
     fg.add_argument("--bundle", action="append", help="bundle (or folder of bundles) to mark; repeatable")
     fg.set_defaults(func=_data_forget)
     dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="file with one API key a line; clients send x-api-key (default $PREFMINE_API_KEYS_FILE; "
                          "neither: authentication off, demo mode)")
     sv.add_argument("--feedback-db", default=None,
-                    help="SQLite file RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
+                    help="SQLite file or postgresql:// DSN RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
     sv.add_argument("--metrics-port", type=int, default=None,
                     help="port of the Prometheus endpoint of the Ray this command starts (default: Ray picks one)")
     sv.add_argument("--direct-port", type=int, default=None,

@@ -69,9 +69,9 @@ UPDATE_PRESETS = {
 
 def read_events(feedback: str | Path, after_id: int, page_size: int = 50_000) -> list[tuple]:
     """Every feedback row with id > after_id, in id order: (id, user, item, event, ts, rating)."""
-    from prefmine.feedback import FeedbackLog
+    from prefmine.feedback import open_feedback_store
 
-    log = FeedbackLog(feedback, create=False)
+    log = open_feedback_store(feedback, create=False)
     try:
         rows, last = [], after_id
         while True:

@@ -15,8 +15,8 @@ the work; its status code and time go to the Prometheus metrics (serve/metrics.p
 user id with the bundle's key, looks up the user's history in the bundle's catalogue, and never lets an
 exception escape (Ray would send INTERNAL with a traceback): UNAUTHENTICATED, INVALID_ARGUMENT naming the field,
 RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with an empty response. RecordFeedback
-appends to the feedback log (prefmine.feedback.FeedbackLog: SQLite WAL, synchronous=FULL) and answers only after
-the commit returned.
+appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for several nodes; durable commits) with
+the request's idempotency key, and answers only after the commit returned.
 
 The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
 users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
@@ -361,7 +361,7 @@ class RecommenderIngress:
         auth: dict | None = None,
     ):
         _one_thread()
-        from prefmine.feedback import FeedbackLog
+        from prefmine.feedback import open_feedback_store
 
         self.ranker, self.policy, self.encoder = ranker, policy, encoder
         self.n_candidates = int(candidates)
@@ -372,7 +372,7 @@ class RecommenderIngress:
             logger.warning("API-key authentication is OFF (demo mode): every caller is accepted")
         if not feedback_db:
             raise ValueError("RecommenderIngress: feedback_db is required (build_app gives the default)")
-        self.feedback = FeedbackLog(feedback_db)
+        self.feedback = open_feedback_store(feedback_db)
         self.metrics = ServiceMetrics()
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
 
@@ -618,7 +618,7 @@ class RecommenderIngress:
         return profile
 
     async def _record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
-        from prefmine.feedback import FeedbackEvent
+        from prefmine.feedback import FeedbackEvent, IdempotencyConflict
 
         s = self.served
         events = [FeedbackEvent(user=s.bundle.pseudonymise(ev.user_id), item=ev.item_id,
@@ -628,7 +628,10 @@ class RecommenderIngress:
 
         def append() -> int:
             with self._feedback_lock:
-                return self.feedback.append(events)
+                try:
+                    return self.feedback.append(events, idempotency_key=request.idempotency_key or None)
+                except IdempotencyConflict as e:
+                    raise BadRequest(str(e)) from e
 
         # shielded: once the write has started, a client that goes away does not cancel it half-way (the
         # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
@@ -746,7 +749,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder. Args:
 
     ``bundle`` (required): model bundle directory; ``candidates``: ranker candidates the policy chooses from
-    (default 100); ``feedback_db``: SQLite file RecordFeedback appends to (default: ``default_feedback_db``);
+    (default 100); ``feedback_db``: SQLite file or postgresql:// DSN RecordFeedback appends to (default:
+    ``default_feedback_db``);
     ``api_keys_file``: the server's API keys, one per line (required unless ``require_api_key: false``, which
     turns authentication off: demo only).
 
@@ -773,7 +777,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         from serve.auth import load_keys
 
         load_keys(auth.keys_file)  # fail here, naming the file, rather than in every ingress replica
-    feedback_db = str(Path(str(args.get("feedback_db") or default_feedback_db(bundle))).expanduser().resolve())
+    from prefmine.feedback import resolve_location
+
+    feedback_db = resolve_location(args.get("feedback_db") or default_feedback_db(bundle))  # a path or a DSN
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
     version = BundleRef.of({"bundle": str(bundle)}).config()

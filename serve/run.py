@@ -185,11 +185,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     else:
         print("prefmine serve: API-key authentication is OFF (demo mode); set --api-keys-file or "
               "PREFMINE_API_KEYS_FILE for anything else", flush=True)
+    from prefmine.feedback import resolve_location
     from serve.app import default_feedback_db
 
     # the feedback log stays where it is across rollouts (the default: beside the first bundle's directory)
     app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": bool(api_keys_file),
-                "feedback_db": str(Path(feedback_db or default_feedback_db(Path(bundle).resolve())).resolve())}
+                "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve()))}
     if api_keys_file:
         app_args["api_keys_file"] = api_keys_file
 

@@ -138,6 +138,8 @@ def validate_profile(request: pb.GetUserProfileRequest) -> None:
 
 def validate_feedback(request: pb.RecordFeedbackRequest) -> None:
     check_count(len(request.events), "events", MAX_FEEDBACK_EVENTS, least=1)
+    if request.idempotency_key:
+        check_id(request.idempotency_key, "idempotency_key")
     now = time.time()
     for i, ev in enumerate(request.events):
         check_event(ev, f"events[{i}]", need_user=True, now=now)

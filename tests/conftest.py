@@ -115,3 +115,80 @@ def tiny_bundle(magazine5, ray_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "magazine5"
     train_bundle(magazine5, out, preset="tiny", config_file=str(cfg))
     return out
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server for the tests: initdb in a temp dir, listening on 127.0.0.1 and a free port
+    only, with trust authentication on loopback (production uses passwords over TLS; see docs/feedback-store.md).
+    As root it runs as the `postgres` OS user (initdb refuses root). wal_writer_delay is at its maximum (10 s),
+    so a commit that did not flush the WAL itself is lost by an immediate stop: the durability tests notice."""
+
+    def __init__(self, bindir: Path, base: Path, port: int, as_user: list[str]):
+        self.bindir, self.base, self.port, self.as_user = bindir, base, port, as_user
+        self.data, self.log = base / "data", base / "server.log"
+        self._n = 0
+
+    def run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True,
+                       timeout=120, cwd=self.base)
+
+    def start(self) -> None:
+        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def new_database(self) -> str:
+        """The DSN of a new empty database (one per test keeps tests independent)."""
+        import psycopg
+
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.dsn(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (binaries from $PREFMINE_PG_BINDIR, PATH or /usr/lib/postgresql;
+    cluster/install_services.sh installs them)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    bindir = os.environ.get("PREFMINE_PG_BINDIR")
+    if not bindir:
+        found = shutil.which("initdb")
+        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        bindir = str(Path(found).parent) if found else (str(versions[-1].parent) if versions else "")
+    if not bindir or not (Path(bindir) / "initdb").is_file():
+        pytest.skip("PostgreSQL is not installed (run cluster/install_services.sh)")
+    base = Path(tempfile.mkdtemp(prefix="prefmine-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = PostgresServer(Path(bindir), base, port, as_user)
+    server.run("initdb", "-D", str(server.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+    with open(server.data / "postgresql.conf", "a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{base}'\n"
+                   "max_connections = 40\nshared_buffers = 16MB\nfsync = on\nwal_writer_delay = 10000ms\n")
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            server.stop("fast")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)

@@ -4,8 +4,9 @@ The raw id is pseudonymised with the dataset's key (its fingerprint must match t
 one user bucket holding all of that person's rows. That bucket's parts of interactions, reviews and item review
 snippets are rewritten without them (write aside, then rename), item texts built from reviews are rebuilt, and
 the manifest records the erasure (when, how many rows; never the id) with the new data hash. Rows in the feedback
-log (SQLite) are deleted and the log vacuumed. Every bundle given that was trained on this dataset before the
-erasure gets `erasures` in its manifest: it still contains the person's data and must be retrained.
+log (a SQLite path or a PostgreSQL DSN) are deleted and the log vacuumed. Every bundle given that was trained on
+this dataset before the erasure gets `erasures` in its manifest: it still contains the person's data and must be
+retrained.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def forget(data: str | Path, raw_user: str, feedback: str | Path | None = None, 
         _rewrite(parts["item_review_snippets"], snippets, SNIPPET_SCHEMA)
         _rebuild_review_texts(data)
     if feedback:
-        from prefmine.feedback import FeedbackLog
+        from prefmine.feedback import open_feedback_store
 
-        log = FeedbackLog(feedback, create=False)
+        log = open_feedback_store(feedback, create=False)
         removed["feedback"] = log.forget(user)
         log.close()
 

@@ -222,10 +222,12 @@ class UserProfile(_message.Message):
     def __init__(self, known: _Optional[bool] = ..., history_length: _Optional[int] = ..., feedback_counts: _Optional[_Mapping[str, int]] = ..., top_categories: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., top_brands: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., keywords: _Optional[_Iterable[_Union[WeightedTerm, _Mapping]]] = ..., preference: _Optional[_Union[PreferenceSummary, _Mapping]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
 
 class RecordFeedbackRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "idempotency_key")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RecordFeedbackResponse(_message.Message):
     __slots__ = ("stored", "last_id")

@@ -1,0 +1,165 @@
+"""The shared feedback store: PostgreSQL, for several ingress replicas on several nodes writing one log.
+
+Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`), created on first use. Every
+connection of the psycopg pool runs with synchronous_commit=on, and each append is one transaction, so an
+acknowledged append is in the server's flushed WAL and survives a crash of the writer or of the server.
+
+Appends take a transaction-scoped advisory lock: ids are then assigned and committed in the same order, so a
+reader paging with `read_since(last_seen)` never skips a row that committed late with a lower id (the policy
+update job relies on that), and a retry with an idempotency key racing its own first attempt on another replica
+waits for it and returns its result. The price is one commit at a time, as with SQLite.
+
+`forget` deletes the rows and runs a plain VACUUM (it does not block writers); the rows then stay only in WAL
+segments and backups until those rotate, which the erasure policy must cover.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefmine.feedback.base import FeedbackEvent, FeedbackStoreConfig, check_key, conflict, events_digest
+
+# pg_advisory_xact_lock keys (any bigint; these spell "prefmine" roughly and only need to be fixed)
+SCHEMA_LOCK = 0x7072_6566_0001
+APPEND_LOCK = 0x7072_6566_0002
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS feedback (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        "user" TEXT NOT NULL,
+        item TEXT NOT NULL,
+        event TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        rating DOUBLE PRECISION,
+        received DOUBLE PRECISION NOT NULL
+    )""",
+    'CREATE INDEX IF NOT EXISTS feedback_user ON feedback ("user")',
+    """CREATE TABLE IF NOT EXISTS feedback_requests (
+        key TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        last_id BIGINT NOT NULL,
+        received DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS feedback_requests_received ON feedback_requests (received)",
+]
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - unparsable: say nothing of its content
+        return "postgresql://<unparsable DSN>"
+    host, port, db = parts.get("host", ""), parts.get("port", ""), parts.get("dbname", "")
+    user = parts.get("user", "")
+    return f"postgresql://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}/{db}"
+
+
+def _configure(conn) -> None:
+    conn.execute("SET synchronous_commit = on")
+    conn.commit()
+
+
+class PostgresFeedbackStore:
+    """A PostgreSQL feedback log behind a psycopg connection pool (see the module docstring)."""
+
+    def __init__(self, dsn: str, create: bool = True, config: FeedbackStoreConfig | None = None):
+        from psycopg_pool import ConnectionPool, PoolTimeout
+
+        self.dsn, self.config = dsn, config or FeedbackStoreConfig()
+        self.location = redact(dsn)
+        cfg = self.config
+        self._pool = ConnectionPool(dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
+                                    timeout=cfg.pool_timeout_s, configure=_configure,
+                                    check=ConnectionPool.check_connection, name="prefmine-feedback", open=False)
+        self._pool.open()
+        try:
+            self._pool.wait(timeout=cfg.pool_timeout_s)
+        except PoolTimeout as e:
+            self._pool.close()
+            raise ConnectionError(f"feedback store {self.location}: no connection within "
+                                  f"{cfg.pool_timeout_s:g} s") from e
+        self._keyed = 0
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                if create:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    for stmt in SCHEMA:
+                        conn.execute(stmt)
+                else:
+                    for table in ("feedback", "feedback_requests"):
+                        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+                            raise FileNotFoundError(f"feedback store {self.location} has no table {table}")
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int:
+        """Store events in one transaction; returns the id of the last one. Durable when this returns. With an
+        idempotency key already stored for the same events, stores nothing and returns the first call's id."""
+        key = check_key(idempotency_key)
+        digest = events_digest(events) if key else None
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            if key:
+                row = conn.execute("SELECT digest, last_id FROM feedback_requests WHERE key = %s", (key,)).fetchone()
+                if row is not None:
+                    if row[0] != digest:
+                        raise conflict(key)
+                    return int(row[1])
+            if events:
+                cols = list(zip(*[(e.user, e.item, e.event, int(e.ts), e.rating) for e in events]))
+                last = conn.execute(
+                    'WITH ins AS (INSERT INTO feedback ("user", item, event, ts, rating, received) '
+                    "SELECT u, i, ev, t, r, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], "
+                    "%s::float8[]) AS x(u, i, ev, t, r) RETURNING id) SELECT max(id) FROM ins",
+                    (now, *[list(c) for c in cols])).fetchone()[0]
+            else:
+                last = conn.execute("SELECT max(id) FROM feedback").fetchone()[0]
+            last = int(last or 0)
+            if key:
+                conn.execute("INSERT INTO feedback_requests (key, digest, last_id, received) VALUES (%s, %s, %s, %s)",
+                             (key, digest, last, now))
+                self._keyed += 1
+                if self._keyed % self.config.prune_every == 0:
+                    conn.execute("DELETE FROM feedback_requests WHERE received < %s",
+                                 (now - self.config.key_retention_s,))
+        return last
+
+    def read_since(self, after_id: int = 0, limit: int = 100_000) -> list[tuple]:
+        with self._pool.connection() as conn:
+            rows = conn.execute('SELECT id, "user", item, event, ts, rating FROM feedback WHERE id > %s ORDER BY id '
+                                "LIMIT %s", (after_id, limit)).fetchall()
+        return [tuple(r) for r in rows]
+
+    def count(self, user: str | None = None) -> int:
+        with self._pool.connection() as conn:
+            if user is None:
+                return int(conn.execute("SELECT count(*) FROM feedback").fetchone()[0])
+            return int(conn.execute('SELECT count(*) FROM feedback WHERE "user" = %s', (user,)).fetchone()[0])
+
+    def counts_by_event(self, user: str) -> dict[str, int]:
+        """Stored events of one pseudonymous user by event name (GetUserProfile's activity counts)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute('SELECT event, count(*) FROM feedback WHERE "user" = %s GROUP BY event',
+                                (user,)).fetchall()
+        return {str(e): int(n) for e, n in rows}
+
+    def forget(self, user: str) -> int:
+        """Delete every row of one pseudonymous user, then VACUUM the table so their space is reclaimed."""
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                n = conn.execute('DELETE FROM feedback WHERE "user" = %s', (user,)).rowcount
+            conn.commit()
+            conn.autocommit = True  # VACUUM cannot run inside a transaction block
+            try:
+                conn.execute("VACUUM feedback")
+            finally:
+                conn.autocommit = False
+        return int(n)
+
+    def close(self) -> None:
+        self._pool.close()
