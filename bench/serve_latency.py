@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     direct = target = free_direct_port(port)
                 code = (f"import sys; from serve.run import run_serve; "
                         f"sys.exit(run_serve({bundle!r}, {port}, feedback_db={db!r}, address='local', "
-                        f"direct_port={direct!r}))")
+                        f"direct_port={direct!r}, insecure=True))")
                 proc = _start([sys.executable, "-c", code], "prefmine serve: ready")
             try:
                 points = [(c, run_grpc_load(f"127.0.0.1:{target}", users, a.k, c, seconds, warmup))

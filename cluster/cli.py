@@ -85,18 +85,53 @@ def _evaluate(a) -> int:
 
 
 def _serve(a) -> int:
+    if a.serve_command == "keys":
+        return _serve_keys(a)
+    missing = [opt for opt, v in (("--bundle", a.bundle), ("--grpc-port", a.grpc_port)) if v is None]
+    if missing:
+        a.parser.error(f"the following arguments are required: {', '.join(missing)}")
     from prefmine.store import fetch, is_uri
     from serve.run import run_serve
 
     bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle  # a cloud URI: downloaded once per version
+    tls = {"cert_file": a.tls_cert, "key_file": a.tls_key, "client_ca_file": a.tls_client_ca}
     return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
-                     metrics_port=a.metrics_port, direct_port=a.direct_port)
+                     metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
+                     reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst)
+
+
+def _serve_keys(a) -> int:
+    """`prefmine serve keys add`: a fresh key, its hash appended to the file, the key printed once;
+    `prefmine serve keys hash`: the key-file line for a key read from stdin (to convert an old plain key)."""
+    from serve.auth import add_key, hash_key, parse_line, parse_scopes
+
+    try:
+        if a.keys_command == "add":
+            key = add_key(a.keys_file, a.name, a.scope)
+            print(f"added key {a.name!r} ({a.scope}) to {a.keys_file}; the key (shown only now):", file=sys.stderr)
+            print(key)
+            return 0
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("prefmine: error: no key on stdin", file=sys.stderr)
+            return 2
+        line = f"{a.name} {','.join(sorted(parse_scopes(a.scope)))} {hash_key(key)}"
+        parse_line(line)
+        print(line)
+        return 0
+    except ValueError as e:
+        print(f"prefmine: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _client_recommend(a) -> int:
     from serve.client import client_recommend
+    from serve.tls import channel_credentials
 
-    return client_recommend(a.addr, a.user, a.k, a.exclude or ())
+    creds = None
+    if a.tls or a.tls_ca or a.tls_cert:
+        creds = channel_credentials(a.tls_ca, a.tls_cert, a.tls_key)
+    return client_recommend(a.addr, a.user, a.k, a.exclude or (), credentials=creds)
 
 
 def _demo(a) -> int:
@@ -165,11 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
 
     sv = sub.add_parser("serve", help="serve a bundle over gRPC with Ray Serve")
-    sv.add_argument("--bundle", required=True)
-    sv.add_argument("--grpc-port", type=int, required=True)
+    sv.add_argument("--bundle", help="model bundle directory or URI (required to serve)")
+    sv.add_argument("--grpc-port", type=int, help="port of Serve's gRPC proxy (required to serve)")
     sv.add_argument("--api-keys-file", default=None,
-                    help="file with one API key a line; clients send x-api-key (default $PREFMINE_API_KEYS_FILE; "
-                         "neither: authentication off, demo mode)")
+                    help="hashed API keys, `name scopes sha256:<hex>` a line (`prefmine serve keys add`); clients "
+                         "send x-api-key (default $PREFMINE_API_KEYS_FILE; without keys the server refuses to start "
+                         "unless --insecure)")
+    sv.add_argument("--insecure", action="store_true",
+                    help="serve without API keys: every caller is accepted (local demo only)")
+    sv.add_argument("--reflection", action="store_true", help="turn gRPC server reflection on (off by default)")
+    sv.add_argument("--rate-limit", type=float, default=None,
+                    help="requests a second per API key and ingress replica (default 100; 0: no limit)")
+    sv.add_argument("--rate-burst", type=int, default=None, help="burst of the per-key rate limit (default 200)")
+    sv.add_argument("--tls-cert", help="PEM certificate chain: the --direct-port speaks TLS")
+    sv.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sv.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
     sv.add_argument("--feedback-db", default=None,
                     help="SQLite file or postgresql:// DSN RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
     sv.add_argument("--metrics-port", type=int, default=None,
@@ -177,7 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--direct-port", type=int, default=None,
                     help="also answer gRPC straight from the ingress replica on this port (Serve's direct ingress: "
                          "no proxy hop, lower latency; further ingress replicas take the next ports)")
-    sv.set_defaults(func=_serve)
+    sv.set_defaults(func=_serve, parser=sv, serve_command=None)
+    keys = sv.add_subparsers(dest="serve_command").add_parser(
+        "keys", help="manage the hashed API-key file").add_subparsers(dest="keys_command", required=True)
+    kadd = keys.add_parser("add", help="make a key, append its hash to the file, print the key once")
+    khash = keys.add_parser("hash", help="print the key-file line for a key read from stdin")
+    for kp in (kadd, khash):
+        kp.add_argument("--name", required=True, help="who holds the key (letters, digits, _ . @ -)")
+        kp.add_argument("--scope", required=True, help="RPCs it may call, e.g. Recommend,RecordFeedback, or *")
+    kadd.add_argument("--keys-file", required=True, help="the key file (created with mode 0600 if missing)")
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)
     rec = cl.add_parser("recommend")
@@ -185,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--user", required=True, help="raw user id")
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--exclude", nargs="*", help="raw item ids to exclude")
+    rec.add_argument("--tls", action="store_true", help="connect with TLS (the system's CA roots unless --tls-ca)")
+    rec.add_argument("--tls-ca", help="PEM CA (or self-signed certificate) to trust; implies --tls")
+    rec.add_argument("--tls-cert", help="PEM client certificate (mutual TLS); implies --tls")
+    rec.add_argument("--tls-key", help="PEM private key of --tls-cert")
     rec.set_defaults(func=_client_recommend)
 
     from cluster.jobs import add_parser as add_jobs_parser

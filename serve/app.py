@@ -9,14 +9,16 @@ Graph (each box a separate deployment, composed with DeploymentHandles)::
 
 The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/recommender.proto) and the
 standard ``grpc.health.v1.Health/Check``: its methods are named like the RPCs and take ``(request,
-grpc_context)``. Every call goes through ``_serve``: API key from the metadata (serve/auth.py; not for health),
-a request the proxy could not parse (serve/wire.py's ``Malformed``), field validation (serve/validate.py), then
-the work; its status code and time go to the Prometheus metrics (serve/metrics.py). It pseudonymises the raw
-user id with the bundle's key, looks up the user's history in the bundle's catalogue, and never lets an
-exception escape (Ray would send INTERNAL with a traceback): UNAUTHENTICATED, INVALID_ARGUMENT naming the field,
-RESOURCE_EXHAUSTED, NOT_FOUND, or INTERNAL with a short message, each with an empty response. RecordFeedback
-appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for several nodes; durable commits) with
-the request's idempotency key, and answers only after the commit returned.
+grpc_context)``. Every call goes through ``_serve``: API key from the metadata, its scope and its rate limit
+first, before any other work (serve/auth.py; not for health), then a request the proxy could not parse
+(serve/wire.py's ``Malformed``), field validation (serve/validate.py), then the work; its status code and time go
+to the Prometheus metrics (serve/metrics.py). It pseudonymises the raw user id with the bundle's key, looks up
+the user's history in the bundle's catalogue, and never lets an exception escape (Ray would send INTERNAL with a
+traceback): UNAUTHENTICATED, PERMISSION_DENIED (scope), INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED
+(size, rate limit, a full queue), NOT_FOUND, or INTERNAL with a short message, each with an empty response.
+Every deployment has a ``check_health`` that fails while it holds no loaded bundle version, and a bounded queue
+(``MAX_QUEUED``). RecordFeedback appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for
+several nodes; durable commits) with the request's idempotency key, and answers only after the commit returned.
 
 The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
 users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
@@ -45,10 +47,11 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from prefmine.v1 import recommender_pb2 as pb
-from serve.auth import ApiKeyCheck, AuthConfig, Unauthenticated
+from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
 from serve.metrics import ServiceMetrics
 from serve.served import BundleRef, RuntimeCache, ServedBundle, adopt
 from serve.validate import (
@@ -69,6 +72,9 @@ logger = logging.getLogger("ray.serve")
 
 DEFAULT_CANDIDATES = 100
 RANKER_BATCH = 16  # users per batched ranker call (max_ongoing_requests of the ranker is >= this)
+# requests each caller (proxy or handle) queues for a deployment beyond its replicas' max_ongoing_requests; more
+# are refused at once (RESOURCE_EXHAUSTED) instead of piling up in memory behind a slow or flooded deployment
+MAX_QUEUED = {"RecommenderIngress": 256, "RankerDeployment": 256, "PolicyDeployment": 64, "EncoderDeployment": 64}
 RANKER_BATCH_WAIT_S = 0.0  # no wait for company: under load the queue fills batches anyway (bench.serve_latency)
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, policy, encoder)
 SEARCH_CANDIDATES = 100
@@ -103,7 +109,8 @@ def slate_scores(relevance: np.ndarray) -> np.ndarray:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
+    max_queued_requests=MAX_QUEUED["EncoderDeployment"],
 )
 class EncoderDeployment:
     """Text encoder (prefmine.text.runtime.EncoderRuntime) per bundle version: embeds texts, gives the dim."""
@@ -115,6 +122,10 @@ class EncoderDeployment:
     async def reconfigure(self, config: dict) -> None:
         """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
         await adopt(config, self.runtimes)
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is loaded."""
+        require_loaded(self.runtimes)
 
     async def prepare(self, ref: BundleRef) -> str:
         """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
@@ -147,6 +158,14 @@ class _EncoderVersion:
         self.unit_items = _unit_rows(self.runtime.item_embeddings)
 
 
+def require_loaded(*caches: RuntimeCache) -> None:
+    """A deployment's ``check_health``: raise unless each cache holds a loaded bundle version (a replica that
+    holds none cannot answer a single call)."""
+    for cache in caches:
+        if not cache.versions():
+            raise RuntimeError("no bundle version is loaded")
+
+
 def _unit_rows(v) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -155,7 +174,8 @@ def _unit_rows(v) -> np.ndarray:
 # max_ongoing_requests 64 (> RANKER_BATCH): its calls now include the slate selection, and with 16 the ingress's
 # router queued the rest of c=32 and backed off (p95 2.5 s, 20-28 q/s); with 64: 83 q/s
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_constructor_retry_count=3
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_constructor_retry_count=3,
+    max_queued_requests=MAX_QUEUED["RankerDeployment"],
 )
 class RankerDeployment:
     """Sequential ranker (prefmine.ranker.runtime.RankerRuntime) per bundle version: user state, top-N
@@ -170,6 +190,10 @@ class RankerDeployment:
         """A new bundle version (rollout): load it now (ranker and policy), beside the one being served
         (serve.served.adopt)."""
         await adopt(config, self.runtimes, self.policies)
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: unhealthy (and replaced) while no ranker and policy version is loaded."""
+        require_loaded(self.runtimes, self.policies)
 
     async def prepare(self, ref: BundleRef) -> str:
         """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
@@ -282,7 +306,8 @@ def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
+    max_queued_requests=MAX_QUEUED["PolicyDeployment"],
 )
 class PolicyDeployment:
     """Slate policy (prefmine.policy.runtime.PolicyRuntime) per bundle version: orders k items out of the
@@ -295,6 +320,10 @@ class PolicyDeployment:
     async def reconfigure(self, config: dict) -> None:
         """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
         await adopt(config, self.runtimes)
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is loaded."""
+        require_loaded(self.runtimes)
 
     async def prepare(self, ref: BundleRef) -> str:
         """Load ``ref`` if not yet held: the ingress's check before it switches."""
@@ -347,7 +376,8 @@ class _PolicyVersion:
         return candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3,
+                  max_queued_requests=MAX_QUEUED["RecommenderIngress"])
 class RecommenderIngress:
     """gRPC ingress for prefmine.v1.Recommender and grpc.health.v1.Health (methods named like the RPCs)."""
 
@@ -359,9 +389,15 @@ class RecommenderIngress:
         candidates: int = DEFAULT_CANDIDATES,
         feedback_db: str | None = None,
         auth: dict | None = None,
+        tls: dict | None = None,
     ):
         _one_thread()
         from prefmine.feedback import open_feedback_store
+        from serve.tls import TlsConfig, install_direct_ingress_tls
+
+        tls_config = TlsConfig(**(tls or {}))
+        if tls_config.enabled:  # before Serve starts this replica's direct-ingress gRPC server (if on)
+            install_direct_ingress_tls(tls_config)
 
         self.ranker, self.policy, self.encoder = ranker, policy, encoder
         self.n_candidates = int(candidates)
@@ -375,6 +411,18 @@ class RecommenderIngress:
         self.feedback = open_feedback_store(feedback_db)
         self.metrics = ServiceMetrics()
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log
+        does not answer a query."""
+        if self.served is None:
+            raise RuntimeError("no bundle version is served")
+
+        def probe() -> None:
+            with self._feedback_lock:
+                self.feedback.count("__prefmine_health_probe__")
+
+        await asyncio.to_thread(probe)
 
     async def reconfigure(self, config: dict) -> None:
         """Serve the bundle version of ``config`` (user_config ``{"bundle": PATH, "version": V}``): loaded in a
@@ -455,7 +503,8 @@ class RecommenderIngress:
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            self.auth.check(grpc_context.invocation_metadata() if grpc_context is not None else ())
+            # the key, its scope and its rate first: an unknown caller gets no further than this
+            self.auth.check(grpc_context.invocation_metadata() if grpc_context is not None else (), rpc)
             if isinstance(request, Malformed):
                 code = request.status
                 return self._fail(grpc_context, request.status, request.message, empty_cls())
@@ -467,6 +516,15 @@ class RecommenderIngress:
         except Unauthenticated as e:
             code = grpc.StatusCode.UNAUTHENTICATED
             return self._fail(grpc_context, code, str(e), empty_cls())
+        except PermissionDenied as e:
+            code = grpc.StatusCode.PERMISSION_DENIED
+            return self._fail(grpc_context, code, str(e), empty_cls())
+        except RateLimited as e:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            return self._fail(grpc_context, code, str(e), empty_cls())
+        except BackPressureError:  # a deployment's queue is full (max_queued_requests): the caller retries later
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            return self._fail(grpc_context, code, "the service is overloaded; retry later", empty_cls())
         except BadRequest as e:
             code = grpc.StatusCode.INVALID_ARGUMENT
             return self._fail(grpc_context, code, str(e), empty_cls())
@@ -718,7 +776,8 @@ def _same_code(deployment):
 # no per-request access log line ("CALL ... OK") from every replica: written, tailed and streamed to the driver for
 # each hop, it cost ~2-4 ms a request on 2 cores (bench.serve_latency); errors and warnings are still logged
 LOGGING = {"enable_access_log": False}
-BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key"}
+BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
+              "tls", "extra_keys"}
 REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
 
 
@@ -751,8 +810,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     ``bundle`` (required): model bundle directory; ``candidates``: ranker candidates the policy chooses from
     (default 100); ``feedback_db``: SQLite file or postgresql:// DSN RecordFeedback appends to (default:
     ``default_feedback_db``);
-    ``api_keys_file``: the server's API keys, one per line (required unless ``require_api_key: false``, which
-    turns authentication off: demo only).
+    ``api_keys_file``: the server's hashed API keys (serve/auth.py; required unless ``require_api_key: false``,
+    which turns authentication off: demo only); ``rate_limit``/``rate_burst``: each key's requests a second and
+    burst per ingress replica (0: no limit); ``extra_keys``: key-file lines accepted besides the file's
+    (``prefmine serve``'s own probe key); ``tls``: ``{cert_file, key_file, client_ca_file}`` for the
+    direct-ingress gRPC server (serve/tls.py).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -772,13 +834,18 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         raise ValueError(f"require_api_key must be true or false, got {require!r}")
     keys_file = args.get("api_keys_file")
     keys_file = str(Path(str(keys_file)).expanduser().resolve()) if keys_file else None
-    auth = AuthConfig(keys_file=keys_file, required=require)
+    auth = AuthConfig(keys_file=keys_file, required=require,
+                      rate_per_s=float(args.get("rate_limit", AuthConfig.rate_per_s)),
+                      burst=int(args.get("rate_burst", AuthConfig.burst)),
+                      extra_keys=tuple(args.get("extra_keys") or ()))
     if auth.required:
         from serve.auth import load_keys
 
-        load_keys(auth.keys_file)  # fail here, naming the file, rather than in every ingress replica
+        load_keys(auth.keys_file)  # fail here, naming the file and line, rather than in every ingress replica
     from prefmine.feedback import resolve_location
+    from serve.tls import TlsConfig
 
+    tls = TlsConfig(**(args.get("tls") or {}))  # checked here too: missing files named before any replica starts
     feedback_db = resolve_location(args.get("feedback_db") or default_feedback_db(bundle))  # a path or a DSN
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
@@ -793,5 +860,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         versioned(EncoderDeployment).bind(),
         candidates=candidates,
         feedback_db=feedback_db,
-        auth={"keys_file": auth.keys_file, "required": auth.required},
+        auth={"keys_file": auth.keys_file, "required": auth.required, "rate_per_s": auth.rate_per_s,
+              "burst": auth.burst, "extra_keys": list(auth.extra_keys)},
+        tls=tls.as_dict(),
     )

@@ -1,4 +1,8 @@
-"""gRPC client of prefmine.v1.Recommender: plain functions and the `prefmine client recommend` printer."""
+"""gRPC client of prefmine.v1.Recommender: plain functions and the `prefmine client recommend` printer.
+
+``credentials`` (serve.tls.channel_credentials) makes a call over TLS (a direct-ingress port with --tls-cert, or
+a TLS terminator in front of Serve's proxy); without it the channel is plain text.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ def call_metadata(app: str | None = None, api_key: str | None = None) -> tuple:
 
 
 @contextmanager
-def connect(addr: str, app: str | None = None, api_key: str | None = None
-            ) -> Iterator[tuple[pb_grpc.RecommenderStub, tuple]]:
-    """An insecure channel to HOST:PORT; yields (stub, metadata) (see call_metadata)."""
-    with grpc.insecure_channel(addr) as channel:
+def connect(addr: str, app: str | None = None, api_key: str | None = None,
+            credentials: grpc.ChannelCredentials | None = None) -> Iterator[tuple[pb_grpc.RecommenderStub, tuple]]:
+    """A channel to HOST:PORT (TLS with ``credentials``, else plain text); yields (stub, metadata) (see
+    call_metadata)."""
+    channel = grpc.secure_channel(addr, credentials) if credentials is not None else grpc.insecure_channel(addr)
+    with channel:
         yield pb_grpc.RecommenderStub(channel), call_metadata(app, api_key)
 
 
@@ -36,17 +42,18 @@ def recommend(
     timeout: float = 10.0,
     app: str | None = None,
     api_key: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> pb.RecommendResponse:
     """Call Recommend once; raises grpc.RpcError on a non-OK status."""
     request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude))
-    with connect(addr, app, api_key) as (stub, metadata):
+    with connect(addr, app, api_key, credentials) as (stub, metadata):
         return stub.Recommend(request, timeout=timeout, metadata=metadata)
 
 
-def model_info(addr: str, timeout: float = 10.0, app: str | None = None,
-               api_key: str | None = None) -> pb.ModelInfoResponse:
+def model_info(addr: str, timeout: float = 10.0, app: str | None = None, api_key: str | None = None,
+               credentials: grpc.ChannelCredentials | None = None) -> pb.ModelInfoResponse:
     """Call ModelInfo once; raises grpc.RpcError on a non-OK status."""
-    with connect(addr, app, api_key) as (stub, metadata):
+    with connect(addr, app, api_key, credentials) as (stub, metadata):
         return stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout, metadata=metadata)
 
 
@@ -62,10 +69,11 @@ def format_response(resp: pb.RecommendResponse, title_width: int = 60) -> str:
     return "\n".join(lines)
 
 
-def client_recommend(addr: str, user: str, k: int, exclude: Iterable[str] = (), timeout: float = 10.0) -> int:
+def client_recommend(addr: str, user: str, k: int, exclude: Iterable[str] = (), timeout: float = 10.0,
+                     credentials: grpc.ChannelCredentials | None = None) -> int:
     """`prefmine client recommend`: print the slate as a table; returns the exit code (1 on a gRPC error)."""
     try:
-        resp = recommend(addr, user, k, exclude, timeout=timeout)
+        resp = recommend(addr, user, k, exclude, timeout=timeout, credentials=credentials)
     except grpc.RpcError as e:
         print(f"prefmine client: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1

@@ -18,9 +18,16 @@ replicas, so put a load balancer over the direct ports when the ingress has seve
 switch when its modules are imported, in the controller and the replicas: a local Ray started here gets it; a
 ``ray start`` cluster needs ``direct_ingress_env(PORT)`` in the environment of ``ray start`` on every node.
 
-Authentication: with ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE) every RPC needs one of its keys; without
-either, the server runs in demo mode with authentication off and says so on its first line. Requests that run
-longer than ``request_timeout_s`` (30 s) get DEADLINE_EXCEEDED from the proxy.
+Closed by default: every RPC needs a key of ``api_keys_file`` (or $PREFMINE_API_KEYS_FILE; hashed keys with
+names, scopes and a per-key rate limit, re-read by the replicas when the file changes: serve/auth.py), and without
+one the server refuses to start unless ``insecure`` (``--insecure``: authentication off, for the demo; said on
+its first line). Serve's gRPC proxy accepts messages of at most MAX_REQUEST_BYTES (4 MiB; Serve's own
+RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, put in the environment of the Ray started here), server reflection is off
+unless ``reflection``, and with ``tls`` (serve/tls.py) the direct-ingress port speaks TLS, optionally requiring
+client certificates; Serve's proxy port stays plain text (terminate TLS in front of it:
+docs/serving-security.md). ``prefmine serve`` checks readiness with a random key of its own, known only to this
+process (its hash is passed to the ingress beside the file's keys, scope Recommend and ModelInfo). Requests that
+run longer than ``request_timeout_s`` (30 s) get DEADLINE_EXCEEDED from the proxy.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ PROBE_USER = "__prefmine_readiness_probe__"
 # interval) on every hop: c=1 p50 27 -> 22 ms, c=32 83 -> 116 q/s. Serve reads them when its modules are imported
 # in each process (proxy and controller included), so they are put in this process's environment before a local
 # Ray starts (its processes inherit it) and in the runtime_env (replicas on a cluster; serve/config.yaml too).
-SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# RAY_SERVE_GRPC_MAX_MESSAGE_SIZE: the largest message Serve's gRPC servers (proxy, direct ingress) accept; Serve's
+# default is 2 GiB, read into memory before serve.wire's 4 MiB check could run (gRPCOptions has no such field).
+SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+             "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(4 * 1024 * 1024)}  # = serve.wire.MAX_REQUEST_BYTES
 RUNTIME_ENV = {
     "env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **SERVE_ENV}
 }
@@ -99,6 +109,9 @@ def _connect_or_start_ray(address: str | None, metrics_port: int | None = None,
         if metrics_port:
             print("prefmine serve: --metrics-port is ignored on an existing cluster (its nodes export metrics "
                   "on their own --metrics-export-port)", flush=True)
+        print("prefmine serve: on an existing cluster, start every node's Ray with "
+              + " ".join(f"{k}={v}" for k, v in SERVE_ENV.items())
+              + " in its environment (Serve's proxy reads them when it starts)", flush=True)
         if direct_port:
             print("prefmine serve: --direct-port on an existing cluster needs the nodes started with "
                   + " ".join(f"{k}={v}" for k, v in direct_ingress_env(direct_port).items()), flush=True)
@@ -143,12 +156,29 @@ def wait_ready(addr: str, timeout_s: float = READY_TIMEOUT_S, api_key: str | Non
     raise TimeoutError(f"no answer from Recommend on {addr} within {timeout_s:.0f} s: {last}")
 
 
+def wait_listening(host: str, port: int, timeout_s: float = READY_TIMEOUT_S) -> float:
+    """Wait until something accepts TCP connections on host:port; returns the seconds taken."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            with socket.create_connection((host, port), timeout=2.0):
+                return time.monotonic() - t0
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
+
+
 def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None,
               api_keys_file: str | None = None, feedback_db: str | None = None,
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
-              direct_port: int | None = None) -> int:
+              direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
+              tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
-    there) until SIGINT/SIGTERM; returns the exit code."""
+    there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
+
+    ``insecure``: no API keys (authentication off); without it a key file is required. ``reflection``: gRPC server
+    reflection on. ``tls``: ``{"cert_file", "key_file", "client_ca_file"}`` of the direct-ingress port.
+    ``rate_limit``/``rate_burst``: each key's requests a second and burst per ingress replica (0: no limit)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
 
@@ -171,28 +201,49 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         return 2
     version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version", "?")
     import os
+    import secrets
 
-    from serve.auth import load_keys
+    from serve.auth import AuthConfig, hash_key, load_keys
+    from serve.tls import TlsConfig
 
     api_keys_file = api_keys_file or os.environ.get("PREFMINE_API_KEYS_FILE") or None
     probe_key = None
-    if api_keys_file:
-        try:
-            probe_key = load_keys(api_keys_file)[0].decode()
-        except (OSError, ValueError) as e:
-            print(f"prefmine serve: {e}", file=sys.stderr)
-            return 2
-    else:
-        print("prefmine serve: API-key authentication is OFF (demo mode); set --api-keys-file or "
-              "PREFMINE_API_KEYS_FILE for anything else", flush=True)
+    if api_keys_file and insecure:
+        print("prefmine serve: --insecure and --api-keys-file exclude each other", file=sys.stderr)
+        return 2
+    try:
+        tls_config = TlsConfig(**(tls or {}))
+        if tls_config.enabled and not direct_port:
+            raise ValueError("tls: --tls-cert applies to the direct-ingress port: give --direct-port (for the "
+                             "proxy's --grpc-port, terminate TLS in front of it: docs/serving-security.md)")
+        auth = AuthConfig(keys_file=api_keys_file, required=not insecure,
+                          **({"rate_per_s": float(rate_limit)} if rate_limit is not None else {}),
+                          **({"burst": int(rate_burst)} if rate_burst is not None else {}))
+        if api_keys_file:
+            load_keys(api_keys_file)
+    except (OSError, ValueError) as e:
+        msg = str(e)
+        if "api_keys_file is required" in msg:
+            msg = ("no API keys: give --api-keys-file FILE (or $PREFMINE_API_KEYS_FILE; make keys with "
+                   "`prefmine serve keys add`), or --insecure to serve without authentication (demo only)")
+        print(f"prefmine serve: {msg}", file=sys.stderr)
+        return 2
+    if insecure:
+        print("prefmine serve: API-key authentication is OFF (--insecure): every caller is accepted", flush=True)
     from prefmine.feedback import resolve_location
     from serve.app import default_feedback_db
 
     # the feedback log stays where it is across rollouts (the default: beside the first bundle's directory)
-    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": bool(api_keys_file),
-                "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve()))}
+    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": auth.required,
+                "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve())),
+                "rate_limit": auth.rate_per_s, "rate_burst": auth.burst}
     if api_keys_file:
         app_args["api_keys_file"] = api_keys_file
+        # readiness and rollout probes call with a key only this process knows; the ingress holds its hash
+        probe_key = secrets.token_urlsafe(32)
+        app_args["extra_keys"] = [f"prefmine-serve-probe Recommend,ModelInfo {hash_key(probe_key)}"]
+    if tls_config.enabled:
+        app_args["tls"] = tls_config.as_dict()
 
     stop = threading.Event()
     ready = threading.Event()
@@ -224,13 +275,17 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
             logging_config=LOGGING,  # the proxy's and controller's: no access log line per request
             grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],
-                                     request_timeout_s=request_timeout_s),
+                                     request_timeout_s=request_timeout_s, enable_reflection=reflection),
         )
         serve.run(build_app(app_args), name=APP_NAME, route_prefix=f"/{APP_NAME}")
         addr = f"127.0.0.1:{grpc_port}"
         wait_ready(addr, api_key=probe_key)
         direct = ""
-        if direct_port:
+        if direct_port and tls_config.enabled:  # the graph answered through the proxy; the TLS port is listening
+            wait_listening("127.0.0.1", direct_port)
+            direct = f", direct ingress on 127.0.0.1:{direct_port} (TLS"
+            direct += ", client certificates required)" if tls_config.client_ca_file else ")"
+        elif direct_port:
             wait_ready(f"127.0.0.1:{direct_port}", api_key=probe_key)
             direct = f", direct ingress on 127.0.0.1:{direct_port}"
         print(

@@ -2,10 +2,11 @@
 
 The server is the `prefmine serve` code path (serve.run.run_serve) in a subprocess with its own local Ray,
 serving the session's ``tiny_bundle`` (tests/conftest.py) on a free port of 127.0.0.1 with API-key
-authentication on and a fresh feedback database; the tests call it through a stub generated from
-protos/prefmine/v1/recommender.proto (the key added to every call by a client interceptor). One server for the
-module (start-up is ~30 s on an idle 2-core machine) serves every RPC test, the auth, health, reflection and
-deadline tests and the fuzz cases; it is stopped with SIGTERM at the end, which must exit 0.
+authentication on (a hashed key file) and a fresh feedback database; the tests call it through a stub generated
+from protos/prefmine/v1/recommender.proto (the key added to every call by a client interceptor). One server for
+the module (start-up is ~30 s on an idle 2-core machine) serves every RPC test, the auth, health, reflection
+(off by default) and deadline tests and the fuzz cases; it is stopped with SIGTERM at the end, which must exit 0.
+Scopes, rate limits, key reloads and TLS: tests/test_serve_auth.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from serve_keys import write_keys
 
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
@@ -32,6 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300
 UNKNOWN_USER = "no-such-user-in-any-catalogue"
 API_KEY = "test-key-" + "0123456789abcdef"
+SECOND_KEY = "second-key-abcdefghijkl"
+
+
+def keys_file_for(path: Path) -> Path:
+    """The serving tests' key file: API_KEY and SECOND_KEY, both with every RPC in scope, stored hashed."""
+    return write_keys(path, {"test": (API_KEY, "*"), "second": (SECOND_KEY, "*")})
 
 
 # -- generated code ------------------------------------------------------------------------------------------
@@ -133,8 +141,15 @@ def test_serve_config_matches_app():
     assert set(application.args) <= app.BUILD_ARGS
     names = {d.name for d in application.deployments}
     assert names == {"RecommenderIngress", "RankerDeployment", "PolicyDeployment", "EncoderDeployment"}
+    assert config.grpc_options.enable_reflection is False  # off unless asked for
+    assert application.args["rate_limit"] > 0 and application.args["rate_burst"] >= 1
+    env = application.runtime_env["env_vars"]
+    from serve.wire import MAX_REQUEST_BYTES
+
+    assert int(env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"]) == MAX_REQUEST_BYTES
     for d in application.deployments:
         assert 0 < d.ray_actor_options.num_cpus <= 0.25
+        assert d.max_queued_requests == app.MAX_QUEUED[d.name], d.name  # bounded queues, as in app.py
         auto = d.autoscaling_config  # every deployment scales with load
         assert auto and 1 <= auto["min_replicas"] < auto["max_replicas"], d.name
         assert auto["target_ongoing_requests"] <= d.max_ongoing_requests, d.name
@@ -172,25 +187,6 @@ def test_validators_name_the_field():
         validate_feedback(pb.RecordFeedbackRequest(events=[ok, bad]))
     with pytest.raises(BadRequest, match=r"^bids\[1\] "):
         validate_rank(pb.RankRequest(user_id="u", candidate_item_ids=["a", "b"], bids=[1, float("inf")]))
-
-
-def test_api_key_check(tmp_path):
-    from serve.auth import ApiKeyCheck, AuthConfig, Unauthenticated
-
-    keys = tmp_path / "keys"
-    keys.write_text("# comment\n\n" + API_KEY + "\n")
-    check = ApiKeyCheck(AuthConfig(keys_file=str(keys)))
-    check.check([("x-api-key", API_KEY)])
-    check.check([("authorization", f"Bearer {API_KEY}")])
-    for md in ([], [("x-api-key", API_KEY + "x")], [("authorization", API_KEY)]):
-        with pytest.raises(Unauthenticated):
-            check.check(md)
-    ApiKeyCheck(AuthConfig(required=False)).check([])
-    with pytest.raises(ValueError, match="api_keys_file"):
-        AuthConfig(required=True)
-    keys.write_text("short\n")
-    with pytest.raises(ValueError, match="shorter than"):
-        ApiKeyCheck(AuthConfig(keys_file=str(keys)))
 
 
 # -- a real Serve app ------------------------------------------------------------------------------------------
@@ -252,9 +248,11 @@ def _session_pids(sid: int) -> list[int]:
 
 
 def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port=None,
-                 direct: bool = False) -> ServeProcess:
+                 direct: bool = False, rate_limit: float = 0) -> ServeProcess:
     """`run_serve(bundle, port, ...)` in a subprocess (``direct``: with direct ingress on a free port range too);
-    returns once it printed its ready line."""
+    returns once it printed its ready line. No API key file means ``insecure=True``. ``rate_limit`` 0 (no per-key
+    limit) by default: these servers are loaded by tests of the service, not of the limiter
+    (tests/test_serve_auth.py tests that)."""
     port = _free_port()
     direct_port = None
     if direct:
@@ -267,7 +265,7 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port
     # machine (killing the server must kill its whole Ray; other people's clusters are left alone)
     kwargs = (f"api_keys_file={api_keys_file and str(api_keys_file)!r}, "
               f"feedback_db={feedback_db and str(feedback_db)!r}, address='local', metrics_port={metrics_port!r}, "
-              f"direct_port={direct_port!r}")
+              f"direct_port={direct_port!r}, insecure={api_keys_file is None!r}, rate_limit={rate_limit!r}")
     code = (f"import sys; from serve.run import run_serve; "
             f"sys.exit(run_serve({str(bundle_path)!r}, {port}, {kwargs}))")
     proc = subprocess.Popen(
@@ -304,11 +302,40 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port
     return ServeProcess(proc, f"127.0.0.1:{port}", lines, metrics_port, direct_addr)
 
 
+@pytest.mark.slow
+def test_every_deployment_has_a_health_check_that_fails_until_its_model_is_loaded(bundle_path, tmp_path):
+    """Each deployment's check_health (what Serve's controller calls every few seconds) raises while the replica
+    has nothing loaded and passes once it holds the bundle; the ingress's also fails when its feedback log does
+    not answer. The deployments' own classes, outside Ray: the same code a replica runs."""
+    import asyncio
+
+    from serve import app
+    from serve.served import BundleRef
+
+    config = BundleRef.of({"bundle": str(bundle_path)}).config()
+
+    async def run():
+        for dep in (app.RankerDeployment, app.PolicyDeployment, app.EncoderDeployment):
+            replica = dep.func_or_class()
+            with pytest.raises(RuntimeError, match="no bundle version is loaded"):
+                await replica.check_health()
+            await replica.reconfigure(config)
+            await replica.check_health()
+        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(tmp_path / "fb.sqlite"))
+        with pytest.raises(RuntimeError, match="no bundle version is served"):
+            await ingress.check_health()
+        await ingress.reconfigure(config)
+        await ingress.check_health()
+        ingress.feedback.close()
+        with pytest.raises(Exception, match="closed"):
+            await ingress.check_health()
+
+    asyncio.run(run())
+
+
 @pytest.fixture(scope="module")
 def keys_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("auth") / "api_keys"
-    path.write_text("# test keys\n" + API_KEY + "\nsecond-key-abcdefghijkl\n")
-    return path
+    return keys_file_for(tmp_path_factory.mktemp("auth") / "api_keys")
 
 
 @pytest.fixture(scope="module")
@@ -621,17 +648,14 @@ def test_health_check_needs_no_key(server):
 
 
 @pytest.mark.slow
-def test_server_reflection_lists_and_describes_the_api(server):
-    from google.protobuf.descriptor_pool import DescriptorPool
+def test_server_reflection_is_off_by_default(server):
+    """Without --reflection nobody can list the API (tests/test_serve_auth.py turns it on and lists it)."""
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     with grpc.insecure_channel(server) as ch:
-        db = ProtoReflectionDescriptorDatabase(ch)
-        services = set(db.get_services())
-        assert {"prefmine.v1.Recommender", "grpc.health.v1.Health"} <= services
-        desc = DescriptorPool(db).FindServiceByName("prefmine.v1.Recommender")
-        assert {m.name for m in desc.methods} == {"Recommend", "Search", "Rank", "SimilarItems", "GetUserProfile",
-                                                   "RecordFeedback", "ModelInfo"}
+        with pytest.raises(grpc.RpcError) as info:
+            ProtoReflectionDescriptorDatabase(ch).get_services()
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 ALL_RPCS = [
@@ -662,7 +686,7 @@ def test_every_rpc_needs_the_api_key(server, feedback_db, metadata):
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc, info.value)
             assert "API key" in info.value.details()
         ok = raw.ModelInfo(pb.ModelInfoRequest(), timeout=30,
-                           metadata=(("authorization", "Bearer second-key-abcdefghijkl"),))
+                           metadata=(("authorization", f"Bearer {SECOND_KEY}"),))
         assert ok.n_items > 0
     assert log.count() == n  # nothing stored for an unauthenticated caller
     log.close()
@@ -742,7 +766,8 @@ FUZZ = [
     ("rec-placement-big", "Recommend", pb.RecommendRequest(user_id="u", k=3, placement="p" * 1000), INV,
      "placement"),
     ("rec-garbage", "Recommend", b"\x0a\x7f\x01", INV, "not a valid RecommendRequest"),
-    ("rec-5mb", "Recommend", _ld(3, b"y" * (5 << 20)), RES, "bytes, at most"),
+    # refused by Serve's gRPC server itself (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE = 4 MiB), before anything parses it
+    ("rec-5mb", "Recommend", _ld(3, b"y" * (5 << 20)), RES, "larger than max"),
     ("search-query-empty", "Search", pb.SearchRequest(user_id="u", query="   ", k=3), INV, "query"),
     ("search-query-1mb", "Search", pb.SearchRequest(user_id="u", query=BIG, k=3), INV, "query is 1048576 bytes"),
     ("search-query-utf8", "Search", _ld(1, b"u") + _ld(2, BAD_UTF8) + _varint_field(3, 3), INV,

@@ -27,7 +27,7 @@ import yaml
 from conftest import bundle_versions
 from test_cluster import BIN, free_port
 from test_cluster import ray_head as ray_head  # the fixture, re-exported for this module
-from test_serve import API_KEY, ROOT
+from test_serve import API_KEY, ROOT, keys_file_for
 from test_serve_faults import Load, known_users
 
 from prefmine.v1 import recommender_pb2 as pb
@@ -86,16 +86,17 @@ def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray
     address = ray_head
     dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"v1": "", "v2": "-deployed"})
     (old_dir, new_dir), (old_version, new_version) = dirs.values(), names.values()
-    keys = tmp_path / "api_keys"
-    keys.write_text(API_KEY + "\n")
+    keys = keys_file_for(tmp_path / "api_keys")
 
     config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     grpc_port = free_port()
     config["http_options"] = {**config["http_options"], "host": "127.0.0.1", "port": free_port()}
     config["grpc_options"]["port"] = grpc_port
     (app,) = config["applications"]
-    assert set(app["args"]) == {"bundle", "candidates", "api_keys_file", "feedback_db"}
-    app["args"].update(bundle=str(old_dir), api_keys_file=str(keys), feedback_db=str(tmp_path / "feedback.sqlite"))
+    assert set(app["args"]) == {"bundle", "candidates", "api_keys_file", "feedback_db", "rate_limit", "rate_burst"}
+    # rate_limit 0: the rollout is measured under load, not the per-key limiter (tests/test_serve_auth.py)
+    app["args"].update(bundle=str(old_dir), api_keys_file=str(keys), feedback_db=str(tmp_path / "feedback.sqlite"),
+                       rate_limit=0)
     served = app["deployments"][0]["user_config"]  # the &bundle anchor: one object for all four deployments
     assert all(d["user_config"] is served for d in app["deployments"])
     served["bundle"] = str(old_dir)

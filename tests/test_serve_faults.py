@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import bundle_versions
-from test_serve import API_KEY, _raw_user_ids, _session_pids, start_server
+from test_serve import API_KEY, _raw_user_ids, _session_pids, keys_file_for, start_server
 
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
@@ -103,9 +103,7 @@ def known_users(bundle_path, n: int = 50) -> list[str]:
 
 
 def _keys(tmp_path) -> Path:
-    keys = tmp_path / "keys"
-    keys.write_text(API_KEY + "\n")
-    return keys
+    return keys_file_for(tmp_path / "keys")
 
 
 def _latency_ms(calls, q: float) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_serve import API_KEY, start_server
+from test_serve import API_KEY, keys_file_for, start_server
 
 from prefmine.feedback import FeedbackLog
 from prefmine.v1 import recommender_pb2 as pb
@@ -31,8 +31,7 @@ def bundle_path(request) -> Path:
 
 @pytest.mark.slow
 def test_acknowledged_feedback_survives_kill_and_restart(bundle_path, tmp_path):
-    keys = tmp_path / "keys"
-    keys.write_text(API_KEY + "\n")
+    keys = keys_file_for(tmp_path / "keys")
     db = tmp_path / "feedback.sqlite"
     md = (("x-api-key", API_KEY),)
     now = int(time.time())
