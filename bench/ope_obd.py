@@ -12,7 +12,8 @@ on-policy value of Bernoulli TS, the mean click in its own log. Inputs, identica
   q_hat         prefmine.policy.ope.fit_reward_table: (item, position) click rates, 3-fold cross-fitted
 
 For each estimator (IPS, SNIPS, DM, DR): value, ci95 (percentile bootstrap over rounds, 1000 resamples, seed 0),
-obp's value (OffPolicyEvaluation.estimate_policy_values), |difference|, and the relative error
+obp's value (OffPolicyEvaluation.estimate_policy_values), |difference|, obp's own bootstrap interval
+(estimate_intervals, same number of resamples, random_state 12345: a different resampling, so close, not equal), and the relative error
 |value - on_policy| / on_policy.
 
     python -m bench.ope_obd --out bench/results/ope_obd.json [--quick]
@@ -64,15 +65,30 @@ def obp_bts_action_dist(n_actions: int, len_list: int, n_rounds: int, n_sim: int
     return policy.compute_batch_action_dist(n_sim=n_sim, n_rounds=n_rounds)
 
 
-def obp_estimates(bandit_feedback: dict, action_dist: np.ndarray, q_hat: np.ndarray) -> dict[str, float]:
+def _obp_evaluation(bandit_feedback: dict):
     from obp.ope import DirectMethod, DoublyRobust, OffPolicyEvaluation
     from obp.ope import InverseProbabilityWeighting as IPW
     from obp.ope import SelfNormalizedInverseProbabilityWeighting as SNIPW
 
-    ev = OffPolicyEvaluation(bandit_feedback=bandit_feedback,
-                             ope_estimators=[IPW(), SNIPW(), DirectMethod(), DoublyRobust()])
-    values = ev.estimate_policy_values(action_dist=action_dist, estimated_rewards_by_reg_model=q_hat)
+    return OffPolicyEvaluation(bandit_feedback=bandit_feedback,
+                               ope_estimators=[IPW(), SNIPW(), DirectMethod(), DoublyRobust()])
+
+
+def obp_estimates(bandit_feedback: dict, action_dist: np.ndarray, q_hat: np.ndarray) -> dict[str, float]:
+    """obp's OffPolicyEvaluation.estimate_policy_values, keyed by prefmine's estimator names."""
+    values = _obp_evaluation(bandit_feedback).estimate_policy_values(
+        action_dist=action_dist, estimated_rewards_by_reg_model=q_hat)
     return {ours: float(values[theirs]) for ours, theirs in OBP_NAMES.items()}
+
+
+def obp_intervals(bandit_feedback: dict, action_dist: np.ndarray, q_hat: np.ndarray,
+                  n_boot: int) -> dict[str, list[float]]:
+    """obp's 95% intervals (a bootstrap of the per-round terms, SNIPS normalised once on the full sample)."""
+    ci = _obp_evaluation(bandit_feedback).estimate_intervals(
+        action_dist=action_dist, estimated_rewards_by_reg_model=q_hat, n_bootstrap_samples=n_boot,
+        random_state=12345)
+    return {ours: [float(ci[theirs]["95.0% CI (lower)"]), float(ci[theirs]["95.0% CI (upper)"])]
+            for ours, theirs in OBP_NAMES.items()}
 
 
 def machine() -> dict:
@@ -121,11 +137,13 @@ def run(n_sim: int, n_boot: int) -> dict:
     t = time.perf_counter()
     theirs = obp_estimates(feedback, action_dist, q_hat)
     obp_s = time.perf_counter() - t
+    theirs_ci = obp_intervals(feedback, action_dist, q_hat, n_boot)
 
     estimators = {}
     for name, est in ours.items():
         estimators[name] = {
             "value": est.value, "ci95": list(est.ci), "obp_value": theirs[name],
+            "obp_ci95": theirs_ci[name],
             "abs_diff_vs_obp": abs(est.value - theirs[name]),
             "relative_error_vs_on_policy": abs(est.value - on_policy) / on_policy,
             "ci95_covers_on_policy": bool(est.ci[0] <= on_policy <= est.ci[1]),

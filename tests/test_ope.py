@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bench.ope_obd import obp_bts_action_dist, obp_dataset, obp_estimates
+from bench.ope_obd import obp_bts_action_dist, obp_dataset, obp_estimates, obp_intervals
 from prefmine.policy import ope
 from prefmine.policy.obd import ObdConfig, obp_sample_root, read_obd, zozotown_bts_prior
 
@@ -58,6 +58,12 @@ def test_estimates_equal_obp_on_identical_inputs(obd):
         assert ours[name].value == pytest.approx(theirs[name], rel=1e-9, abs=0), name
         lo, hi = ours[name].ci
         assert lo <= ours[name].value <= hi, name
+    # intervals: both bootstrap the rounds (differently seeded, SNIPS normalised per resample here and once in
+    # obp), so the bounds are close, not equal
+    theirs_ci = obp_intervals(obd["feedback"], ad, q_hat, 200)
+    for name in ours:
+        width = theirs_ci[name][1] - theirs_ci[name][0]
+        assert np.abs(np.subtract(ours[name].ci, theirs_ci[name])).max() < 0.15 * width, name
     # the four estimators really differ on these inputs (a comparison of one number four times would not)
     assert len({round(e.value, 12) for e in ours.values()}) == 4
     # a second evaluation policy (uniform over items, a different support) also agrees
