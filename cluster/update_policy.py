@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prefmine.bundle import MANIFEST, new_version, read_manifest, write_json_atomic
+from prefmine.bundle import MANIFEST, new_version, read_manifest
 from prefmine.config import ConfigError, apply, parse_overrides, resolve
+from prefmine.integrity import seal
 
 INTERACTIONS = ("click", "cart", "buy", "rate")
 
@@ -233,7 +234,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "components": {**manifest.get("components", {}), "policy": comp}}
         new_manifest.pop("metrics", None)  # the parent's evaluation does not describe this version
-        write_json_atomic(tmp / MANIFEST, new_manifest)  # last: only now is it a finished bundle
+        seal(tmp, new_manifest)  # the new files' digests (and signature); written last: now a finished bundle
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
