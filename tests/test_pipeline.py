@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     m = read_manifest(tiny_bundle)
-    assert m["format"] == "prefmine-bundle/1" and m["version"]
+    assert m["format"] == "prefmine-bundle/2" and m["version"]
     assert m["data_hash"] == json.loads((magazine5 / "manifest.json").read_text())["data_hash"]
     assert set(m["components"]) >= {"encoder", "ranker", "ranker_id_only", "policy"}
     for rel in ("encoder/config.json", "encoder/model.safetensors", "encoder/tokenizer.json",
