@@ -197,3 +197,16 @@ def test_network_files_that_do_not_form_a_network_are_refused(tmp_path):
         (policy / NETWORK_FILE).write_text(json.dumps({**desc, **bad}))
         with pytest.raises(NetworkError, match=match):
             PolicyNetwork.load(policy)
+
+
+def test_serve_refuses_a_tampered_bundle_before_starting_ray(tmp_path, capsys):
+    from serve.run import run_serve
+
+    bundle, _ = _policy_bundle(tmp_path)
+    for part in ("encoder", "ranker"):
+        (bundle / part).mkdir()
+        (bundle / part / "weights.bin").write_bytes(b"weights of " + part.encode())
+    seal(bundle, cfg=IntegrityConfig())
+    (bundle / "ranker" / "weights.bin").write_bytes(b"weights of rankeR")
+    assert run_serve(str(bundle), grpc_port=1) == 2
+    assert "ranker/weights.bin: sha256" in capsys.readouterr().err
