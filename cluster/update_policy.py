@@ -13,12 +13,13 @@ What it does, in order:
    (a buy, or a rating >= 4, is a purchase; any interaction is a click), the same definition as at first fit.
 3. Refits the response model on the updated histories (each user's last item is the next-item target) and
    rebuilds the simulator's user states with the bundle's ranker (the ranker itself is not retrained here).
-4. Continues training from the serving policy's exported RLModule (`train_policy(..., warm_start=...)`: same
+4. Continues training from the serving policy's exported weights (`train_policy(..., warm_start=...)`: same
    algorithm, network and observation normalisation; DQN starts at a lower epsilon) for a short budget.
 5. Writes a new bundle version directory beside the old one (or `--out`): model files hard-linked where the
    filesystem allows (they are read-only), catalogue histories and popularity rewritten, the new policy, and
-   the manifest last, with `parent_version` and the consumed feedback id; the whole directory is assembled
-   under a temporary name and renamed into place, so nothing half-written ever looks like a bundle.
+   the manifest last (sealed: every file's sha256, see prefmine.integrity), with `parent_version` and the
+   consumed feedback id; the whole directory is assembled under a temporary name and renamed into place, so
+   nothing half-written ever looks like a bundle.
 
 Fewer than `min_events` new events: nothing is written and the summary says so. The serving bundle is never
 modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--set K=V ...]`.
