@@ -29,7 +29,7 @@ from prefmine import config as C
 from prefmine import store
 from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
 from prefmine.data.dataset import Dataset, load_dataset
-from prefmine.integrity import seal
+from prefmine.integrity import IntegrityConfig, seal
 from prefmine.ranker.model import PRESETS as RANKER_PRESETS
 from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
 
@@ -76,6 +76,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     pol_cfg = C.resolve(POLICY_PRESETS, preset, file.get("policy"))
     sim_cfg = C.resolve(SIMULATOR_PRESETS, pol_cfg.simulator, file.get("simulator"))
     dist = C.resolve(DIST_PRESETS, preset, file.get("dist"))
+    IntegrityConfig.from_env()  # a bad signing key fails now, not after training
 
     ds = load_dataset(data, with_reviews=True)
     bundle = staging_dir(out)
