@@ -16,10 +16,24 @@ fi
 echo "prefmine: setting up $VENV (first run takes a few minutes)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
-$pip install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-$pip install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-$pip install "setuptools>=68" wheel "ninja>=1.11" 2>&1 | grep -v "^WARNING: Location" || true
-$pip install --no-build-isolation "deepspeed==0.19.8" 2>&1 | grep -v "^WARNING: Location" || true
-$pip install -e ".[dev,pretrained]" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, deepspeed, ray, transformers, grpc, prefmine; print('prefmine: environment ready, torch', torch.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v "real_accelerator" >&2
+
+# Run a command with its output (to stderr) filtered by `grep -v PATTERN`, failing with the command's own exit
+# status. `cmd | grep -v ... || true` hid a failed install: grep exits 1 when it prints nothing, so `|| true` was
+# added, and it swallowed the command's failure too. Here only grep's status is forgiven; under pipefail the
+# pipeline's status is then the command's.
+quiet() {
+  local pattern=$1 rc=0
+  shift
+  "$@" 2>&1 | { grep -v -- "$pattern" >&2 || true; } || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "prefmine: set-up failed (exit $rc): $*" >&2
+    exit "$rc"
+  fi
+}
+quiet "^WARNING: Location" $pip install --upgrade pip
+quiet "^WARNING: Location" $pip install "torch==2.13.0"
+quiet "^WARNING: Location" $pip install "setuptools>=68" wheel "ninja>=1.11"
+quiet "^WARNING: Location" $pip install --no-build-isolation "deepspeed==0.19.8"
+quiet "^WARNING: Location" $pip install -e ".[dev,pretrained]"
+quiet "real_accelerator" "$VENV/bin/python" -c "import torch, deepspeed, ray, transformers, grpc, prefmine; print('prefmine: environment ready, torch', torch.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)"
 echo "$want" > "$stamp"

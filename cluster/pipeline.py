@@ -7,7 +7,8 @@ bundle manifest; the manifest is rewritten atomically after each stage.
 
 The bundle is built in a local staging directory (a copy of the bundle already at `out`, if any, so one stage can
 be retrained) and published to `out` at the end through `prefmine.store` with the manifest written last: `out`
-may be a local path or a cloud URI (s3://, gs://, ...), and serving never picks up a half-written bundle.
+may be a local path or a cloud URI (s3://, gs://, ...), and serving never picks up a half-written bundle. Just
+before publishing, the bundle is sealed (prefmine.integrity.seal): the manifest lists every file's sha256.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prefmine import config as C
 from prefmine import store
 from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
 from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.integrity import IntegrityConfig, seal
 from prefmine.ranker.model import PRESETS as RANKER_PRESETS
 from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
 
@@ -74,6 +76,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     pol_cfg = C.resolve(POLICY_PRESETS, preset, file.get("policy"))
     sim_cfg = C.resolve(SIMULATOR_PRESETS, pol_cfg.simulator, file.get("simulator"))
     dist = C.resolve(DIST_PRESETS, preset, file.get("dist"))
+    IntegrityConfig.from_env()  # a bad signing key fails now, not after training
 
     ds = load_dataset(data, with_reviews=True)
     bundle = staging_dir(out)
@@ -89,7 +92,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         version = new_version(ds.manifest.get("data_hash", "nodata"))
         update_manifest(bundle, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_catalog(bundle, ds)
-    update_manifest(bundle, format="prefmine-bundle/1", version=version, preset=preset,
+    update_manifest(bundle, format="prefmine-bundle/2", version=version, preset=preset,
                     data_hash=ds.manifest.get("data_hash"), dataset=ds.manifest)
     ensure_ray()
     metrics: dict = {}
@@ -113,6 +116,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     update_manifest(bundle, train_seconds=round(time.time() - t0, 1))
     if not keep_checkpoints:
         metrics["checkpoint_bytes_dropped"] = drop_checkpoints(bundle)
+    seal(bundle)  # every file's sha256 into the manifest (signed when PREFMINE_BUNDLE_KEY[_FILE] is set)
     metrics["published"] = store.publish(bundle, out)
     shutil.rmtree(bundle, ignore_errors=True)
     return metrics

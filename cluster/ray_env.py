@@ -2,7 +2,10 @@
 
 One torch/OMP thread per process (with two threads a small Adam step on this 2-core class of machine is 25-80x
 slower), DeepSpeed's CPU accelerator when there is no GPU, and a quiet log level. `ensure_ray()` joins a running
-cluster when RAY_ADDRESS is set (a `ray job submit` run) and otherwise starts a local Ray owned by this process.
+cluster when RAY_ADDRESS is set (a `ray job submit` run) and otherwise starts a local Ray owned by this process,
+with its dashboard on loopback and Ray's token authentication on unless RAY_AUTH_MODE says otherwise (Ray then
+generates the token in ~/.ray/auth_token; the test suite sets RAY_AUTH_MODE=disabled). A cluster's nodes get
+their mode and token from ray_cluster.yaml (docs/cluster-security.md).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True, quiet: bool 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": missing} if missing else None, log_to_driver=not quiet)
         return ray
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit, whatever this Ray version's default for local Ray
     # address="local": always a new Ray owned by this process. Without it ray.init() joins whatever `ray start`
     # cluster /tmp/ray/ray_current_cluster names (another user's head, or a stale one that no longer answers).
     ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,

@@ -3,10 +3,11 @@
 `train_policy` builds a DQN (double, dueling Q-learning) or a PPO (clipped policy gradient with a value
 baseline) on `RecSimEnv`, both on RLlib's new API stack (RLModule + Learner + EnvRunner), trains for a
 time/iteration budget with a small rollout fragment and train batch (RLlib's DQN defaults make one iteration take
-~40 s on 2 cores), and exports the RLModule so that `prefmine.policy.runtime.PolicyRuntime` can load it without
-an Algorithm:
+~40 s on 2 cores), and exports the policy network so that `prefmine.policy.runtime.PolicyRuntime` can load it
+without RLlib and without unpickling anything (an RLModule checkpoint is loaded by unpickling its class):
 
-    out_dir/rl_module/            RLModule checkpoint (module.save_to_path)
+    out_dir/policy.safetensors    the network's weights (prefmine.policy.network.export_network)
+    out_dir/network.json          its architecture: algorithm, obs and action sizes, layers in order
     out_dir/policy_config.json    simulator config, obs spec and layout, N, training metrics
     out_dir/item_vectors.npy      the ranker item vectors the policy was trained against (obs feature)
     out_dir/item_popularity.npy   train counts (obs feature)
@@ -15,9 +16,9 @@ an Algorithm:
 seeded simulated sessions and reports return mean, CTR and conversion, each with a 95% CI, and the paired
 difference of every policy's return against greedy.
 
-`warm_start` continues from an exported policy's RLModule (the incremental update job, `cluster/update_policy.py`):
-its weights are loaded into the Learner (DQN: target network synced to them) and broadcast to the EnvRunners
-before the first sample. Padded candidate slots are not masked inside RLlib (both algorithms learn from the
+`warm_start` continues from an exported policy (the incremental update job, `cluster/update_policy.py`): its
+safetensors weights are loaded into the Learner's module (DQN: target network synced to them) and broadcast to
+the EnvRunners before the first sample. Padded candidate slots are not masked inside RLlib (both algorithms learn from the
 PAD_SCORE features that a padded slot shows nothing); `PolicyRuntime` and the evaluation mask them.
 
 Checkpoints and resume (`checkpoint_dir`, `PolicyTrainConfig.checkpoint_every`): every `checkpoint_every`
@@ -67,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from prefmine.config import ConfigError, load_file, parse_overrides, resolve
+from prefmine.policy.network import export_network
 from prefmine.policy.response import save_response
 from prefmine.policy.simulator import (
     SIMULATOR_PRESETS,
@@ -204,19 +206,27 @@ def algorithm_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: Pol
     return (ppo_config if cfg.algorithm == "PPO" else dqn_config)(inputs, sim_cfg, cfg, spec)
 
 
-MODULE_COMPONENT = "learner_group/learner/rl_module/default_policy"
+def restore_module(algo, policy_dir: Path, algorithm: str) -> None:
+    """Load an exported policy's weights (policy.safetensors, RLlib parameter names) into the Learner's module and
+    every EnvRunner (DQN: target net = online net). A tensor the module lacks, or of another shape, is an error."""
+    from prefmine.policy.network import load_tensors
 
+    tensors = load_tensors(policy_dir)
 
-def restore_module(algo, rl_module_dir: Path, algorithm: str) -> None:
-    """Load an exported RLModule's weights into the Learner and every EnvRunner (DQN: target net = online net)."""
-    algo.restore_from_path(str(Path(rl_module_dir).resolve()), component=MODULE_COMPONENT)
-    if algorithm == "DQN":
-        def sync_targets(learner):
-            module = learner.module["default_policy"]
+    def load(learner):
+        module = learner.module["default_policy"]
+        state = module.state_dict()
+        for name, t in tensors.items():
+            if name not in state or tuple(state[name].shape) != tuple(t.shape):
+                raise ValueError(f"warm start {policy_dir}: tensor {name} {tuple(t.shape)} does not fit the module "
+                                 f"({tuple(state[name].shape) if name in state else 'absent'})")
+        module.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in tensors.items()}})
+        if algorithm == "DQN":
             for online, target in module.get_target_network_pairs():
                 target.load_state_dict(online.state_dict())
 
-        algo.learner_group.foreach_learner(sync_targets)
+    algo.learner_group.foreach_learner(load)
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
 
 
 CHECKPOINT_FORMAT = "prefmine-policy-checkpoint/1"
@@ -335,9 +345,9 @@ def save_checkpoint(algo, checkpoint_dir: Path, state: dict, replay_buffer: bool
 def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig | None = None,
                  sim_cfg: SimulatorConfig | None = None, verbose: bool = True, warm_start: Path | None = None,
                  on_iteration=None, spec: ObsSpec | None = None, checkpoint_dir: Path | None = None) -> dict:
-    """Train DQN or PPO on the simulator and export the RLModule + policy_config.json to `out_dir`.
+    """Train DQN or PPO on the simulator and export the network + policy_config.json to `out_dir`.
 
-    warm_start: an exported policy dir (or its rl_module/) to continue from; its obs spec is reused so the
+    warm_start: an exported policy dir to continue from; its obs spec is reused so the
     observation features keep their meaning. on_iteration(algo, row) is called after every train() (the
     benchmark evaluates there); returning True stops training. Returns the training metrics.
 
@@ -357,8 +367,8 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
     module_dir = None
     if warm_start is not None:
         warm_start = Path(warm_start)
-        module_dir = warm_start / "rl_module" if (warm_start / "rl_module").is_dir() else warm_start
-        conf_path = module_dir.parent / "policy_config.json"
+        module_dir = warm_start
+        conf_path = module_dir / "policy_config.json"
         if spec is None and conf_path.is_file():
             spec = ObsSpec(**json.loads(conf_path.read_text())["obs_spec"])
     spec = spec or ObsSpec.from_inputs(inputs, sim_cfg)
@@ -445,11 +455,11 @@ def export_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: Simul
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out_dir.parent))
     try:
-        module.save_to_path(str((tmp / "rl_module").resolve()))
+        export_network(module, cfg.algorithm, tmp)
         np.save(tmp / "item_vectors.npy", np.asarray(inputs.item_vectors, dtype=np.float32))
         np.save(tmp / "item_popularity.npy", np.asarray(inputs.item_popularity, dtype=np.float64))
         save_response(tmp / "response_model.npz", inputs.response)
-        conf = {"format": "prefmine-policy/1", "algorithm": cfg.algorithm, "n_candidates": sim_cfg.n_candidates,
+        conf = {"format": "prefmine-policy/2", "algorithm": cfg.algorithm, "n_candidates": sim_cfg.n_candidates,
                 "simulator": asdict(sim_cfg), "train": asdict(cfg), "obs_spec": spec.to_dict(),
                 "obs_layout": obs_layout(spec), "obs_size": spec.size, "n_items": int(len(inputs.item_vectors)),
                 "serving": {"epsilon": 0.0}, "metrics": metrics}

@@ -13,12 +13,13 @@ What it does, in order:
    (a buy, or a rating >= 4, is a purchase; any interaction is a click), the same definition as at first fit.
 3. Refits the response model on the updated histories (each user's last item is the next-item target) and
    rebuilds the simulator's user states with the bundle's ranker (the ranker itself is not retrained here).
-4. Continues training from the serving policy's exported RLModule (`train_policy(..., warm_start=...)`: same
+4. Continues training from the serving policy's exported weights (`train_policy(..., warm_start=...)`: same
    algorithm, network and observation normalisation; DQN starts at a lower epsilon) for a short budget.
 5. Writes a new bundle version directory beside the old one (or `--out`): model files hard-linked where the
    filesystem allows (they are read-only), catalogue histories and popularity rewritten, the new policy, and
-   the manifest last, with `parent_version` and the consumed feedback id; the whole directory is assembled
-   under a temporary name and renamed into place, so nothing half-written ever looks like a bundle.
+   the manifest last (sealed: every file's sha256, see prefmine.integrity), with `parent_version` and the
+   consumed feedback id; the whole directory is assembled under a temporary name and renamed into place, so
+   nothing half-written ever looks like a bundle.
 
 Fewer than `min_events` new events: nothing is written and the summary says so. The serving bundle is never
 modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--set K=V ...]`.
@@ -37,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prefmine.bundle import MANIFEST, new_version, read_manifest, write_json_atomic
+from prefmine.bundle import MANIFEST, new_version, read_manifest
 from prefmine.config import ConfigError, apply, parse_overrides, resolve
+from prefmine.integrity import seal
 
 INTERACTIONS = ("click", "cart", "buy", "rate")
 
@@ -233,7 +235,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "components": {**manifest.get("components", {}), "policy": comp}}
         new_manifest.pop("metrics", None)  # the parent's evaluation does not describe this version
-        write_json_atomic(tmp / MANIFEST, new_manifest)  # last: only now is it a finished bundle
+        seal(tmp, new_manifest)  # the new files' digests (and signature); written last: now a finished bundle
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

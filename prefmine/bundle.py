@@ -1,9 +1,10 @@
 """Model bundles: one versioned directory holding everything serving and evaluation need.
 
-Layout: manifest.json (version, data hash, dataset manifest, per-component configs and metrics; written last and
-atomically, so a half-written bundle is never taken for a finished one), catalog/ (items and user histories),
-encoder/ (Hugging Face BERT + tokenizer + item_embeddings.npy), ranker/ and ranker_id_only/ (weights + config),
-policy/ (exported RLModule + config).
+Layout: manifest.json (version, data hash, dataset manifest, per-component configs and metrics, and every file's
+sha256 with an optional HMAC signature, see prefmine.integrity; written last and atomically, so a half-written
+bundle is never taken for a finished one), catalog/ (items and user histories), encoder/ (Hugging Face BERT +
+tokenizer + item_embeddings.npy), ranker/ and ranker_id_only/ (weights + config), policy/ (the policy network as
+safetensors + JSON, see prefmine.policy.network, and its config).
 """
 
 from __future__ import annotations

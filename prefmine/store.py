@@ -9,13 +9,18 @@ bundle is still being written (or a publish died half-way: publish again). On ob
 atomic, so the manifest appears whole or not at all; on local disks it is written to a temporary name and renamed.
 
 `fetch` gives serving a local directory: a local location is used in place; a remote one is downloaded once per
-bundle version into a cache.
+bundle version into a cache. Either way the bundle is checked against its manifest first (prefmine.integrity:
+every file's sha256, names and version sanitised, the HMAC signature when a key is configured). A download reads
+the manifest once, takes only the files it lists (each name checked to stay inside the download folder), verifies
+them, and only then moves the folder into the cache under a name built from the location and the checked version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from prefmine.bundle import MANIFEST
+from prefmine.integrity import IntegrityConfig, IntegrityError, check_manifest, inside, safe_version, verify
 
 
 @dataclass(frozen=True)
@@ -113,30 +119,72 @@ def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig = S
     return {"location": str(location), "files": len(files) + 1, "bytes": written + len(manifest), "in_place": False}
 
 
-def fetch(location: str | Path, cfg: StoreConfig = StoreConfig()) -> Path:
-    """A local directory holding the complete bundle at `location` (downloaded once per version if remote)."""
+def cache_path(location: str | Path, version: str, cfg: StoreConfig = StoreConfig()) -> Path:
+    """Where a remote bundle version is cached: cache_dir/<location as one plain name>-<hash>-<version>."""
+    cache = Path(cfg.cache_dir).resolve()
+    loc = str(location).split("://", 1)[-1].strip("/")
+    slug = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9._-]+", "_", loc))[-80:].lstrip(".") or "bundle"
+    digest = hashlib.sha256(str(location).encode()).hexdigest()[:8]
+    dest = cache / f"{slug}-{digest}-{safe_version(version)}"
+    if dest.parent != cache:  # cannot happen with the names above; checked because the path is then replaced
+        raise IntegrityError(f"cache path {dest} is not directly inside {cache}")
+    return dest
+
+
+def fetch(location: str | Path, cfg: StoreConfig = StoreConfig(), integrity: IntegrityConfig | None = None) -> Path:
+    """A local directory holding the complete, verified bundle at `location` (downloaded once per version if
+    remote). Raises IntegrityError naming the file or field that does not match its manifest."""
+    integrity = integrity if integrity is not None else IntegrityConfig.from_env()
     if not is_complete(location):
         raise FileNotFoundError(f"{location} holds no complete bundle ({MANIFEST} missing: not written yet, "
                                 "or a publish did not finish)")
     if not is_uri(location) or str(location).startswith("file://"):
-        return Path(resolve(location)[1])
-    version = read_manifest(location).get("version", "unversioned")
-    dest = Path(cfg.cache_dir) / f"{str(location).split('://', 1)[1].strip('/').replace('/', '_')}-{version}"
+        path = Path(resolve(location)[1])
+        verify(path, integrity)
+        return path
+    src_fs, root = resolve(location)
+    with src_fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+        raw = f.read()
+    try:
+        manifest = json.loads(raw.decode())
+    except ValueError as e:
+        raise IntegrityError(f"{location}: {MANIFEST} is not valid JSON: {e}") from e
+    files = check_manifest(manifest, integrity, where=str(location))  # version, names, signature: before any write
+    dest = cache_path(location, manifest["version"], cfg)
     if (dest / MANIFEST).is_file():
-        return dest
+        try:
+            if (dest / MANIFEST).read_bytes() == raw:
+                verify(dest, integrity)
+                return dest
+        except IntegrityError:
+            pass  # a damaged cached copy: downloaded again below
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    download(location, tmp, cfg)
+    try:
+        download(location, tmp, cfg, files=sorted(files), manifest_bytes=raw)
+        verify(tmp, integrity)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest
 
 
-def download(location: str | Path, local_dir: Path, cfg: StoreConfig = StoreConfig()) -> None:
-    """Download a remote bundle into `local_dir`, manifest last."""
+def download(location: str | Path, local_dir: Path, cfg: StoreConfig = StoreConfig(), files: list[str] | None = None,
+             manifest_bytes: bytes | None = None) -> None:
+    """Download a remote bundle into `local_dir`, manifest last: `files` (names the manifest lists, default every
+    file there), each refused if its name would land outside `local_dir`; `manifest_bytes` the manifest as
+    already read (default: read it again)."""
     src_fs, root = resolve(location)
     local_dir.mkdir(parents=True, exist_ok=True)
-    files = _files(src_fs, root)
-    for rel in [f for f in files if f != MANIFEST] + [MANIFEST]:
-        (local_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        _copy(src_fs, f"{root}/{rel}", pafs.LocalFileSystem(), str(local_dir / rel), cfg.chunk_bytes)
+    if files is None:
+        files = [f for f in _files(src_fs, root) if f != MANIFEST]
+    for rel in files:
+        dst = inside(local_dir, rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _copy(src_fs, f"{root}/{rel}", pafs.LocalFileSystem(), str(dst), cfg.chunk_bytes)
+    if manifest_bytes is None:
+        _copy(src_fs, f"{root}/{MANIFEST}", pafs.LocalFileSystem(), str(local_dir / MANIFEST), cfg.chunk_bytes)
+    else:
+        (local_dir / MANIFEST).write_bytes(manifest_bytes)

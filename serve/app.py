@@ -311,7 +311,8 @@ def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes
 )
 class PolicyDeployment:
     """Slate policy (prefmine.policy.runtime.PolicyRuntime) per bundle version: orders k items out of the
-    ranker's candidates. A bundle without a usable policy falls back to the ranker's order (greedy), logged."""
+    ranker's candidates. A bundle without policy/ is served in the ranker's order (greedy), logged; a policy/
+    that does not load refuses the version, like a broken ranker (serve.served.adopt)."""
 
     def __init__(self):
         _one_thread()
@@ -344,13 +345,13 @@ class _PolicyVersion:
         self.kind = "greedy"
         if bundle is None:
             return
-        try:
-            from prefmine.policy.runtime import PolicyRuntime
+        if not (Path(bundle) / "policy").exists():
+            logger.warning("bundle %s has no policy/; using the ranker's order", bundle)
+            return
+        from prefmine.policy.runtime import PolicyRuntime
 
-            self.runtime = PolicyRuntime(bundle)
-            self.kind = "learned"
-        except Exception as e:  # noqa: BLE001 - fall back, but say so
-            logger.warning("policy unavailable (%s: %s); using the ranker's order", type(e).__name__, e)
+        self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
+        self.kind = "learned"
 
     def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """An ordered slate of min(k, len(candidates)) distinct candidate item indices."""
@@ -788,6 +789,9 @@ def check_bundle(bundle: Path) -> None:
     missing = [part for part in REQUIRED_PARTS if not (bundle / part).exists()]
     if missing:
         raise FileNotFoundError(f"bundle: {bundle} lacks {', '.join(missing)} (not a finished model bundle)")
+    from prefmine.integrity import verify
+
+    verify(bundle)  # every file as the manifest lists it (and signed, when the server holds a bundle key)
     check_pseudonym_key(bundle)
 
 

@@ -11,7 +11,9 @@ during the switch some requests are answered by the old version and some by the 
 A version is read from its own directory, which must stay as it is while any replica may still load it:
 publish each version to a new path (``prefmine train ... --out bundles/V``) and roll it in by pointing the server
 there. A directory rewritten in place under a running version is detected (the manifest's version no longer
-matches) and refused with a clear error, not served inconsistently.
+matches) and refused with a clear error, not served inconsistently. Before a replica loads a version it checks
+the bundle against its manifest (prefmine.integrity.verify: every file's sha256, and the signature when the
+server holds a bundle key), so a changed or unsigned file is refused before anything deserialises it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def check_version(ref: BundleRef) -> None:
                           f"version to its own directory to roll it in")
 
 
+def check_bundle_files(ref: BundleRef) -> None:
+    """The version is the one named, and every file is as its manifest lists it (IntegrityError otherwise)."""
+    from prefmine.integrity import verify
+
+    check_version(ref)
+    verify(ref.path)
+
+
 class RuntimeCache:
     """A replica's runtimes by bundle version: the serving one and, during a rollout, the next (LRU, ``keep``).
 
@@ -86,7 +96,7 @@ class RuntimeCache:
                 rt = self._items.get(ref)
                 if rt is None:
                     check_version(ref)
-                    rt = self._items[ref] = await asyncio.to_thread(self.load, ref.path)
+                    rt = self._items[ref] = await asyncio.to_thread(self._load, ref)
                     logger.info("loaded bundle %s (%s)", ref.version, ref.path)
                     while len(self._items) > self.keep:
                         old, _ = self._items.popitem(last=False)  # in-flight requests keep their reference
@@ -95,6 +105,10 @@ class RuntimeCache:
             if not lock.locked():
                 self._loading.pop(ref, None)
         return rt
+
+    def _load(self, ref: BundleRef) -> Any:
+        check_bundle_files(ref)
+        return self.load(ref.path)
 
     def versions(self) -> list[str]:
         return [r.version for r in self._items]
@@ -126,7 +140,7 @@ class ServedBundle:
         from prefmine.bundle import Bundle
         from serve.profile import CatalogText
 
-        check_version(ref)
+        check_bundle_files(ref)
         self.ref = ref
         self.bundle = Bundle.load(ref.path)
         if str(self.bundle.version) != ref.version:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     m = read_manifest(tiny_bundle)
-    assert m["format"] == "prefmine-bundle/1" and m["version"]
+    assert m["format"] == "prefmine-bundle/2" and m["version"]
     assert m["data_hash"] == json.loads((magazine5 / "manifest.json").read_text())["data_hash"]
     assert set(m["components"]) >= {"encoder", "ranker", "ranker_id_only", "policy"}
     for rel in ("encoder/config.json", "encoder/model.safetensors", "encoder/tokenizer.json",
@@ -30,6 +30,26 @@ def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     emb = np.load(tiny_bundle / "encoder/item_embeddings.npy")
     assert emb.shape == (157, m["components"]["encoder"]["dim"])
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+
+
+def test_the_published_bundle_is_sealed_verifies_and_holds_no_pickled_policy(tiny_bundle):
+    import time
+
+    from prefmine.integrity import IntegrityConfig, bundle_files, verify
+    from prefmine.policy.runtime import PolicyRuntime
+
+    m = read_manifest(tiny_bundle)
+    assert sorted(m["files"]) == bundle_files(tiny_bundle)  # every file listed (nothing under reports/ yet)
+    assert "signature" not in m  # no PREFMINE_BUNDLE_KEY[_FILE] in the test environment
+    t0 = time.perf_counter()
+    verify(tiny_bundle, IntegrityConfig())
+    total = sum(f["bytes"] for f in m["files"].values())
+    print(f"verify: {len(m['files'])} files, {total / 1e6:.1f} MB in {time.perf_counter() - t0:.3f} s")
+    policy = sorted(rel for rel in m["files"] if rel.startswith("policy/"))
+    assert {"policy/policy.safetensors", "policy/network.json", "policy/policy_config.json"} <= set(policy)
+    assert not (tiny_bundle / "policy" / "rl_module").exists()
+    rt = PolicyRuntime(tiny_bundle)
+    assert rt.network.algorithm == "DQN" and rt.network.n_actions == rt.n_candidates
 
 
 def test_encoder_stages_trained_with_deepspeed_on_two_workers(tiny_bundle):

@@ -193,7 +193,8 @@ def _check_learned_beats_random(out, metrics, inputs, algorithm):
     from cluster.train_policy import evaluate_policies
     from prefmine.policy.runtime import PolicyRuntime
 
-    assert (out / "policy_config.json").is_file() and (out / "rl_module").is_dir()
+    assert (out / "policy_config.json").is_file() and (out / "policy.safetensors").is_file()
+    assert not (out / "rl_module").exists()  # no RLModule checkpoint: it is loaded by unpickling
     conf = json.loads((out / "policy_config.json").read_text())
     assert conf["algorithm"] == algorithm and conf["serving"] == {"epsilon": 0.0}
     assert conf["n_candidates"] == 10 and conf["obs_size"] == DIM + 31

@@ -212,12 +212,14 @@ def test_rollout_of_a_version_that_does_not_load_is_refused_and_the_old_one_serv
 
     from test_serve import replicas_started
 
+    from prefmine.integrity import seal
     from serve.client import model_info
 
     dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"v1": "", "broken": "-broken", "v2": "-next"})
     old_version = names["v1"]
     weights = dirs["broken"] / "ranker" / "model.pt"
     weights.write_bytes(b"not a torch checkpoint " * (weights.stat().st_size // 23 + 1))
+    seal(dirs["broken"])  # sealed as it is: it passes the integrity checks and fails only when loaded
     current = tmp_path / "current"
     current.symlink_to(dirs["v1"])
     users = known_users(bundle_path)

@@ -11,13 +11,15 @@ import time
 
 import pytest
 
+from prefmine.integrity import seal
 from serve.served import BundleRef, RuntimeCache, StaleBundle
 
 
 def _version_dir(root, version):
     d = root / version
     d.mkdir()
-    (d / "manifest.json").write_text(json.dumps({"version": version}))
+    (d / "weights.bin").write_bytes(version.encode())
+    seal(d, {"version": version})  # replicas verify a version's files before loading it
     return BundleRef(str(d), version)
 
 

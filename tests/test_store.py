@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 
 from prefmine import store
+from prefmine.integrity import IntegrityError, seal
 
 
 @pytest.fixture
 def local_bundle(tmp_path):
     b = tmp_path / "built"
     (b / "ranker").mkdir(parents=True)
-    (b / "policy" / "rl_module").mkdir(parents=True)
+    (b / "policy").mkdir(parents=True)
     np.save(b / "ranker" / "item_vectors.npy", np.arange(12, dtype=np.float32).reshape(3, 4))
     (b / "ranker" / "model.pt").write_bytes(bytes(range(256)) * 1000)
-    (b / "policy" / "rl_module" / "state.pkl").write_bytes(b"\x00\x01" * 5000)
-    (b / "manifest.json").write_text(json.dumps({"format": "prefmine-bundle/1", "version": "v-test-1"}))
+    (b / "policy" / "policy.safetensors").write_bytes(b"\x00\x01" * 5000)
+    seal(b, {"format": "prefmine-bundle/2", "version": "v-test-1"})  # fetch verifies every file against this
     return b
 
 
@@ -67,3 +68,76 @@ def test_publish_refuses_an_unfinished_bundle(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="not a finished bundle"):
         store.publish(tmp_path / "half", tmp_path / "out")
+
+
+def _uri_bundle(local_bundle, name):
+    uri = f"mock:///bucket/prefmine/{name}"
+    store.publish(local_bundle, uri)
+    fs, root = store.resolve(uri)
+    return uri, fs, root
+
+
+def _rewrite(fs, path, data: bytes):
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _read(fs, path) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def test_fetch_refuses_a_file_changed_by_one_byte_and_names_it(local_bundle, tmp_path):
+    uri, fs, root = _uri_bundle(local_bundle, "tampered")
+    data = bytearray(_read(fs, f"{root}/ranker/model.pt"))
+    data[1000] ^= 0x01
+    _rewrite(fs, f"{root}/ranker/model.pt", bytes(data))
+    cache = tmp_path / "cache"
+    with pytest.raises(IntegrityError, match=r"ranker/model\.pt: sha256"):
+        store.fetch(uri, store.StoreConfig(cache_dir=str(cache)))
+    assert not cache.exists() or not any(cache.iterdir())  # nothing half-verified is left in the cache
+    # a local location is verified in place too
+    (local_bundle / "ranker" / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"ranker/model\.pt"):
+        store.fetch(local_bundle)
+
+
+def test_fetch_takes_only_listed_files_and_refuses_unlisted_ones_locally(local_bundle, tmp_path):
+    uri, fs, root = _uri_bundle(local_bundle, "extra")
+    _rewrite(fs, f"{root}/policy/extra.pkl", b"not listed")
+    local = store.fetch(uri, store.StoreConfig(cache_dir=str(tmp_path / "cache")))
+    assert not (local / "policy" / "extra.pkl").exists() and (local / "policy" / "policy.safetensors").is_file()
+    (local_bundle / "policy" / "extra.pkl").write_bytes(b"added after sealing")
+    with pytest.raises(IntegrityError, match=r"policy/extra\.pkl is not listed"):
+        store.fetch(local_bundle)
+
+
+@pytest.mark.parametrize("version", ["x/../../../etc/cron.d/evil", "/etc/cron.d/evil", "..", "a/b", "v1\n"])
+def test_fetch_refuses_a_version_that_is_not_a_plain_name(local_bundle, tmp_path, version):
+    uri, fs, root = _uri_bundle(local_bundle, "badversion")
+    manifest = json.loads(_read(fs, f"{root}/manifest.json"))
+    manifest["version"] = version
+    _rewrite(fs, f"{root}/manifest.json", json.dumps(manifest).encode())
+    cache = tmp_path / "deep" / "cache"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(IntegrityError, match="'version'"):
+        store.fetch(uri, store.StoreConfig(cache_dir=str(cache)))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created or deleted
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/passwd", "ranker/../../x", "a\\b", "ranker//model.pt"])
+def test_fetch_refuses_file_names_that_leave_the_bundle(local_bundle, tmp_path, name):
+    uri, fs, root = _uri_bundle(local_bundle, "badname")
+    manifest = json.loads(_read(fs, f"{root}/manifest.json"))
+    manifest["files"][name] = manifest["files"]["ranker/model.pt"]
+    _rewrite(fs, f"{root}/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(IntegrityError, match="not a relative path inside the bundle"):
+        store.fetch(uri, store.StoreConfig(cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "outside.bin").exists() and not (tmp_path / "cache").exists()
+
+
+def test_cache_path_is_one_plain_folder_inside_the_cache(tmp_path):
+    cfg = store.StoreConfig(cache_dir=str(tmp_path / "c"))
+    p = store.cache_path("s3://bucket/../../x/..", "v1", cfg)
+    assert p.parent == (tmp_path / "c").resolve() and p.name.endswith("-v1") and ".." not in p.name
+    assert store.cache_path("s3://b/x", "v1", cfg) != store.cache_path("s3://b_x", "v1", cfg)

@@ -1,6 +1,7 @@
 """The recommendation policy: a held-out user response model, a session simulator for RLlib, off-policy
-estimates on logged data, and the serve-time runtime that loads the trained RLModule. Training (DQN, PPO) lives
-in `cluster/train_policy.py`, the incremental update from serving feedback in `cluster/update_policy.py`."""
+estimates on logged data, the exported policy network (safetensors + JSON, no pickle) and the serve-time runtime
+that loads it. Training (DQN, PPO) lives in `cluster/train_policy.py`, the incremental update from serving
+feedback in `cluster/update_policy.py`."""
 
 from prefmine.policy.offpolicy import CAVEATS, off_policy_estimates
 from prefmine.policy.response import ResponseModel, auc, fit_response_model, load_response, save_response

@@ -1,7 +1,10 @@
-"""Serve-time policy: load the exported RLModule without an Algorithm and build slates from candidates.
+"""Serve-time policy: load the exported policy network without RLlib and build slates from candidates.
 
-`PolicyRuntime(path)` accepts the policy dir (`rl_module/` + `policy_config.json`) or a bundle dir holding
-`policy/`. It rebuilds the observation with the simulator's own `build_obs`, so the policy sees at serve time
+`PolicyRuntime(path)` accepts the policy dir (`policy_config.json`, the network as `policy.safetensors` +
+`network.json`, see prefmine.policy.network) or a bundle dir holding `policy/`. Nothing in it is unpickled:
+JSON, safetensors and .npy (read with allow_pickle=False). Inside a bundle the policy's files are first checked
+against the manifest's digests (prefmine.integrity.verify); a standalone policy dir (a training run's output)
+has no manifest to check against. It rebuilds the observation with the simulator's own `build_obs`, so the policy sees at serve time
 exactly the features it was trained on. A slate of k is built slot by slot: slot j is the simulator's step j;
 the obs lists the top-N remaining candidates by ranker score, and the policy's best-scored valid candidate
 fills the slot (already chosen items are removed, padding is masked). The score of a candidate is its Q-value
@@ -10,7 +13,7 @@ over either is the deterministic policy. Exploration is off by default: `epsilon
 replaces a slot's choice with a uniformly random valid candidate with that probability, for online
 exploration; `select(..., return_propensities=True)` also returns each slot's probability of the item it chose
 under that epsilon-greedy rule, which is what an off-policy estimate of a later policy needs logged.
-No Ray cluster is needed: RLModule.from_checkpoint + one forward pass, about a millisecond per slot.
+No Ray is needed: one plain torch forward pass per slot.
 """
 
 from __future__ import annotations
@@ -61,14 +64,19 @@ class ModulePolicy:
 
 class PolicyRuntime:
     def __init__(self, path: str | Path, epsilon: float | None = None):
+        from prefmine.bundle import MANIFEST
+        from prefmine.integrity import verify
+        from prefmine.policy.network import PolicyNetwork
+
         path = Path(path)
         if (path / "policy" / "policy_config.json").is_file():
             path = path / "policy"
         conf_path = path / "policy_config.json"
         if not conf_path.is_file():
             raise FileNotFoundError(f"{path}: no policy_config.json (not a policy dir or bundle with policy/)")
+        if (path.parent / MANIFEST).is_file():  # a bundle's policy: every file as the manifest lists it
+            verify(path.parent, only=path.name)
         import torch
-        from ray.rllib.core.rl_module.rl_module import RLModule
 
         torch.set_num_threads(1)
         self.path = path
@@ -81,17 +89,21 @@ class PolicyRuntime:
             raise ValueError(f"PolicyRuntime: epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
         self.n_candidates = self.spec.n_candidates
-        self.module = RLModule.from_checkpoint(str((path / "rl_module").resolve()))
-        self.module.eval()
-        self.item_vectors = np.load(path / "item_vectors.npy")
+        self.network = PolicyNetwork.load(path)
+        if self.network.algorithm != self.algorithm or self.network.obs_size != self.spec.size:
+            raise ValueError(f"{path}: network.json ({self.network.algorithm}, obs {self.network.obs_size}) does "
+                             f"not match policy_config.json ({self.algorithm}, obs {self.spec.size})")
+        if self.network.n_actions != self.n_candidates:
+            raise ValueError(f"{path}: the network scores {self.network.n_actions} actions, the obs spec has "
+                             f"{self.n_candidates} candidates")
+        self.item_vectors = np.load(path / "item_vectors.npy", allow_pickle=False)
         self._unit = unit_rows(self.item_vectors)
-        self._log_pop = np.log1p(np.load(path / "item_popularity.npy").astype(np.float64))
-        self._torch = torch
+        self._log_pop = np.log1p(np.load(path / "item_popularity.npy", allow_pickle=False).astype(np.float64))
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Action scores [b, N] for observations [b, obs_size] (or one obs [obs_size] -> [N]): DQN's Q-values,
         PPO's action logits. Higher is better in both; argmax is the greedy action."""
-        return module_scores(self.module, self.algorithm, obs)
+        return self.network.scores(obs)
 
     scores = q_values
 

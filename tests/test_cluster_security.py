@@ -1,0 +1,127 @@
+"""The cluster's control plane is closed: ray_cluster.yaml starts every node with token auth and the dashboard
+on loopback, and `prefmine jobs` against a real `ray start --head` with RAY_AUTH_MODE=token is refused without
+the token, refused with a wrong one, and runs the job with the right one."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_cluster_yaml_closes_the_control_plane():
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        start = [c for c in cmds if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in start)
+    token_path = head.split("RAY_AUTH_TOKEN_PATH=")[1].split()[0].rstrip(";")
+    assert cfg["file_mounts"].get(token_path) == "~/.ray/auth_token"  # the same token on every node
+    ingress = cfg["provider"]["security_group"]["IpPermissions"]
+    assert [(p["FromPort"], p["ToPort"]) for p in ingress] == [(22, 22)]  # no Ray or metrics port from outside
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """A real Ray head with token auth (its own token file), killed as a process group at the end."""
+    tmp = tmp_path_factory.mktemp("auth")
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    dash, gcs = _free_port(), _free_port()
+    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(_free_port()),
+             "--dashboard-agent-listen-port", str(_free_port()), "--node-manager-port", str(_free_port()),
+             "--object-manager-port", str(_free_port())]
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OMP_NUM_THREADS": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
+    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1",
+                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
+                             "--dashboard-host", "127.0.0.1", *ports], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # answering (with an auth error): up
+            except OSError:
+                pass
+            assert proc.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray dashboard did not come up in 120 s"
+            time.sleep(1)
+        yield address, token
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                continue
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()
+
+
+def _jobs(*args: str, env: dict, home: Path) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run([str(BIN / "prefmine"), "jobs", *args], capture_output=True, text=True, timeout=300,
+                          env={**base, "HOME": str(home), **env})
+
+
+def test_jobs_need_the_clusters_token(token_head, tmp_path):
+    address, token = token_head
+    home = tmp_path / "home"  # no ~/.ray/auth_token here
+    home.mkdir()
+    # the job server itself refuses a request without the token
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{address}/api/jobs/", timeout=10)
+    assert e.value.code == 401
+    # token auth is the default: with no token at all the command stops before contacting the cluster
+    run = _jobs("submit", "--address", address, "--", "python", "-c", "print(1)", env={}, home=home)
+    assert run.returncode == 2 and "no token was found" in run.stderr
+    # without auth the cluster answers 401 (Authentication required), a wrong token 403 (Authentication failed)
+    run = _jobs("submit", "--address", address, "--auth", "disabled", "--", "python", "-c", "print(1)",
+                env={}, home=home)
+    assert run.returncode == 2 and "Authentication required" in run.stderr and "Traceback" not in run.stderr
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    run = _jobs("submit", "--address", address, "--token-file", str(wrong), "--", "python", "-c", "print(1)",
+                env={}, home=home)
+    assert run.returncode == 2 and "Authentication failed" in run.stderr
+    # the right token: the job runs; its status and logs are read with the token too
+    run = _jobs("submit", "--address", address, "--token-file", str(token), "--wait", "--timeout", "240", "--",
+                "python", "-c", "print('authenticated job ran')", env={}, home=home)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    job_id = run.stdout.split()[1]
+    logs = _jobs("logs", job_id, "--address", address, env={"RAY_AUTH_TOKEN_PATH": str(token)}, home=home)
+    assert logs.returncode == 0 and "authenticated job ran" in logs.stdout
+    st = _jobs("status", job_id, "--address", address, "--auth", "disabled", env={}, home=home)
+    assert st.returncode == 2 and "Authentication required" in st.stderr
