@@ -18,7 +18,7 @@ from prefmine.data.dataset import load_dataset
 from prefmine.data.prepare import prepare, read_all
 from prefmine.data.privacy import Pseudonymiser
 from prefmine.data.rows import RawDataError
-from prefmine.data.split import transformer_benchmark
+from prefmine.data.split import transformer_benchmark, transformer_benchmark_view
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,6 +204,20 @@ def test_real_sets_prepare_with_text_and_attributes(seqrec_raw, tmp_path, name):
     print(f"prepare {name}: {seconds:.1f} s")
     assert (m["counts"]["users"], m["counts"]["items"], m["counts"]["interactions"]) == (users, items, rows)
     assert m["bad_rows"]["skipped"] == 0 and m["time"] == "order-only"
+    # the protocol on the prepared dataset: the same kept (user, target) pairs and catalogue as on the raw files
+    ds = load_dataset(tmp_path / name)
+    view = transformer_benchmark_view(ds)
+    pseudo = Pseudonymiser(b"k")
+    raw = read_all("seqrec", seqrec_raw, name)
+    b = transformer_benchmark(raw)
+    kept = raw[b.test_kept]
+    names = {user: pseudo(user) for user in kept["user"].unique()}
+    assert sorted(zip(kept["user"].map(names), kept["item"])) == sorted(
+        (view.users[u], view.item_ids[view.test_item[u]]) for u in view.eval_users("test"))
+    assert sorted(view.item_ids) == sorted(b.catalogue) and view.n_items == len(b.catalogue)
+    assert len(view.eval_users("valid")) == users
+    u = int(view.eval_users("test")[0])
+    assert [view.item_ids[i] for i in view.history(u, "test")] == [ds.item_ids[i] for i in ds.history(u, "test")]
     table = pd.read_parquet(tmp_path / name / "items.parquet")
     assert table["attributes"].map(len).gt(0).mean() > 0.99
     if name == "Beauty":

@@ -80,3 +80,34 @@ def transformer_benchmark(inter: pd.DataFrame) -> BenchmarkSplit:
     test_kept[order] = kept
     return BenchmarkSplit(split=pd.Series(split, index=inter.index, name="split"), test_kept=test_kept,
                           catalogue=catalogue)
+
+
+def transformer_benchmark_view(ds):
+    """A loaded dataset (`prefmine.data.dataset.Dataset`) seen under the transformer_benchmark protocol.
+
+    The items are only those in training (every train sequence and validation item: all but each user's last), in
+    the same order, re-indexed; a test target is removed (set to -1) when its item is outside them or already in the
+    user's history, so `eval_users("test")` are the kept users and full ranking runs over that catalogue. The
+    validation targets stay for every user (early stopping). Equal to `transformer_benchmark` on the interactions
+    when every user has at least three events (the canonical split keeps shorter users in train only), which holds
+    for the S3-Rec sets. The manifest's data hash gets a suffix so caches keyed by it never mix the two views.
+    """
+    import dataclasses
+
+    in_training = np.zeros(ds.n_items, dtype=bool)
+    for seq in ds.train_seqs:
+        in_training[seq] = True
+    in_training[ds.valid_item[ds.valid_item >= 0]] = True
+    new = np.full(ds.n_items + 1, -1, dtype=np.int64)  # new[-1] == -1 keeps "no target" as -1
+    new[:-1][in_training] = np.arange(int(in_training.sum()))
+    test_item = new[ds.test_item]
+    for u in np.flatnonzero(test_item >= 0):
+        if test_item[u] in set(new[ds.history(u, "test")].tolist()):
+            test_item[u] = -1
+    item_ids = ds.item_ids[in_training]
+    manifest = {**ds.manifest, "data_hash": f"{ds.manifest.get('data_hash')}-tb", "protocol": "transformer_benchmark"}
+    return dataclasses.replace(
+        ds, manifest=manifest, items=ds.items[in_training].reset_index(drop=True), item_ids=item_ids,
+        item_index={it: i for i, it in enumerate(item_ids)}, train_seqs=[new[s] for s in ds.train_seqs],
+        valid_item=new[ds.valid_item], test_item=test_item,
+        test_time=np.where(test_item >= 0, ds.test_time, -1) if ds.test_time is not None else None)
