@@ -19,6 +19,13 @@ Per data set, in one run:
   - cold items: 10% of items held out of training entirely (`prefmine.cold_start`), Recall@10/NDCG@10 among
     the cold items for the fused ranker trained on the rest, against random and text similarity, per seed.
 
+The S3-Rec sequential sets (Beauty, Sports_and_Outdoors, Yelp; `prefmine data prepare --source seqrec`) run under
+the protocol behind their published numbers instead (`prefmine.data.split.transformer_benchmark_view`: leave-one-out
+by order, every user's second-to-last item for early stopping, full ranking over the items present in training,
+history excluded, test pairs whose item is cold or already seen dropped). Their anchor is the published
+transformer_benchmark table (SASRec+SS, eSASRec), not a RecBole run, so RecBole is skipped for them; the verdict
+compares prefmine's mean with the best published model per metric (no published figures for Yelp).
+
 Verdict per data set: prefmine's mean over seeds against the best RecBole model, for NDCG@10 and Recall@10 each
 (the best model per metric); `passes` when both lifts are >= 5%, the fused model beats the ID-only one, and all
 six RecBole models ran and converged (early stopping, not the `--recbole-cap-s` wall-clock cap).
@@ -29,7 +36,7 @@ split and settings, and finished models are reused. prefmine keeps each finished
 Results merge into `--out` per data set (a later run of other data sets keeps the earlier ones), and the
 Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
 
-    python -m bench.quality [--datasets Magazine_Subscriptions Gift_Cards ml-latest-small] [--seeds 3]
+    python -m bench.quality [--datasets Magazine_Subscriptions Gift_Cards ml-latest-small Beauty] [--seeds 3]
                             [--no-recbole] [--no-cold] [--reuse-recbole] [--resume] [--recbole-cap-s 2400]
                             [--recbole-models ...] [--quick]
                             [--out bench/results/quality.json]
@@ -56,6 +63,12 @@ from bench.data_scale import machine
 ROOT = Path(__file__).resolve().parent.parent
 AMAZON = ("Magazine_Subscriptions", "Gift_Cards")
 DATASETS = (*AMAZON, "ml-latest-small")
+SEQREC = ("Beauty", "Sports_and_Outdoors", "Yelp")  # opt-in: `--datasets Beauty ...`
+# transformer_benchmark README @ 2b039927, "calculated" columns (the data set README in shared/data/seqrec)
+PUBLISHED = {"Beauty": {"SASRec+SS": {"Recall@10": 0.0921, "NDCG@10": 0.0531},
+                        "eSASRec": {"Recall@10": 0.0928, "NDCG@10": 0.0523}},
+             "Sports_and_Outdoors": {"SASRec+SS": {"Recall@10": 0.0569, "NDCG@10": 0.0314},
+                                     "eSASRec": {"Recall@10": 0.0560, "NDCG@10": 0.0323}}}
 RECBOLE_MODELS = ("Pop", "ItemKNN", "BPR", "GRU4Rec", "SASRec", "BERT4Rec")
 LIFT = 0.05
 
@@ -74,13 +87,17 @@ def ranker_config(name: str, seed: int):
     0.0428 / 0.0295; with 25 it trained to epochs 110 / 106 (best 84 / 80), test 0.0521 / 0.0373."""
     from prefmine.ranker.model import RankerConfig
 
-    if name == "ml-latest-small":
+    if name in SEQREC:  # their early stopping scores every user; max_len 50 and patience 50 as theirs; not tuned
+        cfg = RankerConfig(batch_size=128, dropout=0.2, max_len=50, epochs=200, max_epochs=200, patience=50,
+                           seed=seed, eval_users=10**9)
+    elif name == "ml-latest-small":
         cfg = RankerConfig(batch_size=64, lr=1e-3, dropout=0.2, softmax="sampled", negatives=1024, epochs=200,
                            max_epochs=200, patience=25, seed=seed, eval_users=610)
     else:
         cfg = RankerConfig(batch_size=16, dropout=0.5, epochs=200, max_epochs=200, patience=30, seed=seed)
     if QUICK_EPOCHS:
-        cfg = dataclasses.replace(cfg, epochs=QUICK_EPOCHS, max_epochs=QUICK_EPOCHS)
+        cfg = dataclasses.replace(cfg, epochs=QUICK_EPOCHS, max_epochs=QUICK_EPOCHS,
+                                  eval_users=min(cfg.eval_users, 2000))
     return cfg
 
 
@@ -98,6 +115,8 @@ def prepare_dataset(name: str, raw_root: Path, cache: Path) -> Path:
             os.symlink(raw_root / "amazon2018" / name / f, raw / name / f)
         prepare("amazon2018", raw, out, name)
         shutil.rmtree(raw.parent, ignore_errors=True)
+    elif name in SEQREC:
+        prepare("seqrec", raw_root / "seqrec", out, name)
     else:
         prepare("movielens", raw_root / "movielens", out, name)
     return out
@@ -164,6 +183,23 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
     """{metric: [value per seed]} for the keys every seed has (the report takes mean ± std of lists)."""
     keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()
     return {k: [float(m[k]) for m in per_seed] for k in sorted(keys)}
+
+
+def published_verdict(models: dict, name: str) -> dict:
+    """prefmine's mean against the best published transformer_benchmark model per metric (S3-Rec sets)."""
+    out = {}
+    for metric in ("NDCG@10", "Recall@10"):
+        published = {m: v[metric] for m, v in PUBLISHED.get(name, {}).items()}
+        ours = float(np.mean(models["prefmine"][metric]))
+        out[metric] = {"prefmine": ours, "prefmine_id_only": float(np.mean(models["prefmine_id_only"][metric]))}
+        if published:
+            best = max(published, key=published.get)
+            out[metric].update(best_published=best, best_published_value=published[best],
+                               lift=ours / published[best] - 1.0)
+    lifts = [v["lift"] for v in out.values() if "lift" in v]
+    out["text_beats_id_only"] = all(v["prefmine"] > v["prefmine_id_only"] for v in out.values())
+    out["passes"] = bool(len(lifts) == 2 and min(lifts) >= LIFT and out["text_beats_id_only"])
+    return out
 
 
 def verdict(models: dict) -> dict:
@@ -243,6 +279,10 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     t0 = time.time()
     path = prepare_dataset(name, Path(args.raw), cache)
     ds = load_dataset(path)
+    if name in SEQREC:  # the published protocol's users and catalogue; its anchor is the published table
+        from prefmine.data.split import transformer_benchmark_view
+
+        ds, python = transformer_benchmark_view(ds), None
     text = item_text_vectors(ds, cache)
     job = None
     if python is not None:
@@ -297,7 +337,11 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
                                  + (ds.test_item >= 0).sum()),
              "dataset": name, "seeds": seeds, "models": models,
              "training": {str(s): r["training"] for s, r in zip(seeds, runs)}, "recbole": recbole,
-             "verdict": verdict(models) if "prefmine" in models else {},
+             "verdict": ({} if "prefmine" not in models else published_verdict(models, name) if name in SEQREC
+                         else verdict(models)),
+             "protocol": ("transformer_benchmark: leave-one-out by order, catalogue = items in training, cold or "
+                          "already seen test targets dropped, history excluded" if name in SEQREC else
+                          "leave-one-out by time, full ranking over all items, history excluded"),
              "seconds": round(time.time() - t0, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     if cold:
         entry["cold_start"] = {**{k: v for k, v in cold[0].items() if k != "models"},
@@ -308,7 +352,7 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=(*DATASETS, *SEQREC))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--raw", default=os.environ.get("PREFMINE_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--cache", default=str(ROOT / "runs" / "bench_quality"))
@@ -335,7 +379,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache).resolve()
     cache.mkdir(parents=True, exist_ok=True)
     python = None
-    if not args.no_recbole:
+    if not args.no_recbole and any(n not in SEQREC for n in args.datasets):  # S3-Rec sets need no RecBole
         from bench.recbole_anchor import ensure_venv
 
         python = ensure_venv()
@@ -351,7 +395,8 @@ def main(argv=None) -> int:
             entry["cold_start"] = {**previous["cold_start"], "from_run_finished": previous.get("finished")}
         report["machine"] = machine()
         report["protocol"] = ("leave-one-out by time, full ranking over all items, history excluded; RecBole "
-                              "1.2.1 on the same split; prefmine mean over seeds")
+                              "1.2.1 on the same split; prefmine mean over seeds (S3-Rec sets: each entry's "
+                              "protocol, against the published transformer_benchmark numbers)")
         from prefmine.report import write_reports
 
         paths = write_reports(report, out.parent, out.stem)  # after every data set: a crash keeps the rest

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare or download data").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="raw files -> canonical dataset directory")
-    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens", "recbole", "events"])
+    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens", "recbole", "events", "seqrec"])
     prep.add_argument("--raw", help="raw folder (default: $PREFMINE_DATA_DIR/<source>)")
     prep.add_argument("--category", help="Amazon category (e.g. Magazine_Subscriptions) or RecBole data set name")
     prep.add_argument("--out", required=True)

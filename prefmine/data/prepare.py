@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefmine.data import amazon, events, movielens, recbole
+from prefmine.data import amazon, events, movielens, recbole, seqrec
 from prefmine.data.clean import item_text
 from prefmine.data.privacy import Pseudonymiser, load_key
 from prefmine.data.rows import BadRows, RawDataError, RowRules, check_rows
@@ -48,9 +48,11 @@ from prefmine.data.scrub import scrub_text_counted
 from prefmine.data.split import leave_one_out
 
 SCHEMA_VERSION = 2
-SOURCES = {"amazon2018": amazon, "movielens": movielens, "recbole": recbole, "events": events}
+SOURCES = {"amazon2018": amazon, "movielens": movielens, "recbole": recbole, "events": events, "seqrec": seqrec}
 DATA_DIR_ENV = "PREFMINE_DATA_DIR"
-SOURCE_SUBDIR = {"amazon2018": "amazon2018", "movielens": "movielens", "recbole": "recbole", "events": "events"}
+SOURCE_SUBDIR = {"amazon2018": "amazon2018", "movielens": "movielens", "recbole": "recbole", "events": "events",
+                 "seqrec": "seqrec"}
+ITEM_COLUMNS = ["item", "title", "brand", "categories", "description", "text", "text_source"]
 ROWS_PER_BUCKET = 400_000
 SNIPPET_CHARS = 500
 
@@ -274,13 +276,18 @@ def split_bucket(task: dict, ctx: PrepContext) -> dict:
 
 def item_table(catalogue: pd.DataFrame, interacted: list[str], snippets: pd.DataFrame) -> pd.DataFrame:
     """Items that were interacted with, in catalogue order then id order; text from the catalogue, else from the
-    item's train-period reviews."""
+    item's train-period reviews. Catalogue columns beyond the standard ones are kept as side columns."""
     cat = catalogue.drop_duplicates("item", keep="first")
     cat = cat[cat["item"].isin(set(interacted))]
     extra = sorted(set(interacted) - set(cat["item"]))
     items = pd.concat([cat, pd.DataFrame({"item": extra, "title": "", "brand": "", "categories": [[]] * len(extra),
                                           "description": ""})], ignore_index=True)
     items = items.fillna({"title": "", "brand": "", "description": ""})
+    side = [c for c in cat.columns if c not in ITEM_COLUMNS]  # a source's own item columns (seqrec attributes)
+    for c in side:
+        as_list = any(isinstance(v, (list, np.ndarray)) for v in cat[c])
+        items[c] = [v if not (v is None or (isinstance(v, float) and v != v)) else ([] if as_list else "")
+                    for v in items[c]]
     items["categories"] = items["categories"].apply(lambda c: list(c) if isinstance(c, (list, np.ndarray)) else [])
     by_item = review_descriptions(snippets)
     no_text = (items["title"] == "") & (items["description"] == "")
@@ -288,7 +295,7 @@ def item_table(catalogue: pd.DataFrame, interacted: list[str], snippets: pd.Data
     items.loc[no_text, "description"] = items.loc[no_text, "item"].map(by_item).fillna("")
     items["text"] = [item_text(t, b, c, d) for t, b, c, d in
                      zip(items["title"], items["brand"], items["categories"], items["description"])]
-    return items[["item", "title", "brand", "categories", "description", "text", "text_source"]]
+    return items[ITEM_COLUMNS + side]
 
 
 def _failed(results: list[dict], key: str) -> None:
@@ -368,8 +375,11 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             "schema_version": SCHEMA_VERSION,
             "dataset_id": uuid.uuid4().hex[:12],
             "source": source,
-            "category": category or (recbole.dataset_name(raw_path, None) if source == "recbole" else
+            "category": category or (module.dataset_name(raw_path, None) if source in ("recbole", "seqrec") else
                                      "ml-latest-small" if source == "movielens" else None),
+            # "order-only": the source has no timestamps; `ts` is each user's position, so only order is real
+            "time": getattr(module, "TIME", "order-only" if source == "recbole" and not rules.check_ts else
+                            "timestamps"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "counts": {"interactions": n_inter, "users": sum(s["users"] for s in split_stats),
                        "items": len(items), "reviews": sum(s["reviews"] for s in split_stats),
