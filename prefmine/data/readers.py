@@ -9,11 +9,11 @@ memory, and a file that decompresses past `max_decompressed_bytes` is reported a
 Delimited text takes a fast path per block: when no line of the block leaves a quote open, Arrow parses the block
 with one record per line (a row with the wrong number of fields is reported by its line and skipped). A block with a
 quoted field spanning lines goes through Python's csv record by record: a multi-line record is accepted only when
-it closes within the size cap, strictly quoted, with the header's number of fields, and swallows no line that reads
-as a record of its own (the header's number of fields, a quote it leaves open counting as one); otherwise its first
-line is reported
-as an unbalanced quote and parsing resumes on the next line, so one stray quote loses one row. The price of that
-rule: a quoted multi-line text whose continuation line looks like a whole record is split there and reported.
+it closes within the size cap, strictly quoted (a closing quote is followed by the delimiter or the line's end)
+and with the header's number of fields; otherwise its first line is reported as an unbalanced quote and parsing
+resumes on the next line, so one stray quote loses one row. What stays ambiguous is a stray quote whose field a later
+line closes cleanly (say a quoted text there starts with a quote, a delimiter or a line break): no reader can tell
+that file from one with a multi-line text, and the rows between are read as that text.
 
 File-level dirt is reported through `BadRows` too: an empty file, a gzip stream that ends or breaks mid-file (rows
 before the break are kept), bytes that are not UTF-8 (by line and field), a repeated header line. Missing required
@@ -187,13 +187,6 @@ class _Records:
             return "bad", "the quoted field closes before the record's last line"
         return "ok", fields
 
-    def _width_alone(self, text: str) -> int:
-        """How many fields the line has when read on its own (a quote it leaves open counts as one field)."""
-        try:
-            return len(next(csv.reader([text], strict=False, **self.fmt), []))
-        except csv.Error:
-            return 0
-
     def _reject_pending(self, work: deque, why: str) -> None:
         first = self.pending[0][0]
         self.bad.bad(f"{self.path}:{first}", None, f"unbalanced quote: {why}; the line is skipped and reading "
@@ -213,9 +206,6 @@ class _Records:
                 self.pending_quotes += text.count('"')
                 if self.pending_bytes > cap:
                     self._reject_pending(work, f"the quoted field does not close within {cap} bytes")
-                    continue
-                if self._width_alone(text) == self.n_fields:
-                    self._reject_pending(work, f"the quoted field would swallow line {n}, a record of its own")
                     continue
                 if self.pending_quotes % 2 == 0:
                     continue  # every quote since the record's first line doubled: the field is still open

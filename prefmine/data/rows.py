@@ -33,6 +33,7 @@ RAW_COLUMNS = ("user", "item", "ts", "event", "rating", "summary", "text")
 MAX_EXAMPLES = 10
 MAX_ID_CHARS = 512
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0/C1 controls and lone surrogates
+_ASCII_SPACE = re.compile("[\x00-\x20\x7f]")  # ASCII controls and whitespace: absent, an ASCII id is canonical
 
 
 class RawDataError(ValueError):
@@ -102,6 +103,14 @@ def _ids(col: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     n = len(raw)
     missing = pd.isna(col).to_numpy()
     wrong_type = np.zeros(n, dtype=bool)
+    control = np.zeros(n, dtype=bool)
+    if not missing.any() and pd.api.types.infer_dtype(raw, skipna=False) == "string":
+        joined = "".join(raw)
+        if joined.isascii() and not _ASCII_SPACE.search(joined):  # the common case: nothing to normalise or reject
+            too_long = np.zeros(n, dtype=bool)
+            if len(joined) > MAX_ID_CHARS:
+                too_long = col.str.len().to_numpy() > MAX_ID_CHARS
+            return raw, raw == "", wrong_type, too_long, control
     if pd.api.types.infer_dtype(raw, skipna=True) != "string":
         raw = raw.copy()
         for i, v in enumerate(raw):
@@ -112,13 +121,9 @@ def _ids(col: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
             else:
                 raw[i] = str(v)
     ok = ~(missing | wrong_type)
-    if ok.all():
-        out = np.array(normalise_ids(raw), dtype=object)
-    else:
-        out = np.full(n, "", dtype=object)
-        out[ok] = normalise_ids(raw[ok])
+    out = np.full(n, "", dtype=object)
+    out[ok] = normalise_ids(raw[ok])
     joined = "".join(out)
-    control = np.zeros(n, dtype=bool)
     if _CONTROL.search(joined):
         control = np.fromiter((_CONTROL.search(v) is not None for v in out), dtype=bool, count=n)
     too_long = np.zeros(n, dtype=bool)
