@@ -219,7 +219,11 @@ class _Records:
                 self._reject_pending(work, "the quoted field opened on this line does not close into a record"
                                      + (f" with {self.n_fields} fields" if status == "ok" else f" ({value})"))
                 continue
-            status, value = self._parse([text], strict=False)
+            body = text.rstrip("\r\n") if '"' not in text and "\r" not in text[:-2] else None
+            if body is not None:  # no quote, no stray CR: the fields are what lies between delimiters
+                status, value = "ok", (body.split(self.fmt["delimiter"]) if body else [])
+            else:
+                status, value = self._parse([text], strict=False)
             if status == "open":
                 self.pending, self.pending_bytes, self.pending_quotes = [(n, text)], len(text), 0
             elif status == "bad":
