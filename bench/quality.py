@@ -372,7 +372,7 @@ def main(argv=None) -> int:
     if args.quick:
         global QUICK_EPOCHS
         QUICK_EPOCHS, args.seeds, args.recbole_models = 2, 1, ["Pop", "ItemKNN"]
-    os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "bench-quality")
+    os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "bench-quality-pseudonym-key")
     from cluster.ray_env import ensure_ray, set_process_threads
 
     set_process_threads()

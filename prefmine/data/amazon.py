@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from prefmine.data.clean import clean_list, clean_text
-from prefmine.data.readers import read_delimited, read_json_lines
+from prefmine.data.privacy import normalise_id
+from prefmine.data.readers import LIMITS, ReadLimits, read_delimited, read_json_lines
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 __all__ = ["RawDataError", "plan", "read_chunk", "catalogue", "rules"]
@@ -56,15 +57,15 @@ def plan(raw: Path, category: str | None) -> list[dict]:
     return chunks
 
 
-def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
+def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterator[pd.DataFrame]:
     path = Path(chunk["path"])
     if path.suffix == ".csv":
-        for df in read_delimited(path, bad, tuple(CSV_COLUMNS), column_names=CSV_COLUMNS):
+        for df in read_delimited(path, bad, tuple(CSV_COLUMNS), column_names=CSV_COLUMNS, limits=limits):
             yield pd.DataFrame({"user": df["reviewerID"], "item": df["asin"], "ts": df["unix_ts"], "event": "rate",
                                 "rating": df["rating"], "summary": None, "text": None, "_line": df["_line"],
                                 "is_inter": True, "is_review": False})
         return
-    for lines, objs in read_json_lines(path, bad, REVIEW_FIELDS):
+    for lines, objs in read_json_lines(path, bad, REVIEW_FIELDS, limits=limits):
         yield pd.DataFrame({
             "user": [o["reviewerID"] for o in objs], "item": [o["asin"] for o in objs],
             "ts": [o["unixReviewTime"] for o in objs], "event": "rate", "rating": [o["overall"] for o in objs],
@@ -78,7 +79,7 @@ def read_metadata(path: Path, bad: BadRows | None = None) -> pd.DataFrame:
     rows = []
     for _, objs in read_json_lines(path, bad or BadRows("error"), ("asin",)):
         for m in objs:
-            asin = str(m["asin"])
+            asin = normalise_id(m["asin"])
             if asin in seen:
                 continue
             seen.add(asin)

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from prefmine.data.clean import clean_text
-from prefmine.data.readers import parquet_row_groups, read_delimited, read_parquet
+from prefmine.data.privacy import normalise_ids
+from prefmine.data.readers import LIMITS, ReadLimits, parquet_row_groups, read_delimited, read_parquet
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 REQUIRED = ("user_id", "item_id", "timestamp", "event_type")
@@ -103,13 +104,13 @@ def _epoch_seconds(col: pd.Series) -> pd.Series:
     return (col - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
 
-def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
+def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterator[pd.DataFrame]:
     path = Path(chunk["path"])
     if path.name.endswith(".parquet"):
         batches = read_parquet(path, bad, REQUIRED, OPTIONAL, tuple(chunk["row_groups"]) if "row_groups" in chunk
                                else None)
     else:
-        batches = read_delimited(path, bad, REQUIRED, OPTIONAL)
+        batches = read_delimited(path, bad, REQUIRED, OPTIONAL, limits=limits)
     for df in batches:
         summary = df["review_title"] if "review_title" in df else pd.Series(None, index=df.index, dtype=object)
         text = df["review_text"] if "review_text" in df else pd.Series(None, index=df.index, dtype=object)
@@ -146,5 +147,5 @@ def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
         return [p.strip() for p in s.split(sep) if p.strip()]
 
     cats = df["categories"].map(split_path).to_numpy() if "categories" in df else [[] for _ in range(len(df))]
-    return pd.DataFrame({"item": df["item_id"].astype(str).to_numpy(), "title": text("title"), "brand": text("brand"),
+    return pd.DataFrame({"item": normalise_ids(df["item_id"].astype(str)), "title": text("title"), "brand": text("brand"),
                          "categories": list(cats), "description": text("description")})

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from prefmine.data.clean import clean_text
-from prefmine.data.readers import read_delimited
+from prefmine.data.privacy import normalise_ids
+from prefmine.data.readers import LIMITS, ReadLimits, read_delimited
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 RATING_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "rating": "rating"}
@@ -40,15 +41,15 @@ def plan(raw: Path, category: str | None) -> list[dict]:
     return chunks
 
 
-def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
+def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterator[pd.DataFrame]:
     path = Path(chunk["path"])
     if path.name == "ratings.csv":
-        for df in read_delimited(path, bad, ("userId", "movieId", "rating", "timestamp")):
+        for df in read_delimited(path, bad, ("userId", "movieId", "rating", "timestamp"), limits=limits):
             yield pd.DataFrame({"user": df["userId"], "item": df["movieId"], "ts": df["timestamp"], "event": "rate",
                                 "rating": df["rating"], "summary": None, "text": None, "_line": df["_line"],
                                 "is_inter": True, "is_review": False})
         return
-    for df in read_delimited(path, bad, ("userId", "movieId", "tag", "timestamp")):
+    for df in read_delimited(path, bad, ("userId", "movieId", "tag", "timestamp"), limits=limits):
         tag = df["tag"].map(clean_text)
         yield pd.DataFrame({"user": df["userId"], "item": df["movieId"], "ts": df["timestamp"], "event": "rate",
                             "rating": float("nan"), "summary": tag, "text": tag, "_line": df["_line"],
@@ -62,8 +63,10 @@ def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
     tags = pd.concat(list(read_delimited(tags_path, bad, ("movieId", "tag")))) if tags_path.exists() else \
         pd.DataFrame(columns=["movieId", "tag"])
     tags["tag"] = tags["tag"].map(clean_text)
+    tags["movieId"] = normalise_ids(tags["movieId"].fillna(""))
     tag_text = tags.groupby("movieId")["tag"].apply(lambda s: ", ".join(dict.fromkeys(t for t in s if t)))
     genres = movies["genres"].fillna("").map(lambda g: [x for x in g.split("|") if x and x != "(no genres listed)"])
-    return pd.DataFrame({"item": movies["movieId"].to_numpy(), "title": movies["title"].map(clean_text).to_numpy(),
+    return pd.DataFrame({"item": normalise_ids(movies["movieId"].fillna("")), "title": movies["title"].map(clean_text).to_numpy(),
                          "brand": "", "categories": genres.to_numpy(),
-                         "description": movies["movieId"].map(tag_text).fillna("").to_numpy()})
+                         "description": pd.Series(normalise_ids(movies["movieId"].fillna(""))).map(tag_text)
+                         .fillna("").to_numpy()})

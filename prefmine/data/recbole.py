@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from prefmine.data.clean import clean_text
-from prefmine.data.readers import read_delimited
+from prefmine.data.privacy import normalise_ids
+from prefmine.data.readers import LIMITS, ReadLimits, read_delimited
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 EXPECTED_TYPES = {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"}
@@ -100,13 +101,13 @@ def _strip_type(col: str) -> str:
     return col.split(":", 1)[0]
 
 
-def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
+def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterator[pd.DataFrame]:
     path = Path(chunk["path"])
     fields = chunk["fields"]
     text_cols = {k: next((f for f in cands if f in fields), None) for k, cands in TEXT_FIELDS.items()}
     optional = tuple(f for f in ("rating", "timestamp", *text_cols.values()) if f)
     for df in read_delimited(path, bad, ("user_id", "item_id"), optional, delimiter="\t", header_map=_strip_type,
-                          quoting=False):
+                             quoting=False, limits=limits):
         has_rating = "rating" in df
         text = df[text_cols["text"]].map(clean_text) if text_cols["text"] else None
         summary = df[text_cols["summary"]].map(clean_text) if text_cols["summary"] else None
@@ -147,5 +148,5 @@ def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
 
     cats = df[pick["categories"]].fillna("").map(lambda s: [c for c in str(s).split() if c]).to_numpy() \
         if pick["categories"] else [[] for _ in range(len(df))]
-    return pd.DataFrame({"item": df["item_id"].to_numpy(), "title": col("title"), "brand": col("brand"),
+    return pd.DataFrame({"item": normalise_ids(df["item_id"].fillna("")), "title": col("title"), "brand": col("brand"),
                          "categories": list(cats), "description": col("description")})
