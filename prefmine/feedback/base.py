@@ -61,7 +61,7 @@ def check_impression_id(value: object, field: str = "impression_id") -> str:
         raise ValueError(f"{field} must be a string, got {type(value).__name__}")
     if not _IMPRESSION_ID.fullmatch(value):
         raise ValueError(f"{field} must be 1..{MAX_IMPRESSION_ID_CHARS} characters of A-Z, a-z, 0-9 and '-', "
-                         f"got {value[:80]!r}")
+                         f"got {value[:20]!r}{'...' if len(value) > 20 else ''}")
     return value
 
 
