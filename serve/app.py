@@ -19,6 +19,8 @@ traceback): UNAUTHENTICATED, PERMISSION_DENIED (scope), INVALID_ARGUMENT naming 
 Every deployment has a ``check_health`` that fails while it holds no loaded bundle version, and a bounded queue
 (``MAX_QUEUED``). RecordFeedback appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for
 several nodes; durable commits) with the request's idempotency key, and answers only after the commit returned.
+Recommend logs its answer as an impression in the same store (id, pseudonym, items, propensities, policy,
+bundle version) before answering with the id; if that append fails it answers UNAVAILABLE.
 
 The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
 users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
@@ -40,6 +42,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,10 @@ SEARCH_CANDIDATES = 100
 APP_NAME = "prefmine"
 GRPC_SERVICER = SERVICER_FUNCTION  # serve.wire.add_services: Recommender + Health, lenient request parsing
 __all__ = ["K_MAX", "MAX_EXCLUDE", "BadRequest", "validate_request", "build_app"]
+
+
+class ImpressionNotLogged(RuntimeError):
+    """The impression log did not take a Recommend answer: nothing is shown that was not logged (UNAVAILABLE)."""
 
 
 class NotFound(LookupError):
@@ -204,7 +211,8 @@ class RankerDeployment:
     async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
         """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
         selected here by the same bundle version's policy (what PolicyDeployment.select does) rather than one
-        more actor hop. Returns the candidates' ``idx``/``scores`` and the ordered ``slate``."""
+        more actor hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's
+        ``propensities`` (what the impression log needs) and the ``policy`` that chose it."""
         cand = await self.candidates(ref, history, n, exclude)
         return await self._select(ref, cand, k)
 
@@ -215,8 +223,9 @@ class RankerDeployment:
 
     async def _select(self, ref: BundleRef, cand: dict, k: int) -> dict:
         policy = await self.policies.get(ref)
-        return {"idx": cand["idx"], "scores": cand["scores"],
-                "slate": policy.select(cand["state"], cand["idx"], cand["scores"], k)}
+        slate, props = policy.select(cand["state"], cand["idx"], cand["scores"], k, return_propensities=True)
+        return {"idx": cand["idx"], "scores": cand["scores"], "slate": slate, "propensities": props,
+                "policy": policy.label}
 
     async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
         """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
@@ -353,28 +362,52 @@ class _PolicyVersion:
         self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
         self.kind = "learned"
 
-    def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        """An ordered slate of min(k, len(candidates)) distinct candidate item indices."""
+    @property
+    def label(self) -> str:
+        """The policy as logged with an impression: its kind, and its exploration rate when it explores."""
+        eps = float(getattr(self.runtime, "epsilon", 0.0) or 0.0)
+        return f"{self.kind} epsilon={eps:g}" if eps > 0 else self.kind
+
+    def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int,
+               return_propensities: bool = False):
+        """An ordered slate of min(k, len(candidates)) distinct candidate item indices; with
+        return_propensities, also each slot's probability of its item given the slots before it (the learned
+        policy's own, exploration included; 1.0 where the choice is deterministic: the ranker's order, and the
+        ranker's padding after a policy answer that had to be cleaned)."""
         candidates = np.asarray(candidates, dtype=np.int64)
         k = min(int(k), len(candidates))
+
+        def out(slate, props=None):
+            slate = np.asarray(slate, dtype=np.int64)
+            if not return_propensities:
+                return slate
+            return slate, (np.ones(len(slate)) if props is None else np.asarray(props, dtype=np.float64))
+
         if k == 0:
-            return candidates[:0]
+            return out(candidates[:0])
         if self.runtime is not None:
-            slate = np.asarray(self.runtime.select(state, candidates, scores, k), dtype=np.int64)
+            if return_propensities:
+                slate, got = self.runtime.select(state, candidates, scores, k, return_propensities=True)
+            else:
+                slate, got = self.runtime.select(state, candidates, scores, k), None
+            slate = np.asarray(slate, dtype=np.int64)
+            got = np.ones(len(slate)) if got is None else np.asarray(got, dtype=np.float64)
             allowed = set(candidates.tolist())
             clean: list[int] = []
+            props: list[float] = []
             seen: set[int] = set()
-            for i in map(int, slate):
+            for i, p in zip(map(int, slate), got):
                 if i in allowed and i not in seen:
                     clean.append(i)
+                    props.append(float(p))
                     seen.add(i)
             if len(clean) == k:
-                return np.asarray(clean, dtype=np.int64)
+                return out(clean, props)
             logger.warning("policy returned %d valid of %d items; padding from the ranker", len(clean), k)
             greedy = candidates[np.argsort(-np.asarray(scores), kind="stable")]
-            rest = [int(i) for i in greedy if int(i) not in seen]
-            return np.asarray((clean + rest)[:k], dtype=np.int64)
-        return candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]]
+            rest = [int(i) for i in greedy if int(i) not in seen][:k - len(clean)]
+            return out(clean + rest, props + [1.0] * len(rest))
+        return out(candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3,
@@ -532,6 +565,9 @@ class RecommenderIngress:
         except NotFound as e:
             code = grpc.StatusCode.NOT_FOUND
             return self._fail(grpc_context, code, str(e), empty_cls())
+        except ImpressionNotLogged as e:
+            code = grpc.StatusCode.UNAVAILABLE
+            return self._fail(grpc_context, code, str(e), empty_cls())
         except asyncio.CancelledError:  # the client went away (deadline, cancel): stop, answer nothing
             code = grpc.StatusCode.CANCELLED
             raise
@@ -580,11 +616,13 @@ class RecommenderIngress:
             if request.explain:
                 for it, i in zip(resp.items, items):
                     it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
-            return resp
+            return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
         exclude |= set(history.tolist())
         n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
         if n <= 0:
-            return self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False, placement=request.placement)
+            resp = self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
+                                  placement=request.placement)
+            return await self._log_impression(s, request, resp, np.zeros(0), "none")
         # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
         cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k)
         slate = cand["slate"]
@@ -596,6 +634,34 @@ class RecommenderIngress:
             why = await self._call(self.ranker.explain, s.ref, history, slate)
             for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
                 it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
+        return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
+
+    async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
+                              propensities, policy: str) -> pb.RecommendResponse:
+        """Log what `resp` shows under a new impression id (uuid4), durably, and only then return it carrying
+        the id and each item's propensity. A failed append raises ImpressionNotLogged (UNAVAILABLE): an answer
+        is never shown unlogged. The append is shielded like RecordFeedback's: a client that goes away does not
+        cancel it half-way (an impression may then be logged that nobody saw, never the reverse)."""
+        from prefmine.feedback import Impression
+
+        props = [min(1.0, float(p)) for p in propensities]  # e/1 + (1-e) may round a hair above 1
+        imp = Impression(impression_id=str(uuid.uuid4()), user=s.bundle.pseudonymise(request.user_id),
+                         ts=int(time.time()), items=[it.item_id for it in resp.items],
+                         positions=list(range(len(resp.items))), propensities=props, policy=str(policy),
+                         bundle_version=resp.bundle_version)
+
+        def append() -> None:
+            with self._feedback_lock:
+                self.feedback.append_impression(imp)
+
+        try:
+            await asyncio.shield(asyncio.to_thread(append))
+        except Exception as e:  # noqa: BLE001 - any store failure: refuse to show the slate
+            logger.error("impression not logged (%s: %s); answering UNAVAILABLE", type(e).__name__, e)
+            raise ImpressionNotLogged("the impression log is unavailable; retry later") from None
+        for it, p in zip(resp.items, props):
+            it.propensity = p
+        resp.impression_id = imp.impression_id
         return resp
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
@@ -682,7 +748,8 @@ class RecommenderIngress:
         s = self.served
         events = [FeedbackEvent(user=s.bundle.pseudonymise(ev.user_id), item=ev.item_id,
                                 event=EVENT_NAMES[ev.type], ts=int(ev.timestamp),
-                                rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None)
+                                rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None,
+                                impression_id=ev.impression_id or None)  # validated: [A-Za-z0-9-]{1,64}
                   for ev in request.events]
 
         def append() -> int:

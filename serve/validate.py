@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 
+from prefmine.feedback.base import check_impression_id
 from prefmine.v1 import recommender_pb2 as pb
 
 K_MAX = 1000
@@ -143,3 +144,8 @@ def validate_feedback(request: pb.RecordFeedbackRequest) -> None:
     now = time.time()
     for i, ev in enumerate(request.events):
         check_event(ev, f"events[{i}]", need_user=True, now=now)
+        if ev.impression_id:  # optional; when set, the form Recommend's ids have (and nothing a store could misread)
+            try:
+                check_impression_id(ev.impression_id, f"events[{i}].impression_id")
+            except ValueError as e:
+                raise BadRequest(str(e)) from None

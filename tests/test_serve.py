@@ -126,6 +126,33 @@ def test_policy_slate_is_cleaned_and_padded():
     assert _policy_deployment(None).select(None, cands, scores, 10).tolist() == [11, 13, 12, 10]
 
 
+class _FakePolicyWithPropensities(_FakePolicy):
+    def __init__(self, slate, props):
+        super().__init__(slate)
+        self.props = props
+
+    def select(self, state, candidates, scores, k, return_propensities=False):
+        slate = np.asarray(self.slate)
+        return (slate, np.asarray(self.props)) if return_propensities else slate
+
+
+def test_policy_slate_carries_propensities():
+    """Each slot's propensity goes with the slate: the policy's own for the items it chose, 1.0 where the choice
+    is deterministic (the ranker's order, the ranker's padding after a cleaned policy answer)."""
+    cands, scores = np.array([10, 11, 12, 13]), np.array([0.1, 0.9, 0.5, 0.7])
+    slate, props = _policy_deployment(None).select(None, cands, scores, 3, return_propensities=True)
+    assert slate.tolist() == [11, 13, 12] and props.tolist() == [1.0, 1.0, 1.0]
+    learned = _policy_deployment(_FakePolicyWithPropensities([12, 10, 11], [0.9, 0.4, 0.05]))
+    slate, props = learned.select(None, cands, scores, 3, return_propensities=True)
+    assert slate.tolist() == [12, 10, 11] and props.tolist() == [0.9, 0.4, 0.05]
+    cleaned = _policy_deployment(_FakePolicyWithPropensities([12, 12, 99], [0.8, 0.3, 0.2]))
+    slate, props = cleaned.select(None, cands, scores, 3, return_propensities=True)
+    assert slate.tolist() == [12, 11, 13] and props.tolist() == [0.8, 1.0, 1.0]
+    slate, props = learned.select(None, cands[:0], scores[:0], 3, return_propensities=True)
+    assert slate.tolist() == [] and props.tolist() == []
+    assert learned.label == "learned" and _policy_deployment(None).label == "greedy"
+
+
 def test_serve_config_matches_app():
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -185,6 +212,13 @@ def test_validators_name_the_field():
     bad = pb.Event(user_id="u", item_id="i", type=pb.EVENT_TYPE_RATE, timestamp=now, rating=6)
     with pytest.raises(BadRequest, match=r"^events\[1\]\.rating "):
         validate_feedback(pb.RecordFeedbackRequest(events=[ok, bad]))
+    named = pb.Event(user_id="u", item_id="i", type=pb.EVENT_TYPE_CLICK, timestamp=now,
+                     impression_id="0c9a6f5e-1b2d-4c3e-8f70-123456789abc")
+    validate_feedback(pb.RecordFeedbackRequest(events=[ok, named]))
+    for bad_id in ("x" * 65, "has space", "semi;colon", "under_score", "é"):
+        wrong = pb.Event(user_id="u", item_id="i", type=pb.EVENT_TYPE_CLICK, timestamp=now, impression_id=bad_id)
+        with pytest.raises(BadRequest, match=r"^events\[1\]\.impression_id must be 1\.\.64 characters"):
+            validate_feedback(pb.RecordFeedbackRequest(events=[ok, wrong]))
     with pytest.raises(BadRequest, match=r"^bids\[1\] "):
         validate_rank(pb.RankRequest(user_id="u", candidate_item_ids=["a", "b"], bids=[1, float("inf")]))
 
@@ -329,6 +363,54 @@ def test_every_deployment_has_a_health_check_that_fails_until_its_model_is_loade
         ingress.feedback.close()
         with pytest.raises(Exception, match="closed"):
             await ingress.check_health()
+
+    asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_ingress_answers_recommend_only_after_the_impression_is_logged(bundle_path, tmp_path):
+    """The ingress's own class outside Ray (the code a replica runs) on a real SQLite store: while another
+    connection holds the store's write lock, Recommend does not return; once it is released the answer comes back
+    with an impression id already in the store; while the store refuses impressions (a SQLite trigger, as a full
+    disk would), Recommend returns the empty response and no slate."""
+    import asyncio
+    import sqlite3
+
+    from prefmine.feedback import open_feedback_store
+    from serve import app
+    from serve.served import BundleRef
+
+    db = tmp_path / "fb.sqlite"
+    config = BundleRef.of({"bundle": str(bundle_path)}).config()
+    request = pb.RecommendRequest(user_id=UNKNOWN_USER, k=3)  # cold start: the ingress alone, no ranker hop
+
+    async def run():
+        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(db))
+        await ingress.reconfigure(config)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the impression cannot commit
+        task = asyncio.ensure_future(ingress.Recommend(request, None))
+        await asyncio.sleep(1.5)
+        assert not task.done(), "Recommend answered while its impression could not be written"
+        blocker.execute("ROLLBACK")
+        resp = await asyncio.wait_for(task, 30)
+        assert len(resp.items) == 3 and resp.impression_id
+        store = open_feedback_store(db, create=False)
+        try:
+            got = {i.impression_id: i for i in store.read_impressions_since(0)}
+        finally:
+            store.close()
+        assert got[resp.impression_id].items == [it.item_id for it in resp.items]
+        assert got[resp.impression_id].policy == "popularity"
+        assert [it.propensity for it in resp.items] == [1.0, 1.0, 1.0]
+
+        blocker.execute("CREATE TRIGGER refuse BEFORE INSERT ON impressions BEGIN SELECT RAISE(ABORT, 'full'); END")
+        refused = await ingress.Recommend(request, None)
+        assert len(refused.items) == 0 and refused.impression_id == ""
+        blocker.execute("DROP TRIGGER refuse")
+        blocker.close()
+        assert (await ingress.Recommend(request, None)).impression_id
+        ingress.feedback.close()
 
     asyncio.run(run())
 
@@ -630,6 +712,106 @@ def test_user_profile_and_feedback(stub, bundle, known_user, feedback_db):
     after = stub.GetUserProfile(pb.GetUserProfileRequest(user_id=raw), timeout=30).feedback_counts
     for name in ("click", "rate", "view"):
         assert after[name] == before.get(name, 0) + 1
+
+
+# -- impressions ------------------------------------------------------------------------------------------------
+def _stored_impressions(feedback_db) -> dict:
+    from prefmine.feedback import open_feedback_store
+
+    store = open_feedback_store(feedback_db, create=False)
+    try:
+        return {i.impression_id: i for i in store.read_impressions_since(0)}
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_recommend_logs_its_impression_before_answering(stub, bundle, known_user, feedback_db):
+    """Every answer carries an impression id, and the store holds that impression (pseudonym, items in answer
+    order, positions, propensities, bundle version) when the client gets the answer: read right after it."""
+    import uuid
+
+    raw, _ = known_user
+    resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=5), timeout=30)
+    got = _stored_impressions(feedback_db)  # another connection, right after the answer returned
+    assert uuid.UUID(resp.impression_id).version == 4
+    imp = got[resp.impression_id]
+    assert imp.items == [it.item_id for it in resp.items] and len(imp.items) == 5
+    assert imp.positions == [0, 1, 2, 3, 4]
+    assert imp.propensities == pytest.approx([it.propensity for it in resp.items])
+    assert all(0 < p <= 1 for p in imp.propensities)
+    if "epsilon" not in imp.policy:  # deterministic serving: every shown item had propensity 1
+        assert imp.propensities == [1.0] * 5
+    assert imp.policy.split()[0] in ("learned", "greedy")
+    assert imp.bundle_version == resp.bundle_version == bundle.version
+    assert imp.user == bundle.pseudonymise(raw) and raw not in {imp.user, imp.policy}
+    assert abs(imp.ts - time.time()) < 120
+
+    cold = stub.Recommend(pb.RecommendRequest(user_id=UNKNOWN_USER, k=3), timeout=30)
+    cold_imp = _stored_impressions(feedback_db)[cold.impression_id]
+    assert cold_imp.policy == "popularity" and cold_imp.propensities == [1.0, 1.0, 1.0]
+    assert cold_imp.items == [it.item_id for it in cold.items]
+    assert cold.impression_id != resp.impression_id
+
+
+@pytest.mark.slow
+def test_feedback_naming_an_impression_joins_to_it(stub, known_user, feedback_db):
+    from prefmine.feedback import open_feedback_store
+
+    raw, _ = known_user
+    resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=3), timeout=30)
+    clicked = resp.items[1].item_id
+    events = [pb.Event(user_id=raw, item_id=clicked, type=pb.EVENT_TYPE_CLICK, timestamp=_now(),
+                       impression_id=resp.impression_id),
+              pb.Event(user_id=raw, item_id=clicked, type=pb.EVENT_TYPE_VIEW, timestamp=_now())]
+    ack = stub.RecordFeedback(pb.RecordFeedbackRequest(events=events), timeout=30)
+    store = open_feedback_store(feedback_db, create=False)
+    try:
+        joined = store.feedback_for_impressions([resp.impression_id])[resp.impression_id]
+    finally:
+        store.close()
+    assert [(r[0], r[2], r[3]) for r in joined] == [(ack.last_id - 1, clicked, "click")]
+    shown = _stored_impressions(feedback_db)[resp.impression_id]
+    assert shown.positions[shown.items.index(clicked)] == 1  # the click's slot and its propensity are known
+
+    bad = pb.Event(user_id=raw, item_id=clicked, type=pb.EVENT_TYPE_CLICK, timestamp=_now(),
+                   impression_id="not an id")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RecordFeedback(pb.RecordFeedbackRequest(events=[events[1], bad]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("events[1].impression_id")
+
+
+@pytest.mark.slow
+def test_recommend_waits_for_the_impression_log_and_is_unavailable_without_it(stub, known_user, feedback_db):
+    """Against the live server's SQLite store: while the test holds the store's write lock, Recommend does not
+    answer; released, it answers with a logged impression. While the store refuses impressions (a trigger, as a
+    full disk would), Recommend answers UNAVAILABLE, and answers again once the store takes them."""
+    import sqlite3
+
+    raw, _ = known_user
+    request = pb.RecommendRequest(user_id=raw, k=3)
+    stub.Recommend(request, timeout=30)  # warm
+    blocker = sqlite3.connect(feedback_db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        fut = stub.Recommend.future(request, timeout=25)
+        time.sleep(1.5)
+        assert not fut.done(), "Recommend answered while its impression could not be written"
+        blocker.execute("ROLLBACK")
+        resp = fut.result()
+        assert resp.impression_id in _stored_impressions(feedback_db)
+
+        blocker.execute("CREATE TRIGGER refuse_impressions BEFORE INSERT ON impressions "
+                        "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Recommend(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "impression" in info.value.details() and "Traceback" not in info.value.details()
+    finally:
+        blocker.execute("DROP TRIGGER IF EXISTS refuse_impressions")
+        blocker.close()
+    assert stub.Recommend(request, timeout=30).impression_id
 
 
 # -- health, reflection, auth, deadlines ---------------------------------------------------------------------

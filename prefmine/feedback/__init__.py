@@ -5,7 +5,8 @@ Two backends behind one interface (`FeedbackStore`): SQLite in WAL mode, the emb
 (`prefmine.feedback.sqlite`), and PostgreSQL for several ingress replicas on several nodes
 (`prefmine.feedback.postgres`). `open_feedback_store(location)` picks one: a ``postgresql://`` (or
 ``postgres://``) URI opens PostgreSQL, anything else is a SQLite file path. Both accept an idempotency key per
-append, so a retried request is stored once (`prefmine.feedback.base`).
+append, so a retried request is stored once (`prefmine.feedback.base`), and both log impressions (what a
+Recommend answer showed, with its propensities) that feedback events can name and be joined to.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from prefmine.feedback.base import (
     FeedbackStore,
     FeedbackStoreConfig,
     IdempotencyConflict,
+    Impression,
+    check_impression_id,
 )
 from prefmine.feedback.sqlite import SqliteFeedbackStore
 
 FeedbackLog = SqliteFeedbackStore  # the name the SQLite log had before PostgreSQL joined it
 
 __all__ = ["FeedbackEvent", "FeedbackLog", "FeedbackStore", "FeedbackStoreConfig", "IdempotencyConflict",
-           "SqliteFeedbackStore", "is_dsn", "open_feedback_store", "resolve_location"]
+           "Impression", "SqliteFeedbackStore", "check_impression_id", "is_dsn", "open_feedback_store", "resolve_location"]
 
 
 def is_dsn(location: object) -> bool:

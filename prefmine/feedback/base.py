@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +26,75 @@ class FeedbackEvent:
     event: str
     ts: int
     rating: float | None = None
+    impression_id: str | None = None  # the Recommend answer this event responds to, if the client named one
+
+
+@dataclass
+class Impression:
+    """What one Recommend answer showed, logged before the answer left the server.
+
+    items[j] was shown at positions[j] (0-based index in RecommendResponse.items) with propensities[j], the
+    probability that the serving policy put that item in that slot given the slots before it (1.0 for a
+    deterministic policy: greedy, popularity). `user` is the pseudonym, `ts` the serving time (Unix seconds),
+    `received` when the store committed it; `seq` increases with commit order (`read_impressions_since`).
+    """
+
+    impression_id: str
+    user: str
+    ts: int
+    items: list[str]
+    positions: list[int]
+    propensities: list[float]
+    policy: str
+    bundle_version: str
+    received: float = 0.0
+    seq: int = 0
+
+
+MAX_IMPRESSION_ID_CHARS = 64
+_IMPRESSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def check_impression_id(value: object, field: str = "impression_id") -> str:
+    """`value` if it is a valid impression id (1..64 characters of [A-Za-z0-9-]), else ValueError naming field."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, got {type(value).__name__}")
+    if not _IMPRESSION_ID.fullmatch(value):
+        raise ValueError(f"{field} must be 1..{MAX_IMPRESSION_ID_CHARS} characters of A-Z, a-z, 0-9 and '-', "
+                         f"got {value[:20]!r}{'...' if len(value) > 20 else ''}")
+    return value
+
+
+def check_impression(imp: Impression) -> Impression:
+    """The impression if its fields agree (same lengths, finite propensities in (0, 1]), else ValueError."""
+    check_impression_id(imp.impression_id)
+    n = len(imp.items)
+    for name in ("positions", "propensities"):
+        if len(getattr(imp, name)) != n:
+            raise ValueError(f"{name} has {len(getattr(imp, name))} entries for {n} items")
+    for j, p in enumerate(imp.propensities):
+        if not (isinstance(p, (int, float)) and 0.0 < float(p) <= 1.0):
+            raise ValueError(f"propensities[{j}] must be in (0, 1], got {p!r}")
+    return imp
+
+
+def impression_row(imp: Impression) -> tuple:
+    """(impression_id, user, ts, items, positions, propensities, policy, bundle_version) with JSON lists."""
+    return (imp.impression_id, imp.user, int(imp.ts), json.dumps([str(i) for i in imp.items]),
+            json.dumps([int(p) for p in imp.positions]), json.dumps([float(p) for p in imp.propensities]),
+            str(imp.policy), str(imp.bundle_version))
+
+
+def impression_from_row(row) -> Impression:
+    """Inverse of `impression_row` plus (received, seq); lists may come back as JSON text or as lists."""
+    iid, user, ts, items, positions, props, policy, version, received, seq = row
+
+    def load(v) -> list:
+        return json.loads(v) if isinstance(v, str) else list(v)
+
+    return Impression(impression_id=str(iid), user=str(user), ts=int(ts), items=[str(i) for i in load(items)],
+                      positions=[int(p) for p in load(positions)], propensities=[float(p) for p in load(props)],
+                      policy=str(policy), bundle_version=str(version), received=float(received), seq=int(seq))
 
 
 @dataclass
@@ -52,6 +122,12 @@ class FeedbackStore(Protocol):
 
     `append` returns only after the events are committed durably (all of them or none); its result is the id of
     the last stored event. Ids become visible in increasing order, so `read_since(last_seen)` never skips a row.
+
+    Impressions (what Recommend showed) live beside the events: `append_impression` is durable on return like
+    `append` and returns the impression's seq (an impression id already stored is refused with ValueError);
+    `read_impressions_since(seq)` pages through them in commit order; `feedback_for_impressions(ids)` gives,
+    per impression id, the stored events that name it (rows as `read_since`, oldest first). `forget` erases a
+    user's impressions with their events.
     """
 
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int: ...
@@ -63,6 +139,12 @@ class FeedbackStore(Protocol):
     def counts_by_event(self, user: str) -> dict[str, int]: ...
 
     def forget(self, user: str) -> int: ...
+
+    def append_impression(self, impression: Impression) -> int: ...
+
+    def read_impressions_since(self, after_seq: int = 0, limit: int = 100_000) -> list[Impression]: ...
+
+    def feedback_for_impressions(self, impression_ids: list[str]) -> dict[str, list[tuple]]: ...
 
     def close(self) -> None: ...
 
@@ -82,7 +164,8 @@ def check_key(key: str | None) -> str | None:
 
 def events_digest(events: list[FeedbackEvent]) -> str:
     """A digest of the events' content, to tell a true retry from a reused key."""
-    rows = [[e.user, e.item, e.event, int(e.ts), None if e.rating is None else float(e.rating)] for e in events]
+    rows = [[e.user, e.item, e.event, int(e.ts), None if e.rating is None else float(e.rating)]
+            + ([e.impression_id] if e.impression_id else []) for e in events]  # unchanged digest without one
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -1,6 +1,7 @@
 """The shared feedback store: PostgreSQL, for several ingress replicas on several nodes writing one log.
 
-Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`), created on first use. Every
+Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`, `impressions`, the impression
+lists as JSONB), created on first use; a store from before impressions gains `feedback.impression_id`. Every
 connection of the psycopg pool runs with synchronous_commit=on, and each append is one transaction, so an
 acknowledged append is in the server's flushed WAL and survives a crash of the writer or of the server.
 
@@ -17,11 +18,22 @@ from __future__ import annotations
 
 import time
 
-from prefmine.feedback.base import FeedbackEvent, FeedbackStoreConfig, check_key, conflict, events_digest
+from prefmine.feedback.base import (
+    FeedbackEvent,
+    FeedbackStoreConfig,
+    Impression,
+    check_impression,
+    check_key,
+    conflict,
+    events_digest,
+    impression_from_row,
+    impression_row,
+)
 
 # pg_advisory_xact_lock keys (any bigint; these spell "prefmine" roughly and only need to be fixed)
 SCHEMA_LOCK = 0x7072_6566_0001
 APPEND_LOCK = 0x7072_6566_0002
+IMPRESSION_LOCK = 0x7072_6566_0003
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS feedback (
@@ -41,6 +53,22 @@ SCHEMA = [
         received DOUBLE PRECISION NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS feedback_requests_received ON feedback_requests (received)",
+    # a store created before impressions: the column is added, NULL for the rows already there
+    "ALTER TABLE feedback ADD COLUMN IF NOT EXISTS impression_id TEXT",
+    "CREATE INDEX IF NOT EXISTS feedback_impression ON feedback (impression_id)",
+    """CREATE TABLE IF NOT EXISTS impressions (
+        impression_id TEXT PRIMARY KEY,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        "user" TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        items JSONB NOT NULL,
+        positions JSONB NOT NULL,
+        propensities JSONB NOT NULL,
+        policy TEXT NOT NULL,
+        bundle_version TEXT NOT NULL,
+        received DOUBLE PRECISION NOT NULL
+    )""",
+    'CREATE INDEX IF NOT EXISTS impressions_user ON impressions ("user")',
 ]
 
 
@@ -84,14 +112,14 @@ class PostgresFeedbackStore:
         self._keyed = 0
         try:
             with self._pool.connection() as conn, conn.transaction():
-                if create:
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    for stmt in SCHEMA:
-                        conn.execute(stmt)
-                else:
+                if not create:
                     for table in ("feedback", "feedback_requests"):
                         if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
                             raise FileNotFoundError(f"feedback store {self.location} has no table {table}")
+                # an existing store is brought up to the current schema either way (impressions, impression_id)
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                for stmt in SCHEMA:
+                    conn.execute(stmt)
         except BaseException:
             self._pool.close()
             raise
@@ -111,11 +139,12 @@ class PostgresFeedbackStore:
                         raise conflict(key)
                     return int(row[1])
             if events:
-                cols = list(zip(*[(e.user, e.item, e.event, int(e.ts), e.rating) for e in events]))
+                cols = list(zip(*[(e.user, e.item, e.event, int(e.ts), e.rating, e.impression_id or None)
+                                  for e in events]))
                 last = conn.execute(
-                    'WITH ins AS (INSERT INTO feedback ("user", item, event, ts, rating, received) '
-                    "SELECT u, i, ev, t, r, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], "
-                    "%s::float8[]) AS x(u, i, ev, t, r) RETURNING id) SELECT max(id) FROM ins",
+                    'WITH ins AS (INSERT INTO feedback ("user", item, event, ts, rating, impression_id, received) '
+                    "SELECT u, i, ev, t, r, imp, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], "
+                    "%s::float8[], %s::text[]) AS x(u, i, ev, t, r, imp) RETURNING id) SELECT max(id) FROM ins",
                     (now, *[list(c) for c in cols])).fetchone()[0]
             else:
                 last = conn.execute("SELECT max(id) FROM feedback").fetchone()[0]
@@ -148,15 +177,55 @@ class PostgresFeedbackStore:
                                 (user,)).fetchall()
         return {str(e): int(n) for e, n in rows}
 
+    def append_impression(self, impression: Impression) -> int:
+        """Store one impression in its own transaction; returns its seq. Durable when this returns. Seqs commit
+        in order (an advisory lock of their own, not the events'), so `read_impressions_since` skips none. An
+        impression id already stored raises ValueError."""
+        from psycopg import errors
+
+        row = impression_row(check_impression(impression))
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_LOCK,))
+                seq = conn.execute(
+                    'INSERT INTO impressions (impression_id, "user", ts, items, positions, propensities, policy, '
+                    "bundle_version, received) VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s) "
+                    "RETURNING seq", (*row, time.time())).fetchone()[0]
+        except errors.UniqueViolation as e:
+            raise ValueError(f"impression_id {impression.impression_id!r} is already stored") from e
+        return int(seq)
+
+    def read_impressions_since(self, after_seq: int = 0, limit: int = 100_000) -> list[Impression]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                'SELECT impression_id, "user", ts, items, positions, propensities, policy, bundle_version, received, '
+                "seq FROM impressions WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit)).fetchall()
+        return [impression_from_row(r) for r in rows]
+
+    def feedback_for_impressions(self, impression_ids: list[str]) -> dict[str, list[tuple]]:
+        """Per impression id, the stored events naming it (rows as `read_since`, by id); [] for none."""
+        out: dict[str, list[tuple]] = {str(i): [] for i in impression_ids}
+        if not out:
+            return out
+        with self._pool.connection() as conn:
+            rows = conn.execute('SELECT id, "user", item, event, ts, rating, impression_id FROM feedback '
+                                "WHERE impression_id = ANY(%s::text[]) ORDER BY id", (list(out),)).fetchall()
+        for row in rows:
+            out[row[6]].append(tuple(row[:6]))
+        return out
+
     def forget(self, user: str) -> int:
-        """Delete every row of one pseudonymous user, then VACUUM the table so their space is reclaimed."""
+        """Delete every row of one pseudonymous user (events and impressions), then VACUUM the tables so their
+        space is reclaimed. Returns the number of events deleted."""
         with self._pool.connection() as conn:
             with conn.transaction():
                 n = conn.execute('DELETE FROM feedback WHERE "user" = %s', (user,)).rowcount
+                conn.execute('DELETE FROM impressions WHERE "user" = %s', (user,))
             conn.commit()
             conn.autocommit = True  # VACUUM cannot run inside a transaction block
             try:
                 conn.execute("VACUUM feedback")
+                conn.execute("VACUUM impressions")
             finally:
                 conn.autocommit = False
         return int(n)

@@ -1,7 +1,10 @@
 """The embedded feedback store: SQLite in WAL mode, for one node (one writer process, many readers).
 
-Tables `feedback(id, user, item, event, ts, rating, received)` (`user` is the pseudonym; the raw id never reaches
-the log) and `feedback_requests(key, digest, last_id, received)` (idempotency keys). `append` runs in one
+Tables `feedback(id, user, item, event, ts, rating, received, impression_id)` (`user` is the pseudonym; the raw id never reaches
+the log), `feedback_requests(key, digest, last_id, received)` (idempotency keys) and `impressions(seq,
+impression_id, user, ts, items, positions, propensities, policy, bundle_version, received)` (lists as JSON text;
+what Recommend showed). A file from before impressions gains the `impression_id` column when opened (NULL for
+its old rows). `append` runs in one
 BEGIN IMMEDIATE transaction committed with synchronous=FULL, so an acknowledged event survives a crash, and
 writers of several processes on the same file take turns; `read_since` pages through events by id for
 incremental jobs; `forget` erases one person's rows.
@@ -13,7 +16,17 @@ import sqlite3
 import time
 from pathlib import Path
 
-from prefmine.feedback.base import FeedbackEvent, FeedbackStoreConfig, check_key, conflict, events_digest
+from prefmine.feedback.base import (
+    FeedbackEvent,
+    FeedbackStoreConfig,
+    Impression,
+    check_impression,
+    check_key,
+    conflict,
+    events_digest,
+    impression_from_row,
+    impression_row,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -33,7 +46,30 @@ CREATE TABLE IF NOT EXISTS feedback_requests (
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_requests_received ON feedback_requests(received);
+CREATE TABLE IF NOT EXISTS impressions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    impression_id TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    items TEXT NOT NULL,
+    positions TEXT NOT NULL,
+    propensities TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    bundle_version TEXT NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions(user);
 """
+# after the migration below (a file from before impressions has no impression_id column to index yet)
+INDEXES = "CREATE INDEX IF NOT EXISTS feedback_impression ON feedback(impression_id);"
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older prefmine up to the current schema: feedback.impression_id (NULL for the
+    rows already there)."""
+    cols = {row[1] for row in db.execute("PRAGMA table_info(feedback)")}
+    if "impression_id" not in cols:
+        db.execute("ALTER TABLE feedback ADD COLUMN impression_id TEXT")
 
 
 class SqliteFeedbackStore:
@@ -49,6 +85,10 @@ class SqliteFeedbackStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates
+            migrate(self._db)
+        self._db.executescript(INDEXES)
         self._keyed = 0
 
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int:
@@ -67,8 +107,9 @@ class SqliteFeedbackStore:
                         raise conflict(key)
                     return int(row[1])
             self._db.executemany(
-                "INSERT INTO feedback(user, item, event, ts, rating, received) VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.user, e.item, e.event, int(e.ts), e.rating, now) for e in events])
+                "INSERT INTO feedback(user, item, event, ts, rating, received, impression_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.user, e.item, e.event, int(e.ts), e.rating, now, e.impression_id or None) for e in events])
             last = int(self._db.execute("SELECT MAX(id) FROM feedback").fetchone()[0] or 0)
             if key:
                 self._db.execute("INSERT INTO feedback_requests(key, digest, last_id, received) VALUES (?, ?, ?, ?)",
@@ -93,10 +134,45 @@ class SqliteFeedbackStore:
         rows = self._db.execute("SELECT event, COUNT(*) FROM feedback WHERE user = ? GROUP BY event", (user,))
         return {str(e): int(n) for e, n in rows.fetchall()}
 
+    def append_impression(self, impression: Impression) -> int:
+        """Store one impression; returns its seq. Durable when this returns (synchronous=FULL commit). An
+        impression id already stored raises ValueError (ids are uuid4s: a repeat is a bug, not a retry)."""
+        row = impression_row(check_impression(impression))
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute(
+                    "INSERT INTO impressions(impression_id, user, ts, items, positions, propensities, policy, "
+                    "bundle_version, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, time.time()))
+                return int(cur.lastrowid)
+        except sqlite3.IntegrityError as e:
+            raise ValueError(f"impression_id {impression.impression_id!r} is already stored") from e
+
+    def read_impressions_since(self, after_seq: int = 0, limit: int = 100_000) -> list[Impression]:
+        rows = self._db.execute(
+            "SELECT impression_id, user, ts, items, positions, propensities, policy, bundle_version, received, seq "
+            "FROM impressions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [impression_from_row(r) for r in rows]
+
+    def feedback_for_impressions(self, impression_ids: list[str]) -> dict[str, list[tuple]]:
+        """Per impression id, the stored events naming it (rows as `read_since`, by id); [] for none."""
+        out: dict[str, list[tuple]] = {str(i): [] for i in impression_ids}
+        ids = list(out)
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                    f"SELECT id, user, item, event, ts, rating, impression_id FROM feedback "
+                    f"WHERE impression_id IN ({marks}) ORDER BY id", chunk):
+                out[row[6]].append(tuple(row[:6]))
+        return out
+
     def forget(self, user: str) -> int:
-        """Delete every row of one pseudonymous user and checkpoint the WAL so the rows leave the disk too."""
+        """Delete every row of one pseudonymous user (events and impressions) and checkpoint the WAL so the rows
+        leave the disk too. Returns the number of events deleted."""
         with self._db:
             n = self._db.execute("DELETE FROM feedback WHERE user = ?", (user,)).rowcount
+            self._db.execute("DELETE FROM impressions WHERE user = ?", (user,))
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.execute("VACUUM")
         return int(n)
