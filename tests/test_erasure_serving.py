@@ -98,3 +98,28 @@ def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tm
     pseudo = bundle.pseudonymise
     assert log.count(pseudo(person)) == 0 and log.count(pseudo(online_only)) == 0  # nothing slipped in after
     log.close()
+
+
+@pytest.mark.slow
+def test_policy_update_leaves_erased_people_out(tiny_bundle, ray_session, tmp_path):
+    """The incremental policy update neither learns from an erased person's feedback nor copies their history
+    from the serving bundle into the next version (the tombstone list beside the feedback store)."""
+    import pandas as pd
+
+    from cluster.update_policy import UpdateConfig, update_policy
+    from prefmine.data.tombstones import TombstoneList
+    from prefmine.feedback import FeedbackEvent
+
+    hist = pd.read_parquet(tiny_bundle / "catalog" / "histories.parquet")
+    gone, kept = str(hist["user"].iloc[0]), str(hist["user"].iloc[1])
+    items = pd.read_parquet(tiny_bundle / "catalog" / "items.parquet")["item"].astype(str).tolist()
+    feedback = tmp_path / "feedback.sqlite"
+    log = FeedbackLog(feedback)
+    log.append([FeedbackEvent(gone, items[0], "click", 1_700_000_000),
+                FeedbackEvent(kept, items[1], "click", 1_700_000_001)])
+    log.close()
+    TombstoneList(tmp_path / "feedback.sqlite.tombstones").add([gone])
+    s = update_policy(tiny_bundle, feedback, tmp_path / "v2", UpdateConfig(max_iterations=0), verbose=False)
+    assert s["updated"] and s["erased_users_dropped"] == 1 and s["counts"]["interactions"] == 1
+    users = set(pd.read_parquet(tmp_path / "v2" / "catalog" / "histories.parquet")["user"])
+    assert gone not in users and kept in users and len(users) == len(hist) - 1
