@@ -23,9 +23,10 @@ def _data_prepare(a) -> int:
         runner, engine = ray_data_runner, "ray-data"
     m = prepare(a.source, a.raw, a.out, a.category, pseudonymiser=Pseudonymiser(allow_demo=a.demo_key),
                 on_bad_rows=a.on_bad_rows, rating_range=tuple(a.rating_range) if a.rating_range else None,
-                runner=runner, buckets=a.buckets, engine=engine)
+                runner=runner, buckets=a.buckets, engine=engine, tombstones=a.tombstones)
     print(json.dumps({"out": a.out, **m["counts"], "bad_rows_skipped": m["bad_rows"]["skipped"],
                       "bad_rows": m["bad_rows"]["by_reason"], "pii_scrubbed": m["pii_scrubbed"],
+                      "tombstoned_rows_dropped": m["tombstoned"]["rows_dropped"],
                       "data_hash": m["data_hash"], "preparation": m["preparation"]}, indent=2))
     return 0
 
@@ -46,9 +47,33 @@ def _data_synth(a) -> int:
 def _data_forget(a) -> int:
     from prefmine.data.forget import forget
 
-    report = forget(a.data, a.user, feedback=a.feedback, bundles=a.bundle or ())
+    users = _raw_ids(a.user or (), a.user_file)
+    if not users:
+        a.parser.error("give the person's raw id: --user RAW_ID, --user - (stdin) or --user-file FILE")
+    one = len(users) == 1 and a.user == users  # one id on the command line: the one-person report, as before
+    report = forget(a.data, users[0] if one else users, feedback=a.feedback, bundles=a.bundle or (),
+                    tombstones=a.tombstones)
+    if report.get("tombstones") is None:
+        print("prefmine: warning: no tombstone list (give --tombstones, $PREFMINE_TOMBSTONES or a SQLite "
+              "--feedback): a running server and a new `data prepare` do not learn of this erasure",
+              file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _raw_ids(users, user_file) -> list[str]:
+    """Raw ids from --user (``-``: stdin) and --user-file, one a line (line ends and blank lines dropped; the
+    pseudonymiser normalises the id itself), so an id need not appear in argv (shell history, ps)."""
+    out: list[str] = []
+    for u in users:
+        if u == "-":
+            out.extend(line.rstrip("\r\n") for line in sys.stdin)
+        else:
+            out.append(u)
+    if user_file:
+        with open(user_file, encoding="utf-8") as f:
+            out.extend(line.rstrip("\r\n") for line in f)
+    return [u for u in out if u.strip()]
 
 
 def _data_download(a) -> int:
@@ -97,7 +122,8 @@ def _serve(a) -> int:
     tls = {"cert_file": a.tls_cert, "key_file": a.tls_key, "client_ca_file": a.tls_client_ca}
     return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
                      metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
-                     reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst)
+                     reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst,
+                     tombstones=a.tombstones)
 
 
 def _serve_keys(a) -> int:
@@ -158,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allow the public demo pseudonymisation key when none is configured (throwaway data)")
     prep.add_argument("--buckets", type=int, help="user buckets for the split stage (default: ~400k rows each)")
     prep.add_argument("--local", action="store_true", help="run the stages in this process instead of Ray Data")
+    prep.add_argument("--tombstones", help="list of erased pseudonyms (`data forget`) whose rows are dropped "
+                                           "(default: $PREFMINE_TOMBSTONES)")
     prep.set_defaults(func=_data_prepare)
     syn = data.add_parser("synth", help="write a synthetic platform event log (for scale tests)")
     syn.add_argument("--users", type=int, required=True)
@@ -170,10 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     syn.set_defaults(func=_data_synth)
     fg = data.add_parser("forget", help="erase one person from a dataset and the feedback log; mark old bundles")
     fg.add_argument("--data", required=True, help="prepared dataset directory")
-    fg.add_argument("--user", required=True, help="the person's raw user id")
+    fg.add_argument("--user", action="append",
+                    help="the person's raw user id; repeatable; `-` reads ids from stdin, one a line")
+    fg.add_argument("--user-file", help="file of raw user ids, one a line")
     fg.add_argument("--feedback", help="serving feedback log (SQLite path or postgresql:// DSN) to erase from as well")
     fg.add_argument("--bundle", action="append", help="bundle (or folder of bundles) to mark; repeatable")
-    fg.set_defaults(func=_data_forget)
+    fg.add_argument("--tombstones", help="tombstone list of erased pseudonyms to add them to (default: "
+                                         "$PREFMINE_TOMBSTONES, else FEEDBACK.tombstones beside a SQLite --feedback)")
+    fg.set_defaults(func=_data_forget, parser=fg)
     dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
     dl.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
     dl.add_argument("--category", default="Magazine_Subscriptions")
@@ -217,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
     sv.add_argument("--feedback-db", default=None,
                     help="SQLite file or postgresql:// DSN RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
+    sv.add_argument("--tombstones", default=None,
+                    help="list of erased pseudonyms (`data forget`) the server stops answering for within seconds "
+                         "(default: $PREFMINE_TOMBSTONES, else FEEDBACK_DB.tombstones beside a SQLite feedback db)")
     sv.add_argument("--metrics-port", type=int, default=None,
                     help="port of the Prometheus endpoint of the Ray this command starts (default: Ray picks one)")
     sv.add_argument("--direct-port", type=int, default=None,

@@ -170,11 +170,19 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
         return summary
     last_id = int(events[-1][0])
     t0 = time.time()
+    # erased people (the tombstone list beside the feedback store, prefmine/data/tombstones.py) are neither
+    # learned from nor copied into the new version's histories
+    from prefmine.data.tombstones import TombstoneList, default_location
+
+    where = default_location(feedback)
+    erased = TombstoneList(where).load() if where else frozenset()
+    events = [e for e in events if e[1] not in erased]
 
     # 2. what the events change
     items = pd.read_parquet(bundle / "catalog" / "items.parquet")
     hist_df = pd.read_parquet(bundle / "catalog" / "histories.parquet")
-    histories = {u: [int(i) for i in s] for u, s in zip(hist_df["user"], hist_df["items"])}
+    histories = {u: [int(i) for i in s] for u, s in zip(hist_df["user"], hist_df["items"]) if u not in erased}
+    summary["erased_users_dropped"] = len(hist_df) - len(histories)
     popularity = np.load(bundle / "catalog" / "popularity.npy").astype(np.float64)
     old_resp_path = pol_dir / "response_model.npz"
     old_buy = load_response(old_resp_path).buy_prob if old_resp_path.is_file() else np.full(len(items), 0.6)

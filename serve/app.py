@@ -90,6 +90,10 @@ class ImpressionNotLogged(RuntimeError):
     """The impression log did not take a Recommend answer: nothing is shown that was not logged (UNAVAILABLE)."""
 
 
+class Erased(Exception):
+    """The request names a person who was erased (on the tombstone list): answered FAILED_PRECONDITION."""
+
+
 class NotFound(LookupError):
     """The subject of a call (SimilarItems' item) is unknown; the message names the field."""
 
@@ -424,6 +428,7 @@ class RecommenderIngress:
         feedback_db: str | None = None,
         auth: dict | None = None,
         tls: dict | None = None,
+        tombstones: str | None = None,
     ):
         _one_thread()
         from prefmine.feedback import open_feedback_store
@@ -443,6 +448,12 @@ class RecommenderIngress:
         if not feedback_db:
             raise ValueError("RecommenderIngress: feedback_db is required (build_app gives the default)")
         self.feedback = open_feedback_store(feedback_db)
+        # erased people (prefmine/data/tombstones.py): re-read when the file changes, checked every few seconds
+        from prefmine.data.tombstones import TombstoneWatcher
+
+        self.erased = TombstoneWatcher(tombstones, interval_s=TOMBSTONE_CHECK_S)
+        if tombstones is None:
+            logger.warning("no tombstone list: erasures reach serving only with a new bundle")
         self.metrics = ServiceMetrics()
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
 
@@ -568,6 +579,9 @@ class RecommenderIngress:
         except ImpressionNotLogged as e:
             code = grpc.StatusCode.UNAVAILABLE
             return self._fail(grpc_context, code, str(e), empty_cls())
+        except Erased as e:
+            code = grpc.StatusCode.FAILED_PRECONDITION
+            return self._fail(grpc_context, code, str(e), empty_cls())
         except asyncio.CancelledError:  # the client went away (deadline, cancel): stop, answer nothing
             code = grpc.StatusCode.CANCELLED
             raise
@@ -598,6 +612,12 @@ class RecommenderIngress:
                 delay = min(2 * delay, 1.0)
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> np.ndarray:
+        """The user's history, empty for an erased person (answered like an unknown user without recent events)."""
+        if s.bundle.pseudonymise(user_id) in self.erased:
+            return np.zeros(0, dtype=np.int64)
+        return s.history(user_id, recent_events)
+
     @staticmethod
     def _fail(grpc_context, code: grpc.StatusCode, details: str, empty):
         if grpc_context is not None:
@@ -609,7 +629,7 @@ class RecommenderIngress:
         s = self.served
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids)
-        history = s.history(request.user_id, request.recent_events)
+        history = self._history(s, request.user_id, request.recent_events)
         if len(history) == 0:
             items, scores = s.popular(k, exclude)
             resp = self._response(s, items, scores, cold_start=True, placement=request.placement)
@@ -669,7 +689,7 @@ class RecommenderIngress:
         k = int(request.k)
         hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
         idx, text = hits["idx"], hits["sims"].astype(np.float64)
-        history = s.history(request.user_id)
+        history = self._history(s, request.user_id)
         cold = len(history) == 0
         if cold:
             relevance = np.zeros(len(idx))
@@ -695,7 +715,7 @@ class RecommenderIngress:
                 unknown.append(raw)
             elif int(i) not in known:  # duplicates are ranked once, with their first bid
                 known[int(i)] = (pos, raw, float(bid))
-        history = s.history(request.user_id)
+        history = self._history(s, request.user_id)
         cold = len(history) == 0
         items = np.fromiter(known, dtype=np.int64, count=len(known))
         if len(items) == 0:
@@ -727,6 +747,8 @@ class RecommenderIngress:
     async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
         s = self.served
         pseudonym = s.bundle.pseudonymise(request.user_id)
+        if pseudonym in self.erased:
+            raise NotFound("user_id: no profile (this person was erased)")
         history = s.history(request.user_id)
         with self._feedback_lock:
             counts = self.feedback.counts_by_event(pseudonym)
@@ -751,6 +773,9 @@ class RecommenderIngress:
                                 rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None,
                                 impression_id=ev.impression_id or None)  # validated: [A-Za-z0-9-]{1,64}
                   for ev in request.events]
+        for n, e in enumerate(events):
+            if e.user in self.erased:
+                raise Erased(f"events[{n}].user_id: this person was erased; no feedback is stored for them")
 
         def append() -> int:
             with self._feedback_lock:
@@ -845,7 +870,8 @@ def _same_code(deployment):
 # each hop, it cost ~2-4 ms a request on 2 cores (bench.serve_latency); errors and warnings are still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
-              "tls", "extra_keys"}
+              "tls", "extra_keys", "tombstones"}
+TOMBSTONE_CHECK_S = 2.0  # how often an ingress replica looks whether the tombstone list changed
 REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
 
 
@@ -885,7 +911,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     which turns authentication off: demo only); ``rate_limit``/``rate_burst``: each key's requests a second and
     burst per ingress replica (0: no limit); ``extra_keys``: key-file lines accepted besides the file's
     (``prefmine serve``'s own probe key); ``tls``: ``{cert_file, key_file, client_ca_file}`` for the
-    direct-ingress gRPC server (serve/tls.py).
+    direct-ingress gRPC server (serve/tls.py); ``tombstones``: the list of erased pseudonyms
+    (prefmine/data/tombstones.py) each ingress replica re-reads when it changes (default: $PREFMINE_TOMBSTONES,
+    else beside a SQLite feedback db).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -918,6 +946,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
     tls = TlsConfig(**(args.get("tls") or {}))  # checked here too: missing files named before any replica starts
     feedback_db = resolve_location(args.get("feedback_db") or default_feedback_db(bundle))  # a path or a DSN
+    from prefmine.data.tombstones import resolve as resolve_tombstones
+
+    tombstones = resolve_tombstones(args.get("tombstones"), feedback_db)
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
     version = BundleRef.of({"bundle": str(bundle)}).config()
@@ -931,6 +962,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         versioned(EncoderDeployment).bind(),
         candidates=candidates,
         feedback_db=feedback_db,
+        tombstones=str(tombstones) if tombstones else None,
         auth={"keys_file": auth.keys_file, "required": auth.required, "rate_per_s": auth.rate_per_s,
               "burst": auth.burst, "extra_keys": list(auth.extra_keys)},
         tls=tls.as_dict(),

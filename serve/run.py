@@ -172,13 +172,15 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
               api_keys_file: str | None = None, feedback_db: str | None = None,
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
               direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
-              tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None) -> int:
+              tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None,
+              tombstones: str | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
     there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
 
     ``insecure``: no API keys (authentication off); without it a key file is required. ``reflection``: gRPC server
     reflection on. ``tls``: ``{"cert_file", "key_file", "client_ca_file"}`` of the direct-ingress port.
-    ``rate_limit``/``rate_burst``: each key's requests a second and burst per ingress replica (0: no limit)."""
+    ``rate_limit``/``rate_burst``: each key's requests a second and burst per ingress replica (0: no limit).
+    ``tombstones``: the list of erased pseudonyms (default: $PREFMINE_TOMBSTONES, else beside the feedback db)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
 
@@ -237,6 +239,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": auth.required,
                 "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve())),
                 "rate_limit": auth.rate_per_s, "rate_burst": auth.burst}
+    if tombstones:
+        app_args["tombstones"] = str(Path(tombstones).expanduser().resolve())
     if api_keys_file:
         app_args["api_keys_file"] = api_keys_file
         # readiness and rollout probes call with a key only this process knows; the ingress holds its hash

@@ -82,6 +82,51 @@ def test_forget_erases_one_person_everywhere(raw_dir, magazine5, tiny_bundle, tm
 
     wrong_key = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user",
                                 other], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "PREFMINE_PSEUDONYM_KEY": "another-key"})
+                               env={**os.environ, "PREFMINE_PSEUDONYM_KEY": "another-key-0123456789"})
     assert wrong_key.returncode == 2 and "differs from the key" in wrong_key.stderr
     assert (pd.read_parquet(data / "interactions.parquet")["user"] == them).sum() == per_user[other]
+
+
+def test_forget_reads_ids_from_stdin_and_tombstones_feedback_only_people(raw_dir, magazine5, tmp_path, monkeypatch):
+    """Ids on stdin (never in argv), several at once; a person known only from feedback is tombstoned and erased
+    from the feedback log; the tombstone file sits beside the SQLite store and holds pseudonyms only."""
+    monkeypatch.delenv("PREFMINE_TOMBSTONES", raising=False)
+    data = tmp_path / "data"
+    shutil.copytree(magazine5, data)
+    with gzip.open(raw_dir / "amazon2018/Magazine_Subscriptions/Magazine_Subscriptions_5.json.gz", "rt") as f:
+        per_user = Counter(json.loads(line)["reviewerID"] for line in f)
+    person, n = per_user.most_common(1)[0]
+    only_feedback = "shopper-seen-only-online-42"
+    pseudo = Pseudonymiser()
+    fb = tmp_path / "feedback.sqlite"
+    log = FeedbackLog(fb)
+    log.append([FeedbackEvent(pseudo(only_feedback), "B00005N7P0", "click", 1_700_000_000),
+                FeedbackEvent(pseudo(person), "B00005N7P0", "view", 1_700_000_001)])
+    log.close()
+
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", "-",
+                        "--feedback", str(fb)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       input=f"{person}\r\n\n{only_feedback}\n")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    tomb = tmp_path / "feedback.sqlite.tombstones"
+    assert report["tombstones"] == str(tomb)
+    assert [p["rows_removed"] for p in report["people"]] == [
+        {"interactions": n, "reviews": n, "feedback": 1}, {"interactions": 0, "reviews": 0, "feedback": 1}]
+    assert tomb.read_text().split() == [pseudo(person), pseudo(only_feedback)]
+    assert person.encode() not in tomb.read_bytes() and only_feedback.encode() not in tomb.read_bytes()
+    log = FeedbackLog(fb, create=False)
+    assert log.count() == 0
+    log.close()
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{only_feedback}\n")
+    again = _cli("data", "forget", "--data", str(data), "--user-file", str(ids), "--tombstones", str(tomb))
+    assert again.returncode == 0, again.stderr
+    assert tomb.read_text().split() == [pseudo(person), pseudo(only_feedback)]  # listed once
+
+    untombed = _cli("data", "forget", "--data", str(data), "--user", only_feedback)
+    assert untombed.returncode == 0 and "no tombstone list" in untombed.stderr
+    none = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", "-"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, input="\n")
+    assert none.returncode == 2 and "--user" in none.stderr

@@ -79,7 +79,12 @@ class Dataset:
         return out
 
 
-def load_dataset(path: str | Path, with_reviews: bool = False) -> Dataset:
+def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str | Path | None = None) -> Dataset:
+    """The dataset at `path` in index form. Rows of people on the tombstone list (`tombstones`, default
+    $PREFMINE_TOMBSTONES; prefmine/data/tombstones.py) are dropped, so no training job learns from a copy of the
+    data made before their erasure."""
+    from prefmine.data.tombstones import TombstoneList, default_location
+
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
@@ -87,6 +92,10 @@ def load_dataset(path: str | Path, with_reviews: bool = False) -> Dataset:
     manifest = json.loads(manifest_path.read_text())
     items = pd.read_parquet(path / "items.parquet")
     inter = pd.read_parquet(path / "interactions.parquet")
+    tomb_path = Path(tombstones) if tombstones else default_location()
+    erased = TombstoneList(tomb_path).load() if tomb_path else frozenset()
+    if erased:
+        inter = inter[~inter["user"].isin(erased)].reset_index(drop=True)
     item_ids = items["item"].to_numpy().astype(str)
     item_index = {it: i for i, it in enumerate(item_ids)}
     inter["iidx"] = inter["item"].map(item_index)
@@ -114,6 +123,8 @@ def load_dataset(path: str | Path, with_reviews: bool = False) -> Dataset:
         arr[codes[mask]] = inter["iidx"].to_numpy()[mask]
         times[codes[mask]] = inter["ts"].to_numpy()[mask]
     reviews = pd.read_parquet(path / "reviews.parquet") if with_reviews else None
+    if reviews is not None and erased:
+        reviews = reviews[~reviews["user"].isin(erased)].reset_index(drop=True)
     return Dataset(path=path, manifest=manifest, items=items, item_ids=item_ids, item_index=item_index,
                    users=np.asarray(users).astype(str), train_seqs=train_seqs, train_events=train_events,
                    valid_item=valid_item, test_item=test_item, reviews=reviews, train_times=train_times,

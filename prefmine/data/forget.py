@@ -1,4 +1,9 @@
-"""`prefmine data forget`: erase one person from a prepared dataset, the serving feedback log, and mark bundles.
+"""`prefmine data forget`: erase people from a prepared dataset, the serving feedback log, and mark bundles.
+
+First each person's pseudonym goes onto the tombstone list (prefmine/data/tombstones.py), before anything is
+deleted: a running server stops answering for them within seconds, and `prepare` and training jobs drop their
+rows from any copy of the data, even if this erasure stops half-way. People known only from feedback (no row in
+the dataset) are tombstoned and erased from the feedback log all the same.
 
 The raw id is pseudonymised with the dataset's key (its fingerprint must match the manifest), which names the
 one user bucket holding all of that person's rows. That bucket's parts of interactions, reviews and item review
@@ -33,6 +38,8 @@ from prefmine.data.prepare import (
 )
 from prefmine.data.privacy import DEMO_FINGERPRINT, Pseudonymiser, load_key
 from prefmine.data.rows import RawDataError
+from prefmine.data.tombstones import TombstoneList
+from prefmine.data.tombstones import resolve as resolve_tombstones
 
 
 def _rewrite(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> None:
@@ -53,12 +60,29 @@ def _bundles(paths) -> list[Path]:
     return out
 
 
-def forget(data: str | Path, raw_user: str, feedback: str | Path | None = None, bundles=(),
-           pseudonymiser: Pseudonymiser | None = None) -> dict:
-    """Erase `raw_user`; returns a report with the rows removed per table and the bundles marked."""
-    from prefmine.bundle import update_manifest
+def forget(data: str | Path, raw_user: str | list[str], feedback: str | Path | None = None, bundles=(),
+           pseudonymiser: Pseudonymiser | None = None, tombstones: str | Path | None = None) -> dict:
+    """Erase `raw_user` (one raw id or a list); returns a report with the rows removed per table, the bundles
+    marked and the tombstone file written (one person: that report; several: ``{"people": [...]}``).
 
-    data = Path(data)
+    `tombstones`: the tombstone file (default: $PREFMINE_TOMBSTONES, else beside a SQLite `feedback`); with none
+    at all the erasure still runs, and the report says ``"tombstones": null``."""
+    raw_users = [raw_user] if isinstance(raw_user, str) else list(raw_user)
+    if not raw_users:
+        raise RawDataError("user: no raw user id given")
+    pseudo = _pseudonymiser(Path(data), pseudonymiser)
+    where = resolve_tombstones(tombstones, feedback)
+    if where is not None:  # before any deletion: serving stops answering for them even if a step below fails
+        TombstoneList(where).add(pseudo(u) for u in raw_users)
+    reports = [_forget_one(data, u, feedback, bundles, pseudo) for u in raw_users]
+    for r in reports:
+        r["tombstones"] = str(where) if where else None
+    return reports[0] if isinstance(raw_user, str) else {"people": reports,
+                                                         "tombstones": str(where) if where else None}
+
+
+def _pseudonymiser(data: Path, pseudonymiser: Pseudonymiser | None) -> Pseudonymiser:
+    """The pseudonymiser of the dataset's key (an error when the configured key is another)."""
     manifest_path = data / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{data} is not a prepared dataset (no manifest.json)")
@@ -71,7 +95,18 @@ def forget(data: str | Path, raw_user: str, feedback: str | Path | None = None, 
     if pseudo.fingerprint != expected:
         raise RawDataError(f"PREFMINE_PSEUDONYM_KEY: fingerprint {pseudo.fingerprint} differs from the key {data} "
                            f"was prepared with ({expected}); erasure needs the same key")
-    user = pseudo(raw_user)
+    return pseudo
+
+
+def _forget_one(data: str | Path, raw_user: str, feedback, bundles, pseudonymiser: Pseudonymiser) -> dict:
+    from prefmine.bundle import update_manifest
+
+    data = Path(data)
+    manifest_path = data / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{data} is not a prepared dataset (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    user = pseudonymiser(raw_user)
     b = bucket_of(user, manifest["buckets"])
     removed = {}
     parts = {name: data / f"{name}.parquet" / f"part-{b:05d}.parquet"

@@ -86,6 +86,7 @@ class PrepContext:
     on_bad_rows: str
     buckets: int
     paths: list[str] = field(default_factory=list)
+    erased: frozenset = frozenset()  # tombstoned pseudonyms (prefmine/data/tombstones.py): their rows are dropped
 
 
 def resolve_raw(source: str, raw: str | os.PathLike | None) -> Path:
@@ -137,6 +138,13 @@ def stage_rows(task: dict, ctx: PrepContext) -> dict:
                 continue
             uniq, inverse = np.unique(df["user"].to_numpy().astype(str), return_inverse=True)
             names = np.array([pseudo(u) for u in uniq], dtype=object)
+            if ctx.erased:  # erased people never come back from the raw files
+                gone = np.fromiter((n in ctx.erased for n in names), dtype=bool, count=len(names))[inverse]
+                if gone.any():
+                    counts["tombstoned"] += int(gone.sum())
+                    df, inverse = df[~gone].reset_index(drop=True), inverse[~gone]
+                    if df.empty:
+                        continue
             df["user"] = names[inverse]
             bucket = np.array([bucket_of(p, ctx.buckets) for p in names], dtype=np.int64)[inverse]
             for col in ("summary", "text"):
@@ -307,8 +315,13 @@ def _failed(results: list[dict], key: str) -> None:
 def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, category: str | None = None,
             pseudonymiser: Pseudonymiser | None = None, on_bad_rows: str = "error",
             rating_range: tuple[float, float] | None = None, runner: Runner | None = None,
-            buckets: int | None = None, engine: str = "local") -> dict:
-    """Prepare a canonical dataset at `out` and return its manifest."""
+            buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None) -> dict:
+    """Prepare a canonical dataset at `out` and return its manifest.
+
+    `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
+    counted in the manifest's ``tombstoned`` (rows only, never who)."""
+    from prefmine.data.tombstones import TombstoneList, default_location
+
     if source not in SOURCES:
         raise RawDataError(f"--source must be one of {tuple(SOURCES)}, got {source!r}")
     runner = runner or local_runner
@@ -330,13 +343,15 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     pseudo = pseudonymiser or Pseudonymiser(load_key())
     n_buckets = buckets or max(1, math.ceil(_estimate_rows(chunks) / ROWS_PER_BUCKET))
     catalogue = module.catalogue(raw_path, category, bad)  # fail fast on a broken catalogue, before the stages
+    tomb_path = Path(tombstones) if tombstones else default_location()
+    erased = TombstoneList(tomb_path).load() if tomb_path else frozenset()
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         ctx = PrepContext(source=source, work=str(work), key=pseudo.key, rules=rules, on_bad_rows=on_bad_rows,
-                          buckets=n_buckets, paths=[c["path"] for c in chunks])
+                          buckets=n_buckets, paths=[c["path"] for c in chunks], erased=erased)
         t1 = time.time()
         staged = runner(partial(stage_rows, ctx=ctx), chunks, "stage rows")
         _failed(staged, "index")
@@ -399,6 +414,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             "preparation": {"engine": engine, "chunks": len(chunks), "buckets": n_buckets,
                             "stage_rows_s": round(t2 - t1, 2), "split_users_s": round(t3 - t2, 2)},
             "erasures": [],
+            "tombstoned": {"list": str(tomb_path) if tomb_path else None, "pseudonyms": len(erased),
+                           "rows_dropped": sum(s["counts"].get("tombstoned", 0) for s in stage_stats)},
             "seconds": round(time.time() - t0, 2),
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
