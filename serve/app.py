@@ -665,7 +665,10 @@ class RecommenderIngress:
         from prefmine.feedback import Impression
 
         props = [min(1.0, float(p)) for p in propensities]  # e/1 + (1-e) may round a hair above 1
-        imp = Impression(impression_id=str(uuid.uuid4()), user=s.bundle.pseudonymise(request.user_id),
+        user = s.bundle.pseudonymise(request.user_id)
+        if user in self.erased:  # nothing new is stored about an erased person: the impression stays anonymous
+            user = ""
+        imp = Impression(impression_id=str(uuid.uuid4()), user=user,
                          ts=int(time.time()), items=[it.item_id for it in resp.items],
                          positions=list(range(len(resp.items))), propensities=props, policy=str(policy),
                          bundle_version=resp.bundle_version)

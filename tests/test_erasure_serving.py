@@ -97,6 +97,9 @@ def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tm
     log = FeedbackLog(feedback, create=False)
     pseudo = bundle.pseudonymise
     assert log.count(pseudo(person)) == 0 and log.count(pseudo(online_only)) == 0  # nothing slipped in after
+    shown = {imp.impression_id: imp.user for imp in log.read_impressions_since(0)}
+    assert shown[after.impression_id] == ""  # the answer after erasure is logged without their pseudonym
+    assert pseudo(person) not in shown.values()  # forget erased their earlier impressions too
     log.close()
 
 
