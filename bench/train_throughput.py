@@ -2,7 +2,7 @@
 single-process PyTorch loop, on the same model (BERT MLM) and the same global batch, in one run.
 
 The plain loop is timed with 1 and with all CPU threads and its best is the baseline; the distributed run uses one
-thread per worker (the setting that is fastest here, see README). Throughput is samples/s over the epochs after
+thread per worker (the setting that is fastest here; figures in bench/README.md). Throughput is samples/s over the epochs after
 the first (the first includes start-up and DeepSpeed's op builds). `ratio` = distributed / plain; issue 4's goal is
 at least 0.8 on this 2-core CPU.
 
