@@ -6,7 +6,7 @@ it, each in a fresh process: with Ray Data (the default; it starts its own local
 process tree (driver, Ray's raylet/GCS and every worker), sampled every 0.2 s as the sum of proportional set
 size (PSS, so pages shared between processes count once) and, for reference, the sum of RSS.
 
-    python -m bench.data_scale --out RESULT.json [--quick] [--sizes 1000000 10000000]
+    python -m bench.data_scale [--out RESULT.json] [--quick] [--plan] [--sizes 1000000 10000000]
 
 Goal (issue 3): 10M events in under 10 minutes on 2 cores with peak memory under 4 GiB, and cost that grows
 linearly: `linearity` = (seconds per event at the largest size) / (seconds per event at the smallest).
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from bench.common import add_common, default_out, print_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,13 +95,17 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    add_common(ap, "data_scale")
     ap.add_argument("--quick", action="store_true", help="100k and 1M events (a few minutes)")
     ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--workdir", help="where logs and datasets go (default: a temp dir, removed afterwards)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline runs")
     a = ap.parse_args(argv)
     sizes = a.sizes or ([100_000, 1_000_000] if a.quick else [1_000_000, 10_000_000])
+    out_path = Path(a.out) if a.out else default_out("data_scale", a.quick)
+    if a.plan:
+        return print_plan("data_scale", source="prefmine data synth (no input data)", sizes=sizes, out=out_path,
+                          workdir=a.workdir or "a temp dir, removed afterwards", baseline=not a.no_baseline)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="prefmine-bench-data-"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFMINE_PSEUDONYM_KEY": "bench-data-scale-key",
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
@@ -148,7 +154,8 @@ def main(argv=None) -> int:
     finally:
         if not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("sizes", "linearity", "goal")}, indent=2))
     return 0
 

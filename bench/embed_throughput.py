@@ -7,7 +7,7 @@ them) or all-MiniLM-L6-v2 (`--model minilm`, needs `prefmine[pretrained]`). The 
 and with all CPU threads and its best is the baseline; Ray Data runs one single-threaded actor per CPU. Times
 include Ray Data's start-up of the actors (model load) but not Ray's own start; `ratio` = Ray Data / in-process.
 
-    python -m bench.embed_throughput --out RESULT.json [--quick] [--model tiny|minilm] [--texts N]
+    python -m bench.embed_throughput [--out RESULT.json] [--quick] [--plan] [--model tiny|minilm] [--texts N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_common, default_out, print_plan
 from bench.data_scale import machine
 
 
@@ -68,7 +69,7 @@ def in_process(path: Path, texts: list[str], max_len: int, threads: int) -> dict
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    add_common(ap, "embed_throughput")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", default="tiny", choices=["tiny", "minilm"])
     ap.add_argument("--texts", type=int, default=0, help="number of texts (default 50k tiny / 5k minilm)")
@@ -76,6 +77,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     n = a.texts or (50_000 if a.model == "tiny" else 5_000) // (10 if a.quick else 1)
+    out = Path(a.out) if a.out else default_out("embed_throughput", a.quick)
+    if a.plan:
+        return print_plan("embed_throughput", source="synthetic texts (no input data)", model=a.model, texts=n,
+                          max_len=a.max_len, out=out)
     texts = synthetic_texts(n)
     with tempfile.TemporaryDirectory() as tmp:
         path = encoder_dir(a.model, texts, Path(tmp) / "encoder")
@@ -105,8 +110,8 @@ def main(argv=None) -> int:
         "ratio": round(rate / best["texts_per_s"], 3),
         "same_vectors": bool(abs(checksum - best["checksum"]) < 1e-3 * max(1.0, best["checksum"])),
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("ray_data_texts_per_s", "in_process_texts_per_s", "ratio",
                                              "same_vectors")}, indent=2))
     return 0

@@ -28,7 +28,7 @@ tokenizer, MLM pretraining, rating fine-tuning), `minilm` (all-MiniLM-L6-v2, fro
 of the reviews (the MLM corpus is the item texts plus the train reviews). `seconds` per variant is the wall
 time of producing its vectors (training included, evaluation not).
 
-    python -m bench.encoder_quality [--out bench/results/encoder_quality.json] [--quick] [--variants ...]
+    python -m bench.encoder_quality [--out RESULT.json] [--quick] [--plan] [--data DIR] [--variants ...]
 
 About 22 minutes on 2 busy cores (MiniLM's forward and backward passes dominate; each of the three Ray Train
 runs also spends about a minute starting); `--quick` (200 items per dataset, 500 reviews, 1 epoch) is a smoke
@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bench.common import add_common, data_root, default_out, print_plan, require
 from bench.data_scale import machine
 from prefmine.data.clean import clean_list, clean_text
 
@@ -492,19 +493,24 @@ def describe(b: Bench, data: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "encoder_quality.json"))
+    add_common(ap, "encoder_quality")
     ap.add_argument("--quick", action="store_true",
                     help="200 items per dataset, 500 reviews, 1 epoch per stage (a smoke test)")
-    default_data = os.environ.get("PREFMINE_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--data", default=default_data,
+    ap.add_argument("--data", default=str(data_root()),
                     help="folder laid out like ../shared/data (default: $PREFMINE_DATA_DIR, else that)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seed", type=int, default=2020)
     a = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.pop("RAY_ADDRESS", None)  # a local Ray of known size, not a cluster someone else is using
-    data, out = Path(a.data), Path(a.out)
+    data, out = Path(a.data), Path(a.out) if a.out else default_out("encoder_quality", a.quick)
     s = Settings.for_run(a.quick, a.seed)
+    inputs = [data / "amazon2018" / n / f"meta_{n}.json.gz" for n in ITEM_DATASETS]
+    inputs += [data / "amazon2018" / n / f"{n}_5.json.gz" for n in REVIEW_DATASETS]
+    require(inputs)
+    if a.plan:
+        return print_plan("encoder_quality", inputs=inputs, out=out, variants=a.variants,
+                          settings=dataclasses.asdict(s))
     work = Path(tempfile.mkdtemp(prefix="prefmine-bench-quality-"))
     items = {n: load_items(data, n, s.max_items, s.seed) for n in ITEM_DATASETS}
     b = Bench(s, items, load_reviews(data, s), work)

@@ -23,7 +23,7 @@ with the tiny presets into `--workdir` first), in this order:
   latency           PolicyRuntime.q_values for 1 and 64 observations (p50/p95 ms over 300 calls), and a
                     k=10 slate from 50 candidates
 
-    python -m bench.policy --out bench/results/policy.json [--quick] [--data DIR --bundle DIR]
+    python -m bench.policy [--quick] [--data DIR --bundle DIR] [--out FILE] [--plan]
 """
 
 from __future__ import annotations
@@ -38,27 +38,47 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_common, data_root, default_out, print_plan, require
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _prepare_default(workdir: Path) -> tuple[Path, Path]:
-    """Magazine 5-core from PREFMINE_DATA_DIR, prepared and given an encoder + ranker (tiny presets)."""
-    from cluster.pipeline import train_bundle
+CATEGORY = "Magazine_Subscriptions"
+RAW_FILES = (f"{CATEGORY}_5.json.gz", f"meta_{CATEGORY}.json.gz")  # 5-core reviews + metadata, no ratings CSV
+
+
+def _default_raw(workdir: Path) -> Path:
+    """The amazon2018 folder `prepare` reads for the default run: `<workdir>/raw/amazon2018/<CATEGORY>/` holding
+    links to the 5-core files under the data root (bench.common.data_root), so the ratings CSV stays out."""
+    src = data_root() / "amazon2018" / CATEGORY
+    require([src / name for name in RAW_FILES], "set PREFMINE_DATA_DIR, or pass --data and --bundle")
+    raw = workdir / "raw" / "amazon2018"
+    (raw / CATEGORY).mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        link = raw / CATEGORY / name
+        if link.is_symlink() and link.resolve() != (src / name).resolve():
+            link.unlink()  # a workdir left by a run on another data root
+        if not link.exists():
+            os.symlink((src / name).resolve(), link)
+    return raw
+
+
+def _default_data(workdir: Path) -> Path:
+    """Magazine 5-core from the data root, prepared into `<workdir>/data` (once; kept for the next run)."""
     from prefmine.data.prepare import prepare
 
-    root = Path(os.environ.get("PREFMINE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    src = root / "amazon2018" / "Magazine_Subscriptions"
-    if not src.is_dir():
-        raise SystemExit(f"error: no --data/--bundle and no {src} (set PREFMINE_DATA_DIR)")
-    raw = workdir / "raw" / "amazon2018" / "Magazine_Subscriptions"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in ("Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"):
-        if not (raw / name).exists():
-            os.symlink(src / name, raw / name)
-    data, bundle = workdir / "data", workdir / "bundle"
+    data = workdir / "data"
     if not (data / "manifest.json").is_file():
         os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-bench-key")
-        prepare("amazon2018", raw.parent.parent, data, "Magazine_Subscriptions")
+        prepare("amazon2018", _default_raw(workdir), data, CATEGORY)
+    return data
+
+
+def _prepare_default(workdir: Path) -> tuple[Path, Path]:
+    """The default inputs: `_default_data`, and an encoder + ranker trained on it (tiny presets)."""
+    from cluster.pipeline import train_bundle
+
+    data, bundle = _default_data(workdir), workdir / "bundle"
     if not (bundle / "ranker" / "model.pt").is_file():
         train_bundle(data, bundle, stages=("encoder", "ranker"), preset="tiny")
     return data, bundle
@@ -154,7 +174,7 @@ def _latency(runtime, inputs, reps: int = 300) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.policy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/results/policy.json")
+    add_common(p, "policy")
     p.add_argument("--quick", action="store_true", help="short training and 1,000 sessions (under 5 minutes)")
     p.add_argument("--data", help="prepared dataset dir")
     p.add_argument("--bundle", help="bundle dir with a ranker trained on --data")
@@ -168,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     sessions = a.sessions or (1000 if a.quick else 4000)
     train_s = a.train_s or (60.0 if a.quick else 600.0)
+    out = Path(a.out) if a.out else default_out("policy", a.quick)
+    if a.plan:
+        if a.data and a.bundle:
+            require([Path(a.data) / "manifest.json", Path(a.bundle) / "manifest.json"], "--data / --bundle")
+            inputs = {"data": a.data, "bundle": a.bundle}
+        else:  # the same discovery the run does, down to the files prepare() would read
+            from prefmine.data.prepare import SOURCES
+
+            raw = _default_raw(Path(a.workdir))
+            chunks = SOURCES["amazon2018"].plan(raw, CATEGORY)
+            inputs = {"raw": raw, "files": [c["path"] for c in chunks], "prepared_into": Path(a.workdir) / "data",
+                      "bundle_into": Path(a.workdir) / "bundle"}
+        return print_plan("policy", **inputs, out=out, sessions=sessions, train_s_per_algorithm=train_s,
+                          algorithms=a.algorithms, seed=a.seed)
 
     import torch
 
@@ -253,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     report["latency"] = {name: _latency(rt, inputs) for name, rt in runtimes.items()}
     print(f"[bench.policy] latency {report['latency']}", flush=True)
     report["total_s"] = round(time.time() - t_start, 1)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2, default=float))

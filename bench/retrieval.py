@@ -23,7 +23,7 @@ taken `--hnsw-budget-s` (480 s), which the row then says. Threads: faiss and BLA
 project runs one per process); the HNSW build may use `--build-threads`, recorded in the settings. The JSON is
 rewritten after every row.
 
-    python -m bench.retrieval --out RESULT.json [--quick] [--sizes 100000 1000000] [--dim 64]
+    python -m bench.retrieval [--out RESULT.json] [--quick] [--plan] [--sizes 100000 1000000] [--dim 64]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench.common import add_common, default_out, print_plan
 from bench.data_scale import machine
 from prefmine.metrics import top_k
 from prefmine.ranker.retrieval import ItemIndex, RetrievalConfig, resolve_kind
@@ -211,7 +212,7 @@ def sizes_summary(rows: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    add_common(ap, "retrieval")
     ap.add_argument("--quick", action="store_true", help="10k and 100k items (a few minutes)")
     ap.add_argument("--sizes", type=int, nargs="+")
     ap.add_argument("--dim", type=int, default=64)
@@ -225,6 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--machine-note", default=None, help="free text kept with the machine, e.g. shared")
     a = ap.parse_args(argv)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [100_000, 1_000_000])
+    out = Path(a.out) if a.out else default_out("retrieval", a.quick)
     t0 = time.perf_counter()
     settings = {
         "sizes": sizes, "dim": a.dim, "queries": a.queries, "timed_queries_exact": a.timed_exact, "k": K,
@@ -235,6 +237,9 @@ def main(argv=None) -> int:
         "hnsw": {"m": a.hnsw_m, "ef_construction": a.hnsw_ef_construction, "build_budget_s": a.hnsw_budget_s},
         "defaults": asdict(RetrievalConfig()), "latency": "ItemIndex.search per query (batch 1), after warm-up",
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}}
+    if a.plan:
+        return print_plan("retrieval", source="synthetic item vectors (no input data)", out=out, **settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
     done: list[dict] = []
 
     def write(rows: list[dict]) -> None:  # after every row, so a stopped run keeps what it measured
@@ -244,9 +249,9 @@ def main(argv=None) -> int:
                   "settings": settings, "sizes": sizes_summary(done + rows), "rows": done + rows,
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "total_s": round(time.perf_counter() - t0, 1)}
-        tmp = Path(a.out + ".tmp")
+        tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, a.out)
+        os.replace(tmp, out)
 
     for n in sizes:
         done += run_size(n, a.dim, a.queries, a, write)

@@ -1,6 +1,6 @@
 """Serving latency: p50/p95/p99 and QPS of Recommend at concurrency 1, 8 and 32, for three systems.
 
-    python -m bench.serve_latency --bundle BUNDLE --out RESULT.json [--quick] [--seconds S]
+    python -m bench.serve_latency --bundle BUNDLE [--out RESULT.json] [--quick] [--seconds S] [--plan]
 
 * ``inprocess``: the ingress code itself (serve.app.RecommenderIngress and the ranker/policy/encoder
   deployment classes, undecorated), called in this process with direct-call handles: the model cost alone.
@@ -38,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_common, default_out, print_plan, require
+
 ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = ("inprocess", "bare_grpc", "ray_serve", "ray_serve_direct")
 CONCURRENCY = (1, 8, 32)
 
 
@@ -253,11 +256,11 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve_latency", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", required=True, help="model bundle directory")
-    p.add_argument("--out", required=True, help="result JSON")
+    add_common(p, "serve_latency")
     p.add_argument("--quick", action="store_true", help="3 s per point (under 5 minutes here)")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per point (default 20; quick 3)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--systems", default="inprocess,bare_grpc,ray_serve,ray_serve_direct")
+    p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--_bare_server", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     bundle = str(Path(a.bundle).resolve())
@@ -265,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_bare_server(bundle, int(a._bare_server[0]), a._bare_server[1]))
         return 0
     seconds = a.seconds or (3.0 if a.quick else 20.0)
+    out_path = Path(a.out) if a.out else default_out("serve_latency", a.quick)
+    require([Path(bundle) / "manifest.json"], "--bundle must be a bundle directory (prefmine train --out)")
+    unknown = set(a.systems.split(",")) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"error: --systems: unknown system {sorted(unknown)[0]!r} (choose from {', '.join(SYSTEMS)})")
+    if a.plan:
+        return print_plan("serve_latency", bundle=bundle, systems=a.systems.split(","), k=a.k,
+                          seconds_per_point=seconds, concurrency=list(CONCURRENCY), out=out_path)
     warmup = 1.0 if a.quick else 3.0
     users = known_users(bundle)
     results = []
@@ -316,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                         "users": len(users), "concurrency": list(CONCURRENCY), "rpc": "Recommend",
                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
            "results": results}
-    Path(a.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {a.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {out_path}")
     return 0
 
 

@@ -2,7 +2,7 @@
 single-process PyTorch loop, on the same model (BERT MLM) and the same global batch, in one run.
 
 The plain loop is timed with 1 and with all CPU threads and its best is the baseline; the distributed run uses one
-thread per worker (the setting that is fastest here, see README). Throughput is samples/s over the epochs after
+thread per worker (the setting that is fastest here; figures in bench/README.md). Throughput is samples/s over the epochs after
 the first (the first includes start-up and DeepSpeed's op builds). `ratio` = distributed / plain; issue 4's goal is
 at least 0.8 on this 2-core CPU.
 
@@ -11,7 +11,7 @@ from `zero2.json`'s "auto") against a plain single-GPU loop under bf16 autocast,
 model FLOPs utilisation: 6 x non-embedding parameters + 12 x layers x hidden x seq FLOPs per trained token,
 divided by the GPUs' dense bf16 peak (`--peak-tflops`, looked up from the device name when known).
 
-    python -m bench.train_throughput --out RESULT.json [--quick] [--preset tiny|base|large]
+    python -m bench.train_throughput [--out RESULT.json] [--quick] [--plan] [--preset tiny|base|large]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import add_common, default_out, print_plan
 from bench.data_scale import machine
 
 
@@ -88,7 +89,7 @@ def plain_loop(task, threads: int, epochs: int, device: str = "cpu") -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    add_common(ap, "train_throughput")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--preset", default="", choices=["", "tiny", "base", "large"], help="default: base on CPU, "
                     "large on GPU")
@@ -104,6 +105,10 @@ def main(argv=None) -> int:
     a.batch = a.batch or (64 * gpus if gpus else 32)
     n = (640 if a.quick else 1920) * (max(gpus, 1) * 4 if gpus else 1)
     epochs = 3 if a.quick else 4
+    out = Path(a.out) if a.out else default_out("train_throughput", a.quick)
+    if a.plan:
+        return print_plan("train_throughput", source="synthetic token sequences (no input data)", preset=a.preset,
+                          global_batch=a.batch, samples=n, epochs=epochs, gpus=gpus, out=out)
 
     task, cfg = make_task(a.preset, a.batch // max(gpus, 1) if gpus else a.batch, n // max(gpus, 1), epochs)
     if gpus:
@@ -149,8 +154,8 @@ def main(argv=None) -> int:
                          round(plain_tps), "ds_mfu": round(ds_tps * per_token / (peak * 1e12 * gpus), 4) if peak
                          else None, "plain_mfu": round(plain_tps * per_token / (peak * 1e12), 4) if peak else None}
         result["settings"]["deepspeed"] = "zero2.json, bf16 (NCCL)"
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("ds_samples_per_s", "plain_samples_per_s", "ratio")}, indent=2))
     return 0
 

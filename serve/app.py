@@ -24,7 +24,7 @@ bundle version) before answering with the id; if that append fails it answers UN
 
 The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
 users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
-replica too (PolicyDeployment.select's code; PolicyDeployment still answers ModelInfo's policy kind). A second
+replica too (``_PolicyVersion.select``; PolicyDeployment still answers ModelInfo's policy kind). A second
 hop to PolicyDeployment cost ~5 ms a request at c=1 and a third of the throughput at c=8-32 on 2 cores
 (bench.serve_latency). A call whose replica died is retried
 (``RecommenderIngress._call``), so losing a replica costs latency, not failed requests. The bundle version is
@@ -182,8 +182,8 @@ def _unit_rows(v) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-# max_ongoing_requests 64 (> RANKER_BATCH): its calls now include the slate selection, and with 16 the ingress's
-# router queued the rest of c=32 and backed off (p95 2.5 s, 20-28 q/s); with 64: 83 q/s
+# max_ongoing_requests 64 (> RANKER_BATCH): its calls include the slate selection, and at 16 the ingress's router
+# queued the rest of a 32-client load and backed off (figures in bench/README.md, serving latency)
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_constructor_retry_count=3,
     max_queued_requests=MAX_QUEUED["RankerDeployment"],
@@ -214,9 +214,9 @@ class RankerDeployment:
 
     async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
         """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
-        selected here by the same bundle version's policy (what PolicyDeployment.select does) rather than one
-        more actor hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's
-        ``propensities`` (what the impression log needs) and the ``policy`` that chose it."""
+        selected here by the same bundle version's policy (``_PolicyVersion.select``) rather than one more actor
+        hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's ``propensities`` (what
+        the impression log needs) and the ``policy`` that chose it."""
         cand = await self.candidates(ref, history, n, exclude)
         return await self._select(ref, cand, k)
 
@@ -346,10 +346,6 @@ class PolicyDeployment:
 
     async def info(self, ref: BundleRef) -> str:
         return (await self.runtimes.get(ref)).kind
-
-    async def select(self, ref: BundleRef, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
-                     k: int) -> np.ndarray:
-        return (await self.runtimes.get(ref)).select(state, candidates, scores, k)
 
 
 class _PolicyVersion:

@@ -39,10 +39,6 @@ class BadRequest(ValueError):
     """A request field is invalid; the message starts with the field's name."""
 
 
-def _short(value: str, n: int = 20) -> str:
-    return repr(value if len(value) <= n else value[:n] + "...")
-
-
 def check_id(value: str, field: str) -> None:
     """A raw user or item id: 1..MAX_ID_BYTES bytes, not only whitespace."""
     if not value.strip():

@@ -192,3 +192,25 @@ def postgres_server():
             server.stop("fast")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+# Markers (registered in pyproject.toml, explained in docs/testing.md). Tests that start Ray, train a model, or
+# start Ray Serve or a `ray start` node are marked here from the fixtures they use, so a new test that takes
+# one of these fixtures is never counted as fast by accident; a test may also mark itself `slow`.
+_SLOW_FIXTURES = {"tiny_bundle", "ray_session", "ray_head", "server_proc", "bundle_path"}
+_SERVE_MODULES = {"test_serve_faults", "test_serve_feedback", "test_serve_deploy"}
+_CLUSTER_FIXTURES = {"ray_head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if fixtures & _SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if "server_proc" in fixtures or module in _SERVE_MODULES:
+            item.add_marker(pytest.mark.serve)
+            item.add_marker(pytest.mark.slow)
+        if fixtures & _CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.slow)

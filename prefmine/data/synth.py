@@ -254,7 +254,6 @@ class _World:
 
 
 _NOUNS = [noun for _, nouns, _, _ in CATEGORY_TREE for noun in nouns]
-_NOUN_CAT = np.array([c for c, (_, nouns, _, _) in enumerate(CATEGORY_TREE) for _ in nouns], np.int32)
 _NOUN_OFFSET = np.cumsum([0] + [len(nouns) for _, nouns, _, _ in CATEGORY_TREE])[:-1]
 _NOUN_COUNT = np.array([len(nouns) for _, nouns, _, _ in CATEGORY_TREE])
 _DEPTS = sorted({path.split(" > ")[0] for path, *_ in CATEGORY_TREE})

@@ -252,10 +252,6 @@ class RecSimEnv(gym.Env):
         """Display position of the current step within its slate."""
         return self.t % self.cfg.slate_size if self.cfg.slate_size > 0 else self.t
 
-    @property
-    def action_mask(self) -> np.ndarray:
-        return self.valid.copy()
-
     def step(self, action):
         cfg, rng = self.cfg, self.np_random
         a = int(action)

@@ -11,22 +11,11 @@ this is maximum-inner-product search, not cosine) and three kinds:
          lists are scanned per query (nprobe = nlist is exact).
 
 `kind="auto"` is exact below `cfg.exact_below` items (50k by default; `RankerRuntime` then keeps its numpy
-matmul + `prefmine.metrics.top_k`, bit-identical to before) and IVF from there. Why IVF and not HNSW, from
-bench/results/retrieval.json (dim 64, one search thread, 2-core AMD EPYC, no GPU):
-
-  1M items   build   memory   recall@10 (50 seen excluded)   p50      batch-64
-  numpy      -       256 MB   exact                          145 ms   13 q/s    (the runtime's matmul + top_k)
-  IVF np=32  90 s    265 MB   0.995 (0.984)                  0.60 ms  1417 q/s
-  HNSW ef256 338 s   528 MB   0.945 (0.917)                  1.1 ms   683 q/s   (M=32, efConstruction=64)
-  at 100k: IVF nprobe=32 0.998 (0.997) at 0.24 ms against numpy's 8.7 ms; HNSW ef256 0.992 (0.943) at 0.45 ms.
-
-IVF is faster at equal or higher recall, keeps its recall when seen items are excluded (it scans whole lists,
-so the over-fetched ranks are as good as the top 10; the HNSW graph finds ranks past 10 less reliably), builds
-~4x faster and needs half the memory. HNSW with efConstruction=200 recalls more, but an earlier run of this
-benchmark took 1802 s to build it at 1M on one thread. nprobe=32 is the default: 16 loses 4 points of recall at
-100k (0.959), 64 costs ~1.6x the time for +0.2-0.3 points. The 50k threshold: numpy takes ~9 ms per query at
-100k, so below 50k the exact answer costs a few ms and is kept (chosen from the two sizes, not measured at 50k).
-The machine was shared with other jobs during the run (load ~4 on 2 cores): p99s of 4-10 ms are scheduling.
+matmul + `prefmine.metrics.top_k`, bit-identical to before) and IVF from there, nprobe=32 by default. IVF was
+chosen over HNSW by `python -m bench.retrieval` (figures and the reasoning in bench/README.md): at equal or
+higher recall it is faster, keeps its recall when seen items are excluded (it scans whole lists, so the
+over-fetched ranks are as good as the top 10), builds faster and needs half the memory. Below 50k items the
+exact answer costs a few ms per query and is kept.
 
 Exclusion (a user's seen items): `search` over-fetches k + the largest exclude set of the batch (HNSW also
 widens its candidate list by as much), drops excluded ids and keeps the best k. A row left with fewer than k
