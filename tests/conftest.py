@@ -169,7 +169,10 @@ def postgres_server():
         versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
         bindir = str(Path(found).parent) if found else (str(versions[-1].parent) if versions else "")
     if not bindir or not (Path(bindir) / "initdb").is_file():
-        pytest.skip("PostgreSQL is not installed (run cluster/install_services.sh)")
+        msg = "PostgreSQL is not installed (run cluster/install_services.sh)"
+        if os.environ.get("CI"):  # CI installs it (.ci/run): a skip there would hide the backend's tests
+            pytest.fail(msg)
+        pytest.skip(msg)
     base = Path(tempfile.mkdtemp(prefix="prefmine-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
