@@ -3,14 +3,17 @@
 One torch/OMP thread per process (with two threads a small Adam step on this 2-core class of machine is 25-80x
 slower), DeepSpeed's CPU accelerator when there is no GPU, and a quiet log level. `ensure_ray()` joins a running
 cluster when RAY_ADDRESS is set (a `ray job submit` run) and otherwise starts a local Ray owned by this process,
-with its dashboard on loopback and Ray's token authentication on unless RAY_AUTH_MODE says otherwise (Ray then
-generates the token in ~/.ray/auth_token; the test suite sets RAY_AUTH_MODE=disabled). A cluster's nodes get
-their mode and token from ray_cluster.yaml (docs/cluster-security.md).
+with its dashboard on loopback and Ray's token authentication on unless RAY_AUTH_MODE says otherwise: Ray 2.60
+turns it on for a local Ray by default and generates the token in ~/.ray/auth_token, which is then made readable
+by this user only. RAY_AUTH_MODE must not be set here: Ray reads it when first imported, and a value set later
+reaches only the GCS, which then aborts without a token. The test suite sets RAY_AUTH_MODE=disabled. A cluster's
+nodes get their mode and token from ray_cluster.yaml (docs/cluster-security.md).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -51,12 +54,14 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True, quiet: bool 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": missing} if missing else None, log_to_driver=not quiet)
         return ray
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit, whatever this Ray version's default for local Ray
     # address="local": always a new Ray owned by this process. Without it ray.init() joins whatever `ray start`
     # cluster /tmp/ray/ray_current_cluster names (another user's head, or a stale one that no longer answers).
     ctx = ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
                    dashboard_host="127.0.0.1", runtime_env=runtime_env,
                    log_to_driver=not quiet, logging_level="WARNING")
+    token = Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_MODE") == "token" and token.is_file():
+        token.chmod(0o600)  # Ray writes it world-readable; it grants the run of this Ray
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"Ray dashboard: http://{url}", flush=True)

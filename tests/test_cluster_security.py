@@ -125,3 +125,30 @@ def test_jobs_need_the_clusters_token(token_head, tmp_path):
     assert logs.returncode == 0 and "authenticated job ran" in logs.stdout
     st = _jobs("status", job_id, "--address", address, "--auth", "disabled", env={}, home=home)
     assert st.returncode == 2 and "Authentication required" in st.stderr
+
+
+LOCAL_RAY = """
+import os
+from cluster.ray_env import ensure_ray
+ray = ensure_ray(num_cpus=1, dashboard=False, quiet=True)
+print("mode", os.environ.get("RAY_AUTH_MODE"))
+print("task", ray.get(ray.remote(lambda: 41 + 1).remote()))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_starts_with_token_auth_and_a_private_token(tmp_path):
+    """What `prefmine demo` and every local job do (RAY_AUTH_MODE unset): Ray's own default turns token auth on
+    and makes the token, which ensure_ray leaves readable by this user only. Forcing RAY_AUTH_MODE=token after
+    Ray was imported made the GCS abort for want of a token: the README's main job did not start."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                                                             "RAY_ADDRESS")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", LOCAL_RAY], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mode token" in r.stdout and "task 42" in r.stdout
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.is_file() and len(token.read_text().strip()) >= 32
+    assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
