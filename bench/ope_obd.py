@@ -174,15 +174,23 @@ def run(n_sim: int, n_boot: int) -> dict:
 
 
 def main(argv=None) -> int:
+    from bench.common import add_common, default_out, print_plan, require
+    from prefmine.policy.obd import obp_sample_root
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    add_common(ap, "ope_obd")
     ap.add_argument("--quick", action="store_true", help="10,000 Thompson sampling simulations, 200 resamples")
     ap.add_argument("--n-sim", type=int, default=100_000, help="Monte Carlo draws for BTS's action distribution")
     ap.add_argument("--n-boot", type=int, default=1000)
     a = ap.parse_args(argv)
     n_sim, n_boot = (10_000, 200) if a.quick else (a.n_sim, a.n_boot)
+    out = Path(a.out) if a.out else default_out("ope_obd", a.quick)
+    if a.plan:
+        root = obp_sample_root()  # the Open Bandit Dataset sample inside the obp wheel (the dev extra)
+        logs = [root / policy / "all" / "all.csv" for policy in ("random", "bts")]
+        require(logs, hint="install the dev extra (obp==0.4.1)")
+        return print_plan("ope_obd", logs=logs, n_sim=n_sim, n_boot=n_boot, out=out)
     report = run(n_sim, n_boot)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     json.dump({k: report[k] for k in ("on_policy_value_bts", "estimators")}, sys.stdout, indent=2)
