@@ -3,7 +3,8 @@
 Disk full: a small real tmpfs (mounted by the test; we run as root here and in CI) is filled, and then an append
 raises StoreUnavailable with its transaction rolled back: the store holds exactly the acknowledged rows, and once
 space is freed it takes writes again. For SQLite the whole database lives on the tmpfs; for PostgreSQL the store's
-tables live in a tablespace on it (the WAL stays on the server's own disk), so the server reports DiskFull.
+tables live in a tablespace on it (the WAL stays on the server's own disk), so the server reports DiskFull. At the serving level, the ingress's own class outside Ray behind a real gRPC server
+answers RecordFeedback on a full disk with UNAVAILABLE and stores nothing.
 
 Durability: a kill -9 of the writer proves nothing about fsync (the page cache survives a dead process). Instead
 the writer runs under strace, and for every acknowledged append the trace must show, after the last write to a
@@ -178,6 +179,77 @@ def test_postgres_full_tablespace_raises_store_unavailable(small_pg_fs, postgres
         with psycopg.connect(postgres_server.dsn(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {dsn.rsplit('/', 1)[1]} WITH (FORCE)")
             conn.execute(f"DROP TABLESPACE {name}")
+
+
+@pytest.fixture(scope="module")
+def bundle_path(request) -> Path:
+    """The session's tiny bundle (PREFMINE_SERVE_TEST_BUNDLE overrides it, as in tests/test_serve.py)."""
+    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
+    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
+
+
+@pytest.mark.slow
+def test_ingress_answers_record_feedback_unavailable_on_a_full_disk(bundle_path, small_fs):
+    """The ingress's own class outside Ray (the code a replica runs) behind a real in-process gRPC server, its
+    SQLite feedback log on the small tmpfs: once the disk is full RecordFeedback answers UNAVAILABLE ("retry
+    later", not INTERNAL) and stores nothing; after space is freed the same request (same idempotency key) is
+    stored once. The log then holds exactly the acknowledged requests' events."""
+    import asyncio
+
+    import grpc
+
+    from prefmine.v1 import recommender_pb2 as pb
+    from prefmine.v1 import recommender_pb2_grpc
+    from serve import app
+    from serve.served import BundleRef
+    from serve.wire import add_services
+
+    db = small_fs / "fb.sqlite"
+    config = BundleRef.of({"bundle": str(bundle_path)}).config()
+
+    def request(key: str) -> pb.RecordFeedbackRequest:
+        return pb.RecordFeedbackRequest(idempotency_key=key, events=[
+            pb.Event(user_id="edge-user", item_id=f"{key}/{j}/" + "x" * 200, type=pb.EVENT_TYPE_CLICK,
+                     timestamp=int(time.time())) for j in range(8)])
+
+    async def run():
+        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(db))
+        await ingress.reconfigure(config)
+        server = grpc.aio.server()
+        add_services(ingress, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = recommender_pb2_grpc.RecommenderStub(channel)
+                acked = {}
+                for key in ("a", "b"):
+                    acked[key] = (await stub.RecordFeedback(request(key), timeout=30)).last_id
+                fill(small_fs / "ballast")
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    for n in range(400):
+                        key = f"full-{n}"
+                        acked[key] = (await stub.RecordFeedback(request(key), timeout=30)).last_id
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+                assert "retry later" in refused.value.details()
+                with ingress._feedback_lock:
+                    stored = stored_keys(ingress.feedback)
+                assert stored == acked  # nothing of the refused request
+                (small_fs / "ballast").unlink()
+                again = await stub.RecordFeedback(request(key), timeout=30)
+                assert again.stored == 8
+                assert (await stub.RecordFeedback(request(key), timeout=30)).last_id == again.last_id
+            fresh = open_feedback_store(str(db), create=False)
+            try:
+                assert stored_keys(fresh) == {**acked, key: again.last_id}
+                assert fresh.count() == 8 * (len(acked) + 1)
+            finally:
+                fresh.close()
+        finally:
+            await server.stop(None)
+            ingress.feedback.close()
+
+    asyncio.run(run())
 
 
 # -- durability: the fsync, seen in the system calls ------------------------------------------------------------
