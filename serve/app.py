@@ -53,6 +53,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from prefmine.feedback.base import StoreUnavailable
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
 from serve.metrics import ServiceMetrics
@@ -575,6 +576,10 @@ class RecommenderIngress:
         except ImpressionNotLogged as e:
             code = grpc.StatusCode.UNAVAILABLE
             return self._fail(grpc_context, code, str(e), empty_cls())
+        except StoreUnavailable:  # the feedback log cannot write (disk full, ...): rolled back, nothing acknowledged
+            logger.error("%s: the feedback log cannot be written; answering UNAVAILABLE", rpc, exc_info=True)
+            code = grpc.StatusCode.UNAVAILABLE
+            return self._fail(grpc_context, code, "the feedback log is unavailable; retry later", empty_cls())
         except Erased as e:
             code = grpc.StatusCode.FAILED_PRECONDITION
             return self._fail(grpc_context, code, str(e), empty_cls())

@@ -6,7 +6,8 @@ Two backends behind one interface (`FeedbackStore`): SQLite in WAL mode, the emb
 (`prefmine.feedback.postgres`). `open_feedback_store(location)` picks one: a ``postgresql://`` (or
 ``postgres://``) URI opens PostgreSQL, anything else is a SQLite file path. Both accept an idempotency key per
 append, so a retried request is stored once (`prefmine.feedback.base`), and both log impressions (what a
-Recommend answer showed, with its propensities) that feedback events can name and be joined to.
+Recommend answer showed, with its propensities) that feedback events can name and be joined to. A store that
+cannot write (disk full, I/O error, server gone) raises `StoreUnavailable` with its transaction rolled back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from prefmine.feedback.base import (
     FeedbackStoreConfig,
     IdempotencyConflict,
     Impression,
+    StoreError,
+    StoreUnavailable,
     check_impression_id,
 )
 from prefmine.feedback.sqlite import SqliteFeedbackStore
@@ -26,7 +29,7 @@ from prefmine.feedback.sqlite import SqliteFeedbackStore
 FeedbackLog = SqliteFeedbackStore  # the name the SQLite log had before PostgreSQL joined it
 
 __all__ = ["FeedbackEvent", "FeedbackLog", "FeedbackStore", "FeedbackStoreConfig", "IdempotencyConflict",
-           "Impression", "SqliteFeedbackStore", "check_impression_id", "is_dsn", "open_feedback_store", "resolve_location"]
+           "Impression", "SqliteFeedbackStore", "StoreError", "StoreUnavailable", "check_impression_id", "is_dsn", "open_feedback_store", "resolve_location"]
 
 
 def is_dsn(location: object) -> bool:

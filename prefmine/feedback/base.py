@@ -116,6 +116,17 @@ class IdempotencyConflict(ValueError):
     """An idempotency key already used for different events."""
 
 
+class StoreError(RuntimeError):
+    """A feedback store failed for a reason of its own, not of the caller's input."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot take writes now (disk full, an I/O error, read-only, the server unreachable). The call's
+    transaction was rolled back, so nothing of it is acknowledged; the caller retries later (the serving layer
+    answers UNAVAILABLE). Only a connection lost during COMMIT leaves it unknown whether the rows were stored: a
+    retry with the same idempotency key then stores them once either way."""
+
+
 @runtime_checkable
 class FeedbackStore(Protocol):
     """A durable, append-only log of feedback events with increasing ids, readable while it is written.

@@ -10,6 +10,9 @@ reader paging with `read_since(last_seen)` never skips a row that committed late
 update job relies on that), and a retry with an idempotency key racing its own first attempt on another replica
 waits for it and returns its result. The price is one commit at a time, as with SQLite.
 
+A write the server cannot take (disk full, an I/O error, a read-only standby, the server or the pool's connections
+gone) leaves its transaction rolled back and raises `StoreUnavailable`: nothing unstored is acknowledged.
+
 `forget` deletes the rows and runs a plain VACUUM (it does not block writers); the rows then stay only in WAL
 segments and backups until those rotate, which the erasure policy must cover.
 """
@@ -17,11 +20,14 @@ segments and backups until those rotate, which the erasure policy must cover.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
     Impression,
+    StoreUnavailable,
     check_impression,
     check_key,
     conflict,
@@ -85,6 +91,16 @@ def redact(dsn: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}/{db}"
 
 
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """psycopg errors that mean "the store cannot write now": OperationalError covers class 53 (DiskFull,
+    OutOfMemory, TooManyConnections), class 58 (IoError), 57 (shutdown) and lost connections or a pool timeout;
+    ReadOnlySqlTransaction is a standby or a read-only database."""
+    import psycopg
+    from psycopg import errors
+
+    return (psycopg.OperationalError, errors.ReadOnlySqlTransaction)
+
+
 def _configure(conn) -> None:
     conn.execute("SET synchronous_commit = on")
     conn.commit()
@@ -110,6 +126,7 @@ class PostgresFeedbackStore:
             raise ConnectionError(f"feedback store {self.location}: no connection within "
                                   f"{cfg.pool_timeout_s:g} s") from e
         self._keyed = 0
+        self._unavailable = unavailable_errors()
         try:
             with self._pool.connection() as conn, conn.transaction():
                 if not create:
@@ -124,13 +141,24 @@ class PostgresFeedbackStore:
             self._pool.close()
             raise
 
+    @contextmanager
+    def _write(self) -> Iterator:
+        """A pooled connection in one transaction, committed on exit; a failure to write (the transaction is then
+        rolled back, or never committed) raises StoreUnavailable."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except self._unavailable as e:
+            raise StoreUnavailable(f"feedback store {self.location} cannot be written "
+                                   f"({type(e).__name__}: {str(e).strip()[:200]}); nothing was stored, retry later") from e
+
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int:
         """Store events in one transaction; returns the id of the last one. Durable when this returns. With an
         idempotency key already stored for the same events, stores nothing and returns the first call's id."""
         key = check_key(idempotency_key)
         digest = events_digest(events) if key else None
         now = time.time()
-        with self._pool.connection() as conn, conn.transaction():
+        with self._write() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
             if key:
                 row = conn.execute("SELECT digest, last_id FROM feedback_requests WHERE key = %s", (key,)).fetchone()
@@ -185,7 +213,7 @@ class PostgresFeedbackStore:
 
         row = impression_row(check_impression(impression))
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._write() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_LOCK,))
                 seq = conn.execute(
                     'INSERT INTO impressions (impression_id, "user", ts, items, positions, propensities, policy, '

@@ -7,19 +7,25 @@ what Recommend showed). A file from before impressions gains the `impression_id`
 its old rows). `append` runs in one
 BEGIN IMMEDIATE transaction committed with synchronous=FULL, so an acknowledged event survives a crash, and
 writers of several processes on the same file take turns; `read_since` pages through events by id for
-incremental jobs; `forget` erases one person's rows.
+incremental jobs; `forget` erases one person's rows. A write that fails for want of space or I/O (SQLITE_FULL,
+SQLITE_IOERR, read-only, locked past the timeout, ENOSPC) is rolled back and raised as `StoreUnavailable`, so the
+caller never acknowledges a row the file does not hold.
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
     Impression,
+    StoreUnavailable,
     check_impression,
     check_key,
     conflict,
@@ -64,6 +70,20 @@ CREATE INDEX IF NOT EXISTS impressions_user ON impressions(user);
 INDEXES = "CREATE INDEX IF NOT EXISTS feedback_impression ON feedback(impression_id);"
 
 
+# primary result codes (the low byte of an extended code) that mean "cannot write now", not "bad input"
+UNAVAILABLE_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
+                     sqlite3.SQLITE_CANTOPEN}
+UNAVAILABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def is_unavailable(e: BaseException) -> bool:
+    """Whether a failed write means the store cannot write now (space, I/O, lock), rather than a bad row."""
+    if isinstance(e, OSError):
+        return e.errno in UNAVAILABLE_ERRNOS
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(e, sqlite3.Error) and code is not None and (code & 0xFF) in UNAVAILABLE_CODES
+
+
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a file written by an older prefmine up to the current schema: feedback.impression_id (NULL for the
     rows already there)."""
@@ -91,14 +111,32 @@ class SqliteFeedbackStore:
         self._db.executescript(INDEXES)
         self._keyed = 0
 
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One BEGIN IMMEDIATE transaction, committed on exit (synchronous=FULL: durable then). A failure to write
+        rolls it back and raises StoreUnavailable; any other error propagates as it is (rolled back too)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+        except (sqlite3.Error, OSError) as e:
+            if not is_unavailable(e):
+                raise
+            if self._db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL); make sure
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise StoreUnavailable(f"feedback log {self.path} cannot be written ({e}); nothing was stored, "
+                                   "retry later") from e
+
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int:
         """Store events in one transaction; returns the id of the last one. Durable when this returns. With an
         idempotency key already stored for the same events, stores nothing and returns the first call's id."""
         key = check_key(idempotency_key)
         digest = events_digest(events) if key else None
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._write():
             if key:
                 row = self._db.execute("SELECT digest, last_id FROM feedback_requests WHERE key = ?",
                                        (key,)).fetchone()
@@ -139,8 +177,7 @@ class SqliteFeedbackStore:
         impression id already stored raises ValueError (ids are uuid4s: a repeat is a bug, not a retry)."""
         row = impression_row(check_impression(impression))
         try:
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._write():
                 cur = self._db.execute(
                     "INSERT INTO impressions(impression_id, user, ts, items, positions, propensities, policy, "
                     "bundle_version, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, time.time()))
