@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data_scale import machine
 from prefmine.policy import ope
 from prefmine.policy.obd import ObdConfig, read_obd, zozotown_bts_prior
 
@@ -89,19 +88,6 @@ def obp_intervals(bandit_feedback: dict, action_dist: np.ndarray, q_hat: np.ndar
         random_state=12345)
     return {ours: [float(ci[theirs]["95.0% CI (lower)"]), float(ci[theirs]["95.0% CI (upper)"])]
             for ours, theirs in OBP_NAMES.items()}
-
-
-def machine() -> dict:
-    gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:  # pragma: no cover
-        pass
-    return {"cpus": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def run(n_sim: int, n_boot: int) -> dict:
