@@ -231,3 +231,13 @@ def test_real_sets_prepare_with_text_and_attributes(seqrec_raw, tmp_path, name):
         assert (table["text"] == "").all() and table["attribute_names"].map(len).eq(0).all()
         assert table["asin"].str.len().gt(0).all()
         assert np.unique(np.concatenate(table["attributes"].to_numpy())).size > 2000
+
+
+def test_a_line_over_the_record_cap_costs_only_itself(tmp_path):
+    """The sequence file is read with the readers' line blocks, so their 1 MiB record cap applies: an absurd line
+    is skipped and named by its line, and every other sequence, before and after it, is kept."""
+    huge = "5 " + " ".join(["10"] * 600_000)  # about 1.8 MB
+    raw = write_set(tmp_path / "raw", sequences=SEQUENCES[:2] + [huge] + SEQUENCES[2:])
+    m = prepare("seqrec", raw, tmp_path / "o", "Shop", pseudonymiser=Pseudonymiser(b"k"), on_bad_rows="skip")
+    assert m["bad_rows"]["by_reason"] == {"record_too_large": 1}
+    assert m["counts"]["users"] == 4 and m["counts"]["interactions"] == 15

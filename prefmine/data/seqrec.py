@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from prefmine.data.clean import clean_text
+from prefmine.data.readers import line_blocks
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 TIME = "order-only"
@@ -94,8 +95,8 @@ def read_chunk(chunk: dict, bad: BadRows) -> Iterator[pd.DataFrame]:
     items: list[str] = []
     pos: list[int] = []
     lines: list[int] = []
-    with open(path, "rb") as f:
-        for lineno, raw_line in enumerate(f, start=1):
+    for first, block in line_blocks(path, bad):  # the readers' caps on record and decompressed size apply here too
+        for lineno, raw_line in enumerate(block.split(b"\n")[:-1], first):
             where = f"{path}:{lineno}"
             try:
                 line = raw_line.decode("utf-8")
