@@ -160,6 +160,23 @@ def _client_recommend(a) -> int:
     return client_recommend(a.addr, a.user, a.k, a.exclude or (), credentials=creds)
 
 
+def _experiments_report(a) -> int:
+    from prefmine.experiments import format_report, load_experiment, report
+    from prefmine.feedback import open_feedback_store
+
+    try:
+        experiment = load_experiment(a.config)
+    except ValueError as e:
+        a.parser.error(str(e))
+    store = open_feedback_store(a.feedback, create=False)
+    try:
+        rep = report(store, experiment)
+    finally:
+        store.close()
+    print(json.dumps(rep, indent=2) if a.json else format_report(rep))
+    return 0
+
+
 def _demo(a) -> int:
     from cluster.demo import run_demo
 
@@ -282,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.jobs import add_parser as add_jobs_parser
 
     add_jobs_parser(sub)
+
+    ex = sub.add_parser("experiments", help="A/B experiments").add_subparsers(dest="experiments_command",
+                                                                            required=True)
+    exr = ex.add_parser("report", help="each arm's click and purchase rates with 95% intervals")
+    exr.add_argument("--feedback", required=True, help="the feedback store: SQLite file or postgresql:// DSN")
+    exr.add_argument("--config", required=True,
+                     help="the experiment (YAML/JSON), or the Serve config whose args carry `experiment`")
+    exr.add_argument("--json", action="store_true", help="JSON instead of a table")
+    exr.set_defaults(func=_experiments_report, parser=exr)
 
     demo = sub.add_parser("demo", help="the main job: prepare, train, evaluate, serve and query, end to end")
     demo.add_argument("--dataset", choices=["magazine", "movielens"], default="magazine")

@@ -1,0 +1,164 @@
+"""A/B experiments: named arms, a stable assignment of users to arms, and each arm's rates with intervals.
+
+An experiment splits traffic by a stable hash of the user's pseudonym: ``sha256(salt + ":" + user)`` read as a
+number in [0, 1) falls into one arm's share of the cumulative weights. The same user lands in the same arm on
+every replica, node and restart, with no state to share, and a new salt reshuffles everyone (a new experiment).
+Each arm names what it serves: a bundle version, a policy (``learned``, ``greedy``, ``popularity``, ...) or both.
+
+The report joins the impression log to the feedback that names each impression (``FeedbackStore``): an
+impression counts as clicked when at least one ``click`` (or ``cart``/``buy``, which imply one) answers it, as
+purchased when a ``buy`` does. Rates are per impression, with Wilson score 95% intervals, and the arm of an
+impression is recomputed from its user with the experiment's salt, so the report needs only the log and the
+config the server ran with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+CLICK_EVENTS = frozenset({"click", "cart", "buy"})
+PURCHASE_EVENTS = frozenset({"buy"})
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    weight: float = 1.0
+    bundle: str | None = None  # bundle version (directory) this arm serves; None: the application's bundle
+    policy: str | None = None  # policy this arm orders slates with; None: the bundle's chosen policy
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: its name, the salt of the user hash, and its arms (at least one, positive weights)."""
+
+    name: str
+    salt: str
+    arms: tuple[Arm, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if not self.name or not self.salt:
+            raise ValueError("experiment needs a name and a salt")
+        if not self.arms:
+            raise ValueError(f"experiment {self.name!r} has no arms")
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.name!r} repeats an arm name: {names}")
+        for a in self.arms:
+            if not (isinstance(a.weight, (int, float)) and math.isfinite(a.weight) and a.weight > 0):
+                raise ValueError(f"arm {a.name!r}: weight must be a positive number, got {a.weight!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        """From a parsed YAML/JSON mapping ``{name, salt, arms: [{name, weight, bundle, policy}]}``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"experiment must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - {"name", "salt", "arms"}
+        if unknown:
+            raise ValueError(f"experiment: unknown keys {sorted(unknown)}")
+        arms = []
+        for i, a in enumerate(d.get("arms") or []):
+            if not isinstance(a, dict) or "name" not in a:
+                raise ValueError(f"experiment.arms[{i}] must be a mapping with a name")
+            extra = set(a) - {"name", "weight", "bundle", "policy"}
+            if extra:
+                raise ValueError(f"experiment.arms[{i}]: unknown keys {sorted(extra)}")
+            arms.append(Arm(name=str(a["name"]), weight=float(a.get("weight", 1.0)),
+                            bundle=None if a.get("bundle") is None else str(a["bundle"]),
+                            policy=None if a.get("policy") is None else str(a["policy"])))
+        return cls(name=str(d.get("name") or ""), salt=str(d.get("salt") or ""), arms=tuple(arms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "salt": self.salt,
+                "arms": [{"name": a.name, "weight": a.weight, "bundle": a.bundle, "policy": a.policy}
+                         for a in self.arms]}
+
+
+def unit_hash(salt: str, user: str) -> float:
+    """A number in [0, 1) that depends only on (salt, user): the first 8 bytes of sha256 over 2**64."""
+    digest = hashlib.sha256(f"{salt}:{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def assign(user: str, experiment: ExperimentConfig) -> Arm:
+    """The arm `user` (a pseudonym) belongs to: the same on every call, replica and node."""
+    u = unit_hash(experiment.salt, user) * sum(a.weight for a in experiment.arms)
+    acc = 0.0
+    for arm in experiment.arms:
+        acc += arm.weight
+        if u < acc:
+            return arm
+    return experiment.arms[-1]  # u == total only through rounding
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (0, 0) for n = 0."""
+    if n <= 0:
+        return (0.0, 0.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def report(store, experiment: ExperimentConfig, after_seq: int = 0, page: int = 10_000) -> dict[str, Any]:
+    """Per arm: impressions, users, clicked and purchased impressions, their rates and Wilson 95% intervals,
+    read from a FeedbackStore's impression log (from seq `after_seq` on) joined to the feedback naming it."""
+    tally = {a.name: {"impressions": 0, "clicks": 0, "purchases": 0, "users": set()} for a in experiment.arms}
+    seq = after_seq
+    while True:
+        imps = store.read_impressions_since(seq, page)
+        if not imps:
+            break
+        seq = imps[-1].seq
+        answers = store.feedback_for_impressions([i.impression_id for i in imps])
+        for imp in imps:
+            t = tally[assign(imp.user, experiment).name]
+            events = {row[3] for row in answers.get(imp.impression_id, [])}
+            t["impressions"] += 1
+            t["users"].add(imp.user)
+            t["clicks"] += bool(events & CLICK_EVENTS)
+            t["purchases"] += bool(events & PURCHASE_EVENTS)
+    arms = {}
+    for a in experiment.arms:
+        t = tally[a.name]
+        n = t["impressions"]
+        arms[a.name] = {"bundle": a.bundle, "policy": a.policy, "weight": a.weight, "impressions": n,
+                        "users": len(t["users"]), "clicks": t["clicks"], "purchases": t["purchases"],
+                        "ctr": t["clicks"] / n if n else 0.0, "ctr_ci95": list(wilson(t["clicks"], n)),
+                        "purchase_rate": t["purchases"] / n if n else 0.0,
+                        "purchase_rate_ci95": list(wilson(t["purchases"], n))}
+    return {"experiment": experiment.name, "last_seq": seq, "arms": arms}
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The report as a fixed-width table, one line per arm."""
+    lines = [f"experiment {rep['experiment']}",
+             f"{'arm':<16}{'impr.':>9}{'users':>8}{'CTR':>8}  {'95% CI':<17}{'buy rate':>9}  {'95% CI':<17}"]
+    for name, a in rep["arms"].items():
+        lo, hi = a["ctr_ci95"]
+        plo, phi = a["purchase_rate_ci95"]
+        lines.append(f"{name:<16}{a['impressions']:>9}{a['users']:>8}{a['ctr']:>8.4f}  [{lo:.4f}, {hi:.4f}]  "
+                     f"{a['purchase_rate']:>8.4f}  [{plo:.4f}, {phi:.4f}]")
+    return "\n".join(lines)
+
+
+def load_experiment(path) -> ExperimentConfig:
+    """The experiment in a YAML/JSON file: either the experiment mapping itself or a Serve config whose
+    application args carry it under ``experiment`` (the config the server runs with)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    if isinstance(doc, dict) and "applications" in doc:
+        found = [app.get("args", {}).get("experiment") for app in doc.get("applications") or []
+                 if isinstance(app, dict) and isinstance(app.get("args"), dict) and app["args"].get("experiment")]
+        if not found:
+            raise ValueError(f"{path}: no application has args.experiment")
+        doc = found[0]
+    return ExperimentConfig.from_dict(doc)
