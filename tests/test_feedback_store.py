@@ -143,10 +143,15 @@ def test_append_read_count_forget(location):
     assert len(store.read_since(0, limit=2)) == 2
     assert store.count() == 5 and store.count("alice") == 3 and store.count("carol") == 0
     assert store.counts_by_event("alice") == {"view": 1, "click": 1, "rate": 1}
+    assert [r[2:4] for r in store.recent_for_user("alice", limit=2)] == [("alice-item1", "click"),
+                                                                          ("alice-item2", "rate")]
+    assert [r[0] for r in store.recent_for_user("alice")] == [r[0] for r in rows[:3]]
+    assert store.recent_for_user("carol") == []
     assert store.append([]) == last  # nothing to store: the last id
     assert store.forget("alice") == 3
     assert store.forget("alice") == 0
     assert store.count() == 2 and store.count("alice") == 0 and store.counts_by_event("alice") == {}
+    assert store.recent_for_user("alice") == []
     store.close()
 
     reopened = open_feedback_store(location, create=False)

@@ -136,6 +136,7 @@ class FeedbackStore(Protocol):
 
     Impressions (what Recommend showed) live beside the events: `append_impression` is durable on return like
     `append` and returns the impression's seq (an impression id already stored is refused with ValueError);
+    `recent_for_user(user)` gives one user's newest events (serving's same-session history);
     `read_impressions_since(seq)` pages through them in commit order; `feedback_for_impressions(ids)` gives,
     per impression id, the stored events that name it (rows as `read_since`, oldest first). `forget` erases a
     user's impressions with their events.
@@ -148,6 +149,8 @@ class FeedbackStore(Protocol):
     def count(self, user: str | None = None) -> int: ...
 
     def counts_by_event(self, user: str) -> dict[str, int]: ...
+
+    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]: ...
 
     def forget(self, user: str) -> int: ...
 

@@ -198,6 +198,13 @@ class PostgresFeedbackStore:
                 return int(conn.execute("SELECT count(*) FROM feedback").fetchone()[0])
             return int(conn.execute('SELECT count(*) FROM feedback WHERE "user" = %s', (user,)).fetchone()[0])
 
+    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]:
+        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute('SELECT id, "user", item, event, ts, rating FROM feedback WHERE "user" = %s '
+                                'ORDER BY id DESC LIMIT %s', (user, int(limit))).fetchall()
+        return [tuple(r) for r in rows[::-1]]
+
     def counts_by_event(self, user: str) -> dict[str, int]:
         """Stored events of one pseudonymous user by event name (GetUserProfile's activity counts)."""
         with self._pool.connection() as conn:

@@ -167,6 +167,13 @@ class SqliteFeedbackStore:
             return self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM feedback WHERE user = ?", (user,)).fetchone()[0]
 
+    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]:
+        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`): what serving
+        adds to the bundle's history so that feedback changes the next answer without a new bundle."""
+        rows = self._db.execute("SELECT id, user, item, event, ts, rating FROM feedback WHERE user = ? "
+                                "ORDER BY id DESC LIMIT ?", (user, int(limit))).fetchall()
+        return rows[::-1]
+
     def counts_by_event(self, user: str) -> dict[str, int]:
         """Stored events of one pseudonymous user by event name (GetUserProfile's activity counts)."""
         rows = self._db.execute("SELECT event, COUNT(*) FROM feedback WHERE user = ? GROUP BY event", (user,))
