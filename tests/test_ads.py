@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefmine.ads.auction import gsp
+from prefmine.ads.auction import gsp, position_prices
 from prefmine.ads.budget import BudgetLedger
 from prefmine.ads.calibration import Calibrator, ece, fit_calibrator, log_loss, reliability_png
 from prefmine.ads.config import AdsConfig
@@ -85,6 +85,20 @@ def test_gsp_one_slot_no_reserve_is_vickrey_and_rejects_bad_input():
         gsp([1.0, float("nan")], [0.1, 0.1], [0.0])
     with pytest.raises(ValueError, match="reserves"):
         gsp([1.0], [0.1], [0.1, 0.2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.sampled_from([0.0, 0.1, 0.2, 0.4])),
+                min_size=1, max_size=10))
+def test_position_prices_follow_rank_order_with_ties_in_request_order(rows):
+    """What Rank serves: its order is np.lexsort((request position, -bid x p)); every position is a slot."""
+    bids, p = np.array([b for b, _ in rows]), np.array([q for _, q in rows])
+    ev = bids * p
+    order = [j for j in np.lexsort((np.arange(len(rows)), -ev)) if ev[j] > 0]
+    price = position_prices(bids, p)
+    for j, nxt in zip(order, order[1:] + [None]):
+        assert price[j] == pytest.approx(0.0 if nxt is None else min(bids[j], ev[nxt] / p[j]))
+    assert all(price[j] == 0 for j in range(len(rows)) if ev[j] == 0)
 
 
 def _run_day(ledger, freq, budgets, bids, rng, n_requests, reserves, lock=None, charged=None, users=50):

@@ -81,3 +81,10 @@ def gsp(bids, pctr, reserves, quality=None) -> AuctionResult:
         winners.append(int(w))
         prices.append(float(min(bids[w], need)))
     return AuctionResult(np.asarray(winners, dtype=np.int64), np.asarray(prices, dtype=np.float64))
+
+
+def position_prices(bids, pctr) -> np.ndarray:
+    """Per ad, its GSP price per click when every position of the ranking is a slot and there is no reserve
+    (what Rank returns beside its order); 0 for an ad that cannot win (bid or pCTR 0)."""
+    n = len(np.asarray(bids))
+    return gsp(bids, pctr, np.zeros(n)).price_of(n)
