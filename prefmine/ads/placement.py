@@ -28,8 +28,12 @@ class Placement:
 
 
 def place(user: str, campaigns: list[str], bids, pctr, reserves, ledger: BudgetLedger, freq: FrequencyCap,
-          elapsed: float, now: float, rng: np.random.Generator, day=None, quality=None) -> list[Placement]:
-    """Fill the slots for one request; pctr must already be calibrated. See the module docstring."""
+          elapsed: float, now: float, rng: np.random.Generator, day=None, quality=None,
+          auction=gsp) -> list[Placement]:
+    """Fill the slots for one request; pctr must already be calibrated. See the module docstring.
+
+    auction(bids, pctr, reserves, quality) -> AuctionResult: the GSP by default (benchmarks pass baselines).
+    """
     bids = np.asarray(bids, dtype=np.float64)
     pctr = np.asarray(pctr, dtype=np.float64)
     eligible = np.zeros(len(campaigns), dtype=bool)
@@ -42,7 +46,7 @@ def place(user: str, campaigns: list[str], bids, pctr, reserves, ledger: BudgetL
     idx = np.flatnonzero(eligible)
     # a campaign cannot pay more than it has left: its bid is capped at its remaining budget
     capped = np.array([min(bids[j], ledger.remaining(campaigns[j], day)) for j in idx])
-    result = gsp(capped, pctr[idx], reserves, None if quality is None else np.asarray(quality)[idx])
+    result = auction(capped, pctr[idx], reserves, None if quality is None else np.asarray(quality)[idx])
     out = []
     for slot, (w, price) in enumerate(zip(result.winners, result.prices)):
         j = int(idx[w])
