@@ -53,6 +53,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from prefmine.ads.auction import position_prices
 from prefmine.feedback.base import StoreUnavailable
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
@@ -732,9 +733,11 @@ class RecommenderIngress:
         bid = np.asarray([known[int(i)][2] for i in items])
         ev = probs * bid
         order = np.lexsort((pos, -ev))
+        price = position_prices(bid, probs)  # GSP price per click; same order (ties: request order)
         return pb.RankResponse(
             items=[pb.RankedItem(item_id=known[int(items[j])][1], click_probability=float(probs[j]),
-                                 bid=float(bid[j]), expected_value=float(ev[j])) for j in order],
+                                 bid=float(bid[j]), expected_value=float(ev[j]), price=float(price[j]))
+                   for j in order],
             unknown_item_ids=unknown, bundle_version=str(s.bundle.version), cold_start=cold)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:

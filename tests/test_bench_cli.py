@@ -95,6 +95,21 @@ def test_missing_data_names_the_file_and_the_variable(bench, tmp_path):
     assert str(tmp_path / "empty" / "amazon2018") in p.stderr and "PREFMINE_DATA_DIR" in p.stderr
 
 
+def test_ads_plans_the_beauty_sequences_and_a_reliability_png_beside_its_json(tmp_path):
+    settings = plan("ads")
+    assert [Path(f).resolve() for f in settings["inputs"]] == [
+        (data_root() / "seqrec" / "Beauty" / "Beauty.txt").resolve()]
+    assert Path(settings["reliability_png"]) == ROOT / "bench" / "results" / "ads_reliability.png"
+    assert settings["requests"] == 20_000 and settings["reserves"] == [0.05, 0.03, 0.02]
+    out = tmp_path / "x" / "ads.json"
+    quick = plan("ads", "--quick", "--out", str(out), "--dataset", "Yelp")
+    assert quick["requests"] == 2000 and Path(quick["reliability_png"]) == out.with_name("ads_reliability.png")
+    assert Path(quick["inputs"][0]).name == "Yelp.txt" and not out.parent.exists()  # --plan writes nothing
+    p = run("-m", "bench.ads", "--plan", env={"PREFMINE_DATA_DIR": str(tmp_path / "empty")})
+    assert p.returncode != 0
+    assert str(tmp_path / "empty" / "seqrec" / "Beauty" / "Beauty.txt") in p.stderr and "PREFMINE_DATA_DIR" in p.stderr
+
+
 def test_serve_latency_refuses_a_missing_bundle_and_an_unknown_system(tmp_path):
     p = run("-m", "bench.serve_latency", "--bundle", str(tmp_path / "nope"), "--plan")
     assert p.returncode != 0 and "--bundle" in p.stderr and str(tmp_path / "nope") in p.stderr

@@ -659,6 +659,7 @@ def test_rank_by_expected_value(stub, bundle, known_user):
         assert 0 < it.click_probability < 1
         assert it.bid == bids[cands.index(it.item_id)]
         assert it.expected_value == pytest.approx(it.click_probability * it.bid)
+    _assert_gsp_prices(resp.items)
     # probabilities are the ranker's: without bids the order is by probability alone
     plain = stub.Rank(pb.RankRequest(user_id=raw, candidate_item_ids=cands[:6]), timeout=30)
     probs = [it.click_probability for it in plain.items]
@@ -667,6 +668,44 @@ def test_rank_by_expected_value(stub, bundle, known_user):
     share = bundle.popularity / bundle.popularity.sum()
     for it in cold.items:
         assert it.click_probability == pytest.approx(share[bundle.item_index(it.item_id)])
+
+
+def _assert_gsp_prices(items) -> None:
+    """Each item that can win pays the next winner's expected value / its own click probability, at most its bid;
+    the last winner pays 0 (no reserve), an item with a zero bid or probability pays 0."""
+    winners = [it for it in items if it.bid > 0 and it.click_probability > 0]
+    assert [it.item_id for it in items[: len(winners)]] == [it.item_id for it in winners]  # they lead the order
+    for it, nxt in zip(winners, winners[1:] + [None]):
+        expect = 0.0 if nxt is None else min(it.bid, nxt.expected_value / it.click_probability)
+        assert it.price == pytest.approx(expect, rel=1e-9) and 0 <= it.price <= it.bid
+    assert all(it.price == 0 for it in items[len(winners):])
+
+
+@pytest.mark.slow
+def test_rank_returns_gsp_prices_from_the_ingress_outside_ray(bundle_path, bundle, tmp_path):
+    """The ingress's own class outside Ray (the code a replica runs), cold start (popularity shares, no ranker
+    hop): Rank answers each winner's second price per click beside the expected-value order."""
+    import asyncio
+
+    from serve import app
+    from serve.served import BundleRef
+
+    cands = [str(i) for i in bundle.item_ids[:8]]
+    bids = [1.0, 2.0, 0.5, 3.0, 0.0, 1.5, 0.7, 2.5]
+
+    async def run():
+        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(tmp_path / "fb.sqlite"))
+        await ingress.reconfigure(BundleRef.of({"bundle": str(bundle_path)}).config())
+        try:
+            return await ingress.Rank(pb.RankRequest(user_id=UNKNOWN_USER, candidate_item_ids=cands, bids=bids),
+                                      None)
+        finally:
+            ingress.feedback.close()
+
+    resp = asyncio.run(run())
+    assert resp.cold_start and len(resp.items) == 8
+    assert sum(it.price > 0 for it in resp.items) >= 2
+    _assert_gsp_prices(resp.items)
 
 
 @pytest.mark.slow

@@ -127,16 +127,18 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., bids: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("item_id", "click_probability", "bid", "expected_value")
+    __slots__ = ("item_id", "click_probability", "bid", "expected_value", "price")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CLICK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     BID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     click_probability: float
     bid: float
     expected_value: float
-    def __init__(self, item_id: _Optional[str] = ..., click_probability: _Optional[float] = ..., bid: _Optional[float] = ..., expected_value: _Optional[float] = ...) -> None: ...
+    price: float
+    def __init__(self, item_id: _Optional[str] = ..., click_probability: _Optional[float] = ..., bid: _Optional[float] = ..., expected_value: _Optional[float] = ..., price: _Optional[float] = ...) -> None: ...
 
 class RankResponse(_message.Message):
     __slots__ = ("items", "unknown_item_ids", "bundle_version", "cold_start")
