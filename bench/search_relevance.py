@@ -46,6 +46,7 @@ from bench.common import ROOT, add_common, data_root, default_out, print_plan, r
 NAME = "Beauty"
 SEED = 2020
 TITLE_WORDS = 2
+FIELDS = ("brand", "category", "title")
 WORD = re.compile(r"[A-Za-z][A-Za-z'\-]{2,}")
 
 
@@ -89,8 +90,9 @@ def given_ranker(path: Path, text: np.ndarray) -> Path:
     return path
 
 
-def make_query(catalog, item: int, rng: np.random.Generator) -> str | None:
-    """A shopper's query for `item` (see the module docstring), or None when its title has too few words."""
+def make_query(catalog, item: int, rng: np.random.Generator, fields=FIELDS) -> str | None:
+    """A shopper's query for `item` from `fields` (see the module docstring), or None when the item lacks one of
+    them (no known brand, no category, or a title with too few words)."""
     from bm25s.stopwords import STOPWORDS_EN
 
     brand = catalog.brands[item]
@@ -103,19 +105,21 @@ def make_query(catalog, item: int, rng: np.random.Generator) -> str | None:
         c = w.casefold()
         if c not in stop and c not in known and c not in {x.casefold() for x in words}:
             words.append(w)
-    if len(words) <= TITLE_WORDS:
+    if ("title" in fields and len(words) <= TITLE_WORDS) or ("brand" in fields and not brand and
+                                                             "title" not in fields) or not leaf:
         return None
-    picked = [words[i] for i in sorted(rng.choice(len(words), TITLE_WORDS, replace=False))]
-    return " ".join(x for x in (brand, leaf, *picked) if x)
+    picked = [words[i] for i in sorted(rng.choice(len(words), TITLE_WORDS, replace=False))] if "title" in fields \
+        else []
+    return " ".join(x for x in ((brand if "brand" in fields else ""), leaf, *picked) if x)
 
 
-def labelled_queries(ds, catalog, phase: str, users: np.ndarray, seed: int) -> list[dict]:
+def labelled_queries(ds, catalog, phase: str, users: np.ndarray, seed: int, fields=FIELDS) -> list[dict]:
     """`{"user", "item", "query", "history"}` for each user whose `phase` target yields a query."""
     targets = ds.targets(phase)
     out = []
     for u in users:
         t = int(targets[u])
-        q = make_query(catalog, t, np.random.default_rng([seed, int(u)]))
+        q = make_query(catalog, t, np.random.default_rng([seed, int(u)]), fields)
         if q is not None:
             out.append({"user": int(u), "item": t, "query": q, "history": ds.history(int(u), phase),
                         "times": ds.history_times(int(u), phase)})
@@ -199,8 +203,9 @@ def run(args) -> dict:
     searcher = Searcher.load(index_dir, catalog, text)
     index_s = time.time() - t
     test_users, valid_users = sample_users(ds, args.users, args.valid_users, args.seed)
-    test_q = labelled_queries(ds, catalog, "test", test_users, args.seed)
-    valid_q = labelled_queries(ds, catalog, "valid", valid_users, args.seed)
+    fields = tuple(args.query_fields.split(","))
+    test_q = labelled_queries(ds, catalog, "test", test_users, args.seed, fields)
+    valid_q = labelled_queries(ds, catalog, "valid", valid_users, args.seed, fields)
     t = time.time()
     vecs = embed([q["query"] for q in valid_q + test_q])
     embed_s = time.time() - t
@@ -245,7 +250,7 @@ def run(args) -> dict:
             pools, targets, dataclasses.replace(hybrid, personal_weight=1.0), pers[name])
     return {
         "bench": "search_relevance", "dataset": NAME, "models": results,
-        "labelled_set": {"test_queries": len(test_q), "valid_queries": len(valid_q), "users_sampled": args.users,
+        "labelled_set": {"query_fields": list(fields), "test_queries": len(test_q), "valid_queries": len(valid_q), "users_sampled": args.users,
                          "valid_users_sampled": args.valid_users, "seed": args.seed,
                          "examples": [{"query": q["query"], "title": catalog.titles[q["item"]]} for q in test_q[:8]]},
         "catalogue_items": len(catalog), "candidates_per_retriever": base.candidates,
@@ -262,7 +267,8 @@ def run(args) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Search relevance on {report['dataset']} ({report['labelled_set']['test_queries']} test queries; "
+    lines = [f"# Search relevance on {report['dataset']}: queries of {'+'.join(report['labelled_set']['query_fields'])}"
+             f" ({report['labelled_set']['test_queries']} test queries; "
              f"weights chosen on {report['labelled_set']['valid_queries']} validation queries)", "",
              "| method | NDCG@10 | Recall@10 | fusion | lexical weight | personal weight |",
              "|---|---|---|---|---|---|"]
@@ -287,8 +293,14 @@ def main(argv=None) -> int:
                    help="a fused ranker folder already trained on this split (e.g. a bench.quality seed's "
                         "bundles/Beauty/seed2020/ranker) instead of training one")
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--query-fields", default=",".join(FIELDS),
+                   help="what a query is made of, a subset of brand,category,title (category always); "
+                        "brand,category: ambiguous queries (a brand's items in one category), where the user's "
+                        "history has to decide")
     p.add_argument("--quick", action="store_true", help="smoke run: 200 + 100 users, no ranker")
     args = p.parse_args(argv)
+    if not {"category"} <= set(args.query_fields.split(",")) <= set(FIELDS):
+        p.error(f"--query-fields: a subset of {','.join(FIELDS)} that includes category")
     if args.quick:
         args.users, args.valid_users, args.no_ranker = 200, 100, True
     out = Path(args.out) if args.out else default_out("search_relevance", args.quick)
@@ -297,7 +309,7 @@ def main(argv=None) -> int:
         require([seq / f"{NAME}.txt", seq / f"{NAME}_item_text.tsv"])
         return print_plan("search_relevance", raw=args.raw, cache=args.cache, users=args.users,
                           valid_users=args.valid_users, ranker_epochs=None if args.no_ranker else args.ranker_epochs,
-                          seed=args.seed, out=str(out))
+                          seed=args.seed, query_fields=args.query_fields, ranker=args.ranker, out=str(out))
     require([seq / f"{NAME}.txt"])
     from cluster.ray_env import ensure_ray, set_process_threads
 

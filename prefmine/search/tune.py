@@ -11,7 +11,8 @@ from prefmine.search.config import FUSIONS, SearchConfig
 from prefmine.search.engine import Pool
 from prefmine.search.fusion import fuse, personalise
 
-WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+# tenths, and finer near both ends, where one retriever mostly breaks the other's ties
+WEIGHTS = tuple(sorted({round(w, 2) for w in np.linspace(0.0, 1.0, 11)} | {0.01, 0.02, 0.05, 0.95, 0.98, 0.99}))
 PERSONAL_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 0.9, 19))
 
 
