@@ -21,15 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
 from prefmine import store
 from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
-from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
+from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
 from prefmine.ranker.model import PRESETS as RANKER_PRESETS
 from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
 
@@ -38,34 +37,15 @@ DIST_PRESETS = {"tiny": DistConfig(), "base": DistConfig(num_workers=1, use_gpu=
                 "large": DistConfig(num_workers=4, use_gpu=True, deepspeed_config="zero2.json")}
 
 
-def simulator_inputs(ds: Dataset, bundle: Path):
-    """Simulator built from the logged data and the bundle's ranker (user states, item vectors)."""
-    from prefmine.policy.simulator import build_simulator_inputs
-    from prefmine.ranker.runtime import RankerRuntime
-
-    ranker = RankerRuntime(bundle)
-    states = ranker.user_states(ds.train_seqs)
-    rev = ds.reviews
-    rated_items = ratings = None
-    if rev is not None:
-        # purchase rates from train-period reviews only: a user's valid/test item stays held out
-        held_out = {(ds.users[u], ds.item_ids[i]) for target in (ds.valid_item, ds.test_item)
-                    for u, i in enumerate(target) if i >= 0}
-        train_rows = np.array([(u, i) not in held_out for u, i in zip(rev["user"], rev["item"])], dtype=bool)
-        known = rev["item"].isin(ds.item_index).to_numpy() & rev["rating"].notna().to_numpy() & train_rows
-        rated_items = rev.loc[known, "item"].map(ds.item_index).to_numpy().astype(np.int64)
-        ratings = rev.loc[known, "rating"].to_numpy().astype(np.float32)
-    return build_simulator_inputs(ds.train_seqs, ds.valid_item, ds.n_items, states, ranker.item_vectors,
-                                  rated_items=rated_items, ratings=ratings, seed=0)
-
-
 def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str = "tiny",
                  config_file: str | None = None, keep_checkpoints: bool = False) -> dict:
     """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
     checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
     from cluster.train_encoder import train_encoder
-    from cluster.train_policy import POLICY_PRESETS, SIMULATOR_PRESETS, train_policy
+    from cluster.train_policy import train_policy
     from cluster.train_ranker import train_ranker
+    from prefmine.policy.config import POLICY_PRESETS
+    from prefmine.policy.simulator import SIMULATOR_PRESETS
 
     file = C.load_file(config_file) if config_file else {}
     unknown = set(file) - {"encoder", "ranker", "policy", "simulator", "dist"}
