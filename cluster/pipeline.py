@@ -25,7 +25,7 @@ from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
 from prefmine import store
-from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
+from prefmine.bundle import is_published, new_version, read_manifest, update_manifest, write_catalog
 from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
 from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
@@ -61,7 +61,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     ds = load_dataset(data, with_reviews=True)
     bundle = staging_dir(out)
     shutil.rmtree(bundle, ignore_errors=True)  # a staging left by a run that died: start clean
-    if store.is_complete(out):  # retraining some stages of an existing bundle: start from a copy of it
+    if is_published(out):  # retraining some stages of an existing bundle: start from a copy of it
         shutil.copytree(store.fetch(out), bundle)
     bundle.mkdir(parents=True, exist_ok=True)
     try:

@@ -30,6 +30,7 @@ from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
 from prefmine.text.corpus import corpus
 from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config
+from prefmine.text.runtime import save_encoder
 from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, save_adapter, tokenize
 from prefmine.text.tokenizer import train_wordpiece
 from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories
@@ -107,9 +108,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     bert = BertModel(bcfg, add_pooling_layer=False)
     if state is not None:
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
-    bert.save_pretrained(str(out))
-    (out / "encoder_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "vocab_size": vocab,
-                                                         "max_len": cfg.max_len}, indent=2))
+    save_encoder(out, bert, cfg)
     t_embed = time.time()
     emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, EmbedConfig())
     users = embed_on_ray(out, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,

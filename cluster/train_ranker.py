@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.ranker.blend import fit_blend
 from prefmine.ranker.model import PRESETS, RankerConfig
 from prefmine.ranker.retrieval import save_retrieval_index
+from prefmine.ranker.runtime import save_ranker
 from prefmine.ranker.task import RankerTask
 
 
@@ -38,12 +38,7 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
                       ds.train_times, [ds.history_times(u, "valid") for u in vu])
     name = f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
-    out = Path(bundle) / component
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(res.state_dict_path, out / "model.pt")
-    if text is not None:
-        np.save(out / "text_embeddings.npy", text.astype(np.float32))
-    (out / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": ds.n_items}, indent=2))
+    out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
             "retrieval": save_retrieval_index(out),
