@@ -25,7 +25,14 @@ from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
 from prefmine import store
-from prefmine.bundle import is_published, new_version, read_manifest, update_manifest, write_catalog
+from prefmine.bundle import (
+    drop_checkpoints,
+    is_published,
+    new_version,
+    read_manifest,
+    update_manifest,
+    write_catalog,
+)
 from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
 from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
@@ -100,28 +107,6 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     metrics["published"] = store.publish(bundle, out)
     shutil.rmtree(bundle, ignore_errors=True)
     return metrics
-
-
-def drop_checkpoints(bundle: Path) -> int:
-    """Remove the Ray Train checkpoints under `bundle/.train` before the bundle is published; the bytes removed.
-
-    A bundle is what serving and evaluation read, plus each run's logs (metrics.jsonl, tensorboard): the
-    checkpoints' DeepSpeed model and optimizer states are most of its bytes (19 of 21 MB for the tiny preset) and
-    every replica that fetches the bundle would copy them. Each run keeps `checkpoint.json`, which lists the files
-    its last checkpoint held and their sizes. `prefmine train --keep-checkpoints` keeps them (to go on training
-    from them)."""
-    dropped = 0
-    for run in sorted(p for p in (bundle / ".train").glob("*") if p.is_dir()):
-        ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
-        if not ckpts:
-            continue
-        files = {str(f.relative_to(run)): f.stat().st_size for c in ckpts for f in sorted(c.rglob("*")) if f.is_file()}
-        (run / "checkpoint.json").write_text(json.dumps({"dropped_from_bundle": True, "files": files}, indent=1))
-        for c in ckpts:
-            shutil.rmtree(c)
-        (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)  # it names the removed checkpoints
-        dropped += sum(files.values())
-    return dropped
 
 
 def staging_dir(out: str | Path) -> Path:

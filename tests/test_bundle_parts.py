@@ -140,3 +140,21 @@ def test_a_missing_required_part_is_named(tmp_path, part):
     (b / part / "f").unlink()
     (b / part).rmdir()
     assert missing_parts(b) == [part]
+
+
+def test_drop_checkpoints_keeps_each_runs_logs_and_a_list_of_what_it_removed(tmp_path):
+    from prefmine.bundle import drop_checkpoints
+
+    run = tmp_path / ".train" / "ranker-1"
+    for ckpt, size in (("checkpoint_000000", 100), ("checkpoint_000001", 250)):
+        (run / ckpt / "model").mkdir(parents=True)
+        (run / ckpt / "model" / "state.pt").write_bytes(b"w" * size)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    (tmp_path / ".train" / "logs-only").mkdir()  # a run without checkpoints is left as it is
+    assert drop_checkpoints(tmp_path) == 350
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.json", "metrics.jsonl"]
+    listed = json.loads((run / "checkpoint.json").read_text())
+    assert listed["dropped_from_bundle"] is True
+    assert listed["files"] == {"checkpoint_000000/model/state.pt": 100, "checkpoint_000001/model/state.pt": 250}
+    assert drop_checkpoints(tmp_path) == 0  # nothing left to drop
