@@ -113,7 +113,8 @@ def _env_steps_per_s(inputs, sim_cfg, steps: int) -> float:
 
 def _train(name, inputs, sim_cfg, cfg, out: Path, probe_sessions: int, greedy_probe: float, seed: int) -> dict:
     """Train one algorithm, probing the greedy return of the live module after every iteration."""
-    from cluster.train_policy import evaluate_policies, train_policy
+    from cluster.train_policy import train_policy
+    from prefmine.policy.evaluation import evaluate_policies
     from prefmine.policy.runtime import ModulePolicy
     from prefmine.policy.simulator import ObsSpec
 
@@ -207,15 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from bench.data_scale import machine
-    from cluster.pipeline import simulator_inputs
-    from cluster.train_policy import (
-        POLICY_PRESETS,
-        _ensure_ray,
-        evaluate_policies,
-        format_evaluation,
-    )
+    from cluster.train_policy import _ensure_ray
     from prefmine.config import apply, parse_overrides
     from prefmine.data.dataset import load_dataset
+    from prefmine.policy.config import POLICY_PRESETS
+    from prefmine.policy.evaluation import evaluate_policies, format_evaluation
+    from prefmine.policy.inputs import simulator_inputs
     from prefmine.policy.offpolicy import off_policy_estimates
     from prefmine.policy.response import auc
     from prefmine.policy.runtime import PolicyRuntime

@@ -33,8 +33,8 @@ def run_evaluation(data: str | Path, bundle: str | Path, json_path: str | Path |
     report = evaluate_models(ds, bundle)
     print(format_table(report), flush=True)
     if (Path(bundle) / "policy" / "policy_config.json").exists():
-        from cluster.pipeline import simulator_inputs
-        from cluster.train_policy import evaluate_policies
+        from prefmine.policy.evaluation import evaluate_policies
+        from prefmine.policy.inputs import simulator_inputs
         from prefmine.policy.runtime import PolicyRuntime
 
         policies = evaluate_policies(simulator_inputs(ds, Path(bundle)), PolicyRuntime(Path(bundle) / "policy"),

@@ -21,15 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
 from prefmine import store
-from prefmine.bundle import new_version, read_manifest, update_manifest, write_catalog
-from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.bundle import (
+    drop_checkpoints,
+    is_published,
+    new_version,
+    read_manifest,
+    update_manifest,
+    write_catalog,
+)
+from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
+from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
 from prefmine.ranker.model import PRESETS as RANKER_PRESETS
 from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
 
@@ -38,34 +44,15 @@ DIST_PRESETS = {"tiny": DistConfig(), "base": DistConfig(num_workers=1, use_gpu=
                 "large": DistConfig(num_workers=4, use_gpu=True, deepspeed_config="zero2.json")}
 
 
-def simulator_inputs(ds: Dataset, bundle: Path):
-    """Simulator built from the logged data and the bundle's ranker (user states, item vectors)."""
-    from prefmine.policy.simulator import build_simulator_inputs
-    from prefmine.ranker.runtime import RankerRuntime
-
-    ranker = RankerRuntime(bundle)
-    states = ranker.user_states(ds.train_seqs)
-    rev = ds.reviews
-    rated_items = ratings = None
-    if rev is not None:
-        # purchase rates from train-period reviews only: a user's valid/test item stays held out
-        held_out = {(ds.users[u], ds.item_ids[i]) for target in (ds.valid_item, ds.test_item)
-                    for u, i in enumerate(target) if i >= 0}
-        train_rows = np.array([(u, i) not in held_out for u, i in zip(rev["user"], rev["item"])], dtype=bool)
-        known = rev["item"].isin(ds.item_index).to_numpy() & rev["rating"].notna().to_numpy() & train_rows
-        rated_items = rev.loc[known, "item"].map(ds.item_index).to_numpy().astype(np.int64)
-        ratings = rev.loc[known, "rating"].to_numpy().astype(np.float32)
-    return build_simulator_inputs(ds.train_seqs, ds.valid_item, ds.n_items, states, ranker.item_vectors,
-                                  rated_items=rated_items, ratings=ratings, seed=0)
-
-
 def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str = "tiny",
                  config_file: str | None = None, keep_checkpoints: bool = False) -> dict:
     """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
     checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
     from cluster.train_encoder import train_encoder
-    from cluster.train_policy import POLICY_PRESETS, SIMULATOR_PRESETS, train_policy
+    from cluster.train_policy import train_policy
     from cluster.train_ranker import train_ranker
+    from prefmine.policy.config import POLICY_PRESETS
+    from prefmine.policy.simulator import SIMULATOR_PRESETS
 
     file = C.load_file(config_file) if config_file else {}
     unknown = set(file) - {"encoder", "ranker", "policy", "simulator", "dist"}
@@ -81,7 +68,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     ds = load_dataset(data, with_reviews=True)
     bundle = staging_dir(out)
     shutil.rmtree(bundle, ignore_errors=True)  # a staging left by a run that died: start clean
-    if store.is_complete(out):  # retraining some stages of an existing bundle: start from a copy of it
+    if is_published(out):  # retraining some stages of an existing bundle: start from a copy of it
         shutil.copytree(store.fetch(out), bundle)
     bundle.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,28 +107,6 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     metrics["published"] = store.publish(bundle, out)
     shutil.rmtree(bundle, ignore_errors=True)
     return metrics
-
-
-def drop_checkpoints(bundle: Path) -> int:
-    """Remove the Ray Train checkpoints under `bundle/.train` before the bundle is published; the bytes removed.
-
-    A bundle is what serving and evaluation read, plus each run's logs (metrics.jsonl, tensorboard): the
-    checkpoints' DeepSpeed model and optimizer states are most of its bytes (19 of 21 MB for the tiny preset) and
-    every replica that fetches the bundle would copy them. Each run keeps `checkpoint.json`, which lists the files
-    its last checkpoint held and their sizes. `prefmine train --keep-checkpoints` keeps them (to go on training
-    from them)."""
-    dropped = 0
-    for run in sorted(p for p in (bundle / ".train").glob("*") if p.is_dir()):
-        ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
-        if not ckpts:
-            continue
-        files = {str(f.relative_to(run)): f.stat().st_size for c in ckpts for f in sorted(c.rglob("*")) if f.is_file()}
-        (run / "checkpoint.json").write_text(json.dumps({"dropped_from_bundle": True, "files": files}, indent=1))
-        for c in ckpts:
-            shutil.rmtree(c)
-        (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)  # it names the removed checkpoints
-        dropped += sum(files.values())
-    return dropped
 
 
 def staging_dir(out: str | Path) -> Path:

@@ -19,7 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import BertModel
 
@@ -29,40 +28,15 @@ from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
+from prefmine.text.corpus import corpus
 from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config
+from prefmine.text.runtime import save_encoder
 from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, save_adapter, tokenize
 from prefmine.text.tokenizer import train_wordpiece
 from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories
 
 MIN_RATED_REVIEWS = 100
 MIN_PAIRS = 100
-
-
-def corpus(ds: Dataset, cfg: EncoderConfig) -> tuple[list[str], list[str], np.ndarray]:
-    """(MLM texts, review texts with ratings, ratings): item texts and train-period reviews (held-out reviews are
-    the evaluation's future), capped at cfg.max_texts."""
-    rev = ds.reviews
-    if "split" in rev.columns:
-        rev = rev[rev["split"] == "train"]
-    review_texts = [" . ".join(p for p in (s, t) if p) for s, t in zip(rev["summary"], rev["text"])]
-    texts = list(dict.fromkeys(t for t in list(ds.items["text"]) + review_texts if t))  # distinct, in order
-    rng = np.random.default_rng(cfg.seed)
-    if len(texts) > cfg.max_texts:
-        texts = [texts[i] for i in rng.choice(len(texts), cfg.max_texts, replace=False)]
-    # each distinct review text once: Amazon repeats a review under every variant of a product, and a copy on
-    # both sides of the rating task's held-out split would flatter its held-out error
-    seen: set[str] = set()
-    rated = np.zeros(len(review_texts), dtype=bool)
-    for i, (t, r) in enumerate(zip(review_texts, rev["rating"].notna().to_numpy())):
-        if t and r and t not in seen:
-            seen.add(t)
-            rated[i] = True
-    rated_texts = [t for t, r in zip(review_texts, rated) if r]
-    ratings = rev["rating"].to_numpy()[rated].astype(np.float32)
-    if len(rated_texts) > cfg.max_texts:
-        pick = rng.choice(len(rated_texts), cfg.max_texts, replace=False)
-        rated_texts, ratings = [rated_texts[i] for i in pick], ratings[pick]
-    return texts, rated_texts, ratings
 
 
 def finished_stage(task, result, adapter_dir: Path) -> dict:
@@ -134,9 +108,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     bert = BertModel(bcfg, add_pooling_layer=False)
     if state is not None:
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
-    bert.save_pretrained(str(out))
-    (out / "encoder_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "vocab_size": vocab,
-                                                         "max_len": cfg.max_len}, indent=2))
+    save_encoder(out, bert, cfg)
     t_embed = time.time()
     emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, EmbedConfig())
     users = embed_on_ray(out, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,

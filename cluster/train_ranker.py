@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,11 +21,11 @@ from cluster.ds_train import DistConfig, train
 from prefmine import config as C
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
-from prefmine.ranker.blend import BlendConfig, choose_weights, item_similarity, save_blend, unit_rows
+from prefmine.ranker.blend import fit_blend
 from prefmine.ranker.model import PRESETS, RankerConfig
-from prefmine.ranker.retrieval import RetrievalConfig, write_item_index
-from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
-from prefmine.ranker.task import RankerTask, user_states
+from prefmine.ranker.retrieval import save_retrieval_index
+from prefmine.ranker.runtime import save_ranker
+from prefmine.ranker.task import RankerTask
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
@@ -39,38 +38,11 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
                       ds.train_times, [ds.history_times(u, "valid") for u in vu])
     name = f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
-    out = Path(bundle) / component
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(res.state_dict_path, out / "model.pt")
-    if text is not None:
-        np.save(out / "text_embeddings.npy", text.astype(np.float32))
-    (out / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": ds.n_items}, indent=2))
+    out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
             "retrieval": save_retrieval_index(out),
             "blend": fit_blend(out, ds, cfg, text, *valid) if cfg.blend else None}
-
-
-def fit_blend(ranker_dir: Path, ds: Dataset, cfg: RankerConfig, text: np.ndarray | None, histories, times,
-              targets) -> dict:
-    """Choose the blend weights (ranker/blend.py) of a saved ranker on the validation users; save them beside it.
-    The text-similarity term is only tried for a text-fused ranker (`text` given)."""
-    blend_cfg = BlendConfig(neighbours=cfg.blend_neighbours)
-    model = load_ranker(ranker_dir)
-    states = user_states(model, histories, cfg.max_len, times)
-    sim = item_similarity(ds.n_items, ds.train_seqs, blend_cfg.neighbours)
-    weights, table = choose_weights(states, ranker_item_vectors(model), sim, histories, targets, blend_cfg,
-                                    unit_rows(text) if text is not None else None)
-    return save_blend(ranker_dir, sim, weights, table, blend_cfg)
-
-
-def save_retrieval_index(ranker_dir: Path, cfg: RetrievalConfig | None = None) -> dict:
-    """Write the serving index of a saved ranker (none below the exact threshold); what was built, for the manifest."""
-    t = time.perf_counter()
-    vectors = ranker_item_vectors(load_ranker(ranker_dir))
-    index = write_item_index(ranker_dir, vectors, cfg)
-    return {"kind": index.kind if index is not None else "exact", "items": int(len(vectors)),
-            "build_seconds": round(time.perf_counter() - t, 2)}
 
 
 def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True) -> dict:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefmine.bundle import MANIFEST, new_version, read_manifest
+from prefmine.bundle import MANIFEST, Catalog, load_catalog, new_version, read_manifest, save_catalog
 from prefmine.config import ConfigError, apply, parse_overrides, resolve
 from prefmine.integrity import seal
 
@@ -146,9 +146,9 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                   cfg: UpdateConfig | None = None, verbose: bool = True) -> dict:
     """Run one incremental update (see the module docstring). Returns a summary with `updated`, `bundle` (the
     new version's path when updated), `version`, `consumed_id` and the event counts."""
-    import pandas as pd
 
-    from cluster.train_policy import POLICY_PRESETS, train_policy
+    from cluster.train_policy import train_policy
+    from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.response import fit_response_model, load_response
     from prefmine.policy.simulator import SimulatorConfig, SimulatorInputs
     from prefmine.ranker.runtime import RankerRuntime
@@ -179,11 +179,11 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     events = [e for e in events if e[1] not in erased]
 
     # 2. what the events change
-    items = pd.read_parquet(bundle / "catalog" / "items.parquet")
-    hist_df = pd.read_parquet(bundle / "catalog" / "histories.parquet")
-    histories = {u: [int(i) for i in s] for u, s in zip(hist_df["user"], hist_df["items"]) if u not in erased}
-    summary["erased_users_dropped"] = len(hist_df) - len(histories)
-    popularity = np.load(bundle / "catalog" / "popularity.npy").astype(np.float64)
+    catalog = load_catalog(bundle)
+    items = catalog.items
+    histories = {u: [int(i) for i in s] for u, s in catalog.histories.items() if u not in erased}
+    summary["erased_users_dropped"] = len(catalog.histories) - len(histories)
+    popularity = catalog.popularity.astype(np.float64)
     old_resp_path = pol_dir / "response_model.npz"
     old_buy = load_response(old_resp_path).buy_prob if old_resp_path.is_file() else np.full(len(items), 0.6)
     buy_prob, counts = apply_events(events, items["item"].to_numpy(), histories, popularity, old_buy,
@@ -229,10 +229,8 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                 _link_or_copy_tree(entry, tmp / entry.name)
             else:
                 shutil.copy2(entry, tmp / entry.name)
-        shutil.copytree(bundle / "catalog", tmp / "catalog")  # real copies: two files are rewritten below
-        pd.DataFrame({"user": list(histories), "items": [list(h) for h in histories.values()]}).to_parquet(
-            tmp / "catalog" / "histories.parquet", index=False)
-        np.save(tmp / "catalog" / "popularity.npy", popularity)
+        shutil.copytree(bundle / "catalog", tmp / "catalog")  # real copies: rewritten below
+        save_catalog(tmp, Catalog(items, histories, popularity))
         metrics = train_policy(inputs, tmp / "policy", pcfg, sim_cfg, verbose=verbose, warm_start=pol_dir)
         comp = dict(manifest.get("components", {}).get("policy", {}))
         comp.update({"algorithm": pcfg.algorithm, "feedback_consumed_id": last_id,

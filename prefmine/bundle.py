@@ -1,17 +1,36 @@
-"""Model bundles: one versioned directory holding everything serving and evaluation need.
+"""Model bundles: one versioned directory holding everything serving and evaluation need. This module owns the
+bundle: its parts (`PARTS`, which of them a finished bundle needs: `REQUIRED_PARTS`), when a bundle counts as
+published (`is_published`) and as complete (`is_complete`), the manifest, and the catalogue's save/load pair.
 
-Layout: manifest.json (version, data hash, dataset manifest, per-component configs and metrics, and every file's
-sha256 with an optional HMAC signature, see prefmine.integrity; written last and atomically, so a half-written
-bundle is never taken for a finished one), catalog/ (items and user histories), encoder/ (Hugging Face BERT +
-tokenizer + item_embeddings.npy), ranker/ and ranker_id_only/ (weights + config), policy/ (the policy network as
-safetensors + JSON, see prefmine.policy.network, and its config).
+Each part's files are written and read by one save/load pair beside its model, in the manner of Hugging Face's
+`save_pretrained` / `from_pretrained`:
+
+    manifest.json     version, data hash, dataset manifest, per-component configs and metrics, and every file's
+                      sha256 with an optional HMAC signature (prefmine.integrity); written last and atomically
+    catalog/          items, every user's history, popularity: `save_catalog` / `load_catalog` (here)
+    encoder/          Hugging Face BERT + tokenizer + item and user text embeddings:
+                      `prefmine.text.runtime.save_encoder` / `load_encoder`, `EncoderRuntime`
+    ranker/           the fused ranker (weights + config, its blend and retrieval index):
+                      `prefmine.ranker.runtime.save_ranker` / `load_ranker`, `RankerRuntime`
+    ranker_id_only/   the ID-only ranker, the same pair (optional: evaluation's baseline)
+    policy/           the policy network as safetensors + JSON and its config:
+                      `prefmine.policy.runtime.save_policy` / `PolicyRuntime` (optional: serving falls back to
+                      the ranker's order without it)
+    reports/          evaluation reports (optional, written after the manifest was sealed)
+    .train/           the training runs' logs (optional)
+
+A bundle is *published* once its manifest exists: the manifest is written last (prefmine.store.publish), so its
+presence means every file it lists was written; a bundle trained stage by stage is published after each stage.
+It is *complete* (servable) when it is published and holds every required part.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +39,56 @@ import pandas as pd
 from prefmine.data.privacy import DEMO_FINGERPRINT, Pseudonymiser, load_key
 
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One top-level entry of a bundle: its name, whether a finished bundle must hold it, what it holds."""
+
+    name: str
+    required: bool
+    holds: str
+
+
+PARTS = (
+    Part(MANIFEST, True, "versions, configs, metrics, every file's sha256"),
+    Part("catalog", True, "items, user histories, popularity"),
+    Part("encoder", True, "text encoder, tokenizer, text embeddings"),
+    Part("ranker", True, "fused sequential ranker"),
+    Part("ranker_id_only", False, "ID-only ranker (evaluation baseline)"),
+    Part("policy", False, "policy network (serving is greedy without it)"),
+    Part("reports", False, "evaluation reports"),
+    Part(".train", False, "training runs' logs"),
+)
+REQUIRED_PARTS = tuple(p.name for p in PARTS if p.required)
+
+
+def is_published(location: str | Path) -> bool:
+    """Whether `location` (path or URI) holds a manifest: the publish writes it last, so the files it lists are
+    there. A bundle trained stage by stage is published, though not yet complete, after each stage."""
+    return not _absent(location, (MANIFEST,))
+
+
+def missing_parts(location: str | Path) -> list[str]:
+    """The required parts `location` (path or URI) lacks, in `PARTS` order; empty for a complete bundle."""
+    return _absent(location, REQUIRED_PARTS)
+
+
+def is_complete(location: str | Path) -> bool:
+    """Whether `location` holds a finished bundle: published, with every required part (what serving needs)."""
+    return not missing_parts(location)
+
+
+def _absent(location: str | Path, names) -> list[str]:
+    from prefmine import store  # store imports this module
+
+    if not store.is_uri(location):
+        return [n for n in names if not (Path(location) / n).exists()]
+    import pyarrow.fs as pafs
+
+    fs, root = store.resolve(location)
+    infos = fs.get_file_info([f"{root}/{n}" for n in names])
+    return [n for n, i in zip(names, infos) if i.type == pafs.FileType.NotFound]
 
 
 def new_version(data_hash: str) -> str:
@@ -56,15 +125,43 @@ def update_manifest(bundle: Path, **fields) -> dict:
     return manifest
 
 
-def write_catalog(bundle: Path, dataset) -> None:
-    """Items and every known user's full history (pseudonyms only), for serving."""
+CATALOG_COLUMNS = ["item", "title", "brand", "categories"]
+
+
+@dataclass
+class Catalog:
+    """The catalogue part: items (CATALOG_COLUMNS, in item-index order), each user's history as item indices
+    keyed by pseudonym, and each item's popularity count."""
+
+    items: pd.DataFrame
+    histories: dict
+    popularity: np.ndarray
+
+
+def save_catalog(bundle: Path, catalog: Catalog) -> None:
+    """Write `bundle/catalog/` (items.parquet, histories.parquet, popularity.npy), replacing what is there."""
     cat = Path(bundle) / "catalog"
     cat.mkdir(parents=True, exist_ok=True)
-    dataset.items[["item", "title", "brand", "categories"]].to_parquet(cat / "items.parquet", index=False)
-    seqs = dataset.full_sequences()
-    pd.DataFrame({"user": dataset.users, "items": [s.tolist() for s in seqs]}).to_parquet(
+    catalog.items[CATALOG_COLUMNS].to_parquet(cat / "items.parquet", index=False)
+    pd.DataFrame({"user": list(catalog.histories),
+                  "items": [[int(i) for i in h] for h in catalog.histories.values()]}).to_parquet(
         cat / "histories.parquet", index=False)
-    np.save(cat / "popularity.npy", dataset.popularity())
+    np.save(cat / "popularity.npy", catalog.popularity)
+
+
+def load_catalog(bundle: str | Path) -> Catalog:
+    """The catalogue `save_catalog` wrote; histories as int64 arrays."""
+    cat = Path(bundle) / "catalog"
+    items = pd.read_parquet(cat / "items.parquet")
+    hist = pd.read_parquet(cat / "histories.parquet")
+    histories = {u: np.asarray(s, dtype=np.int64) for u, s in zip(hist["user"], hist["items"])}
+    return Catalog(items, histories, np.load(cat / "popularity.npy"))
+
+
+def write_catalog(bundle: Path, dataset) -> None:
+    """Items and every known user's full history (pseudonyms only), for serving."""
+    save_catalog(bundle, Catalog(dataset.items, dict(zip(dataset.users, dataset.full_sequences())),
+                                 dataset.popularity()))
 
 
 class Bundle:
@@ -87,10 +184,8 @@ class Bundle:
     def load(cls, path: str | Path, key: bytes | None = None) -> Bundle:
         path = Path(path)
         manifest = read_manifest(path)
-        items = pd.read_parquet(path / "catalog" / "items.parquet")
-        hist = pd.read_parquet(path / "catalog" / "histories.parquet")
-        histories = {u: np.asarray(s, dtype=np.int64) for u, s in zip(hist["user"], hist["items"])}
-        return cls(path, manifest, items, histories, np.load(path / "catalog" / "popularity.npy"), key)
+        catalog = load_catalog(path)
+        return cls(path, manifest, catalog.items, catalog.histories, catalog.popularity, key)
 
     @property
     def version(self) -> str:
@@ -108,3 +203,25 @@ class Bundle:
 
     def history(self, pseudonym: str) -> np.ndarray:
         return self._histories.get(pseudonym, np.zeros(0, dtype=np.int64))
+
+
+def drop_checkpoints(bundle: Path) -> int:
+    """Remove the Ray Train checkpoints under `bundle/.train` before the bundle is published; the bytes removed.
+
+    A bundle is what serving and evaluation read, plus each run's logs (metrics.jsonl, tensorboard): the
+    checkpoints' DeepSpeed model and optimizer states are most of its bytes (19 of 21 MB for the tiny preset) and
+    every replica that fetches the bundle would copy them. Each run keeps `checkpoint.json`, which lists the files
+    its last checkpoint held and their sizes. `prefmine train --keep-checkpoints` keeps them (to go on training
+    from them)."""
+    dropped = 0
+    for run in sorted(p for p in (bundle / ".train").glob("*") if p.is_dir()):
+        ckpts = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+        if not ckpts:
+            continue
+        files = {str(f.relative_to(run)): f.stat().st_size for c in ckpts for f in sorted(c.rglob("*")) if f.is_file()}
+        (run / "checkpoint.json").write_text(json.dumps({"dropped_from_bundle": True, "files": files}, indent=1))
+        for c in ckpts:
+            shutil.rmtree(c)
+        (run / "checkpoint_manager_snapshot.json").unlink(missing_ok=True)  # it names the removed checkpoints
+        dropped += sum(files.values())
+    return dropped

@@ -4,7 +4,8 @@ A store location is a local path or any URI pyarrow's filesystems resolve (`file
 `hdfs://`, `abfs://`; credentials from the environment as the cloud SDKs read them). Training always builds a
 bundle in a local staging directory (`cluster/pipeline.py`), then `publish` copies it to the location with the
 manifest written LAST, after the previous manifest there was removed first: a reader that finds `manifest.json`
-(serving's `check_bundle`, `fetch`) therefore always sees a complete bundle, and one that finds none knows the
+(serving's `check_bundle`, `fetch`) therefore always sees a whole one (`prefmine.bundle.is_published`; which parts
+a finished bundle needs is `prefmine.bundle.is_complete`'s business), and one that finds none knows the
 bundle is still being written (or a publish died half-way: publish again). On object stores each object write is
 atomic, so the manifest appears whole or not at all; on local disks it is written to a temporary name and renamed.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from prefmine.bundle import MANIFEST
+from prefmine.bundle import MANIFEST, is_published
 from prefmine.integrity import IntegrityConfig, IntegrityError, check_manifest, inside, safe_version, verify
 
 
@@ -68,11 +69,6 @@ def _copy(src_fs, src: str, dst_fs, dst: str, chunk: int) -> None:
             if not block:
                 break
             fout.write(block)
-
-
-def is_complete(location: str | Path) -> bool:
-    fs, root = resolve(location)
-    return fs.get_file_info(f"{root}/{MANIFEST}").type == pafs.FileType.File
 
 
 def read_manifest(location: str | Path) -> dict:
@@ -135,7 +131,7 @@ def fetch(location: str | Path, cfg: StoreConfig = StoreConfig(), integrity: Int
     """A local directory holding the complete, verified bundle at `location` (downloaded once per version if
     remote). Raises IntegrityError naming the file or field that does not match its manifest."""
     integrity = integrity if integrity is not None else IntegrityConfig.from_env()
-    if not is_complete(location):
+    if not is_published(location):
         raise FileNotFoundError(f"{location} holds no complete bundle ({MANIFEST} missing: not written yet, "
                                 "or a publish did not finish)")
     if not is_uri(location) or str(location).startswith("file://"):

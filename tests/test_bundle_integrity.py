@@ -49,7 +49,8 @@ class _Evil:
 
 def _policy_bundle(root: Path, algorithm: str = "DQN") -> tuple[Path, object]:
     """A sealed bundle holding a policy exported by the real exporter from a real RLlib module."""
-    from cluster.train_policy import PolicyTrainConfig, export_policy
+    from prefmine.policy.config import PolicyTrainConfig
+    from prefmine.policy.runtime import save_policy
     from prefmine.policy.simulator import ObsSpec, SimulatorConfig, build_simulator_inputs
 
     rng = np.random.default_rng(0)
@@ -64,8 +65,8 @@ def _policy_bundle(root: Path, algorithm: str = "DQN") -> tuple[Path, object]:
     bundle = root / "bundle"
     (bundle / "catalog").mkdir(parents=True)
     (bundle / "catalog" / "popularity.npy").write_bytes(b"catalog stand-in")
-    export_policy(module, bundle / "policy", inputs, sim_cfg, PolicyTrainConfig(algorithm=algorithm,
-                  hiddens=(32, 16)), spec, {})
+    save_policy(module, bundle / "policy", inputs, sim_cfg, PolicyTrainConfig(algorithm=algorithm,
+                hiddens=(32, 16)), spec, {})
     seal(bundle, {"format": "prefmine-bundle/2", "version": "v1"}, IntegrityConfig())
     return bundle, module
 

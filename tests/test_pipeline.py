@@ -60,7 +60,7 @@ def test_encoder_stages_trained_with_deepspeed_on_two_workers(tiny_bundle):
     assert enc["contrastive_pairs"] > 500 and enc["contrastive"]["heldout_candidates"] > 10
     assert enc["embedding"]["users"] == 348
     # every stage's Ray Train checkpoint held DeepSpeed ZeRO-2 optimizer shards from both workers; the bundle
-    # keeps the list of its files (checkpoint.json), not the checkpoint itself (pipeline.drop_checkpoints)
+    # keeps the list of its files (checkpoint.json), not the checkpoint itself (prefmine.bundle.drop_checkpoints)
     runs = sorted((tiny_bundle / ".train").iterdir())
     for stage in ("encoder-mlm", "encoder-rating", "encoder-contrastive", "ranker"):
         assert any(r.name.startswith(stage) for r in runs), stage

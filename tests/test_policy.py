@@ -158,8 +158,9 @@ def test_obs_builder_matches_env(inputs):
 
 def _train_with_probe(inputs, out, overrides):
     """Train; on the last iteration record the live Algorithm module's scores on fixed observations."""
-    from cluster.train_policy import POLICY_PRESETS, train_policy
+    from cluster.train_policy import train_policy
     from prefmine.config import apply
+    from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.runtime import ModulePolicy
 
     cfg = apply(POLICY_PRESETS["tiny"], overrides)
@@ -190,7 +191,7 @@ def trained_ppo(inputs, ray_local, tmp_path_factory):
 
 
 def _check_learned_beats_random(out, metrics, inputs, algorithm):
-    from cluster.train_policy import evaluate_policies
+    from prefmine.policy.evaluation import evaluate_policies
     from prefmine.policy.runtime import PolicyRuntime
 
     assert (out / "policy_config.json").is_file() and (out / "policy.safetensors").is_file()
@@ -222,7 +223,7 @@ def test_ppo_beats_random_and_exports(trained_ppo, inputs):
 
 
 def test_evaluation_reports_intervals_for_return_ctr_conversion(inputs):
-    from cluster.train_policy import evaluate_policies
+    from prefmine.policy.evaluation import evaluate_policies
 
     ev = evaluate_policies(inputs, None, n_sessions=300, seed=5, sim_cfg=SimulatorConfig())
     assert set(ev) == {"greedy", "popularity", "random"}

@@ -69,7 +69,7 @@ def _session_processes(sid: int) -> list[psutil.Process]:
 
 def _fake_checkpoint(ckpt_dir: Path, iteration: int, state: dict | None) -> Path:
     """An iter_NNNNNN folder with (or, state None, without) the completed state JSON train_policy writes last."""
-    from cluster.train_policy import CHECKPOINT_STATE
+    from prefmine.policy.checkpoint import CHECKPOINT_STATE
 
     d = ckpt_dir / f"iter_{iteration:06d}"
     d.mkdir(parents=True)
@@ -198,8 +198,8 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
     kept = sorted(p.name for p in ckpt.iterdir())
     assert kept == [f"iter_{ITERATIONS - 1:06d}", f"iter_{ITERATIONS:06d}"], kept  # last two, no temp folders
     # the real checkpoint is refused by a run of another algorithm (before any Ray is started)
-    from cluster.train_policy import POLICY_PRESETS
     from prefmine.config import apply
+    from prefmine.policy.config import POLICY_PRESETS
 
     with pytest.raises(CheckpointMismatch, match="algorithm"):
         train_policy(inputs, tmp_path / "ppo", apply(POLICY_PRESETS["tiny"], {"algorithm": "PPO"}),

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.train_ranker import save_retrieval_index
 from prefmine import config as C
 from prefmine.metrics import top_k
 from prefmine.ranker import retrieval
 from prefmine.ranker.model import FusedRanker, RankerConfig
-from prefmine.ranker.retrieval import RetrievalConfig
+from prefmine.ranker.retrieval import RetrievalConfig, save_retrieval_index
 from prefmine.ranker.runtime import RankerRuntime
 
 K = 10

@@ -40,14 +40,14 @@ def test_publish_to_a_local_path_copies_everything_manifest_last(local_bundle, t
 def test_a_publish_that_dies_half_way_leaves_no_manifest(local_bundle, tmp_path):
     dst = tmp_path / "bundle"
     store.publish(local_bundle, dst)  # an older complete version is there
-    assert store.is_complete(dst)
+    assert store.is_published(dst)
 
     def die(rel):
         raise OSError(f"disk full after {rel}")
 
     with pytest.raises(OSError, match="disk full"):
         store.publish(local_bundle, dst, on_file=die)
-    assert not store.is_complete(dst) and not (dst / "manifest.json").exists()
+    assert not store.is_published(dst) and not (dst / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="manifest.json missing"):
         store.fetch(dst)
     store.publish(local_bundle, dst)  # publishing again repairs it
@@ -58,7 +58,7 @@ def test_publish_to_a_uri_and_fetch_it_back(local_bundle, tmp_path):
     # Arrow's in-memory filesystem behind a URI (the same code path as s3:// or gs://, without a network)
     uri = "mock:///bucket/prefmine/bundles/v1"
     store.publish(local_bundle, uri)
-    assert store.is_complete(uri) and store.read_manifest(uri)["version"] == "v-test-1"
+    assert store.is_published(uri) and store.read_manifest(uri)["version"] == "v-test-1"
     local = store.fetch(uri, store.StoreConfig(cache_dir=str(tmp_path / "cache")))
     assert tree(local) == tree(local_bundle)
     assert local.name.endswith("v-test-1")

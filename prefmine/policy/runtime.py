@@ -1,4 +1,5 @@
-"""Serve-time policy: load the exported policy network without RLlib and build slates from candidates.
+"""The exported policy: `save_policy` writes it after training, `PolicyRuntime` loads it without RLlib and builds
+slates from candidates.
 
 `PolicyRuntime(path)` accepts the policy dir (`policy_config.json`, the network as `policy.safetensors` +
 `network.json`, see prefmine.policy.network) or a bundle dir holding `policy/`. Nothing in it is unpickled:
@@ -19,11 +20,22 @@ No Ray is needed: one plain torch forward pass per slot.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from prefmine.policy.simulator import ObsSpec, build_obs, top_candidates, unit_rows
+from prefmine.policy.simulator import (
+    ObsSpec,
+    SimulatorConfig,
+    SimulatorInputs,
+    build_obs,
+    obs_layout,
+    top_candidates,
+    unit_rows,
+)
 
 
 def module_scores(module, algorithm: str, obs: np.ndarray) -> np.ndarray:
@@ -159,3 +171,47 @@ class PolicyRuntime:
             remaining[pos[np.flatnonzero(cands[pos] == item)[0]]] = False
         slate = np.asarray(chosen, dtype=np.int64)
         return (slate, np.asarray(props)) if return_propensities else slate
+
+
+def save_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg,
+                spec: ObsSpec, metrics: dict) -> Path:
+    """Write the policy dir that `PolicyRuntime` loads, atomically (temp dir, then rename), replacing an older one.
+
+    `module` is the trained RLModule (only its weights are read, see prefmine.policy.network.export_network);
+    `cfg` the PolicyTrainConfig it was trained with. The dir holds:
+
+        policy.safetensors    the network's weights
+        network.json          its architecture: algorithm, obs and action sizes, layers in order
+        policy_config.json    simulator config, obs spec and layout, N, training metrics
+        item_vectors.npy      the ranker item vectors the policy was trained against (obs feature)
+        item_popularity.npy   train counts (obs feature)
+        response_model.npz    the simulator's user response model (the update job refits from it)
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    from prefmine.policy.network import export_network
+    from prefmine.policy.response import save_response
+
+    tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out_dir.parent))
+    try:
+        export_network(module, cfg.algorithm, tmp)
+        np.save(tmp / "item_vectors.npy", np.asarray(inputs.item_vectors, dtype=np.float32))
+        np.save(tmp / "item_popularity.npy", np.asarray(inputs.item_popularity, dtype=np.float64))
+        save_response(tmp / "response_model.npz", inputs.response)
+        conf = {"format": "prefmine-policy/2", "algorithm": cfg.algorithm, "n_candidates": sim_cfg.n_candidates,
+                "simulator": asdict(sim_cfg), "train": asdict(cfg), "obs_spec": spec.to_dict(),
+                "obs_layout": obs_layout(spec), "obs_size": spec.size, "n_items": int(len(inputs.item_vectors)),
+                "serving": {"epsilon": 0.0}, "metrics": metrics}
+        (tmp / "policy_config.json").write_text(json.dumps(conf, indent=2))
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

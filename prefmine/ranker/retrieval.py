@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -343,3 +344,14 @@ def open_item_index(d: str | Path, vectors: np.ndarray, cfg: RetrievalConfig | N
         reason = "none saved" if saved is None else "the saved one does not match the item vectors or kind"
         log(f"{d / name}: building a {kind} index over {len(vectors)} items ({reason})")
     return ItemIndex.build(vectors, want)
+
+
+def save_retrieval_index(ranker_dir: Path, cfg: RetrievalConfig | None = None) -> dict:
+    """Write the serving index of a saved ranker (none below the exact threshold); what was built, for the manifest."""
+    from prefmine.ranker.runtime import load_ranker, ranker_item_vectors  # runtime imports this module
+
+    t = time.perf_counter()
+    vectors = ranker_item_vectors(load_ranker(ranker_dir))
+    index = write_item_index(ranker_dir, vectors, cfg)
+    return {"kind": index.kind if index is not None else "exact", "items": int(len(vectors)),
+            "build_seconds": round(time.perf_counter() - t, 2)}

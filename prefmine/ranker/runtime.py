@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,7 +27,23 @@ from prefmine.ranker.task import user_states
 logger = logging.getLogger(__name__)
 
 
+def save_ranker(d: Path, weights: Path, cfg: RankerConfig, n_items: int, text: np.ndarray | None = None) -> Path:
+    """Write a ranker dir that `load_ranker` reads: model.pt (a copy of the state dict file `weights`),
+    ranker_config.json (config and catalogue size) and, for a text-fused ranker, the frozen text embeddings it
+    was trained with (text_embeddings.npy)."""
+    from prefmine import config as C
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights, d / "model.pt")
+    if text is not None:
+        np.save(d / "text_embeddings.npy", text.astype(np.float32))
+    (d / "ranker_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "n_items": n_items}, indent=2))
+    return d
+
+
 def load_ranker(d: Path) -> FusedRanker:
+    """The ranker `save_ranker` wrote, in eval mode."""
     meta = json.loads((d / "ranker_config.json").read_text())
     known = {f.name for f in fields(RankerConfig)}
     cfg = RankerConfig(**{k: v for k, v in meta["config"].items() if k in known})

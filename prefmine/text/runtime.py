@@ -1,4 +1,5 @@
-"""Encoder at inference time: load the bundle's BERT + tokenizer and embed texts (no Ray)."""
+"""The encoder part of a bundle: `save_encoder` writes the trained BERT and its settings, `load_encoder` and
+`EncoderRuntime` load them (with the tokenizer saved beside them) and embed texts (no Ray)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ import torch
 from transformers import AutoTokenizer, BertModel
 
 from prefmine.text.encoder import embed_texts
+
+
+def save_encoder(encoder_dir: str | Path, bert: BertModel, cfg) -> Path:
+    """Write the BERT weights and config (Hugging Face layout) and encoder_config.json (the EncoderConfig `cfg`,
+    vocabulary size, max_len) into `encoder_dir`; the tokenizer is saved there by whoever built it, and the
+    embeddings are added by the embedding job."""
+    from prefmine import config as C
+
+    d = Path(encoder_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    bert.save_pretrained(str(d))
+    (d / "encoder_config.json").write_text(json.dumps({"config": C.to_dict(cfg), "vocab_size": bert.config.vocab_size,
+                                                       "max_len": cfg.max_len}, indent=2))
+    return d
 
 
 def load_encoder(encoder_dir: str | Path):

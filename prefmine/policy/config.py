@@ -1,0 +1,74 @@
+"""Policy training settings: `PolicyTrainConfig` and its presets (`POLICY_PRESETS`).
+
+Plain data, no Ray: the training wiring (`cluster/train_policy.py`) builds RLlib configs from it, the update job
+(`cluster/update_policy.py`) derives its warm-start config from it, and the exported policy records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefmine.config import ConfigError
+
+
+@dataclass(frozen=True)
+class PolicyTrainConfig:
+    """Policy training settings. Presets: `POLICY_PRESETS`; `simulator` names the SimulatorConfig preset.
+
+    `algorithm` picks DQN or PPO; the `ppo_*` fields apply to PPO only, the epsilon/replay fields to DQN only.
+    """
+
+    algorithm: str = "DQN"  # "DQN" (Q-learning family) or "PPO"
+    simulator: str = "tiny"
+    max_iterations: int = 12
+    time_budget_s: float = 100.0  # stop after the iteration that crosses this
+    steps_per_iteration: int = 1000  # env steps sampled per train() call (PPO: its train batch)
+    rollout_fragment_length: int = 5  # per env: 5 x 4 envs = 20 env steps per training step (50 updates/1000 steps)
+    num_envs_per_env_runner: int = 4  # vectorised envs batch the module's inference (RLlib's per-step overhead)
+    train_batch_size: int = 256
+    lr: float = 1e-3
+    gamma: float = 0.5  # sessions are short; the immediate click dominates
+    hiddens: tuple = (64, 64)
+    epsilon_timesteps: int = 4000
+    initial_epsilon: float = 1.0  # a warm start (update job) begins lower: the policy already knows something
+    final_epsilon: float = 0.05
+    learning_starts: int = 500
+    target_update_freq: int = 500
+    buffer_capacity: int = 50_000
+    replay_buffer: str = "EpisodeReplayBuffer"  # uniform; "PrioritizedEpisodeReplayBuffer" samples ~10x slower
+    n_step: int = 1
+    ppo_lr: float = 3e-4
+    ppo_gamma: float = 0.9  # PPO's GAE works with the longer horizon; DQN's bootstrapping prefers the short one
+    ppo_lambda: float = 0.95
+    ppo_minibatch_size: int = 128
+    ppo_num_epochs: int = 6
+    ppo_entropy_coeff: float = 0.01
+    ppo_clip_param: float = 0.2
+    ppo_vf_loss_coeff: float = 0.5
+    num_env_runners: int = 0  # 0: sample in the driver's local env runner (cheapest on a small machine)
+    seed: int = 0
+    checkpoint_every: int = 1  # iterations between Algorithm checkpoints (given a checkpoint_dir); 0: none, no resume
+    checkpoint_replay_buffer: bool = True  # DQN: save the replay buffer too (RLlib's checkpoint leaves it out)
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError(f"policy config key 'checkpoint_every': {self.checkpoint_every!r}; an int >= 0")
+
+
+ALGORITHMS = ("DQN", "PPO")
+
+POLICY_PRESETS = {
+    "tiny": PolicyTrainConfig(),
+    "base": PolicyTrainConfig(simulator="base", max_iterations=100, time_budget_s=1800.0, hiddens=(256, 256),
+                              train_batch_size=256, rollout_fragment_length=32, epsilon_timesteps=30_000,
+                              learning_starts=2000, target_update_freq=2000, num_env_runners=2,
+                              ppo_minibatch_size=256, checkpoint_every=5),
+    "large": PolicyTrainConfig(simulator="large", max_iterations=500, time_budget_s=4 * 3600.0,
+                               hiddens=(512, 512), train_batch_size=512, rollout_fragment_length=64,
+                               epsilon_timesteps=200_000, learning_starts=10_000, target_update_freq=8000,
+                               buffer_capacity=500_000, num_env_runners=8, steps_per_iteration=4000,
+                               ppo_minibatch_size=512, checkpoint_every=10),
+}
+
