@@ -1,7 +1,8 @@
 """The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, demo.
 
-Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred so
-`prefmine --help` is instant and `prefmine data prepare` never imports Ray. Bad input exits with status 2 and a
+Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred (the
+parser needs only the source registry, `prefmine.data.sources`, for the `--source` choices) so `prefmine --help`
+stays quick and `prefmine data prepare --local` never imports Ray. Bad input exits with status 2 and a
 message naming the option or field; nothing half-written is left behind.
 """
 
@@ -167,12 +168,16 @@ def _demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from prefmine.data.sources import SOURCES, downloadable
+    from prefmine.data.sources import names as source_names
+
     p = argparse.ArgumentParser(prog="prefmine", description="E-commerce preference mining and recommendation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="prepare or download data").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="raw files -> canonical dataset directory")
-    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens", "recbole", "events", "seqrec"])
+    prep.add_argument("--source", required=True, choices=source_names(),
+                      help="; ".join(f"{n}: {s.LAYOUT}" for n, s in SOURCES.items()))
     prep.add_argument("--raw", help="raw folder (default: $PREFMINE_DATA_DIR/<source>)")
     prep.add_argument("--category", help="Amazon category (e.g. Magazine_Subscriptions) or RecBole data set name")
     prep.add_argument("--out", required=True)
@@ -207,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "$PREFMINE_TOMBSTONES, else FEEDBACK.tombstones beside a SQLite --feedback)")
     fg.set_defaults(func=_data_forget, parser=fg)
     dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
-    dl.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
+    dl.add_argument("--source", required=True, choices=downloadable())
     dl.add_argument("--category", default="Magazine_Subscriptions")
     dl.add_argument("--out", required=True)
     dl.set_defaults(func=_data_download)

@@ -18,17 +18,17 @@ import time
 from pathlib import Path
 
 DATASETS = {
-    "magazine": {"source": "amazon2018", "category": "Magazine_Subscriptions", "sub": "amazon2018"},
-    "movielens": {"source": "movielens", "category": None, "sub": "movielens"},
+    "magazine": {"source": "amazon2018", "category": "Magazine_Subscriptions"},
+    "movielens": {"source": "movielens", "category": None},
 }
 
 
 def _raw_root(dataset: str, raw: str | None, workdir: Path) -> Path:
     spec = DATASETS[dataset]
     if raw:
-        return Path(raw) / spec["sub"]
+        return Path(raw) / spec["source"]
     if os.environ.get("PREFMINE_DATA_DIR"):
-        return Path(os.environ["PREFMINE_DATA_DIR"]) / spec["sub"]
+        return Path(os.environ["PREFMINE_DATA_DIR"]) / spec["source"]
     from prefmine.data.download import download
 
     return download(spec["source"], workdir / "raw", spec["category"] or "Magazine_Subscriptions")
@@ -36,9 +36,9 @@ def _raw_root(dataset: str, raw: str | None, workdir: Path) -> Path:
 
 def _raw_users(dataset: str, raw_root: Path, n: int = 3) -> list[str]:
     """A few real raw user ids with long histories, to query the server as a client application would."""
-    from prefmine.data.prepare import read_all
+    from prefmine.data.sources import read_rows
 
-    inter = read_all(DATASETS[dataset]["source"], raw_root, DATASETS[dataset]["category"])
+    inter = read_rows(DATASETS[dataset]["source"], raw_root, DATASETS[dataset]["category"])
     return [str(u) for u in inter["user"].value_counts().index[:n]]
 
 

@@ -40,18 +40,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefmine.data import amazon, events, movielens, recbole, seqrec
 from prefmine.data.clean import item_text
 from prefmine.data.privacy import Pseudonymiser, load_key
 from prefmine.data.rows import BadRows, RawDataError, RowRules, check_rows
 from prefmine.data.scrub import scrub_text_counted
+from prefmine.data.sources import get_source
 from prefmine.data.split import leave_one_out
 
 SCHEMA_VERSION = 2
-SOURCES = {"amazon2018": amazon, "movielens": movielens, "recbole": recbole, "events": events, "seqrec": seqrec}
 DATA_DIR_ENV = "PREFMINE_DATA_DIR"
-SOURCE_SUBDIR = {"amazon2018": "amazon2018", "movielens": "movielens", "recbole": "recbole", "events": "events",
-                 "seqrec": "seqrec"}
 ITEM_COLUMNS = ["item", "title", "brand", "categories", "description", "text", "text_source"]
 ROWS_PER_BUCKET = 400_000
 SNIPPET_CHARS = 500
@@ -94,7 +91,7 @@ def resolve_raw(source: str, raw: str | os.PathLike | None) -> Path:
     if raw:
         path = Path(raw)
     elif os.environ.get(DATA_DIR_ENV):
-        path = Path(os.environ[DATA_DIR_ENV]) / SOURCE_SUBDIR[source]
+        path = Path(os.environ[DATA_DIR_ENV]) / get_source(source).NAME
     else:
         raise RawDataError(f"no raw data: pass --raw DIR or set {DATA_DIR_ENV}, or run `prefmine data download`")
     if not path.is_dir():
@@ -124,7 +121,7 @@ def _estimate_rows(chunks: list[dict]) -> int:
 def stage_rows(task: dict, ctx: PrepContext) -> dict:
     """Read, check, pseudonymise and scrub one chunk; write its rows into the user buckets."""
     bad = BadRows(ctx.on_bad_rows)
-    source = SOURCES[ctx.source]
+    source = get_source(ctx.source)
     pseudo = Pseudonymiser(ctx.key)
     stage = Path(ctx.work) / "_stage"
     writers: dict[int, pq.ParquetWriter] = {}
@@ -322,12 +319,10 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     counted in the manifest's ``tombstoned`` (rows only, never who)."""
     from prefmine.data.tombstones import TombstoneList, default_location
 
-    if source not in SOURCES:
-        raise RawDataError(f"--source must be one of {tuple(SOURCES)}, got {source!r}")
+    module = get_source(source)  # an unknown name fails here, naming the valid ones
     runner = runner or local_runner
     t0 = time.time()
     raw_path = resolve_raw(source, raw)
-    module = SOURCES[source]
     bad = BadRows(on_bad_rows)
     chunks = module.plan(raw_path, category)
     for i, c in enumerate(chunks):
@@ -338,7 +333,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
         if not lo < hi:
             raise RawDataError(f"--rating-range: low {lo} must be below high {hi}")
         rules.rating_range = (float(lo), float(hi))
-    if source == "recbole" and recbole.uses_file_order(chunks):
+    time_kind = module.time_kind(chunks)
+    if time_kind == "order-only":  # `ts` is a position: there is no time window to check
         rules.check_ts = False
     pseudo = pseudonymiser or Pseudonymiser(load_key())
     n_buckets = buckets or max(1, math.ceil(_estimate_rows(chunks) / ROWS_PER_BUCKET))
@@ -390,11 +386,9 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             "schema_version": SCHEMA_VERSION,
             "dataset_id": uuid.uuid4().hex[:12],
             "source": source,
-            "category": category or (module.dataset_name(raw_path, None) if source in ("recbole", "seqrec") else
-                                     "ml-latest-small" if source == "movielens" else None),
+            "category": category or module.dataset_name(raw_path, None),
             # "order-only": the source has no timestamps; `ts` is each user's position, so only order is real
-            "time": getattr(module, "TIME", "order-only" if source == "recbole" and not rules.check_ts else
-                            "timestamps"),
+            "time": time_kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "counts": {"interactions": n_inter, "users": sum(s["users"] for s in split_stats),
                        "items": len(items), "reviews": sum(s["reviews"] for s in split_stats),
@@ -449,15 +443,3 @@ def publish(work: Path, out: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def read_all(source: str, raw: str | os.PathLike, category: str | None = None) -> pd.DataFrame:
-    """Every interaction row of a raw source with raw ids, in file order (single process; for small data, tools
-    and tests)."""
-    module = SOURCES[source]
-    rules, bad = module.rules(), BadRows("error")
-    frames = []
-    for chunk in module.plan(Path(raw), category):
-        for df in module.read_chunk(chunk, bad):
-            df = check_rows(df, chunk["path"], rules, bad, chunk["names"])
-            frames.append(df[df["is_inter"].to_numpy()])
-    return pd.concat(frames, ignore_index=True)[["user", "item", "ts", "event", "rating"]]
