@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ from prefmine.data.rows import BadRows, RawDataError, RowRules, check_rows
 from prefmine.data.scrub import scrub_text_counted
 from prefmine.data.sources import get_source
 from prefmine.data.split import leave_one_out
+from prefmine.progress import Progress, format_duration, format_rate
 
 SCHEMA_VERSION = 2
 DATA_DIR_ENV = "PREFMINE_DATA_DIR"
@@ -64,12 +66,20 @@ REVIEW_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("ts", 
                            ("split", pa.string())])
 SNIPPET_SCHEMA = pa.schema([("item", pa.string()), ("snippet", pa.string()), ("reviews", pa.int64())])
 
-Runner = Callable[[Callable[[dict], dict], list[dict], str], list[dict]]
+# A runner runs one stage's tasks and returns their results in task order, counting each finished task on the
+# optional Progress (prefmine.progress) it is given.
+Runner = Callable[..., list[dict]]
 
 
-def local_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -> list[dict]:
+def local_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str,
+                 progress: Progress | None = None) -> list[dict]:
     """Run a stage's tasks one after another in this process."""
-    return [fn(t) for t in tasks]
+    out = []
+    for t in tasks:
+        out.append(fn(t))
+        if progress is not None:
+            progress.update()
+    return out
 
 
 @dataclass
@@ -312,8 +322,12 @@ def _failed(results: list[dict], key: str) -> None:
 def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, category: str | None = None,
             pseudonymiser: Pseudonymiser | None = None, on_bad_rows: str = "error",
             rating_range: tuple[float, float] | None = None, runner: Runner | None = None,
-            buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None) -> dict:
+            buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None,
+            progress: TextIO | None = None) -> dict:
     """Prepare a canonical dataset at `out` and return its manifest.
+
+    `progress`: a stream (the CLI passes stderr) for one progress line per stage, tasks done with rate and ETA,
+    and a closing line per stage with its row rate; None writes nothing.
 
     `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
     counted in the manifest's ``tombstoned`` (rows only, never who)."""
@@ -348,13 +362,20 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     try:
         ctx = PrepContext(source=source, work=str(work), key=pseudo.key, rules=rules, on_bad_rows=on_bad_rows,
                           buckets=n_buckets, paths=[c["path"] for c in chunks], erased=erased)
+        def run(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -> list[dict]:
+            if progress is None:
+                return runner(fn, tasks, stage)
+            return runner(fn, tasks, stage, Progress(f"prepare: {stage}", len(tasks), "tasks", out=progress))
+
         t1 = time.time()
-        staged = runner(partial(stage_rows, ctx=ctx), chunks, "stage rows")
+        staged = run(partial(stage_rows, ctx=ctx), chunks, "stage rows")
         _failed(staged, "index")
         t2 = time.time()
-        split = runner(partial(split_bucket, ctx=ctx), [{"bucket": b} for b in range(n_buckets)], "split users")
+        _said(progress, "stage rows", sum(json.loads(r["stats"])["counts"].get("read", 0) for r in staged), t2 - t1)
+        split = run(partial(split_bucket, ctx=ctx), [{"bucket": b} for b in range(n_buckets)], "split users")
         _failed(split, "bucket")
         t3 = time.time()
+        _said(progress, "split users", sum(json.loads(r["stats"]).get("interactions", 0) for r in split), t3 - t2)
         shutil.rmtree(work / "_stage", ignore_errors=True)
 
         stage_stats = [json.loads(r["stats"]) for r in staged]
@@ -418,6 +439,14 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
         shutil.rmtree(work, ignore_errors=True)
         raise
     return manifest
+
+
+def _said(out: TextIO | None, stage: str, rows: int, seconds: float) -> None:
+    """The closing line of a stage: rows through it and their rate."""
+    if out is not None:
+        out.write(f"prepare: {stage}: {rows:,} rows in {format_duration(seconds)}, "
+                  f"{format_rate(rows / max(seconds, 1e-9), 'rows')}\n")
+        out.flush()
 
 
 def combine_hashes(bucket_hashes: dict) -> str:
