@@ -9,11 +9,12 @@ by this user only. RAY_AUTH_MODE must not be set here: Ray reads it when first i
 reaches only the GCS, which then aborts without a token. The test suite sets RAY_AUTH_MODE=disabled. A cluster's
 nodes get their mode and token from ray_cluster.yaml (docs/cluster-security.md).
 
-The console is for a person: unless PREFMINE_VERBOSE is set (the CLI's `--verbose`), workers' output is not
-forwarded to the driver (it stays in Ray's session logs, `<session>/logs/worker-*`) and Ray's own driver-side log
+The console is for a person: unless PREFMINE_VERBOSE is set (the CLI's `--verbose`), Ray's own driver-side log
 records (`INFO streaming_executor.py ...`, warnings) go to a file, `$PREFMINE_LOG_DIR/ray.log` or else `ray.log`
-in the session's log folder; `route_ray_logs()` does that for loggers set up later (ray.data on import).
-Progress lines come from prefmine.progress instead.
+in the session's log folder (`route_ray_logs()` does that for loggers set up later, ray.data on import), and a
+`quiet` caller (data preparation) does not get its workers' output forwarded either (it stays in Ray's session
+logs, `<session>/logs/worker-*`): its progress lines come from prefmine.progress. Training still forwards its
+workers' output, where rank 0 prints its step and epoch lines.
 """
 
 from __future__ import annotations
@@ -102,13 +103,13 @@ def set_process_threads() -> None:
 def ensure_ray(num_cpus: int | None = None, dashboard: bool = True, quiet: bool = False):
     """Initialise Ray once; returns the ray module. Prints the dashboard URL when it starts one.
 
-    Workers' output reaches the console only when verbose (`quiet` keeps it off even then)."""
+    Workers' output reaches the console unless `quiet` (and then still when verbose)."""
     import ray
 
     if ray.is_initialized():
         route_ray_logs()
         return ray
-    to_driver = verbose() and not quiet
+    to_driver = verbose() or not quiet
     runtime_env = {"env_vars": worker_env()}
     # A submitted job's own runtime_env (`prefmine jobs submit` sets these variables there, and Ray exports them
     # to this driver) may not be given again: Ray refuses to merge the same keys. So only what's missing is added.
