@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             require([Path(a.data) / "manifest.json", Path(a.bundle) / "manifest.json"], "--data / --bundle")
             inputs = {"data": a.data, "bundle": a.bundle}
         else:  # the same discovery the run does, down to the files prepare() would read
-            from prefmine.data.prepare import SOURCES
+            from prefmine.data.sources import get_source
 
             raw = _default_raw(Path(a.workdir))
-            chunks = SOURCES["amazon2018"].plan(raw, CATEGORY)
+            chunks = get_source("amazon2018").plan(raw, CATEGORY)
             inputs = {"raw": raw, "files": [c["path"] for c in chunks], "prepared_into": Path(a.workdir) / "data",
                       "bundle_into": Path(a.workdir) / "bundle"}
         return print_plan("policy", **inputs, out=out, sessions=sessions, train_s_per_algorithm=train_s,

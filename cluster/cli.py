@@ -1,7 +1,8 @@
 """The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, demo.
 
-Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred so
-`prefmine --help` is instant and `prefmine data prepare` never imports Ray. Bad input exits with status 2 and a
+Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred (the
+parser needs only the source registry, `prefmine.data.sources`, for the `--source` choices) so `prefmine --help`
+stays quick and `prefmine data prepare --local` never imports Ray. Bad input exits with status 2 and a
 message naming the option or field; nothing half-written is left behind.
 """
 
@@ -23,7 +24,7 @@ def _data_prepare(a) -> int:
         runner, engine = ray_data_runner, "ray-data"
     m = prepare(a.source, a.raw, a.out, a.category, pseudonymiser=Pseudonymiser(allow_demo=a.demo_key),
                 on_bad_rows=a.on_bad_rows, rating_range=tuple(a.rating_range) if a.rating_range else None,
-                runner=runner, buckets=a.buckets, engine=engine, tombstones=a.tombstones)
+                runner=runner, buckets=a.buckets, engine=engine, tombstones=a.tombstones, progress=sys.stderr)
     print(json.dumps({"out": a.out, **m["counts"], "bad_rows_skipped": m["bad_rows"]["skipped"],
                       "bad_rows": m["bad_rows"]["by_reason"], "pii_scrubbed": m["pii_scrubbed"],
                       "tombstoned_rows_dropped": m["tombstoned"]["rows_dropped"],
@@ -183,13 +184,23 @@ def _demo(a) -> int:
     return run_demo(a.dataset, a.workdir, a.raw, a.grpc_port, a.preset)
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's log records and every worker's output here (default: progress lines only; "
+                        "Ray's logs go to ray.log, named on start)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from prefmine.data.sources import SOURCES, downloadable
+    from prefmine.data.sources import names as source_names
+
     p = argparse.ArgumentParser(prog="prefmine", description="E-commerce preference mining and recommendation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="prepare or download data").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="raw files -> canonical dataset directory")
-    prep.add_argument("--source", required=True, choices=["amazon2018", "movielens", "recbole", "events", "seqrec"])
+    prep.add_argument("--source", required=True, choices=source_names(),
+                      help="; ".join(f"{n}: {s.LAYOUT}" for n, s in SOURCES.items()))
     prep.add_argument("--raw", help="raw folder (default: $PREFMINE_DATA_DIR/<source>)")
     prep.add_argument("--category", help="Amazon category (e.g. Magazine_Subscriptions) or RecBole data set name")
     prep.add_argument("--out", required=True)
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--local", action="store_true", help="run the stages in this process instead of Ray Data")
     prep.add_argument("--tombstones", help="list of erased pseudonyms (`data forget`) whose rows are dropped "
                                            "(default: $PREFMINE_TOMBSTONES)")
+    _add_verbose(prep)
     prep.set_defaults(func=_data_prepare)
     syn = data.add_parser("synth", help="write a synthetic platform event log (for scale tests)")
     syn.add_argument("--users", type=int, required=True)
@@ -224,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "$PREFMINE_TOMBSTONES, else FEEDBACK.tombstones beside a SQLite --feedback)")
     fg.set_defaults(func=_data_forget, parser=fg)
     dl = data.add_parser("download", help="fetch raw files from the original publishers (needs internet)")
-    dl.add_argument("--source", required=True, choices=["amazon2018", "movielens"])
+    dl.add_argument("--source", required=True, choices=downloadable())
     dl.add_argument("--category", default="Magazine_Subscriptions")
     dl.add_argument("--out", required=True)
     dl.set_defaults(func=_data_download)
@@ -237,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML with encoder/ranker/policy/simulator/dist sections")
     tr.add_argument("--keep-checkpoints", action="store_true",
                     help="publish each run's Ray Train checkpoint (DeepSpeed states) in the bundle's .train/ too")
+    _add_verbose(tr)
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="test metrics of every model and the policy")
@@ -246,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out-dir", help="folder for evaluation.json, evaluation.md and evaluation_ndcg_at_k.png "
                                       "(default: BUNDLE/reports)")
     ev.add_argument("--policy-sessions", type=int, default=1000)
+    _add_verbose(ev)
     ev.set_defaults(func=_evaluate)
 
     sv = sub.add_parser("serve", help="serve a bundle over gRPC with Ray Serve")
@@ -315,12 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--raw", help="raw data folder laid out like ../shared/data (default: $PREFMINE_DATA_DIR)")
     demo.add_argument("--grpc-port", type=int, default=0, help="0 picks a free port")
     demo.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    _add_verbose(demo)
     demo.set_defaults(func=_demo)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        import os
+
+        os.environ["PREFMINE_VERBOSE"] = "1"  # read by cluster.ray_env, here and in the processes started from here
     from prefmine.config import ConfigError
     from prefmine.data.privacy import MissingKeyError
     from prefmine.data.rows import RawDataError

@@ -18,17 +18,17 @@ import time
 from pathlib import Path
 
 DATASETS = {
-    "magazine": {"source": "amazon2018", "category": "Magazine_Subscriptions", "sub": "amazon2018"},
-    "movielens": {"source": "movielens", "category": None, "sub": "movielens"},
+    "magazine": {"source": "amazon2018", "category": "Magazine_Subscriptions"},
+    "movielens": {"source": "movielens", "category": None},
 }
 
 
 def _raw_root(dataset: str, raw: str | None, workdir: Path) -> Path:
     spec = DATASETS[dataset]
     if raw:
-        return Path(raw) / spec["sub"]
+        return Path(raw) / spec["source"]
     if os.environ.get("PREFMINE_DATA_DIR"):
-        return Path(os.environ["PREFMINE_DATA_DIR"]) / spec["sub"]
+        return Path(os.environ["PREFMINE_DATA_DIR"]) / spec["source"]
     from prefmine.data.download import download
 
     return download(spec["source"], workdir / "raw", spec["category"] or "Magazine_Subscriptions")
@@ -36,9 +36,9 @@ def _raw_root(dataset: str, raw: str | None, workdir: Path) -> Path:
 
 def _raw_users(dataset: str, raw_root: Path, n: int = 3) -> list[str]:
     """A few real raw user ids with long histories, to query the server as a client application would."""
-    from prefmine.data.prepare import read_all
+    from prefmine.data.sources import read_rows
 
-    inter = read_all(DATASETS[dataset]["source"], raw_root, DATASETS[dataset]["category"])
+    inter = read_rows(DATASETS[dataset]["source"], raw_root, DATASETS[dataset]["category"])
     return [str(u) for u in inter["user"].value_counts().index[:n]]
 
 
@@ -96,6 +96,7 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     from cluster.ray_env import ensure_ray
     from prefmine.data.prepare import prepare
     from prefmine.data.privacy import Pseudonymiser
+    from prefmine.progress import format_duration
     from serve.client import format_response, model_info, recommend
     from serve.run import free_port
 
@@ -103,7 +104,11 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     spec = DATASETS[dataset]
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFMINE_LOG_DIR", str(workdir / "logs"))  # Ray's own log records (cluster.ray_env)
     timings = {}
+
+    def done(stage: str) -> None:
+        print(f"   {stage} done in {format_duration(timings[stage])}", flush=True)
 
     print(f"== 1/5 prepare {dataset}", flush=True)
     t = time.time()
@@ -111,9 +116,11 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     data_dir = workdir / "data" / dataset
     ray = ensure_ray()
     manifest = prepare(spec["source"], raw_root, data_dir, spec["category"],
-                       pseudonymiser=Pseudonymiser(allow_demo=True), runner=ray_data_runner, engine="ray-data")
+                       pseudonymiser=Pseudonymiser(allow_demo=True), runner=ray_data_runner, engine="ray-data",
+                       progress=sys.stderr)
     print(f"   {manifest['counts']}", flush=True)
     timings["prepare"] = time.time() - t
+    done("prepare")
 
     print("== 2/5 train encoder -> ranker -> policy (Ray Train + DeepSpeed, RLlib)", flush=True)
     t = time.time()
@@ -121,17 +128,20 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     train_bundle(data_dir, bundle, preset=preset)
     ray.shutdown()
     timings["train"] = time.time() - t
+    done("train")
 
     print("== 3/5 evaluate (test split, full catalogue ranking)", flush=True)
     t = time.time()
     report = run_evaluation(data_dir, bundle, workdir / f"{dataset}-metrics.json")
     timings["evaluate"] = time.time() - t
+    done("evaluate")
 
     print("== 4/5 serve over gRPC (Ray Serve)", flush=True)
     t = time.time()
     port = grpc_port or free_port()
     proc = _start_server(bundle, port, workdir / f"{dataset}-serve.log")
     timings["serve_start"] = time.time() - t
+    done("serve_start")
     addr = f"127.0.0.1:{port}"
     try:
         print("== 5/5 gRPC requests", flush=True)

@@ -14,13 +14,15 @@ import sys
 from collections.abc import Callable
 
 
-def ray_data_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -> list[dict]:
-    """Run `fn` over `tasks` with Ray Data (one block per task), returning results in task order."""
+def ray_data_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str, progress=None) -> list[dict]:
+    """Run `fn` over `tasks` with Ray Data (one block per task), returning results in task order; each result
+    counts on `progress` (a prefmine.progress.Progress) as it streams back, in place of Ray Data's own bars."""
     import ray.data
 
-    from cluster.ray_env import ensure_ray
+    from cluster.ray_env import ensure_ray, route_ray_logs, verbose
 
     ensure_ray(dashboard=False, quiet=True)
+    route_ray_logs()  # ray.data set up its console handler on import
     if not tasks:
         return []
     rows = [{"order": i, "task": json.dumps(t)} for i, t in enumerate(tasks)]
@@ -30,11 +32,14 @@ def ray_data_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -
         return {"order": int(row["order"]), "result": json.dumps(out)}
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.enable_progress_bars = verbose() and sys.stderr.isatty()
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(run, num_cpus=1)
-    results = sorted(ds.take_all(), key=lambda r: r["order"])
-    print(f"prepare: {stage}: {len(tasks)} task(s) done on Ray Data", flush=True)
-    return [json.loads(r["result"]) for r in results]
+    results = []
+    for r in ds.iter_rows():
+        results.append(r)
+        if progress is not None:
+            progress.update()
+    return [json.loads(r["result"]) for r in sorted(results, key=lambda r: r["order"])]
 
 
 def main(argv=None) -> int:

@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prefmine.data import amazon, movielens
 from prefmine.data.dataset import load_dataset
-from prefmine.data.prepare import prepare, read_all
+from prefmine.data.prepare import prepare
 from prefmine.data.privacy import Pseudonymiser
 from prefmine.data.rows import BadRows, RawDataError
+from prefmine.data.sources import amazon, movielens, read_rows
 from prefmine.data.split import leave_one_out
 
 
 def test_magazine_counts_match_the_data_readme(raw_dir, tmp_path):
-    inter = read_all("amazon2018", raw_dir / "amazon2018", "Magazine_Subscriptions")
+    inter = read_rows("amazon2018", raw_dir / "amazon2018", "Magazine_Subscriptions")
     assert len(inter) == 89_689
     assert inter["user"].nunique() == 72_098
     assert inter["item"].nunique() == 2_428
@@ -39,10 +39,10 @@ def test_magazine_counts_match_the_data_readme(raw_dir, tmp_path):
 
 
 def test_gift_cards_and_movielens_counts(raw_dir):
-    g = read_all("amazon2018", raw_dir / "amazon2018", "Gift_Cards")
+    g = read_rows("amazon2018", raw_dir / "amazon2018", "Gift_Cards")
     assert len(g) == 2_972
     assert g["user"].nunique() == 458 and g["item"].nunique() == 148
-    m = read_all("movielens", raw_dir / "movielens")
+    m = read_rows("movielens", raw_dir / "movielens")
     assert len(m) == 100_836
     assert m["user"].nunique() == 610 and m["item"].nunique() == 9_724
     items = movielens.catalogue(raw_dir / "movielens", None, BadRows())

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prefmine.data import amazon, events
 from prefmine.data.prepare import prepare
 from prefmine.data.privacy import (
     DEMO_FINGERPRINT,
@@ -26,6 +25,7 @@ from prefmine.data.privacy import (
 )
 from prefmine.data.readers import ReadLimits, read_delimited
 from prefmine.data.rows import BadRows, RawDataError, check_rows
+from prefmine.data.sources import amazon, events
 
 ROOT = Path(__file__).resolve().parents[1]
 PSEUDO = Pseudonymiser(b"dirty-files-test-key")

@@ -16,10 +16,10 @@ import pandas as pd
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from prefmine.data import amazon, events
 from prefmine.data.privacy import normalise_id
 from prefmine.data.readers import ReadLimits
 from prefmine.data.rows import BadRows, check_rows
+from prefmine.data.sources import amazon, events
 
 HEADER = ["user_id", "item_id", "timestamp", "event_type", "rating", "review_text"]
 CAP = 300

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from prefmine.data.dataset import load_dataset
-from prefmine.data.prepare import prepare, read_all
+from prefmine.data.prepare import prepare
 from prefmine.data.privacy import Pseudonymiser
 from prefmine.data.rows import RawDataError
+from prefmine.data.sources import read_rows
 from prefmine.data.split import transformer_benchmark, transformer_benchmark_view
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ REAL = {"Beauty": (22363, 12101, 198502, 22311, 12092, 176139),
 @pytest.mark.parametrize("name", list(REAL))
 def test_real_sets_split_exactly_as_transformer_benchmark(seqrec_raw, name):
     users, items, rows, kept, catalogue, train = REAL[name]
-    df = read_all("seqrec", seqrec_raw, name)
+    df = read_rows("seqrec", seqrec_raw, name)
     assert (df["user"].nunique(), df["item"].nunique(), len(df)) == (users, items, rows)
     b = transformer_benchmark(df)
     assert int((b.split != "test").sum()) == train and int((b.split == "test").sum()) == users
@@ -208,7 +209,7 @@ def test_real_sets_prepare_with_text_and_attributes(seqrec_raw, tmp_path, name):
     ds = load_dataset(tmp_path / name)
     view = transformer_benchmark_view(ds)
     pseudo = Pseudonymiser(b"k")
-    raw = read_all("seqrec", seqrec_raw, name)
+    raw = read_rows("seqrec", seqrec_raw, name)
     b = transformer_benchmark(raw)
     kept = raw[b.test_kept]
     names = {user: pseudo(user) for user in kept["user"].unique()}

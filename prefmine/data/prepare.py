@@ -34,24 +34,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefmine.data import amazon, events, movielens, recbole, seqrec
 from prefmine.data.clean import item_text
 from prefmine.data.privacy import Pseudonymiser, load_key
 from prefmine.data.rows import BadRows, RawDataError, RowRules, check_rows
 from prefmine.data.scrub import scrub_text_counted
+from prefmine.data.sources import get_source
 from prefmine.data.split import leave_one_out
+from prefmine.progress import Progress, format_duration, format_rate
 
 SCHEMA_VERSION = 2
-SOURCES = {"amazon2018": amazon, "movielens": movielens, "recbole": recbole, "events": events, "seqrec": seqrec}
 DATA_DIR_ENV = "PREFMINE_DATA_DIR"
-SOURCE_SUBDIR = {"amazon2018": "amazon2018", "movielens": "movielens", "recbole": "recbole", "events": "events",
-                 "seqrec": "seqrec"}
 ITEM_COLUMNS = ["item", "title", "brand", "categories", "description", "text", "text_source"]
 ROWS_PER_BUCKET = 400_000
 SNIPPET_CHARS = 500
@@ -67,12 +66,20 @@ REVIEW_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("ts", 
                            ("split", pa.string())])
 SNIPPET_SCHEMA = pa.schema([("item", pa.string()), ("snippet", pa.string()), ("reviews", pa.int64())])
 
-Runner = Callable[[Callable[[dict], dict], list[dict], str], list[dict]]
+# A runner runs one stage's tasks and returns their results in task order, counting each finished task on the
+# optional Progress (prefmine.progress) it is given.
+Runner = Callable[..., list[dict]]
 
 
-def local_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -> list[dict]:
+def local_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str,
+                 progress: Progress | None = None) -> list[dict]:
     """Run a stage's tasks one after another in this process."""
-    return [fn(t) for t in tasks]
+    out = []
+    for t in tasks:
+        out.append(fn(t))
+        if progress is not None:
+            progress.update()
+    return out
 
 
 @dataclass
@@ -94,7 +101,7 @@ def resolve_raw(source: str, raw: str | os.PathLike | None) -> Path:
     if raw:
         path = Path(raw)
     elif os.environ.get(DATA_DIR_ENV):
-        path = Path(os.environ[DATA_DIR_ENV]) / SOURCE_SUBDIR[source]
+        path = Path(os.environ[DATA_DIR_ENV]) / get_source(source).NAME
     else:
         raise RawDataError(f"no raw data: pass --raw DIR or set {DATA_DIR_ENV}, or run `prefmine data download`")
     if not path.is_dir():
@@ -124,7 +131,7 @@ def _estimate_rows(chunks: list[dict]) -> int:
 def stage_rows(task: dict, ctx: PrepContext) -> dict:
     """Read, check, pseudonymise and scrub one chunk; write its rows into the user buckets."""
     bad = BadRows(ctx.on_bad_rows)
-    source = SOURCES[ctx.source]
+    source = get_source(ctx.source)
     pseudo = Pseudonymiser(ctx.key)
     stage = Path(ctx.work) / "_stage"
     writers: dict[int, pq.ParquetWriter] = {}
@@ -315,19 +322,21 @@ def _failed(results: list[dict], key: str) -> None:
 def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, category: str | None = None,
             pseudonymiser: Pseudonymiser | None = None, on_bad_rows: str = "error",
             rating_range: tuple[float, float] | None = None, runner: Runner | None = None,
-            buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None) -> dict:
+            buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None,
+            progress: TextIO | None = None) -> dict:
     """Prepare a canonical dataset at `out` and return its manifest.
+
+    `progress`: a stream (the CLI passes stderr) for one progress line per stage, tasks done with rate and ETA,
+    and a closing line per stage with its row rate; None writes nothing.
 
     `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
     counted in the manifest's ``tombstoned`` (rows only, never who)."""
     from prefmine.data.tombstones import TombstoneList, default_location
 
-    if source not in SOURCES:
-        raise RawDataError(f"--source must be one of {tuple(SOURCES)}, got {source!r}")
+    module = get_source(source)  # an unknown name fails here, naming the valid ones
     runner = runner or local_runner
     t0 = time.time()
     raw_path = resolve_raw(source, raw)
-    module = SOURCES[source]
     bad = BadRows(on_bad_rows)
     chunks = module.plan(raw_path, category)
     for i, c in enumerate(chunks):
@@ -338,7 +347,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
         if not lo < hi:
             raise RawDataError(f"--rating-range: low {lo} must be below high {hi}")
         rules.rating_range = (float(lo), float(hi))
-    if source == "recbole" and recbole.uses_file_order(chunks):
+    time_kind = module.time_kind(chunks)
+    if time_kind == "order-only":  # `ts` is a position: there is no time window to check
         rules.check_ts = False
     pseudo = pseudonymiser or Pseudonymiser(load_key())
     n_buckets = buckets or max(1, math.ceil(_estimate_rows(chunks) / ROWS_PER_BUCKET))
@@ -352,13 +362,20 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     try:
         ctx = PrepContext(source=source, work=str(work), key=pseudo.key, rules=rules, on_bad_rows=on_bad_rows,
                           buckets=n_buckets, paths=[c["path"] for c in chunks], erased=erased)
+        def run(fn: Callable[[dict], dict], tasks: list[dict], stage: str) -> list[dict]:
+            if progress is None:
+                return runner(fn, tasks, stage)
+            return runner(fn, tasks, stage, Progress(f"prepare: {stage}", len(tasks), "tasks", out=progress))
+
         t1 = time.time()
-        staged = runner(partial(stage_rows, ctx=ctx), chunks, "stage rows")
+        staged = run(partial(stage_rows, ctx=ctx), chunks, "stage rows")
         _failed(staged, "index")
         t2 = time.time()
-        split = runner(partial(split_bucket, ctx=ctx), [{"bucket": b} for b in range(n_buckets)], "split users")
+        _said(progress, "stage rows", sum(json.loads(r["stats"])["counts"].get("read", 0) for r in staged), t2 - t1)
+        split = run(partial(split_bucket, ctx=ctx), [{"bucket": b} for b in range(n_buckets)], "split users")
         _failed(split, "bucket")
         t3 = time.time()
+        _said(progress, "split users", sum(json.loads(r["stats"]).get("interactions", 0) for r in split), t3 - t2)
         shutil.rmtree(work / "_stage", ignore_errors=True)
 
         stage_stats = [json.loads(r["stats"]) for r in staged]
@@ -390,11 +407,9 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             "schema_version": SCHEMA_VERSION,
             "dataset_id": uuid.uuid4().hex[:12],
             "source": source,
-            "category": category or (module.dataset_name(raw_path, None) if source in ("recbole", "seqrec") else
-                                     "ml-latest-small" if source == "movielens" else None),
+            "category": category or module.dataset_name(raw_path, None),
             # "order-only": the source has no timestamps; `ts` is each user's position, so only order is real
-            "time": getattr(module, "TIME", "order-only" if source == "recbole" and not rules.check_ts else
-                            "timestamps"),
+            "time": time_kind,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "counts": {"interactions": n_inter, "users": sum(s["users"] for s in split_stats),
                        "items": len(items), "reviews": sum(s["reviews"] for s in split_stats),
@@ -426,6 +441,14 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     return manifest
 
 
+def _said(out: TextIO | None, stage: str, rows: int, seconds: float) -> None:
+    """The closing line of a stage: rows through it and their rate."""
+    if out is not None:
+        out.write(f"prepare: {stage}: {rows:,} rows in {format_duration(seconds)}, "
+                  f"{format_rate(rows / max(seconds, 1e-9), 'rows')}\n")
+        out.flush()
+
+
 def combine_hashes(bucket_hashes: dict) -> str:
     """One data hash from per-bucket hashes (keys are bucket numbers, as ints or, from JSON, strings)."""
     h = hashlib.sha256()
@@ -449,15 +472,3 @@ def publish(work: Path, out: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def read_all(source: str, raw: str | os.PathLike, category: str | None = None) -> pd.DataFrame:
-    """Every interaction row of a raw source with raw ids, in file order (single process; for small data, tools
-    and tests)."""
-    module = SOURCES[source]
-    rules, bad = module.rules(), BadRows("error")
-    frames = []
-    for chunk in module.plan(Path(raw), category):
-        for df in module.read_chunk(chunk, bad):
-            df = check_rows(df, chunk["path"], rules, bad, chunk["names"])
-            frames.append(df[df["is_inter"].to_numpy()])
-    return pd.concat(frames, ignore_index=True)[["user", "item", "ts", "event", "rating"]]

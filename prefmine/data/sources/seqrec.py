@@ -32,7 +32,9 @@ from prefmine.data.clean import clean_text
 from prefmine.data.readers import line_blocks
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
-TIME = "order-only"
+NAME = "seqrec"
+LAYOUT = "<raw>/<NAME>/<NAME>.txt, optional <NAME>_item2attributes.json and <NAME>_item_*.tsv"
+DOWNLOADABLE = False
 BATCH_LINES = 50_000
 NAMES = {"user": "user_id", "item": "item_id", "ts": "position"}
 TITLE_COLUMNS = ("title", "name")
@@ -69,6 +71,11 @@ def folder(raw: Path, category: str | None) -> tuple[Path, str]:
         if (d / f"{name}.txt").is_file():
             return d, name
     raise RawDataError(f"{raw}: no {name}.txt (expected <raw>/{name}/{name}.txt)")
+
+
+def time_kind(chunks: list[dict]) -> str:
+    """Always order-only: the files carry each user's sequence, not its times."""
+    return "order-only"
 
 
 def plan(raw: Path, category: str | None) -> list[dict]:

@@ -40,6 +40,9 @@ NAMES = {"user": "user_id", "item": "item_id", "ts": "timestamp", "event": "even
          "summary": "review_title", "text": "review_text"}
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 ROW_GROUPS_PER_CHUNK = 4
+NAME = "events"
+LAYOUT = "<raw>/events/*.csv|*.csv.gz|*.parquet or <raw>/events.*, optional <raw>/items.parquet|csv"
+DOWNLOADABLE = False
 
 
 def rules() -> RowRules:
@@ -60,6 +63,14 @@ def event_files(raw: Path) -> list[Path]:
         raise RawDataError(f"{raw}: no event log (expected {raw}/events/*.csv|*.csv.gz|*.parquet or "
                            f"{raw}/events.csv|events.parquet)")
     return files
+
+
+def dataset_name(raw: Path, category: str | None) -> str | None:
+    return category
+
+
+def time_kind(chunks: list[dict]) -> str:
+    return "timestamps"
 
 
 def plan(raw: Path, category: str | None) -> list[dict]:

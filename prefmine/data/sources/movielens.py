@@ -19,6 +19,9 @@ from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 RATING_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "rating": "rating"}
 TAG_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "summary": "tag"}
+NAME = "movielens"
+LAYOUT = "<raw>/ml-latest-small/: ratings.csv, movies.csv, tags.csv"
+DOWNLOADABLE = True
 
 
 def rules() -> RowRules:
@@ -31,6 +34,14 @@ def _folder(raw: Path) -> Path:
         if not (folder / name).exists():
             raise RawDataError(f"missing {folder / name} (expected <raw>/ml-latest-small/)")
     return folder
+
+
+def dataset_name(raw: Path, category: str | None) -> str:
+    return category or "ml-latest-small"
+
+
+def time_kind(chunks: list[dict]) -> str:
+    return "timestamps"
 
 
 def plan(raw: Path, category: str | None) -> list[dict]:

@@ -29,6 +29,9 @@ EXPECTED_TYPES = {"user_id": "token", "item_id": "token", "rating": "float", "ti
 TEXT_FIELDS = {"text": ("review", "review_text", "text"), "summary": ("summary", "review_title")}
 ITEM_FIELDS = {"title": ("title", "movie_title", "name"), "brand": ("brand",),
                "categories": ("categories", "genre", "category"), "description": ("description",)}
+NAME = "recbole"
+LAYOUT = "<raw>/[<name>/]<name>.inter, .item, .user (RecBole atomic files)"
+DOWNLOADABLE = False
 
 
 def rules() -> RowRules:
@@ -126,6 +129,11 @@ def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterat
 
 def uses_file_order(chunks: list[dict]) -> bool:
     return any("timestamp" not in c["fields"] for c in chunks)
+
+
+def time_kind(chunks: list[dict]) -> str:
+    """Order-only when an `.inter` file has no timestamp column: its file order is then the time order."""
+    return "order-only" if uses_file_order(chunks) else "timestamps"
 
 
 def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:

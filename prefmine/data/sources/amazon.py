@@ -27,6 +27,9 @@ CSV_COLUMNS = ["asin", "reviewerID", "rating", "unix_ts"]
 CSV_NAMES = {"user": "reviewerID", "item": "asin", "ts": "unix_ts", "rating": "rating"}
 JSON_NAMES = {"user": "reviewerID", "item": "asin", "ts": "unixReviewTime", "rating": "overall"}
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
+NAME = "amazon2018"
+LAYOUT = "<raw>/<Category>/: <Category>.csv, <Category>_5.json.gz, meta_<Category>.json.gz"
+DOWNLOADABLE = True
 
 
 def rules() -> RowRules:
@@ -40,6 +43,14 @@ def _folder(raw: Path, category: str | None) -> Path:
     if not folder.is_dir():
         raise RawDataError(f"no folder {folder} (expected <raw>/<Category>/ of Amazon 2018 files)")
     return folder
+
+
+def dataset_name(raw: Path, category: str | None) -> str | None:
+    return category
+
+
+def time_kind(chunks: list[dict]) -> str:
+    return "timestamps"
 
 
 def plan(raw: Path, category: str | None) -> list[dict]:
