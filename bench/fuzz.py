@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from prefmine.fuzzing import RPCS
 
-    per_rpc = a.per_rpc or (200 if a.quick else 10_000)
+    per_rpc = a.per_rpc if a.per_rpc is not None else (200 if a.quick else 10_000)
     rpcs = a.rpcs.split(",") if a.rpcs else list(RPCS)
     unknown = [r for r in rpcs if r not in RPCS]
     if unknown:
