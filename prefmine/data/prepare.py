@@ -320,7 +320,7 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
 
     `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
     counted in the manifest's ``tombstoned`` (rows only, never who)."""
-    from prefmine.data.tombstones import TombstoneList, default_location
+    from prefmine.data.tombstones import default_location, open_list
 
     if source not in SOURCES:
         raise RawDataError(f"--source must be one of {tuple(SOURCES)}, got {source!r}")
@@ -343,8 +343,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     pseudo = pseudonymiser or Pseudonymiser(load_key())
     n_buckets = buckets or max(1, math.ceil(_estimate_rows(chunks) / ROWS_PER_BUCKET))
     catalogue = module.catalogue(raw_path, category, bad)  # fail fast on a broken catalogue, before the stages
-    tomb_path = Path(tombstones) if tombstones else default_location()
-    erased = TombstoneList(tomb_path).load() if tomb_path else frozenset()
+    tomb_path = tombstones if tombstones else default_location()
+    erased = open_list(tomb_path).load() if tomb_path else frozenset()
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
