@@ -45,6 +45,7 @@ RPCS = tuple(m.name for m in SERVICE.methods)
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 UINT_MASK = 2**64 - 1
+MAX_FIELD_NUMBER = 2**29 - 1  # protobuf's largest field number; a tag is at most 32 bits
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,7 @@ def named_field(desc: Descriptor, details: str) -> str | None:
 
 def well_formed(desc: Descriptor, data: bytes) -> bool:
     """Whether ``data`` is well-formed protobuf wire format for ``desc``: every tag and length complete, field
-    numbers valid, each known sub-message well-formed in turn, no groups. UTF-8 is not checked (a string that is
+    numbers in 1..2**29-1, each known sub-message well-formed in turn, no groups. UTF-8 is not checked (a string that is
     not UTF-8 is a bad field value, which the server must name)."""
     i, n = 0, len(data)
 
@@ -375,7 +376,7 @@ def well_formed(desc: Descriptor, data: bytes) -> bool:
 
     while i < n:
         key = read_varint()
-        if key is None or key >> 3 == 0:
+        if key is None or not 0 < key >> 3 <= MAX_FIELD_NUMBER or key >> 32:
             return False
         number, wire_type = key >> 3, key & 7
         fd = desc.fields_by_number.get(number)

@@ -92,7 +92,9 @@ def test_well_formed_agrees_with_the_protobuf_parser_on_garbage():
         cls = fz.request_class(rpc)
         twin = _bytes_twin(cls)
         cases = [r.data for r in _collect(rpc, 60, seed=7) if r.wire_garbage]
-        cases += [b"", b"\x0a\x7f\x01", b"\x00", b"\x08", b"\xff\xff\xff", fz.tag(1, 3), fz.length_delimited(999, b"x")]
+        cases += [b"", b"\x0a\x7f\x01", b"\x00", b"\x08", b"\xff\xff\xff", fz.tag(1, 3), fz.length_delimited(999, b"x"),
+                  b"\x81\xb1\xb6\xff\x8c\xa3\xd3\xa1!l\xc8=\xc4\x94\x05H\xe6",  # field number over 2**29-1
+                  fz.tag(2**29 - 1, 0) + b"\x01", fz.tag(2**29, 0) + b"\x01"]
         assert len(cases) > 8
         for data in cases:
             try:
