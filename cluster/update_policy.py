@@ -172,10 +172,10 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     t0 = time.time()
     # erased people (the tombstone list beside the feedback store, prefmine/data/tombstones.py) are neither
     # learned from nor copied into the new version's histories
-    from prefmine.data.tombstones import TombstoneList, default_location
+    from prefmine.data.tombstones import default_location, open_list
 
     where = default_location(feedback)
-    erased = TombstoneList(where).load() if where else frozenset()
+    erased = open_list(where).load() if where else frozenset()  # a file, or a table beside PostgreSQL
     events = [e for e in events if e[1] not in erased]
 
     # 2. what the events change

@@ -239,8 +239,10 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": auth.required,
                 "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve())),
                 "rate_limit": auth.rate_per_s, "rate_burst": auth.burst}
-    if tombstones:
-        app_args["tombstones"] = str(Path(tombstones).expanduser().resolve())
+    if tombstones:  # a file, or a postgresql:// DSN (the table), as given
+        from prefmine.data.tombstones import resolve as resolve_tombstones
+
+        app_args["tombstones"] = str(resolve_tombstones(tombstones))
     if api_keys_file:
         app_args["api_keys_file"] = api_keys_file
         # readiness and rollout probes call with a key only this process knows; the ingress holds its hash

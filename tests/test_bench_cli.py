@@ -26,6 +26,7 @@ NO_PLAN = {
     "recbole_anchor": "a helper of bench.quality; --data and --out are required",
     "recbole_runner": "runs inside .venv-recbole; --data-dir, --dataset and --out are required",
     "serve_latency": "needs a trained --bundle (checked below without one)",
+    "fuzz": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
 }
 
 
@@ -117,3 +118,26 @@ def test_serve_latency_refuses_a_missing_bundle_and_an_unknown_system(tmp_path):
     (tmp_path / "b" / "manifest.json").write_text("{}")
     p = run("-m", "bench.serve_latency", "--bundle", str(tmp_path / "b"), "--systems", "inprocess,warp", "--plan")
     assert p.returncode != 0 and "'warp'" in p.stderr
+
+
+def test_fuzz_plans_10000_requests_per_rpc_and_checks_its_arguments(tmp_path):
+    """bench.fuzz: the default is 10,000 requests of every RPC through both paths, written to
+    bench/results/fuzz.json; --per-rpc and --rpcs narrow it; a missing bundle or an unknown RPC is refused."""
+    from prefmine.fuzzing import RPCS
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    settings = plan("fuzz", "--bundle", str(tmp_path / "b"))
+    assert settings["per_rpc"] == 10_000 and settings["rpcs"] == list(RPCS)
+    assert settings["paths"] == ["proxy", "direct"]
+    assert Path(settings["out"]) == ROOT / "bench" / "results" / "fuzz.json"
+    quick = plan("fuzz", "--bundle", str(tmp_path / "b"), "--quick")
+    assert Path(quick["out"]) == ROOT / "runs" / "bench" / "fuzz.quick.json" and quick["per_rpc"] == 200
+    small = plan("fuzz", "--bundle", str(tmp_path / "b"), "--per-rpc", "50", "--rpcs", "Rank,ModelInfo")
+    assert small["per_rpc"] == 50 and small["rpcs"] == ["Rank", "ModelInfo"]
+    p = run("-m", "bench.fuzz", "--bundle", str(tmp_path / "nope"), "--plan")
+    assert p.returncode != 0 and "--bundle" in p.stderr and str(tmp_path / "nope") in p.stderr
+    p = run("-m", "bench.fuzz", "--bundle", str(tmp_path / "b"), "--rpcs", "Rank,Teleport", "--plan")
+    assert p.returncode != 0 and "'Teleport'" in p.stderr
+    p = run("-m", "bench.fuzz", "--bundle", str(tmp_path / "b"), "--per-rpc", "0", "--plan")
+    assert p.returncode != 0 and "--per-rpc" in p.stderr

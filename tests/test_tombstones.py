@@ -67,7 +67,9 @@ def test_watcher_sees_a_change_within_its_interval_and_keeps_erasures(tmp_path):
 def test_default_location_is_beside_a_sqlite_store(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFMINE_TOMBSTONES", raising=False)
     assert default_location(tmp_path / "feedback.sqlite") == tmp_path / "feedback.sqlite.tombstones"
-    assert default_location("postgresql://u@h/db") is None and default_location() is None
+    assert default_location("postgresql://u@h/db") == "postgresql://u@h/db"  # the table in the store's database
+    assert default_location() is None
+    assert resolve("postgresql://u@h/other", tmp_path / "feedback.sqlite") == "postgresql://u@h/other"
     assert resolve(tmp_path / "x", tmp_path / "feedback.sqlite") == tmp_path / "x"
     monkeypatch.setenv("PREFMINE_TOMBSTONES", str(tmp_path / "env"))
     assert default_location(tmp_path / "feedback.sqlite") == tmp_path / "env"
@@ -112,3 +114,36 @@ def test_prepare_and_load_dataset_drop_tombstoned_people(raw_dir, magazine5, tmp
     assert sum(map(len, after.train_seqs)) == sum(map(len, before.train_seqs)) - (n1 - 2) - (n2 - 2)
     monkeypatch.setenv("PREFMINE_TOMBSTONES", str(tomb))  # what every training job reads by default
     assert load_dataset(magazine5).n_users == before.n_users - 2
+
+
+def test_postgres_list_is_shared_by_replicas_and_survives_a_server_restart(postgres_server, tmp_path):
+    """Beside a PostgreSQL feedback store the list is a table of its database: `forget` writes it there by default
+    (no file), two watchers (two ingress replicas, possibly on two nodes) see a new erasure within their interval,
+    a malformed pseudonym is refused by name, a committed erasure survives an immediate stop of the server, and a
+    watcher whose database is away keeps the erasures it knew."""
+    from prefmine.data.tombstones import PostgresTombstoneList, open_list
+
+    dsn = postgres_server.new_database()
+    where = resolve(None, dsn)
+    assert where == dsn and isinstance(open_list(where), PostgresTombstoneList)
+    replicas = [TombstoneWatcher(where, interval_s=0.2) for _ in range(2)]
+    assert all(A not in w and len(w) == 0 for w in replicas)
+    lst = open_list(where)
+    assert lst.add([A, B, A]) == 2 and lst.add([B, C]) == 1
+    t0 = time.monotonic()
+    while not all(A in w and C in w for w in replicas):
+        assert time.monotonic() - t0 < 5, "a replica did not see the new tombstones"
+        time.sleep(0.05)
+    with pytest.raises(TombstoneError, match="pseudonym"):
+        lst.add(["raw-user-id"])
+    assert lst.load() == {A, B, C}
+    lst.close()
+    postgres_server.stop("immediate")  # no checkpoint: the committed rows must come back from the WAL
+    try:
+        time.sleep(0.3)
+        assert all(A in w and C in w for w in replicas)  # database away: the last list stays
+        assert replicas[0].refresh(force=True) is not None  # and the error is reported
+    finally:
+        postgres_server.start()
+    assert open_list(where).load() == {A, B, C}
+    assert open_list(where).contains(B) and not open_list(where).contains("0" * 32)

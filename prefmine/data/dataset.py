@@ -83,7 +83,7 @@ def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str |
     """The dataset at `path` in index form. Rows of people on the tombstone list (`tombstones`, default
     $PREFMINE_TOMBSTONES; prefmine/data/tombstones.py) are dropped, so no training job learns from a copy of the
     data made before their erasure."""
-    from prefmine.data.tombstones import TombstoneList, default_location
+    from prefmine.data.tombstones import default_location, open_list
 
     path = Path(path)
     manifest_path = path / "manifest.json"
@@ -92,8 +92,8 @@ def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str |
     manifest = json.loads(manifest_path.read_text())
     items = pd.read_parquet(path / "items.parquet")
     inter = pd.read_parquet(path / "interactions.parquet")
-    tomb_path = Path(tombstones) if tombstones else default_location()
-    erased = TombstoneList(tomb_path).load() if tomb_path else frozenset()
+    tomb_path = tombstones if tombstones else default_location()
+    erased = open_list(tomb_path).load() if tomb_path else frozenset()
     if erased:
         inter = inter[~inter["user"].isin(erased)].reset_index(drop=True)
     item_ids = items["item"].to_numpy().astype(str)

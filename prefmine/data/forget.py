@@ -38,7 +38,7 @@ from prefmine.data.prepare import (
 )
 from prefmine.data.privacy import DEMO_FINGERPRINT, Pseudonymiser, load_key
 from prefmine.data.rows import RawDataError
-from prefmine.data.tombstones import TombstoneList
+from prefmine.data.tombstones import open_list
 from prefmine.data.tombstones import resolve as resolve_tombstones
 
 
@@ -73,7 +73,7 @@ def forget(data: str | Path, raw_user: str | list[str], feedback: str | Path | N
     pseudo = _pseudonymiser(Path(data), pseudonymiser)
     where = resolve_tombstones(tombstones, feedback)
     if where is not None:  # before any deletion: serving stops answering for them even if a step below fails
-        TombstoneList(where).add(pseudo(u) for u in raw_users)
+        open_list(where).add(pseudo(u) for u in raw_users)
     reports = [_forget_one(data, u, feedback, bundles, pseudo) for u in raw_users]
     for r in reports:
         r["tombstones"] = str(where) if where else None

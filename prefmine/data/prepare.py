@@ -331,7 +331,7 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
 
     `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
     counted in the manifest's ``tombstoned`` (rows only, never who)."""
-    from prefmine.data.tombstones import TombstoneList, default_location
+    from prefmine.data.tombstones import default_location, open_list
 
     module = get_source(source)  # an unknown name fails here, naming the valid ones
     runner = runner or local_runner
@@ -353,8 +353,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     pseudo = pseudonymiser or Pseudonymiser(load_key())
     n_buckets = buckets or max(1, math.ceil(_estimate_rows(chunks) / ROWS_PER_BUCKET))
     catalogue = module.catalogue(raw_path, category, bad)  # fail fast on a broken catalogue, before the stages
-    tomb_path = Path(tombstones) if tombstones else default_location()
-    erased = TombstoneList(tomb_path).load() if tomb_path else frozenset()
+    tomb_path = tombstones if tombstones else default_location()
+    erased = open_list(tomb_path).load() if tomb_path else frozenset()
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

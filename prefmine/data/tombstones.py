@@ -10,11 +10,13 @@ The list is a small append-only text file, one pseudonym (32 hex characters) a l
 whole new file aside, fsyncs it, renames it over the old one and fsyncs the folder, so a reader sees the old
 list or the new one, never half a line. Its location: given explicitly (`--tombstones`), else
 $PREFMINE_TOMBSTONES, else ``<feedback store path>.tombstones`` beside a SQLite feedback store, so `forget` and
-the server that writes that store agree on it without configuration. A PostgreSQL feedback store has no file to
-sit beside: give the file explicitly (a shared file system) -- a table in the store is a TODO.
+the server that writes that store agree on it without configuration. Beside a PostgreSQL feedback store the list
+is a table of that database (`PostgresTombstoneList`, table ``tombstones``): ingress replicas on several nodes
+share the store, so they see every erasure without a shared file system. A location is a path or a
+``postgresql://`` DSN; `open_list` gives the right kind.
 
-`TombstoneWatcher` is the reader a long-running process (a serving replica) keeps: it re-reads the file when its
-modification time or size changed, checking at most once every `interval_s`, so an erasure takes effect within
+`TombstoneWatcher` is the reader a long-running process (a serving replica) keeps: it re-reads the list when its
+stamp changed (file: modification time, size, inode; table: row count and last sequence number), checking at most once every `interval_s`, so an erasure takes effect within
 that interval without a restart.
 """
 
@@ -34,21 +36,38 @@ class TombstoneError(ValueError):
     """A malformed tombstone file or pseudonym (the message names the file and line)."""
 
 
-def default_location(feedback: str | Path | None = None) -> Path | None:
-    """$PREFMINE_TOMBSTONES, else the file beside a SQLite feedback store, else None (no list)."""
+def is_dsn(location) -> bool:
+    """Whether a location is a PostgreSQL DSN (the list is then a table of that database)."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def _absolute(location: str | Path) -> Path | str:
+    return str(location) if is_dsn(location) else Path(str(location)).expanduser().resolve()
+
+
+def default_location(feedback: str | Path | None = None) -> Path | str | None:
+    """$PREFMINE_TOMBSTONES, else beside the feedback store (a SQLite store: the file ``<store>.tombstones``; a
+    PostgreSQL store: its DSN, the table in the same database), else None (no list)."""
     if os.environ.get(ENV):
-        return Path(os.environ[ENV]).expanduser().resolve()
-    if feedback and not str(feedback).startswith(("postgresql://", "postgres://")):
+        return _absolute(os.environ[ENV])
+    if feedback and is_dsn(feedback):
+        return str(feedback)
+    if feedback:
         p = Path(str(feedback)).expanduser().resolve()
         return p.with_name(p.name + SUFFIX)
     return None
 
 
-def resolve(location: str | Path | None, feedback: str | Path | None = None) -> Path | None:
-    """An explicit location made absolute, or the default for `feedback`."""
+def resolve(location: str | Path | None, feedback: str | Path | None = None) -> Path | str | None:
+    """An explicit location made absolute (a DSN as it is), or the default for `feedback`."""
     if location:
-        return Path(str(location)).expanduser().resolve()
+        return _absolute(location)
     return default_location(feedback)
+
+
+def open_list(location: str | Path) -> TombstoneList | PostgresTombstoneList:
+    """The tombstone list at a location: a table for a PostgreSQL DSN, else a file."""
+    return PostgresTombstoneList(str(location)) if is_dsn(location) else TombstoneList(location)
 
 
 def check_pseudonym(p: str) -> str:
@@ -85,6 +104,14 @@ class TombstoneList:
     def contains(self, pseudonym: str) -> bool:
         return pseudonym in self.load()
 
+    def stamp(self) -> tuple | None:
+        """Changes whenever the file does (None: no file yet)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
     def add(self, pseudonyms) -> int:
         """Append the pseudonyms not yet listed (atomically, durably); returns how many were new."""
         new = [check_pseudonym(p) for p in dict.fromkeys(pseudonyms)]
@@ -110,6 +137,75 @@ class TombstoneList:
         return len(new)
 
 
+class PostgresTombstoneList:
+    """The tombstone list as the table ``tombstones`` of a PostgreSQL database (the feedback store's), created
+    on first use. Same interface as `TombstoneList`. Rows are only ever inserted (an erasure is never undone);
+    `add` commits with synchronous_commit on, so a listed erasure survives a crash of the database server."""
+
+    SCHEMA = """CREATE TABLE IF NOT EXISTS tombstones (
+        pseudonym TEXT PRIMARY KEY CHECK (pseudonym ~ '^[0-9a-f]{32}$'),
+        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        added DOUBLE PRECISION NOT NULL
+    )"""
+
+    def __init__(self, dsn: str, connect_timeout_s: int = 10):
+        self.dsn, self.connect_timeout_s = dsn, connect_timeout_s
+        self._conn = None
+        self.path = dsn  # where the list is, for messages
+
+    def _connection(self):
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s)
+            self._conn.execute("SET synchronous_commit = on")
+            self._conn.execute(self.SCHEMA)
+        return self._conn
+
+    def _run(self, fn):
+        """``fn(connection)``, once more on a fresh connection when the kept one was lost."""
+        import psycopg
+
+        try:
+            return fn(self._connection())
+        except psycopg.OperationalError:
+            self.close()
+            return fn(self._connection())
+
+    def load(self) -> frozenset[str]:
+        return frozenset(r[0] for r in self._run(lambda c: c.execute("SELECT pseudonym FROM tombstones").fetchall()))
+
+    def contains(self, pseudonym: str) -> bool:
+        return bool(self._run(lambda c: c.execute("SELECT 1 FROM tombstones WHERE pseudonym = %s",
+                                                  (pseudonym,)).fetchone()))
+
+    def stamp(self) -> tuple:
+        return tuple(self._run(lambda c: c.execute("SELECT count(*), max(seq) FROM tombstones").fetchone()))
+
+    def add(self, pseudonyms) -> int:
+        """Insert the pseudonyms not yet listed, in one transaction; returns how many were new."""
+        new = [check_pseudonym(p) for p in dict.fromkeys(pseudonyms)]
+        if not new:
+            return 0
+
+        def insert(conn) -> int:
+            n = 0
+            with conn.transaction():
+                for p in new:
+                    n += conn.execute("INSERT INTO tombstones (pseudonym, added) VALUES (%s, %s) "
+                                      "ON CONFLICT (pseudonym) DO NOTHING", (p, time.time())).rowcount
+            return n
+
+        return self._run(insert)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
 class TombstoneWatcher:
     """A cached view of a tombstone list, re-read when the file changes (checked at most every `interval_s`).
 
@@ -117,7 +213,7 @@ class TombstoneWatcher:
     an erasure is never undone by a bad write."""
 
     def __init__(self, path: str | Path | None, interval_s: float = 2.0):
-        self.list = TombstoneList(path) if path else None
+        self.list = open_list(path) if path else None
         self.interval_s = float(interval_s)
         self._erased: frozenset[str] = frozenset()
         self._stamp: tuple | None = None
@@ -132,15 +228,11 @@ class TombstoneWatcher:
             return None
         self._checked = now
         try:
-            st = self.list.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp and not force:
-            return None
-        try:
+            stamp = self.list.stamp()
+            if stamp == self._stamp and not force:
+                return None
             erased = self.list.load()
-        except (OSError, TombstoneError) as e:
+        except Exception as e:  # noqa: BLE001 - unreadable now (I/O, a bad line, the database away): keep the last list
             return e
         self._erased, self._stamp = erased | self._erased, stamp
         return None
