@@ -117,6 +117,108 @@ def tiny_bundle(magazine5, ray_session, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def bundle_path(request) -> Path:
+    """The bundle the serving tests serve: the session's tiny bundle (PREFMINE_SERVE_TEST_BUNDLE overrides it,
+    for developing the server against a bundle already trained)."""
+    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
+    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
+
+
+# Session servers that are stopped right after the last test that uses them (pytest_runtest_teardown below)
+# rather than at the end of the session: an idle Ray, Serve app or dashboard still takes CPU from the tests after.
+_EARLY_STOP: dict = {}
+
+
+@pytest.fixture(scope="session")
+def server_proc(bundle_path, tmp_path_factory):
+    """The session's served app, shared by every RPC test that needs no special server settings: `run_serve`
+    (the `prefmine serve` code path) in a subprocess with its own local Ray, API keys on (live_server.API_KEY),
+    direct ingress and Prometheus metrics on, a fresh feedback database (``.feedback_db``). Stopped with SIGTERM
+    after its last test, which must exit 0. Servers with other settings (TLS, rate limits) or that a test kills or
+    rolls are started by their tests with live_server.start_server."""
+    from live_server import free_port, keys_file_for, start_server
+
+    base = tmp_path_factory.mktemp("served")
+    sp = start_server(bundle_path, keys_file_for(base / "api_keys"), base / "feedback.sqlite",
+                      metrics_port=free_port(), direct=True)
+    sp.feedback_db = base / "feedback.sqlite"
+    stopped: list[int] = []
+
+    def stop():
+        if not stopped:
+            stopped.append(sp.stop())
+            assert stopped[0] == 0, "served app did not exit 0 on SIGTERM:\n" + "".join(sp.lines[-40:])
+
+    _EARLY_STOP["server_proc"] = stop
+    yield sp
+    _EARLY_STOP.pop("server_proc", None)
+    stop()
+
+
+def _head_fixture(name: str, **kwargs):
+    from live_server import ray_head_node
+
+    stack = ray_head_node(**kwargs)
+    address, _ = stack.__enter__()
+    closed: list[bool] = []
+
+    def stop():
+        if not closed:
+            closed.append(True)
+            stack.__exit__(None, None, None)
+
+    _EARLY_STOP[name] = stop
+    return address, stop
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """The dashboard address of a real `ray start --head` node (2 CPUs, auth off) shared by the cluster tests
+    (jobs submitted through `prefmine jobs`, `serve deploy`); stopped after its last test."""
+    address, stop = _head_fixture("ray_head", num_cpus=2)
+    try:
+        yield address
+    finally:
+        _EARLY_STOP.pop("ray_head", None)
+        stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head_token(tmp_path_factory):
+    """(dashboard address, token file) of a real Ray head with token auth (RAY_AUTH_MODE=token, its own token
+    file, 1 CPU), for the control-plane tests; stopped after its last test."""
+    import secrets
+
+    token = tmp_path_factory.mktemp("auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    address, stop = _head_fixture("ray_head_token", num_cpus=1, ready_on_http_error=True,
+                                  env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    try:
+        yield address, token
+    finally:
+        _EARLY_STOP.pop("ray_head_token", None)
+        stop()
+
+
+_LAST_USER: dict[str, str] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stops a session server of _EARLY_STOP once the last selected test that uses it has run."""
+    if not _EARLY_STOP:
+        return
+    if not _LAST_USER:
+        for it in item.session.items:
+            for name in set(getattr(it, "fixturenames", ())) & {"server_proc", "ray_head", "ray_head_token"}:
+                _LAST_USER[name] = it.nodeid
+    for name, stop in list(_EARLY_STOP.items()):
+        if _LAST_USER.get(name) == item.nodeid:
+            del _EARLY_STOP[name]
+            stop()
+
+
 class PostgresServer:
     """A throwaway PostgreSQL server for the tests: initdb in a temp dir, listening on 127.0.0.1 and a free port
     only, with trust authentication on loopback (production uses passwords over TLS; see docs/feedback-store.md).
@@ -200,12 +302,27 @@ def postgres_server():
 # Markers (registered in pyproject.toml, explained in docs/testing.md). Tests that start Ray, train a model, or
 # start Ray Serve or a `ray start` node are marked here from the fixtures they use, so a new test that takes
 # one of these fixtures is never counted as fast by accident; a test may also mark itself `slow`.
-_SLOW_FIXTURES = {"tiny_bundle", "ray_session", "ray_head", "server_proc", "bundle_path"}
+_SLOW_FIXTURES = {"tiny_bundle", "ray_session", "ray_head", "ray_head_token", "server_proc", "bundle_path"}
 _SERVE_MODULES = {"test_serve_faults", "test_serve_feedback", "test_serve_deploy"}
-_CLUSTER_FIXTURES = {"ray_head"}
+_CLUSTER_FIXTURES = {"ray_head", "ray_head_token"}
+
+
+def _group_modules(items, fixture: str) -> None:
+    """Moves the modules with a test that uses the session server `fixture` next to the last such module (order
+    kept otherwise), so the server is started once and stopped after them instead of idling between files, and
+    is started after the tiny bundle has been trained by the files before."""
+    users = {it.module.__name__ for it in items if it.module and fixture in getattr(it, "fixturenames", ())}
+    if len(users) < 2:
+        return
+    last = max(i for i, it in enumerate(items) if it.module and it.module.__name__ in users)
+    moved = [it for it in items[:last + 1] if it.module and it.module.__name__ in users]
+    kept = [it for it in items[:last + 1] if not (it.module and it.module.__name__ in users)]
+    items[:] = kept + moved + items[last + 1:]
 
 
 def pytest_collection_modifyitems(config, items):
+    for fixture in ("ray_head", "server_proc"):
+        _group_modules(items, fixture)
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""

@@ -6,12 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -50,58 +46,6 @@ def test_cluster_yaml_passes_rays_launcher_validation():
         breaks(bad)
         with pytest.raises((ValueError, jsonschema.ValidationError)):
             launcher_config(bad)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_head():
-    """A real Ray head node (`ray start --head --block`) in its own process group, killed as a group at the end
-    so that the session's other Ray instance is left alone (`ray stop` would stop every Ray on the machine)."""
-    dash, gcs = free_port(), free_port()
-    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
-             "--dashboard-agent-listen-port", str(free_port()), "--node-manager-port", str(free_port()),
-             "--object-manager-port", str(free_port())]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
-                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
-                             "--dashboard-host", "127.0.0.1", *ports], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "ray start --head exited"
-            assert time.time() < deadline, "the Ray dashboard did not come up in 120 s"
-            time.sleep(1)
-        yield address
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                continue
-        # `ray start` recorded this head as the machine's current cluster; `ray stop` would remove the record, a
-        # group kill does not, and a later plain ray.init() would try to join the dead head
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
-            current.unlink()
 
 
 def prefmine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

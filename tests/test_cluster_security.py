@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,70 +32,14 @@ def test_cluster_yaml_closes_the_control_plane():
     assert [(p["FromPort"], p["ToPort"]) for p in ingress] == [(22, 22)]  # no Ray or metrics port from outside
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def token_head(tmp_path_factory):
-    """A real Ray head with token auth (its own token file), killed as a process group at the end."""
-    tmp = tmp_path_factory.mktemp("auth")
-    token = tmp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    dash, gcs = _free_port(), _free_port()
-    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(_free_port()),
-             "--dashboard-agent-listen-port", str(_free_port()), "--node-manager-port", str(_free_port()),
-             "--object-manager-port", str(_free_port())]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OMP_NUM_THREADS": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_TOKEN", None)
-    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "1",
-                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "true",
-                             "--dashboard-host", "127.0.0.1", *ports], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # answering (with an auth error): up
-            except OSError:
-                pass
-            assert proc.poll() is None, "ray start --head exited"
-            assert time.time() < deadline, "the Ray dashboard did not come up in 120 s"
-            time.sleep(1)
-        yield address, token
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                continue
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
-            current.unlink()
-
-
 def _jobs(*args: str, env: dict, home: Path) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return subprocess.run([str(BIN / "prefmine"), "jobs", *args], capture_output=True, text=True, timeout=300,
                           env={**base, "HOME": str(home), **env})
 
 
-def test_jobs_need_the_clusters_token(token_head, tmp_path):
-    address, token = token_head
+def test_jobs_need_the_clusters_token(ray_head_token, tmp_path):
+    address, token = ray_head_token
     home = tmp_path / "home"  # no ~/.ray/auth_token here
     home.mkdir()
     # the job server itself refuses a request without the token

@@ -12,7 +12,9 @@ import time
 
 import grpc
 import pytest
-from test_serve import ROOT, UNKNOWN_USER, _now, _raw_user_ids, start_server
+from live_server import ROOT, UNKNOWN_USER, start_server
+from live_server import raw_user_ids as _raw_user_ids
+from test_serve import _now
 
 from prefmine.bundle import Bundle
 from prefmine.feedback import FeedbackLog

@@ -181,13 +181,6 @@ def test_postgres_full_tablespace_raises_store_unavailable(small_pg_fs, postgres
             conn.execute(f"DROP TABLESPACE {name}")
 
 
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    """The session's tiny bundle (PREFMINE_SERVE_TEST_BUNDLE overrides it, as in tests/test_serve.py)."""
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
-
-
 @pytest.mark.slow
 def test_ingress_answers_record_feedback_unavailable_on_a_full_disk(bundle_path, small_fs):
     """The ingress's own class outside Ray (the code a replica runs) behind a real in-process gRPC server, its

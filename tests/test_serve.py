@@ -1,45 +1,38 @@
 """Serving: the generated gRPC code is current, and a real Serve app answers real gRPC calls.
 
-The server is the `prefmine serve` code path (serve.run.run_serve) in a subprocess with its own local Ray,
-serving the session's ``tiny_bundle`` (tests/conftest.py) on a free port of 127.0.0.1 with API-key
-authentication on (a hashed key file) and a fresh feedback database; the tests call it through a stub generated
-from protos/prefmine/v1/recommender.proto (the key added to every call by a client interceptor). One server for
-the module (start-up is ~30 s on an idle 2-core machine) serves every RPC test, the auth, health, reflection
-(off by default) and deadline tests and the fuzz cases; it is stopped with SIGTERM at the end, which must exit 0.
-Scopes, rate limits, key reloads and TLS: tests/test_serve_auth.py.
-"""
+The server is the session's served app (`server_proc` in tests/conftest.py): the `prefmine serve` code path
+(serve.run.run_serve, started by tests/live_server.py) in a subprocess with its own local Ray, serving the
+session's ``tiny_bundle`` on a free port of 127.0.0.1 with API-key authentication on (a hashed key file) and a
+fresh feedback database; the tests call it through a stub generated from protos/prefmine/v1/recommender.proto (the
+key added to every call by a client interceptor). That one server serves every RPC test, the auth, health,
+reflection (off by default) and deadline tests and the fuzz cases, through Serve's proxy and again through the
+direct ingress; it is stopped with SIGTERM after its last test, which must exit 0.
+Scopes, rate limits, key reloads and TLS: tests/test_serve_auth.py."""
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from serve_keys import write_keys
+from live_server import (  # noqa: F401  (re-exported: older imports from test_serve)
+    API_KEY,
+    ROOT,
+    SECOND_KEY,
+    UNKNOWN_USER,
+    ServeProcess,
+    keys_file_for,
+    raw_user_ids,
+    start_server,
+)
 
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 300
-UNKNOWN_USER = "no-such-user-in-any-catalogue"
-API_KEY = "test-key-" + "0123456789abcdef"
-SECOND_KEY = "second-key-abcdefghijkl"
-
-
-def keys_file_for(path: Path) -> Path:
-    """The serving tests' key file: API_KEY and SECOND_KEY, both with every RPC in scope, stored hashed."""
-    return write_keys(path, {"test": (API_KEY, "*"), "second": (SECOND_KEY, "*")})
 
 
 # -- generated code ------------------------------------------------------------------------------------------
@@ -224,118 +217,6 @@ def test_validators_name_the_field():
 
 
 # -- a real Serve app ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    """The session's tiny bundle (PREFMINE_SERVE_TEST_BUNDLE overrides it, for developing the server)."""
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
-
-
-def _free_port() -> int:
-    from serve.run import free_port
-
-    return free_port()
-
-
-class ServeProcess:
-    """A `run_serve` subprocess (its own session, so its Ray dies with it); ``addr`` once ready."""
-
-    def __init__(self, proc, addr, lines, metrics_port=None, direct_addr=None):
-        self.proc, self.addr, self.lines, self.metrics_port = proc, addr, lines, metrics_port
-        self.direct_addr = direct_addr  # the ingress replica's own gRPC server (direct ingress), if on
-
-    def stop(self, timeout: float = 90) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            pytest.fail("server did not stop within 90 s of SIGTERM:\n" + "".join(self.lines[-40:]))
-
-    def kill(self) -> None:
-        """SIGKILL every process of the server's session (driver, Ray's GCS and raylet, every replica)."""
-        sid = self.proc.pid
-        for _ in range(20):
-            pids = [p for p in _session_pids(sid)]
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-        self.proc.wait(timeout=30)
-        assert not _session_pids(sid), "processes of the killed server are still alive"
-
-
-def _session_pids(sid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid and (d / "stat").read_text().split()[2] != "Z":
-                    out.append(int(d.name))
-            except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
-                pass
-    return out
-
-
-def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port=None,
-                 direct: bool = False, rate_limit: float = 0) -> ServeProcess:
-    """`run_serve(bundle, port, ...)` in a subprocess (``direct``: with direct ingress on a free port range too);
-    returns once it printed its ready line. No API key file means ``insecure=True``. ``rate_limit`` 0 (no per-key
-    limit) by default: these servers are loaded by tests of the service, not of the limiter
-    (tests/test_serve_auth.py tests that)."""
-    port = _free_port()
-    direct_port = None
-    if direct:
-        from bench.serve_latency import free_direct_port
-
-        direct_port = free_direct_port(port)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    # address="local": always a fresh Ray of its own, never a cluster someone started with `ray start` on this
-    # machine (killing the server must kill its whole Ray; other people's clusters are left alone)
-    kwargs = (f"api_keys_file={api_keys_file and str(api_keys_file)!r}, "
-              f"feedback_db={feedback_db and str(feedback_db)!r}, address='local', metrics_port={metrics_port!r}, "
-              f"direct_port={direct_port!r}, insecure={api_keys_file is None!r}, rate_limit={rate_limit!r}")
-    code = (f"import sys; from serve.run import run_serve; "
-            f"sys.exit(run_serve({str(bundle_path)!r}, {port}, {kwargs}))")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def _pump():
-        for line in proc.stdout:
-            lines.append(line)
-            if "prefmine serve: ready" in line:
-                ready.set()
-
-    threading.Thread(target=_pump, daemon=True).start()
-    t0 = time.monotonic()
-    while not ready.wait(1.0):
-        if proc.poll() is not None or time.monotonic() - t0 > READY_TIMEOUT_S:
-            ServeProcess(proc, "", lines).kill()  # its whole session: a half-started Ray must not linger
-            pytest.fail("server did not get ready:\n" + "".join(lines[-60:]))
-    ready_line = next(x for x in lines if "prefmine serve: ready" in x)
-    print(ready_line.strip())
-    assert f"127.0.0.1:{port}" in ready_line
-    direct_addr = None
-    if direct_port:
-        direct_addr = f"127.0.0.1:{direct_port}"
-        assert f"direct ingress on {direct_addr}" in ready_line
-    return ServeProcess(proc, f"127.0.0.1:{port}", lines, metrics_port, direct_addr)
-
-
 @pytest.mark.slow
 def test_every_deployment_has_a_health_check_that_fails_until_its_model_is_loaded(bundle_path, tmp_path):
     """Each deployment's check_health (what Serve's controller calls every few seconds) raises while the replica
@@ -416,22 +297,9 @@ def test_ingress_answers_recommend_only_after_the_impression_is_logged(bundle_pa
 
 
 @pytest.fixture(scope="module")
-def keys_file(tmp_path_factory) -> Path:
-    return keys_file_for(tmp_path_factory.mktemp("auth") / "api_keys")
-
-
-@pytest.fixture(scope="module")
-def feedback_db(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
-
-
-@pytest.fixture(scope="module")
-def server_proc(bundle_path, keys_file, feedback_db):
-    """One server for the module (auth on, direct ingress on too); SIGTERM at the end must exit 0."""
-    sp = start_server(bundle_path, keys_file, feedback_db, metrics_port=_free_port(), direct=True)
-    yield sp
-    rc = sp.stop()
-    assert rc == 0, "".join(sp.lines[-40:])
+def feedback_db(server_proc) -> Path:
+    """The served app's feedback database."""
+    return server_proc.feedback_db
 
 
 @pytest.fixture(scope="module", params=["proxy", "direct"])
@@ -474,30 +342,10 @@ def bundle(bundle_path):
     return Bundle.load(bundle_path)
 
 
-def _raw_user_ids(bundle):
-    """Raw user ids of the data set the bundle was trained on (its manifest's dataset source and category)."""
-    ds = bundle.manifest.get("dataset", {})
-    source, category = ds.get("source", "amazon2018"), ds.get("category", "Magazine_Subscriptions")
-    data = Path(os.environ.get("PREFMINE_DATA_DIR", ROOT.parent / "shared" / "data"))
-    if source == "amazon2018":
-        five = data / "amazon2018" / category / f"{category}_5.json.gz"
-        if five.is_file():
-            with gzip.open(five, "rt") as fh:
-                yield from (json.loads(line)["reviewerID"] for line in fh)
-        csv = data / "amazon2018" / category / f"{category}.csv"
-        if csv.is_file():
-            with open(csv) as fh:
-                yield from (line.split(",")[1] for line in fh)
-    elif source == "movielens":
-        with open(data / "movielens" / "ml-latest-small" / "ratings.csv") as fh:
-            next(fh)
-            yield from (line.split(",")[0] for line in fh)
-
-
 @pytest.fixture(scope="module")
 def known_user(bundle) -> tuple[str, set[str]]:
     """A raw user id that has a history in the bundle, and the raw ids of the items in that history."""
-    for raw in _raw_user_ids(bundle):
+    for raw in raw_user_ids(bundle):
         hist = bundle.history(bundle.pseudonymise(raw))
         if len(hist) > 0:
             return raw, {str(bundle.item_ids[int(i)]) for i in hist}
@@ -1194,7 +1042,7 @@ def test_concurrent_recommends_are_batched_and_answer_as_alone(server_proc, stub
     from serve.metrics import metric_sum
 
     users = []
-    for raw in _raw_user_ids(bundle):
+    for raw in raw_user_ids(bundle):
         if raw not in users and len(bundle.history(bundle.pseudonymise(raw))):
             users.append(raw)
         if len(users) == 16:

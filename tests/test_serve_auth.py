@@ -10,17 +10,16 @@ the direct-ingress port, and call it over real gRPC.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from live_server import launch, serve_cli, server_env
 from serve_keys import make_pki, write_keys
 
 from prefmine.v1 import recommender_pb2 as pb
@@ -191,48 +190,26 @@ def test_tls_credentials_over_loopback(tmp_path):
 
 
 # -- the real `prefmine serve` ------------------------------------------------------------------------------------
-def _serve_cmd(bundle_path, port, *extra):
-    return [sys.executable, "-m", "cluster.cli", "serve", "--bundle", str(bundle_path), "--grpc-port", str(port),
-            *map(str, extra)]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    return env
-
-
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
-
-
 @pytest.mark.slow
 def test_serve_refuses_to_start_without_keys_or_with_plain_keys(bundle_path, tmp_path):
     from serve.run import free_port
 
     port = free_port()
-    r = subprocess.run(_serve_cmd(bundle_path, port), capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run(serve_cli(bundle_path, port), capture_output=True, text=True, env=server_env(), timeout=120)
     assert r.returncode == 2 and "no API keys" in r.stderr and "--insecure" in r.stderr, r.stderr
     plain = tmp_path / "plain"
     plain.write_text("old-plain-key-0123456789abcdef\n")
-    r = subprocess.run(_serve_cmd(bundle_path, port, "--api-keys-file", plain), capture_output=True, text=True,
-                       env=_env(), timeout=120)
+    r = subprocess.run(serve_cli(bundle_path, port, "--api-keys-file", plain), capture_output=True, text=True,
+                       env=server_env(), timeout=120)
     assert r.returncode == 2 and "line 1: a plain key" in r.stderr, r.stderr
     pki = make_pki(tmp_path / "pki")
-    r = subprocess.run(_serve_cmd(bundle_path, port, "--insecure", "--tls-cert", pki["server_crt"], "--tls-key",
-                                  pki["server_key"]), capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run(serve_cli(bundle_path, port, "--insecure", "--tls-cert", pki["server_crt"], "--tls-key",
+                                 pki["server_key"]), capture_output=True, text=True, env=server_env(), timeout=120)
     assert r.returncode == 2 and "--direct-port" in r.stderr, r.stderr  # TLS needs the port it applies to
     import socket
 
     with socket.socket() as s:  # the refused server started nothing
         assert s.connect_ex(("127.0.0.1", port)) != 0
-
-
-class Server:
-    def __init__(self, proc, lines, addr, direct_addr):
-        self.proc, self.lines, self.addr, self.direct_addr = proc, lines, addr, direct_addr
 
 
 @pytest.fixture(scope="module")
@@ -256,37 +233,14 @@ def server(bundle_path, keys_path, pki, tmp_path_factory):
 
     port = free_port()
     direct = free_direct_port(port)
-    cmd = _serve_cmd(bundle_path, port, "--api-keys-file", keys_path, "--rate-limit", RATE, "--rate-burst", BURST,
-                     "--reflection", "--direct-port", direct, "--tls-cert", pki["server_crt"], "--tls-key",
-                     pki["server_key"], "--tls-client-ca", pki["client_ca"],
-                     "--feedback-db", tmp_path_factory.mktemp("fb") / "feedback.sqlite")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            lines.append(line)
-            if "prefmine serve: ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    t0 = time.monotonic()
-    while not ready.wait(1.0):
-        if proc.poll() is not None or time.monotonic() - t0 > 420:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("server did not get ready:\n" + "".join(lines[-60:]))
-    line = next(x for x in lines if "prefmine serve: ready" in x)
-    print(line.strip())
-    assert f"direct ingress on 127.0.0.1:{direct} (TLS, client certificates required)" in line
-    yield Server(proc, lines, f"127.0.0.1:{port}", f"127.0.0.1:{direct}")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        assert proc.wait(timeout=90) == 0, "".join(lines[-40:])
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("server did not stop within 90 s of SIGTERM")
+    cmd = serve_cli(bundle_path, port, "--api-keys-file", keys_path, "--rate-limit", RATE, "--rate-burst", BURST,
+                    "--reflection", "--direct-port", direct, "--tls-cert", pki["server_crt"], "--tls-key",
+                    pki["server_key"], "--tls-client-ca", pki["client_ca"],
+                    "--feedback-db", tmp_path_factory.mktemp("fb") / "feedback.sqlite")
+    sp = launch(cmd, f"127.0.0.1:{port}", f"127.0.0.1:{direct}",
+                ready_text=f"direct ingress on 127.0.0.1:{direct} (TLS, client certificates required)")
+    yield sp
+    assert sp.stop() == 0, "".join(sp.lines[-40:])
 
 
 def _call(addr, rpc, request, key=None, creds=None, timeout=30):
@@ -377,12 +331,12 @@ def test_direct_ingress_tls_requires_a_client_certificate(server, pki):
     r = subprocess.run([sys.executable, "-m", "cluster.cli", "client", "recommend", "--addr", server.direct_addr,
                         "--user", "tls-user", "--k", "3", "--tls-ca", ca, "--tls-cert", str(pki["client_crt"]),
                         "--tls-key", str(pki["client_key"])], capture_output=True, text=True,
-                       env={**_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
+                       env={**server_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
     assert r.returncode == 0 and "bundle " in r.stdout and len(r.stdout.strip().splitlines()) == 3 + 3, \
         r.stdout + r.stderr
     r = subprocess.run([sys.executable, "-m", "cluster.cli", "client", "recommend", "--addr", server.direct_addr,
                         "--user", "tls-user", "--k", "3", "--tls-ca", ca], capture_output=True, text=True,
-                       env={**_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
+                       env={**server_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
     assert r.returncode == 1 and "UNAVAILABLE" in r.stderr
 
 

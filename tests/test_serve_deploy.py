@@ -25,21 +25,11 @@ import grpc
 import pytest
 import yaml
 from conftest import bundle_versions
-from test_cluster import BIN, free_port
-from test_cluster import ray_head as ray_head  # the fixture, re-exported for this module
-from test_serve import API_KEY, ROOT, keys_file_for
+from live_server import API_KEY, BIN, ROOT, free_port, keys_file_for
 from test_serve_faults import Load, known_users
 
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
-
-
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    import os
-
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
 
 
 def serve_deploy(config: Path, address: str) -> None:
@@ -82,7 +72,7 @@ def replica_ids(address: str) -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
-def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray_head, bundle_path, tmp_path):  # noqa: F811
+def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray_head, bundle_path, tmp_path):
     address = ray_head
     dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"v1": "", "v2": "-deployed"})
     (old_dir, new_dir), (old_version, new_version) = dirs.values(), names.values()

@@ -25,18 +25,14 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import bundle_versions
-from test_serve import API_KEY, _raw_user_ids, _session_pids, keys_file_for, start_server
+from live_server import API_KEY, keys_file_for, start_server
+from live_server import raw_user_ids as _raw_user_ids
+from live_server import session_pids as _session_pids
 
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 RANKER_TITLE = "ServeReplica:prefmine:RankerDeployment"
-
-
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
 
 
 def replica_pids(session: int, title: str) -> list[int]:

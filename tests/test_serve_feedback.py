@@ -8,25 +8,17 @@ would (prefmine.feedback.FeedbackLog), restart a server on the same file and see
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import grpc
 import pytest
-from test_serve import API_KEY, keys_file_for, start_server
+from live_server import API_KEY, keys_file_for, start_server
 
 from prefmine.feedback import FeedbackLog
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 USER = "durability-test-user"
-
-
-@pytest.fixture(scope="module")
-def bundle_path(request) -> Path:
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
 
 
 @pytest.mark.slow
