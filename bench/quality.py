@@ -393,7 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-recbole", action="store_true",
                    help="reuse the cached RecBole results when they were computed on this exact split")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the prefmine seeds an earlier run finished with this data and ranker config")
+                   help="reuse the prefmine seeds an earlier run finished with this data and ranker config, and "
+                        "continue a killed one from its last epoch")
     p.add_argument("--recbole-cap-s", type=float, default=2400.0,
                    help="wall-clock cap per RecBole model (0: none, train to early stopping)")
     p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,
