@@ -12,8 +12,9 @@ Per data set, in one run:
     (`.venv-recbole`, created on first use), run as a subprocess beside prefmine's training;
   - prefmine: the fused ranker (ID + frozen all-MiniLM-L6-v2 text vectors of the item texts) and its ID-only
     variant, each over `--seeds` (3) seeds, trained through Ray Train + DeepSpeed (`cluster.ds_train`, one CPU
-    worker, so RecBole has the other core), best epoch by valid NDCG@10, early stopping; each then blended with
-    item co-occurrence (and, for the fused one, text similarity) with weights chosen on the validation users
+    worker, so RecBole has the other core), best epoch by valid NDCG@10 (S3-Rec sets: Recall@10), early
+    stopping; each then blended with item co-occurrence (and, for the fused one, text similarity) with weights
+    chosen on the validation users
     (`prefmine.ranker.blend`); `*_no_blend` rows are the same rankers without the blend;
   - popularity and item-kNN (prefmine's own, for reference);
   - cold items: 10% of items held out of training entirely (`prefmine.cold_start`), Recall@10/NDCG@10 among
@@ -22,17 +23,21 @@ Per data set, in one run:
 The S3-Rec sequential sets (Beauty, Sports_and_Outdoors, Yelp; `prefmine data prepare --source seqrec`) run under
 the protocol behind their published numbers instead (`prefmine.data.split.transformer_benchmark_view`: leave-one-out
 by order, every user's second-to-last item for early stopping, full ranking over the items present in training,
-history excluded, test pairs whose item is cold or already seen dropped). Their anchor is the published
-transformer_benchmark table (SASRec+SS, eSASRec), not a RecBole run, so RecBole is skipped for them; the verdict
-compares prefmine's mean with the best published model per metric (no published figures for Yelp).
+history excluded, test pairs whose item is cold or already seen dropped; early stopping on Recall@10, patience
+50, at most 200 epochs). Their anchors are the published transformer_benchmark table (SASRec+SS, eSASRec) and
+RecTools' SASRec with sampled softmax measured in the same run on the identical split (`bench.rectools_anchor`,
+its own virtualenv, beside prefmine's training; `--no-rectools` skips it), not RecBole; the verdict compares
+prefmine's mean with the best anchor per metric (no published figures for Yelp), and the entry's `training_time`
+gives prefmine's and RecTools' wall time to their best validation epoch and the ratio.
 
 Verdict per data set: prefmine's mean over seeds against the best RecBole model, for NDCG@10 and Recall@10 each
 (the best model per metric); `passes` when both lifts are >= 5%, the fused model beats the ID-only one, and all
 six RecBole models ran and converged (early stopping, not the `--recbole-cap-s` wall-clock cap).
 RecBole keeps per-epoch state under `<cache>/recbole/state/<data set>`: a run that is killed (a MovieLens
 sequential model trains for hours on a laptop CPU) continues from its last epoch when started again with the same
-split and settings, and finished models are reused. prefmine keeps each finished seed under `<cache>/seeds/`, and
-`--resume` picks them up (only for the same data and ranker config).
+split and settings, and finished models are reused. prefmine checkpoints every epoch and keeps each finished seed under
+`<cache>/seeds/`; `--resume` continues a killed seed from its last epoch and picks up finished ones (only for the
+same data and ranker config; `bench.ranker_resume`).
 Results merge into `--out` per data set (a later run of other data sets keeps the earlier ones), and the
 Markdown table and NDCG@K plot are written beside it (`prefmine.report.write_reports`).
 
@@ -87,9 +92,9 @@ def ranker_config(name: str, seed: int):
     0.0428 / 0.0295; with 25 it trained to epochs 110 / 106 (best 84 / 80), test 0.0521 / 0.0373."""
     from prefmine.ranker.model import RankerConfig
 
-    if name in SEQREC:  # their early stopping scores every user; max_len 50 and patience 50 as theirs; not tuned
+    if name in SEQREC:  # their early stopping: every user, Recall@10, patience 50, 200 epochs; max_len 50; not tuned
         cfg = RankerConfig(batch_size=128, dropout=0.2, max_len=50, epochs=200, max_epochs=200, patience=50,
-                           seed=seed, eval_users=10**9)
+                           select_metric="Recall@10", seed=seed, eval_users=10**9)
     elif name == "ml-latest-small":
         cfg = RankerConfig(batch_size=64, lr=1e-3, dropout=0.2, softmax="sampled", negatives=1024, epochs=200,
                            max_epochs=200, patience=25, seed=seed, eval_users=610)
@@ -138,21 +143,24 @@ def item_text_vectors(ds, cache: Path) -> np.ndarray:
     return vecs
 
 
-def train_prefmine(ds, text: np.ndarray, name: str, seed: int, bundle: Path, dist) -> dict:
-    """Fused and ID-only rankers for one seed into `bundle`; their test metrics and training summaries."""
-    from cluster.train_ranker import _train_one
+def train_prefmine(ds, text: np.ndarray, name: str, seed: int, bundle: Path, dist, resume: bool = False) -> dict:
+    """Fused and ID-only rankers for one seed into `bundle`, checkpointed every epoch and, with `resume`,
+    continued from the last one (`bench.ranker_resume`); their test metrics and training summaries."""
+    from bench.ranker_resume import time_to_best, train_component
     from prefmine.evaluate import evaluate_models
 
     cfg = ranker_config(name, seed)
+    select = f"valid_{cfg.select_metric}"
     summary = {}
     for component, fusion in (("ranker", "gate"), ("ranker_id_only", "none")):
-        t0 = time.time()
-        m = _train_one(ds, bundle, dataclasses.replace(cfg, fusion=fusion), dist, component,
-                       text if fusion != "none" else None)
-        best = max(m["history"], key=lambda h: h.get("valid_NDCG@10", -1)) if m["history"] else {}
-        summary[component] = {"seconds": round(time.time() - t0, 1), "epochs": len(m["history"]),
-                              "best_epoch": best.get("epoch"), "valid_NDCG@10": best.get("valid_NDCG@10"),
-                              "blend": m.get("blend")}
+        m = train_component(ds, text if fusion != "none" else None, dataclasses.replace(cfg, fusion=fusion),
+                            bundle, component, dist, resume)
+        best = time_to_best(m["history"], select)
+        summary[component] = {"seconds": round(sum(h.get("epoch_seconds", 0.0) + h.get("eval_seconds", 0.0)
+                                                   for h in m["history"]), 1),
+                              "epochs": len(m["history"]), "best_epoch": best["best_epoch"],
+                              "select_metric": select, select: best["best_value"],
+                              "seconds_to_best": best["seconds_to_best"], "blend": m.get("blend")}
     report = evaluate_models(ds, bundle)
     return {"models": report["models"], "training": summary}
 
@@ -186,10 +194,13 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
 
 
 def published_verdict(models: dict, name: str) -> dict:
-    """prefmine's mean against the best published transformer_benchmark model per metric (S3-Rec sets)."""
+    """prefmine's mean against the best anchor per metric (S3-Rec sets): the published transformer_benchmark
+    models and, when it ran, RecTools' SASRec measured here."""
     out = {}
     for metric in ("NDCG@10", "Recall@10"):
         published = {m: v[metric] for m, v in PUBLISHED.get(name, {}).items()}
+        if metric in models.get("rectools_SASRec", {}):  # measured here, same split: an anchor like the table
+            published["RecTools SASRec+SS (measured)"] = float(models["rectools_SASRec"][metric])
         ours = float(np.mean(models["prefmine"][metric]))
         out[metric] = {"prefmine": ours, "prefmine_id_only": float(np.mean(models["prefmine_id_only"][metric]))}
         if published:
@@ -250,6 +261,16 @@ class RecBoleJob(threading.Thread):
             self.error = f"{type(e).__name__}: {e}"
 
 
+def training_time_ratio(runs: list[dict], anchor: dict) -> dict:
+    """prefmine's (fused ranker, mean over seeds) and RecTools' wall time to their best validation epoch (per-epoch
+    training + validation seconds summed up to it) and their ratio."""
+    ours = [r["training"]["ranker"].get("seconds_to_best") for r in runs]
+    ours = float(np.mean(ours)) if ours and None not in ours else None
+    theirs = anchor.get("row", {}).get("seconds_to_best")
+    return {"prefmine_seconds_to_best": ours, "rectools_seconds_to_best": theirs,
+            "ratio": ours / theirs if ours is not None and theirs else None}
+
+
 def reusable_recbole(path: Path, inter_sha256: str, models) -> dict | None:
     """A finished RecBole result for exactly this split (.inter hash) and these models, or None."""
     side = Path(f"{path}.inter_sha256")
@@ -279,10 +300,13 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
     t0 = time.time()
     path = prepare_dataset(name, Path(args.raw), cache)
     ds = load_dataset(path)
-    if name in SEQREC:  # the published protocol's users and catalogue; its anchor is the published table
+    rectools = None
+    if name in SEQREC:  # the published protocol's users and catalogue; anchors: the published table and RecTools
+        from bench.rectools_anchor import RecToolsJob
         from prefmine.data.split import transformer_benchmark_view
 
         ds, python = transformer_benchmark_view(ds), None
+        rectools = None if args.no_rectools else RecToolsJob(ds, cache, name).start()
     text = item_text_vectors(ds, cache)
     job = None
     if python is not None:
@@ -297,14 +321,15 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
                                         args.recbole_models) if args.reuse_recbole else None
         if job.previous is None:
             job.start()
-    dist = DistConfig(num_workers=1, log_every=10_000)
+    dist = DistConfig(num_workers=1, log_every=10_000, checkpoint_every=1)  # every epoch: a kill loses one at most
     seeds = [2020 + i for i in range(args.seeds)]
     runs, cold = [], []
     for seed in seeds:
         saved = seed_result_path(cache, ds, name, seed)
         done = json.loads(saved.read_text()) if args.resume and saved.is_file() else {}
         if "run" not in done:
-            done = {"run": train_prefmine(ds, text, name, seed, cache / "bundles" / name / f"seed{seed}", dist)}
+            done = {"run": train_prefmine(ds, text, name, seed, cache / "bundles" / name / saved.stem, dist,
+                                          args.resume)}
         if not args.no_cold and "cold" not in done:
             done["cold"] = cold_start(ds, text, name, seed, cache / "cold" / name, dist)
         saved.parent.mkdir(parents=True, exist_ok=True)
@@ -332,11 +357,16 @@ def bench_dataset(name: str, args, cache: Path, python: Path | None) -> dict:
                 models[f"recbole_{model}"] = {**res["test"], "converged": res["converged"],
                                               "epochs": res["epochs"], "seconds": round(res["seconds"], 1)}
             recbole = {k: v for k, v in job.result.items() if k != "models"}
+    anchor = rectools.finish() if rectools is not None else {}
+    if "row" in anchor:
+        models["rectools_SASRec"] = anchor["row"]
     entry = {"phase": "test", "users": int(len(ds.eval_users("test"))), "n_items": ds.n_items,
              "interactions": int(sum(map(len, ds.train_seqs)) + (ds.valid_item >= 0).sum()
                                  + (ds.test_item >= 0).sum()),
              "dataset": name, "seeds": seeds, "models": models,
              "training": {str(s): r["training"] for s, r in zip(seeds, runs)}, "recbole": recbole,
+             **({"rectools": anchor.get("record", anchor),
+                 "training_time": training_time_ratio(runs, anchor)} if rectools is not None else {}),
              "verdict": ({} if "prefmine" not in models else published_verdict(models, name) if name in SEQREC
                          else verdict(models)),
              "protocol": ("transformer_benchmark: leave-one-out by order, catalogue = items in training, cold or "
@@ -359,10 +389,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     p.add_argument("--no-recbole", action="store_true", help="prefmine only (no RecBole virtualenv)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-item evaluation (keeps the last one)")
+    p.add_argument("--no-rectools", action="store_true", help="S3-Rec sets: no RecTools SASRec anchor run")
     p.add_argument("--reuse-recbole", action="store_true",
                    help="reuse the cached RecBole results when they were computed on this exact split")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the prefmine seeds an earlier run finished with this data and ranker config")
+                   help="reuse the prefmine seeds an earlier run finished with this data and ranker config, and "
+                        "continue a killed one from its last epoch")
     p.add_argument("--recbole-cap-s", type=float, default=2400.0,
                    help="wall-clock cap per RecBole model (0: none, train to early stopping)")
     p.add_argument("--recbole-models", nargs="+", default=list(RECBOLE_MODELS), choices=RECBOLE_MODELS,

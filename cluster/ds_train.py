@@ -11,7 +11,8 @@ rate and ETA; rank 0 also writes each epoch's metrics to `<storage>/<name>/metri
 Model selection: a task with a `select_metric` (a key its `evaluate` returns, higher is better) has its best epoch
 kept as the exported `model.pt`, and with `patience` > 0 training stops after that many epochs without a better
 value (early stopping, as RecBole's `stopping_step`). The best weights travel in every checkpoint, so a resumed
-run selects exactly as an uninterrupted one.
+run selects exactly as an uninterrupted one; a run that early-stopped is marked so in its checkpoint, and a
+later restore of it (the same run name and storage, started again) trains no further.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             start_epoch, history = state["epoch"] + 1, state["history"]
             restarts = state.get("restarts", 0) + 1
             best = state.get("best", best)
+            if state.get("stopped"):  # early-stopped before the restart: nothing left to train
+                start_epoch = task.epochs
             if rank == 0 and (Path(d) / "best.pt").exists():
                 best_state = torch.load(Path(d) / "best.pt", map_location="cpu", weights_only=True)
         if rank == 0:
@@ -141,9 +144,11 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
                    "restarts": restarts,
                    "samples_per_s": round(float(mean[1]) * task.batch_size / max(seconds, 1e-9), 2)}
         engine.eval()
+        t_eval = time.time()
         if rank == 0 or zero3:  # under ZeRO-3 a forward pass gathers parameters from every rank
             with torch.no_grad():
                 metrics.update(task.evaluate(engine.module))
+        metrics["eval_seconds"] = round(time.time() - t_eval, 3)
         improved = False
         if select and select in metrics and (best["value"] is None or metrics[select] > best["value"]):
             best, improved = {"value": float(metrics[select]), "epoch": epoch}, True
@@ -181,7 +186,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
                 if best_state is not None:
                     torch.save(best_state, Path(tmp) / "best.pt")
                 (Path(tmp) / "state.json").write_text(json.dumps({"epoch": epoch, "history": history,
-                                                                     "restarts": restarts, "best": best}))
+                                                                     "restarts": restarts, "best": best,
+                                                                     "stopped": stop}))
             ray.train.report({**metrics, "history": json.dumps(history)},
                              checkpoint=ray.train.Checkpoint.from_directory(tmp))
         if stop:

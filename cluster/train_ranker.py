@@ -29,14 +29,17 @@ from prefmine.ranker.task import RankerTask
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
-               text: np.ndarray | None) -> dict:
+               text: np.ndarray | None, run_name: str | None = None) -> dict:
+    """Train one ranker component into `<bundle>/<component>`. The Ray Train run is `<bundle>/.train/<run_name>`
+    (default: the component and a timestamp, a fresh run): a fixed `run_name` whose directory holds a checkpoint
+    continues from its last checkpointed epoch (Ray Train restores a run of the same name and storage)."""
     vu = ds.eval_users("valid")
     if len(vu) > cfg.eval_users:
         vu = np.random.default_rng(cfg.seed).choice(vu, cfg.eval_users, replace=False)
     task = RankerTask(cfg, ds.n_items, ds.train_seqs, ds.train_events, text,
                       [ds.history(u, "valid") for u in vu], ds.valid_item[vu],
                       ds.train_times, [ds.history_times(u, "valid") for u in vu])
-    name = f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name or f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
     out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])

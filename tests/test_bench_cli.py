@@ -25,6 +25,9 @@ NO_PLAN = {
     "quality": "plans nothing cheaply: its data discovery is prepare() itself (tests/test_recbole_anchor.py)",
     "recbole_anchor": "a helper of bench.quality; --data and --out are required",
     "recbole_runner": "runs inside .venv-recbole; --data-dir, --dataset and --out are required",
+    "rectools_anchor": "a helper of bench.quality; --dataset is required, and it trains",
+    "rectools_runner": "runs inside .venv-rectools; --split, --out and --state-dir are required",
+    "ranker_resume": "a helper of bench.quality (driven by a resume test); --data and --bundle are required",
     "serve_latency": "needs a trained --bundle (checked below without one)",
     "fuzz": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
 }

@@ -51,7 +51,8 @@ class RankerConfig:
     epochs: int = 20
     min_steps: int = 0  # train at least this many optimizer steps (more epochs on small data)
     max_epochs: int = 200
-    patience: int = 0  # stop after this many epochs without a better validation NDCG@10 (0: never)
+    patience: int = 0  # stop after this many epochs without a better `select_metric` (0: never)
+    select_metric: str = "NDCG@10"  # validation metric that picks the best epoch and drives early stopping
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -2,8 +2,9 @@
 
 Each user's chronological train sequence is cut from the end into windows of max_len + 1 items; a window's
 first max_len items are the input and its last max_len the targets (every position predicts its next item).
-After each epoch rank 0 scores validation users over the full catalogue (train history excluded) for NDCG@10;
-the trainer keeps the best epoch by that metric and stops after `patience` epochs without a better one.
+After each epoch rank 0 scores validation users over the full catalogue (train history excluded) for NDCG@10 and
+Recall@10; the trainer keeps the best epoch by `RankerConfig.select_metric` (NDCG@10 unless a protocol says
+otherwise: the S3-Rec benchmark protocol stops on Recall@10) and stops after `patience` epochs without a better one.
 Items with no train interaction are cold (`warm` mask): scored from text only, kept out of the training softmax.
 """
 
@@ -43,11 +44,15 @@ def warm_items(n_items: int, train_seqs) -> np.ndarray:
     return warm
 
 
-class RankerTask:
-    select_metric = "valid_NDCG@10"  # the trainer keeps the epoch with the best value
+SELECT_METRICS = ("NDCG@10", "Recall@10")  # what `evaluate` reports, so what the trainer can select on
 
+
+class RankerTask:
     def __init__(self, cfg: RankerConfig, n_items: int, train_seqs, train_events, text_emb=None,
                  valid_histories=None, valid_targets=None, train_times=None, valid_times=None):
+        if cfg.select_metric not in SELECT_METRICS:
+            raise ValueError(f"ranker select_metric must be one of {SELECT_METRICS}, got {cfg.select_metric!r}")
+        self.select_metric = f"valid_{cfg.select_metric}"  # the trainer keeps the epoch with the best value
         self.cfg, self.n_items, self.text_emb = cfg, n_items, text_emb
         self.epochs, self.batch_size, self.lr = cfg.epochs, cfg.batch_size, cfg.lr
         self.weight_decay, self.seed, self.patience = cfg.weight_decay, cfg.seed, cfg.patience
