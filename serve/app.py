@@ -54,6 +54,13 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from prefmine.feedback.base import StoreUnavailable
+from prefmine.serving import ranking, responses
+from prefmine.serving.policy import PolicyVersion as _PolicyVersion
+from prefmine.serving.rank import expected_value_order, rank_candidates
+from prefmine.serving.ranking import candidates_for
+from prefmine.serving.search import blend, search_order
+from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
+from prefmine.serving.vectors import nearest_rows, unit_rows
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
 from serve.metrics import ServiceMetrics
@@ -110,16 +117,6 @@ def _one_thread() -> None:
         pass
 
 
-def slate_scores(relevance: np.ndarray) -> np.ndarray:
-    """Scores for a slate in the policy's order: the slate's relevance scores sorted descending.
-
-    The policy may promote an item above a higher-scored one; the response promises non-increasing scores, so
-    position i carries the i-th highest relevance within the slate (identical to the relevance when the policy
-    keeps the ranker's order).
-    """
-    return np.sort(np.asarray(relevance, dtype=np.float64))[::-1]
-
-
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
     max_queued_requests=MAX_QUEUED["EncoderDeployment"],
@@ -153,13 +150,7 @@ class EncoderDeployment:
     async def search(self, ref: BundleRef, query: str, n: int) -> dict[str, np.ndarray]:
         """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
         enc = await self.runtimes.get(ref)
-        q = np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0]
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        sims = enc.unit_items @ q
-        n = min(int(n), len(sims))
-        idx = np.argpartition(-sims, n - 1)[:n]
-        idx = idx[np.lexsort((idx, -sims[idx]))]
-        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
+        return nearest_rows(enc.unit_items, np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0], n)
 
 
 class _EncoderVersion:
@@ -167,7 +158,7 @@ class _EncoderVersion:
         from prefmine.text.runtime import EncoderRuntime
 
         self.runtime = EncoderRuntime(bundle)
-        self.unit_items = _unit_rows(self.runtime.item_embeddings)
+        self.unit_items = unit_rows(self.runtime.item_embeddings)
 
 
 def require_loaded(*caches: RuntimeCache) -> None:
@@ -176,11 +167,6 @@ def require_loaded(*caches: RuntimeCache) -> None:
     for cache in caches:
         if not cache.versions():
             raise RuntimeError("no bundle version is loaded")
-
-
-def _unit_rows(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 # max_ongoing_requests 64 (> RANKER_BATCH): its calls include the slate selection, and at 16 the ingress's router
@@ -261,37 +247,22 @@ class RankerDeployment:
         """Relevance of given items for one history, and the probability the next interaction is each of them
         (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
         runtime = (await self.runtimes.get(ref)).runtime
-        scores = runtime.scores([np.asarray(history, dtype=np.int64)])[0].astype(np.float64)
-        logz = scores.max() + np.log(np.exp(scores - scores.max()).sum())
-        items = np.asarray(items, dtype=np.int64)
-        return {"scores": scores[items].astype(np.float32), "probs": np.exp(scores[items] - logz)}
+        return ranking.item_scores(runtime.scores([np.asarray(history, dtype=np.int64)])[0], items)
 
     async def similar(self, ref: BundleRef, item: int, k: int) -> dict[str, np.ndarray]:
         """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
-        v = (await self.runtimes.get(ref)).unit_vectors()
-        sims = v @ v[int(item)]
-        sims[int(item)] = -np.inf
-        k = min(int(k), len(sims) - 1)
-        if k <= 0:
-            return {"idx": np.zeros(0, np.int64), "sims": np.zeros(0, np.float32)}
-        idx = np.argpartition(-sims, k - 1)[:k]
-        idx = idx[np.lexsort((idx, -sims[idx]))]
-        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
+        return ranking.similar_items((await self.runtimes.get(ref)).unit_vectors(), item, k)
 
     async def explain(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
-        from serve.profile import nearest_sources
-
-        src, sims = nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors, history, items)
+        src, sims = ranking.nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors, history, items)
         return {"source": src, "sims": sims}
 
     async def preference(self, ref: BundleRef, history: np.ndarray, top: int = 5) -> dict[str, Any]:
         """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
         runtime = (await self.runtimes.get(ref)).runtime
         state = runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
-        scores = state @ runtime.item_vectors.T
-        top_idx = np.argsort(-scores, kind="stable")[:top]
-        return {"dim": int(state.shape[0]), "norm": float(np.linalg.norm(state)), "top": top_idx.astype(np.int64)}
+        return ranking.preference(state, runtime.item_vectors, top)
 
 
 class _RankerVersion:
@@ -303,20 +274,8 @@ class _RankerVersion:
 
     def unit_vectors(self) -> np.ndarray:
         if self._unit is None:
-            self._unit = _unit_rows(self.runtime.item_vectors)
+            self._unit = unit_rows(self.runtime.item_vectors)
         return self._unit
-
-
-def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes: list[set[int]]) -> list[dict]:
-    """The ranker's candidates for several users at once: the top max(ns), each row cut to its own n (the top-k
-    order does not depend on k, ties going to the lower index, so a row's answer does not depend on its batch)."""
-    idx, scores, states = runtime.top_n_with_states(histories, max(ns), excludes)
-    out = []
-    for row, n in enumerate(ns):
-        i, s = np.asarray(idx[row][:n], dtype=np.int64), np.asarray(scores[row][:n], dtype=np.float32)
-        keep = np.isfinite(s) & (i >= 0)
-        out.append({"idx": i[keep], "scores": s[keep], "state": np.asarray(states[row], dtype=np.float32)})
-    return out
 
 
 @serve.deployment(
@@ -347,68 +306,6 @@ class PolicyDeployment:
 
     async def info(self, ref: BundleRef) -> str:
         return (await self.runtimes.get(ref)).kind
-
-
-class _PolicyVersion:
-    def __init__(self, bundle: str | None):
-        self.runtime = None
-        self.kind = "greedy"
-        if bundle is None:
-            return
-        if not (Path(bundle) / "policy").exists():
-            logger.warning("bundle %s has no policy/; using the ranker's order", bundle)
-            return
-        from prefmine.policy.runtime import PolicyRuntime
-
-        self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
-        self.kind = "learned"
-
-    @property
-    def label(self) -> str:
-        """The policy as logged with an impression: its kind, and its exploration rate when it explores."""
-        eps = float(getattr(self.runtime, "epsilon", 0.0) or 0.0)
-        return f"{self.kind} epsilon={eps:g}" if eps > 0 else self.kind
-
-    def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int,
-               return_propensities: bool = False):
-        """An ordered slate of min(k, len(candidates)) distinct candidate item indices; with
-        return_propensities, also each slot's probability of its item given the slots before it (the learned
-        policy's own, exploration included; 1.0 where the choice is deterministic: the ranker's order, and the
-        ranker's padding after a policy answer that had to be cleaned)."""
-        candidates = np.asarray(candidates, dtype=np.int64)
-        k = min(int(k), len(candidates))
-
-        def out(slate, props=None):
-            slate = np.asarray(slate, dtype=np.int64)
-            if not return_propensities:
-                return slate
-            return slate, (np.ones(len(slate)) if props is None else np.asarray(props, dtype=np.float64))
-
-        if k == 0:
-            return out(candidates[:0])
-        if self.runtime is not None:
-            if return_propensities:
-                slate, got = self.runtime.select(state, candidates, scores, k, return_propensities=True)
-            else:
-                slate, got = self.runtime.select(state, candidates, scores, k), None
-            slate = np.asarray(slate, dtype=np.int64)
-            got = np.ones(len(slate)) if got is None else np.asarray(got, dtype=np.float64)
-            allowed = set(candidates.tolist())
-            clean: list[int] = []
-            props: list[float] = []
-            seen: set[int] = set()
-            for i, p in zip(map(int, slate), got):
-                if i in allowed and i not in seen:
-                    clean.append(i)
-                    props.append(float(p))
-                    seen.add(i)
-            if len(clean) == k:
-                return out(clean, props)
-            logger.warning("policy returned %d valid of %d items; padding from the ranker", len(clean), k)
-            greedy = candidates[np.argsort(-np.asarray(scores), kind="stable")]
-            rest = [int(i) for i in greedy if int(i) not in seen][:k - len(clean)]
-            return out(clean + rest, props + [1.0] * len(rest))
-        return out(candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3,
@@ -633,7 +530,7 @@ class RecommenderIngress:
         history = self._history(s, request.user_id, request.recent_events)
         if len(history) == 0:
             items, scores = s.popular(k, exclude)
-            resp = self._response(s, items, scores, cold_start=True, placement=request.placement)
+            resp = responses.recommend_response(s, items, scores, cold_start=True, placement=request.placement)
             if request.explain:
                 for it, i in zip(resp.items, items):
                     it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
@@ -641,16 +538,15 @@ class RecommenderIngress:
         exclude |= set(history.tolist())
         n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
         if n <= 0:
-            resp = self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
-                                  placement=request.placement)
+            resp = responses.recommend_response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
+                                                placement=request.placement)
             return await self._log_impression(s, request, resp, np.zeros(0), "none")
         # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
         cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k)
-        slate = cand["slate"]
-        by_item = dict(zip(cand["idx"].tolist(), cand["scores"].tolist()))
-        relevance = np.asarray([by_item[int(i)] for i in slate], dtype=np.float64)
-        slate = np.asarray(slate, np.int64)
-        resp = self._response(s, slate, slate_scores(relevance), cold_start=False, placement=request.placement)
+        slate = np.asarray(cand["slate"], np.int64)
+        relevance = slate_relevance(cand["idx"], cand["scores"], slate)
+        resp = responses.recommend_response(s, slate, slate_scores(relevance), cold_start=False,
+                                            placement=request.placement)
         if request.explain and len(slate):
             why = await self._call(self.ranker.explain, s.ref, history, slate)
             for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
@@ -665,7 +561,7 @@ class RecommenderIngress:
         cancel it half-way (an impression may then be logged that nobody saw, never the reverse)."""
         from prefmine.feedback import Impression
 
-        props = [min(1.0, float(p)) for p in propensities]  # e/1 + (1-e) may round a hair above 1
+        props = logged_propensities(propensities)
         user = s.bundle.pseudonymise(request.user_id)
         if user in self.erased:  # nothing new is stored about an erased person: the impression stays anonymous
             user = ""
@@ -692,50 +588,28 @@ class RecommenderIngress:
         s = self.served
         k = int(request.k)
         hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
-        idx, text = hits["idx"], hits["sims"].astype(np.float64)
+        idx = hits["idx"]
         history = self._history(s, request.user_id)
         cold = len(history) == 0
-        if cold:
-            relevance = np.zeros(len(idx))
-            final = text
-        else:
-            relevance = np.asarray((await self._call(self.ranker.score_items, s.ref, history, idx))["scores"], np.float64)
-            final = 0.5 * _z(text) + 0.5 * _z(relevance)
-        order = np.lexsort((np.arange(len(idx)), -final))[:k]
-        return pb.SearchResponse(
-            results=[pb.SearchResult(item_id=s.item_ids[int(idx[j])], score=float(final[j]),
-                                     text_score=float(text[j]), relevance=float(relevance[j]),
-                                     title=s.titles[int(idx[j])]) for j in order],
-            bundle_version=str(s.bundle.version), cold_start=cold)
+        relevance = None if cold else (await self._call(self.ranker.score_items, s.ref, history, idx))["scores"]
+        final, relevance = blend(hits["sims"], relevance)
+        return responses.search_response(s, idx, final, np.asarray(hits["sims"], np.float64), relevance,
+                                         search_order(final, k), cold)
 
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
         s = self.served
-        bids = list(request.bids) or [1.0] * len(request.candidate_item_ids)
-        known: dict[int, tuple[int, str, float]] = {}  # item index -> (request position, raw id, bid)
-        unknown: list[str] = []
-        for pos, (raw, bid) in enumerate(zip(request.candidate_item_ids, bids)):
-            i = s.bundle.item_index(raw)
-            if i is None:
-                unknown.append(raw)
-            elif int(i) not in known:  # duplicates are ranked once, with their first bid
-                known[int(i)] = (pos, raw, float(bid))
+        cands = rank_candidates(request.candidate_item_ids, request.bids, s.bundle.item_index)
         history = self._history(s, request.user_id)
         cold = len(history) == 0
-        items = np.fromiter(known, dtype=np.int64, count=len(known))
-        if len(items) == 0:
+        if len(cands.items) == 0:
             probs = np.zeros(0)
         elif cold:
-            probs = s.pop_share[items]
+            probs = s.pop_share[cands.items]
         else:
-            probs = np.asarray((await self._call(self.ranker.score_items, s.ref, history, items))["probs"], np.float64)
-        pos = np.asarray([known[int(i)][0] for i in items])
-        bid = np.asarray([known[int(i)][2] for i in items])
-        ev = probs * bid
-        order = np.lexsort((pos, -ev))
-        return pb.RankResponse(
-            items=[pb.RankedItem(item_id=known[int(items[j])][1], click_probability=float(probs[j]),
-                                 bid=float(bid[j]), expected_value=float(ev[j])) for j in order],
-            unknown_item_ids=unknown, bundle_version=str(s.bundle.version), cold_start=cold)
+            got = await self._call(self.ranker.score_items, s.ref, history, cands.items)
+            probs = np.asarray(got["probs"], np.float64)
+        ev, order = expected_value_order(probs, cands.bids, cands.positions)
+        return responses.rank_response(s, cands, probs, ev, order, cold)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
         s = self.served
@@ -743,10 +617,7 @@ class RecommenderIngress:
         if i is None:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
         got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k))
-        return pb.SimilarItemsResponse(
-            items=[pb.SimilarItem(item_id=s.item_ids[int(j)], similarity=float(sim), title=s.titles[int(j)])
-                   for j, sim in zip(got["idx"], got["sims"])],
-            bundle_version=str(s.bundle.version))
+        return responses.similar_response(s, got["idx"], got["sims"])
 
     async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
         s = self.served
@@ -794,37 +665,12 @@ class RecommenderIngress:
         self.metrics.feedback_stored(events)
         return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
 
-    @staticmethod
-    def _response(s: ServedBundle, items: np.ndarray, scores: np.ndarray, cold_start: bool,
-                  placement: str = "") -> pb.RecommendResponse:
-        return pb.RecommendResponse(
-            items=[
-                pb.RecommendedItem(item_id=s.item_ids[int(i)], score=float(score), title=s.titles[int(i)])
-                for i, score in zip(items, scores)
-            ],
-            bundle_version=str(s.bundle.version),
-            cold_start=cold_start,
-            placement=placement,
-        )
-
     async def _model_info(self) -> pb.ModelInfoResponse:
         s = self.served
         m: dict[str, Any] = dict(s.bundle.manifest)
         if s.ref not in self._dims:
             self._dims[s.ref] = int(await self._call(self.encoder.dim, s.ref))
-        comps = []
-        present = m.get("components") or {}
-        known = [c for c in ("encoder", "ranker", "policy") if c in present]
-        for name in known + sorted(set(present) - set(known)):
-            spec = present[name]
-            spec = spec if isinstance(spec, dict) else {"version": spec}
-            version = str(spec.get("version", spec.get("kind", "")))
-            attrs = {
-                str(a): str(v)
-                for a, v in spec.items()
-                if a not in ("version",) and isinstance(v, (str, int, float, bool))
-            }
-            comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
+        comps = responses.component_infos(m)
         for comp in comps:
             if comp.name == "policy":
                 comp.attributes["serving"] = await self._call(self.policy.info, s.ref)
@@ -837,12 +683,6 @@ class RecommenderIngress:
             embedding_dim=self._dims[s.ref],
         )
 
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    """Standardised scores (0 when all are equal)."""
-    sd = float(np.std(x))
-    return (x - np.mean(x)) / sd if sd > 0 else np.zeros_like(x)
 
 
 def default_feedback_db(bundle: str | Path) -> str:
