@@ -36,6 +36,10 @@ def test_top_by_similarity_orders_best_first_ties_to_the_lower_index():
     got = top_by_similarity(np.array([0.1, 0.9, 0.5, 0.9, -1.0]), 3)
     assert got["idx"].tolist() == [1, 3, 2]
     np.testing.assert_allclose(got["sims"], [0.9, 0.9, 0.5], rtol=1e-6)
+    many = np.zeros(200)
+    many[[150, 7, 99]] = [1.0, 1.0, 0.5]
+    got = top_by_similarity(many, 40)["idx"].tolist()
+    assert got[:3] == [7, 150, 99] and got[3:] == sorted(got[3:]) and len(set(got)) == 40  # equal ones by index
     assert top_by_similarity(np.array([0.2, 0.1]), 10)["idx"].tolist() == [0, 1]  # n above the catalogue
     assert top_by_similarity(np.array([0.2, 0.1]), 0)["idx"].tolist() == []
 

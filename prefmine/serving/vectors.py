@@ -18,7 +18,9 @@ def zscore(x: np.ndarray) -> np.ndarray:
 
 
 def top_by_similarity(sims: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """The n highest similarities, best first, ties to the lower index: ``idx`` (int64) and ``sims`` (float32)."""
+    """The n highest similarities, best first, equal ones by index: ``idx`` (int64) and ``sims`` (float32).
+
+    Which of several equal similarities at the cut-off make it into the n is not defined (a partition)."""
     n = min(int(n), len(sims))
     if n <= 0:
         return {"idx": np.zeros(0, np.int64), "sims": np.zeros(0, np.float32)}
