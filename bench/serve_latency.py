@@ -2,7 +2,7 @@
 
     python -m bench.serve_latency --bundle BUNDLE [--out RESULT.json] [--quick] [--seconds S] [--plan]
 
-* ``inprocess``: the ingress code itself (serve.app.RecommenderIngress and the ranker/policy/encoder
+* ``inprocess``: the ingress code itself (serve.app.RecommenderIngress and the ranker/encoder
   deployment classes, undecorated), called in this process with direct-call handles: the model cost alone.
 * ``bare_grpc``: the same objects behind a plain ``grpc.aio`` server in a subprocess: model + gRPC.
 * ``ray_serve``: ``prefmine serve`` (serve.run.run_serve) in a subprocess: model + gRPC + Serve's proxy, router
@@ -95,12 +95,12 @@ async def local_ingress(bundle: str, feedback_db: str):
 
     config = BundleRef.of({"bundle": bundle}).config()
     parts = {}
-    for name in ("RankerDeployment", "PolicyDeployment", "EncoderDeployment"):
+    for name in ("RankerDeployment", "EncoderDeployment"):
         obj = getattr(app, name).func_or_class()
         await obj.reconfigure(config)
         parts[name] = DirectHandle(obj, name)
     ingress = app.RecommenderIngress.func_or_class(
-        parts["RankerDeployment"], parts["PolicyDeployment"], parts["EncoderDeployment"],
+        parts["RankerDeployment"], parts["EncoderDeployment"],
         feedback_db=feedback_db, auth={"required": False})
     await ingress.reconfigure(config)
     return ingress

@@ -1,851 +1,73 @@
-"""The Ray Serve application: encoder, ranker and policy deployments behind a gRPC ingress.
+"""The Ray Serve application builder: the encoder and ranker deployments behind a gRPC ingress.
 
 Graph (each box a separate deployment, composed with DeploymentHandles)::
 
     gRPC proxy -> RecommenderIngress --handle--> RankerDeployment   (user state + top-N candidates; Recommend's
-                                                                      slate, by the policy it also holds)
-                                     --handle--> PolicyDeployment   (the policy's kind for ModelInfo)
-                                     --handle--> EncoderDeployment  (text embeddings; ModelInfo's dim)
+                  (serve/ingress.py)            (serve/deployments/  slate, by the policy it also holds; the
+                                                 ranker.py)          policy's kind for ModelInfo)
+                                     --handle--> EncoderDeployment  (text embeddings; Search; ModelInfo's dim)
+                                                (serve/deployments/encoder.py)
 
 The ingress answers the RPCs of ``prefmine.v1.Recommender`` (protos/prefmine/v1/recommender.proto) and the
-standard ``grpc.health.v1.Health/Check``: its methods are named like the RPCs and take ``(request,
-grpc_context)``. Every call goes through ``_serve``: API key from the metadata, its scope and its rate limit
-first, before any other work (serve/auth.py; not for health), then a request the proxy could not parse
-(serve/wire.py's ``Malformed``), field validation (serve/validate.py), then the work; its status code and time go
-to the Prometheus metrics (serve/metrics.py). It pseudonymises the raw user id with the bundle's key, looks up
-the user's history in the bundle's catalogue, and never lets an exception escape (Ray would send INTERNAL with a
-traceback): UNAUTHENTICATED, PERMISSION_DENIED (scope), INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED
-(size, rate limit, a full queue), NOT_FOUND, or INTERNAL with a short message, each with an empty response.
-Every deployment has a ``check_health`` that fails while it holds no loaded bundle version, and a bounded queue
-(``MAX_QUEUED``). RecordFeedback appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for
-several nodes; durable commits) with the request's idempotency key, and answers only after the commit returned.
-Recommend logs its answer as an impression in the same store (id, pseudonym, items, propensities, policy,
-bundle version) before answering with the id; if that append fails it answers UNAVAILABLE.
+standard ``grpc.health.v1.Health/Check`` (serve/ingress.py). The deployments load one runtime per bundle version
+and compute with prefmine.serving (Ray-free, unit-tested). Every deployment has a ``check_health`` that fails
+while it holds no loaded bundle version, and a bounded queue (``MAX_QUEUED``).
 
 The hot path: Recommend is one hop from the ingress, ``RankerDeployment.slate``: the ranker batches concurrent
 users (``@serve.batch``) and then orders each slate with the same bundle version's policy, loaded in the ranker
-replica too (``_PolicyVersion.select``; PolicyDeployment still answers ModelInfo's policy kind). A second
-hop to PolicyDeployment cost ~5 ms a request at c=1 and a third of the throughput at c=8-32 on 2 cores
-(bench.serve_latency). A call whose replica died is retried
-(``RecommenderIngress._call``), so losing a replica costs latency, not failed requests. The bundle version is
-every deployment's ``user_config``: a new version is rolled in by a lightweight update, each request answered
-by one version end to end (serve/served.py).
+replica too (prefmine.serving.policy.PolicyVersion); what a second hop to a policy deployment cost is in
+bench/README.md (serving latency). The bundle version is every deployment's ``user_config``: a new version is
+rolled in by a lightweight update, each request answered by one version end to end (serve/served.py).
 
 ``build_app({"bundle": PATH, ...})`` is the application builder used by ``serve/run.py`` and
-``serve/config.yaml``.
+``serve/config.yaml``. The names other modules import from here (the deployments, the ingress, their constants)
+are re-exported.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import threading
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
-from grpc_health.v1 import health_pb2
 from ray import serve
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 
-from prefmine.ads.auction import position_prices
-from prefmine.feedback.base import StoreUnavailable
-from prefmine.v1 import recommender_pb2 as pb
-from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
-from serve.metrics import ServiceMetrics
-from serve.served import BundleRef, RuntimeCache, ServedBundle, adopt
-from serve.validate import (
-    EVENT_NAMES,
-    K_MAX,
-    MAX_EXCLUDE,
-    BadRequest,
-    validate_feedback,
-    validate_profile,
-    validate_rank,
-    validate_request,
-    validate_search,
-    validate_similar,
+from prefmine.bundle import missing_parts
+from prefmine.serving.policy import PolicyVersion as _PolicyVersion
+from prefmine.serving.ranking import candidates_for
+from prefmine.serving.slate import slate_scores
+from serve.auth import AuthConfig
+from serve.deployments import (
+    MAX_QUEUED,
+    RANKER_BATCH,
+    RANKER_BATCH_WAIT_S,
+    EncoderDeployment,
+    RankerDeployment,
+    require_loaded,
 )
-from serve.wire import SERVICE, SERVICER_FUNCTION, Malformed
+from serve.ingress import (
+    DEFAULT_CANDIDATES,
+    REPLICA_RETRY_S,
+    SEARCH_CANDIDATES,
+    TOMBSTONE_CHECK_S,
+    Erased,
+    ImpressionNotLogged,
+    NotFound,
+    RecommenderIngress,
+)
+from serve.served import BundleRef
+from serve.validate import K_MAX, MAX_EXCLUDE, BadRequest, validate_request
+from serve.wire import SERVICER_FUNCTION
 
-logger = logging.getLogger("ray.serve")
-
-DEFAULT_CANDIDATES = 100
-RANKER_BATCH = 16  # users per batched ranker call (max_ongoing_requests of the ranker is >= this)
-# requests each caller (proxy or handle) queues for a deployment beyond its replicas' max_ongoing_requests; more
-# are refused at once (RESOURCE_EXHAUSTED) instead of piling up in memory behind a slow or flooded deployment
-MAX_QUEUED = {"RecommenderIngress": 256, "RankerDeployment": 256, "PolicyDeployment": 64, "EncoderDeployment": 64}
-RANKER_BATCH_WAIT_S = 0.0  # no wait for company: under load the queue fills batches anyway (bench.serve_latency)
-REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, policy, encoder)
-SEARCH_CANDIDATES = 100
 APP_NAME = "prefmine"
 GRPC_SERVICER = SERVICER_FUNCTION  # serve.wire.add_services: Recommender + Health, lenient request parsing
-__all__ = ["K_MAX", "MAX_EXCLUDE", "BadRequest", "validate_request", "build_app"]
-
-
-class ImpressionNotLogged(RuntimeError):
-    """The impression log did not take a Recommend answer: nothing is shown that was not logged (UNAVAILABLE)."""
-
-
-class Erased(Exception):
-    """The request names a person who was erased (on the tombstone list): answered FAILED_PRECONDITION."""
-
-
-class NotFound(LookupError):
-    """The subject of a call (SimilarItems' item) is unknown; the message names the field."""
-
-
-def _one_thread() -> None:
-    """One intra-op thread per replica (2-core machines slow down ~30x with oversubscription)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-
-
-def slate_scores(relevance: np.ndarray) -> np.ndarray:
-    """Scores for a slate in the policy's order: the slate's relevance scores sorted descending.
-
-    The policy may promote an item above a higher-scored one; the response promises non-increasing scores, so
-    position i carries the i-th highest relevance within the slate (identical to the relevance when the policy
-    keeps the ranker's order).
-    """
-    return np.sort(np.asarray(relevance, dtype=np.float64))[::-1]
-
-
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
-    max_queued_requests=MAX_QUEUED["EncoderDeployment"],
-)
-class EncoderDeployment:
-    """Text encoder (prefmine.text.runtime.EncoderRuntime) per bundle version: embeds texts, gives the dim."""
-
-    def __init__(self):
-        _one_thread()
-        self.runtimes = RuntimeCache(_EncoderVersion)
-
-    async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
-        await adopt(config, self.runtimes)
-
-    async def check_health(self) -> None:
-        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is loaded."""
-        require_loaded(self.runtimes)
-
-    async def prepare(self, ref: BundleRef) -> str:
-        """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
-        await self.runtimes.get(ref)
-        return ref.version
-
-    async def dim(self, ref: BundleRef) -> int:
-        return int((await self.runtimes.get(ref)).runtime.dim)
-
-    async def embed(self, ref: BundleRef, texts: list[str]) -> np.ndarray:
-        return (await self.runtimes.get(ref)).runtime.embed(list(texts))
-
-    async def search(self, ref: BundleRef, query: str, n: int) -> dict[str, np.ndarray]:
-        """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
-        enc = await self.runtimes.get(ref)
-        q = np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0]
-        q = q / max(float(np.linalg.norm(q)), 1e-12)
-        sims = enc.unit_items @ q
-        n = min(int(n), len(sims))
-        idx = np.argpartition(-sims, n - 1)[:n]
-        idx = idx[np.lexsort((idx, -sims[idx]))]
-        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
-
-
-class _EncoderVersion:
-    def __init__(self, bundle: str):
-        from prefmine.text.runtime import EncoderRuntime
-
-        self.runtime = EncoderRuntime(bundle)
-        self.unit_items = _unit_rows(self.runtime.item_embeddings)
-
-
-def require_loaded(*caches: RuntimeCache) -> None:
-    """A deployment's ``check_health``: raise unless each cache holds a loaded bundle version (a replica that
-    holds none cannot answer a single call)."""
-    for cache in caches:
-        if not cache.versions():
-            raise RuntimeError("no bundle version is loaded")
-
-
-def _unit_rows(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-# max_ongoing_requests 64 (> RANKER_BATCH): its calls include the slate selection, and at 16 the ingress's router
-# queued the rest of a 32-client load and backed off (figures in bench/README.md, serving latency)
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_constructor_retry_count=3,
-    max_queued_requests=MAX_QUEUED["RankerDeployment"],
-)
-class RankerDeployment:
-    """Sequential ranker (prefmine.ranker.runtime.RankerRuntime) per bundle version: user state, top-N
-    candidates, item scores, similar items."""
-
-    def __init__(self):
-        _one_thread()
-        self.runtimes = RuntimeCache(_RankerVersion)
-        self.policies = RuntimeCache(_PolicyVersion)  # the hot path's slate selection (``slate``)
-
-    async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now (ranker and policy), beside the one being served
-        (serve.served.adopt)."""
-        await adopt(config, self.runtimes, self.policies)
-
-    async def check_health(self) -> None:
-        """Serve's periodic probe: unhealthy (and replaced) while no ranker and policy version is loaded."""
-        require_loaded(self.runtimes, self.policies)
-
-    async def prepare(self, ref: BundleRef) -> str:
-        """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
-        await self.runtimes.get(ref)
-        await self.policies.get(ref)
-        return ref.version
-
-    async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
-        """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
-        selected here by the same bundle version's policy (``_PolicyVersion.select``) rather than one more actor
-        hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's ``propensities`` (what
-        the impression log needs) and the ``policy`` that chose it."""
-        cand = await self.candidates(ref, history, n, exclude)
-        return await self._select(ref, cand, k)
-
-    async def slate_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
-        """``slate`` without @serve.batch (the benchmarks' in-process graph)."""
-        cand = await self.candidates_unbatched(ref, history, n, exclude)
-        return await self._select(ref, cand, k)
-
-    async def _select(self, ref: BundleRef, cand: dict, k: int) -> dict:
-        policy = await self.policies.get(ref)
-        slate, props = policy.select(cand["state"], cand["idx"], cand["scores"], k, return_propensities=True)
-        return {"idx": cand["idx"], "scores": cand["scores"], "slate": slate, "propensities": props,
-                "policy": policy.label}
-
-    async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
-        """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
-
-        Concurrent calls are batched (``@serve.batch``): one forward pass and one scoring matmul for up to
-        ``RANKER_BATCH`` users, which is where the ranker's time goes under load.
-        """
-        return await self._candidates_batch((ref, np.asarray(history, dtype=np.int64), int(n), set(exclude)))
-
-    async def candidates_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
-        """``candidates`` without @serve.batch, which needs a Serve replica (the benchmarks' in-process graph)."""
-        runtime = (await self.runtimes.get(ref)).runtime
-        return candidates_for(runtime, [np.asarray(history, dtype=np.int64)], [int(n)], [set(exclude)])[0]
-
-    @serve.batch(max_batch_size=RANKER_BATCH, batch_wait_timeout_s=RANKER_BATCH_WAIT_S)
-    async def _candidates_batch(self, calls: list[tuple[BundleRef, np.ndarray, int, set[int]]]) -> list[dict]:
-        out: list[dict | None] = [None] * len(calls)
-        for ref in dict.fromkeys(c[0] for c in calls):  # during a rollout a batch may hold two versions
-            rows = [j for j, c in enumerate(calls) if c[0] == ref]
-            runtime = (await self.runtimes.get(ref)).runtime
-            got = candidates_for(runtime, [calls[j][1] for j in rows], [calls[j][2] for j in rows],
-                                 [calls[j][3] for j in rows])
-            for j, answer in zip(rows, got):
-                out[j] = answer
-        return out
-
-    async def score_items(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
-        """Relevance of given items for one history, and the probability the next interaction is each of them
-        (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
-        runtime = (await self.runtimes.get(ref)).runtime
-        scores = runtime.scores([np.asarray(history, dtype=np.int64)])[0].astype(np.float64)
-        logz = scores.max() + np.log(np.exp(scores - scores.max()).sum())
-        items = np.asarray(items, dtype=np.int64)
-        return {"scores": scores[items].astype(np.float32), "probs": np.exp(scores[items] - logz)}
-
-    async def similar(self, ref: BundleRef, item: int, k: int) -> dict[str, np.ndarray]:
-        """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
-        v = (await self.runtimes.get(ref)).unit_vectors()
-        sims = v @ v[int(item)]
-        sims[int(item)] = -np.inf
-        k = min(int(k), len(sims) - 1)
-        if k <= 0:
-            return {"idx": np.zeros(0, np.int64), "sims": np.zeros(0, np.float32)}
-        idx = np.argpartition(-sims, k - 1)[:k]
-        idx = idx[np.lexsort((idx, -sims[idx]))]
-        return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
-
-    async def explain(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
-        """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
-        from serve.profile import nearest_sources
-
-        src, sims = nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors, history, items)
-        return {"source": src, "sims": sims}
-
-    async def preference(self, ref: BundleRef, history: np.ndarray, top: int = 5) -> dict[str, Any]:
-        """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
-        runtime = (await self.runtimes.get(ref)).runtime
-        state = runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
-        scores = state @ runtime.item_vectors.T
-        top_idx = np.argsort(-scores, kind="stable")[:top]
-        return {"dim": int(state.shape[0]), "norm": float(np.linalg.norm(state)), "top": top_idx.astype(np.int64)}
-
-
-class _RankerVersion:
-    def __init__(self, bundle: str):
-        from prefmine.ranker.runtime import RankerRuntime
-
-        self.runtime = RankerRuntime(bundle)
-        self._unit: np.ndarray | None = None
-
-    def unit_vectors(self) -> np.ndarray:
-        if self._unit is None:
-            self._unit = _unit_rows(self.runtime.item_vectors)
-        return self._unit
-
-
-def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes: list[set[int]]) -> list[dict]:
-    """The ranker's candidates for several users at once: the top max(ns), each row cut to its own n (the top-k
-    order does not depend on k, ties going to the lower index, so a row's answer does not depend on its batch)."""
-    idx, scores, states = runtime.top_n_with_states(histories, max(ns), excludes)
-    out = []
-    for row, n in enumerate(ns):
-        i, s = np.asarray(idx[row][:n], dtype=np.int64), np.asarray(scores[row][:n], dtype=np.float32)
-        keep = np.isfinite(s) & (i >= 0)
-        out.append({"idx": i[keep], "scores": s[keep], "state": np.asarray(states[row], dtype=np.float32)})
-    return out
-
-
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
-    max_queued_requests=MAX_QUEUED["PolicyDeployment"],
-)
-class PolicyDeployment:
-    """Slate policy (prefmine.policy.runtime.PolicyRuntime) per bundle version: orders k items out of the
-    ranker's candidates. A bundle without policy/ is served in the ranker's order (greedy), logged; a policy/
-    that does not load refuses the version, like a broken ranker (serve.served.adopt)."""
-
-    def __init__(self):
-        _one_thread()
-        self.runtimes = RuntimeCache(_PolicyVersion)
-
-    async def reconfigure(self, config: dict) -> None:
-        """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
-        await adopt(config, self.runtimes)
-
-    async def check_health(self) -> None:
-        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is loaded."""
-        require_loaded(self.runtimes)
-
-    async def prepare(self, ref: BundleRef) -> str:
-        """Load ``ref`` if not yet held: the ingress's check before it switches."""
-        await self.runtimes.get(ref)
-        return ref.version
-
-    async def info(self, ref: BundleRef) -> str:
-        return (await self.runtimes.get(ref)).kind
-
-
-class _PolicyVersion:
-    def __init__(self, bundle: str | None):
-        self.runtime = None
-        self.kind = "greedy"
-        if bundle is None:
-            return
-        if not (Path(bundle) / "policy").exists():
-            logger.warning("bundle %s has no policy/; using the ranker's order", bundle)
-            return
-        from prefmine.policy.runtime import PolicyRuntime
-
-        self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
-        self.kind = "learned"
-
-    @property
-    def label(self) -> str:
-        """The policy as logged with an impression: its kind, and its exploration rate when it explores."""
-        eps = float(getattr(self.runtime, "epsilon", 0.0) or 0.0)
-        return f"{self.kind} epsilon={eps:g}" if eps > 0 else self.kind
-
-    def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int,
-               return_propensities: bool = False):
-        """An ordered slate of min(k, len(candidates)) distinct candidate item indices; with
-        return_propensities, also each slot's probability of its item given the slots before it (the learned
-        policy's own, exploration included; 1.0 where the choice is deterministic: the ranker's order, and the
-        ranker's padding after a policy answer that had to be cleaned)."""
-        candidates = np.asarray(candidates, dtype=np.int64)
-        k = min(int(k), len(candidates))
-
-        def out(slate, props=None):
-            slate = np.asarray(slate, dtype=np.int64)
-            if not return_propensities:
-                return slate
-            return slate, (np.ones(len(slate)) if props is None else np.asarray(props, dtype=np.float64))
-
-        if k == 0:
-            return out(candidates[:0])
-        if self.runtime is not None:
-            if return_propensities:
-                slate, got = self.runtime.select(state, candidates, scores, k, return_propensities=True)
-            else:
-                slate, got = self.runtime.select(state, candidates, scores, k), None
-            slate = np.asarray(slate, dtype=np.int64)
-            got = np.ones(len(slate)) if got is None else np.asarray(got, dtype=np.float64)
-            allowed = set(candidates.tolist())
-            clean: list[int] = []
-            props: list[float] = []
-            seen: set[int] = set()
-            for i, p in zip(map(int, slate), got):
-                if i in allowed and i not in seen:
-                    clean.append(i)
-                    props.append(float(p))
-                    seen.add(i)
-            if len(clean) == k:
-                return out(clean, props)
-            logger.warning("policy returned %d valid of %d items; padding from the ranker", len(clean), k)
-            greedy = candidates[np.argsort(-np.asarray(scores), kind="stable")]
-            rest = [int(i) for i in greedy if int(i) not in seen][:k - len(clean)]
-            return out(clean + rest, props + [1.0] * len(rest))
-        return out(candidates[np.argsort(-np.asarray(scores), kind="stable")[:k]])
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3,
-                  max_queued_requests=MAX_QUEUED["RecommenderIngress"])
-class RecommenderIngress:
-    """gRPC ingress for prefmine.v1.Recommender and grpc.health.v1.Health (methods named like the RPCs)."""
-
-    def __init__(
-        self,
-        ranker: DeploymentHandle,
-        policy: DeploymentHandle,
-        encoder: DeploymentHandle,
-        candidates: int = DEFAULT_CANDIDATES,
-        feedback_db: str | None = None,
-        auth: dict | None = None,
-        tls: dict | None = None,
-        tombstones: str | None = None,
-    ):
-        _one_thread()
-        from prefmine.feedback import open_feedback_store
-        from serve.tls import TlsConfig, install_direct_ingress_tls
-
-        tls_config = TlsConfig(**(tls or {}))
-        if tls_config.enabled:  # before Serve starts this replica's direct-ingress gRPC server (if on)
-            install_direct_ingress_tls(tls_config)
-
-        self.ranker, self.policy, self.encoder = ranker, policy, encoder
-        self.n_candidates = int(candidates)
-        self.served: ServedBundle | None = None  # set by reconfigure (user_config), before the first request
-        self._dims: dict[BundleRef, int] = {}
-        self.auth = ApiKeyCheck(AuthConfig(**(auth or {"required": False})))
-        if not self.auth.required:
-            logger.warning("API-key authentication is OFF (demo mode): every caller is accepted")
-        if not feedback_db:
-            raise ValueError("RecommenderIngress: feedback_db is required (build_app gives the default)")
-        self.feedback = open_feedback_store(feedback_db)
-        # erased people (prefmine/data/tombstones.py): re-read when the file changes, checked every few seconds
-        from prefmine.data.tombstones import TombstoneWatcher
-
-        self.erased = TombstoneWatcher(tombstones, interval_s=TOMBSTONE_CHECK_S)
-        if tombstones is None:
-            logger.warning("no tombstone list: erasures reach serving only with a new bundle")
-        self.metrics = ServiceMetrics()
-        self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
-
-    async def check_health(self) -> None:
-        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log
-        does not answer a query."""
-        if self.served is None:
-            raise RuntimeError("no bundle version is served")
-
-        def probe() -> None:
-            with self._feedback_lock:
-                self.feedback.count("__prefmine_health_probe__")
-
-        await asyncio.to_thread(probe)
-
-    async def reconfigure(self, config: dict) -> None:
-        """Serve the bundle version of ``config`` (user_config ``{"bundle": PATH, "version": V}``): loaded in a
-        worker thread while the current version keeps answering, then swapped in at once, after the ranker,
-        policy and encoder have each loaded it too (``prepare``). A request already running finishes on the
-        version it started with. A version that does not load in some part is refused and logged, and the
-        current one keeps serving (ModelInfo still reports it; serve.run.rollout then rolls the config back)."""
-        ref = BundleRef.of(config)
-        if self.served is not None and self.served.ref == ref:
-            return
-        try:
-            new = await asyncio.to_thread(ServedBundle, ref)
-            if self.served is not None:  # a rollout: switch only once every part holds the new version
-                await asyncio.gather(*(self._call(part.prepare, ref)
-                                       for part in (self.ranker, self.policy, self.encoder)))
-        except Exception as e:  # noqa: BLE001 - a version that does not load is refused, the old one serves on
-            if self.served is None:
-                raise  # nothing to serve yet: the replica must not count as started
-            logger.error("bundle %s (%s) refused, still serving %s: %s: %s", ref.version, ref.path,
-                         self.served.version, type(e).__name__, e)
-            return
-        old, self.served = self.served, new
-        self.metrics.serving(new.version, previous=old.version if old else None)
-        logger.info("serving bundle %s%s", new.version, f" (was {old.version})" if old else "")
-
-    # -- RPCs -----------------------------------------------------------------------------------------------
-    async def Recommend(self, request, grpc_context) -> pb.RecommendResponse:
-        """Ordered slate of up to k items for the (raw) user id; cold start from popularity."""
-        return await self._serve("Recommend", request, grpc_context, pb.RecommendResponse, validate_request,
-                                 self._recommend)
-
-    async def Search(self, request, grpc_context) -> pb.SearchResponse:
-        """Text retrieval by the encoder, re-ranked by the user's ranker relevance."""
-        return await self._serve("Search", request, grpc_context, pb.SearchResponse, validate_search,
-                                 self._search)
-
-    async def Rank(self, request, grpc_context) -> pb.RankResponse:
-        """Client-supplied candidates by expected value (next-interaction probability x bid)."""
-        return await self._serve("Rank", request, grpc_context, pb.RankResponse, validate_rank, self._rank)
-
-    async def SimilarItems(self, request, grpc_context) -> pb.SimilarItemsResponse:
-        return await self._serve("SimilarItems", request, grpc_context, pb.SimilarItemsResponse,
-                                 validate_similar, self._similar)
-
-    async def GetUserProfile(self, request, grpc_context) -> pb.UserProfile:
-        return await self._serve("GetUserProfile", request, grpc_context, pb.UserProfile, validate_profile,
-                                 self._profile)
-
-    async def RecordFeedback(self, request, grpc_context) -> pb.RecordFeedbackResponse:
-        """Durably stores the events (committed to the WAL with synchronous=FULL) before answering."""
-        return await self._serve("RecordFeedback", request, grpc_context, pb.RecordFeedbackResponse,
-                                 validate_feedback, self._record_feedback)
-
-    async def ModelInfo(self, request, grpc_context) -> pb.ModelInfoResponse:
-        """Versions of the served bundle and its components."""
-        return await self._serve("ModelInfo", request, grpc_context, pb.ModelInfoResponse, None,
-                                 lambda _request: self._model_info())
-
-    # grpc.health.v1.Health: no API key (probes carry none); reaching this method means proxy, routing and the
-    # ingress replica work.
-    async def Check(self, request, grpc_context) -> health_pb2.HealthCheckResponse:
-        if isinstance(request, Malformed) or request.service not in ("", SERVICE):
-            return self._fail(grpc_context, grpc.StatusCode.NOT_FOUND,
-                              f"service: unknown service {getattr(request, 'service', '')!r}",
-                              health_pb2.HealthCheckResponse())
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-
-    async def List(self, request, grpc_context) -> health_pb2.HealthListResponse:
-        ok = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-        return health_pb2.HealthListResponse(statuses={"": ok, SERVICE: ok})
-
-    def Watch(self, request, grpc_context):
-        """Sends the current status once and ends (the proxy cannot hold a stream open for status changes)."""
-        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-
-    # -- the common path of every RPC -------------------------------------------------------------------------
-    async def _serve(self, rpc: str, request, grpc_context, empty_cls, validate, work):
-        t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            # the key, its scope and its rate first: an unknown caller gets no further than this
-            self.auth.check(grpc_context.invocation_metadata() if grpc_context is not None else (), rpc)
-            if isinstance(request, Malformed):
-                code = request.status
-                return self._fail(grpc_context, request.status, request.message, empty_cls())
-            if validate is not None:
-                validate(request)
-            resp = await work(request)
-            logger.debug("%s %.1f ms", rpc, 1e3 * (time.perf_counter() - t0))
-            return resp
-        except Unauthenticated as e:
-            code = grpc.StatusCode.UNAUTHENTICATED
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except PermissionDenied as e:
-            code = grpc.StatusCode.PERMISSION_DENIED
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except RateLimited as e:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except BackPressureError:  # a deployment's queue is full (max_queued_requests): the caller retries later
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            return self._fail(grpc_context, code, "the service is overloaded; retry later", empty_cls())
-        except BadRequest as e:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except NotFound as e:
-            code = grpc.StatusCode.NOT_FOUND
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except ImpressionNotLogged as e:
-            code = grpc.StatusCode.UNAVAILABLE
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except StoreUnavailable:  # the feedback log cannot write (disk full, ...): rolled back, nothing acknowledged
-            logger.error("%s: the feedback log cannot be written; answering UNAVAILABLE", rpc, exc_info=True)
-            code = grpc.StatusCode.UNAVAILABLE
-            return self._fail(grpc_context, code, "the feedback log is unavailable; retry later", empty_cls())
-        except Erased as e:
-            code = grpc.StatusCode.FAILED_PRECONDITION
-            return self._fail(grpc_context, code, str(e), empty_cls())
-        except asyncio.CancelledError:  # the client went away (deadline, cancel): stop, answer nothing
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:  # noqa: BLE001 - never let Ray turn it into INTERNAL + traceback
-            logger.exception("%s failed", rpc)
-            code = grpc.StatusCode.INTERNAL
-            return self._fail(grpc_context, code, f"internal error in {rpc}", empty_cls())
-        finally:
-            self.metrics.observe(rpc, code.name, time.perf_counter() - t0)
-
-    async def _call(self, method, *args):
-        """``await method.remote(*args)`` on a deployment handle, again when the replica it reached died under it
-        (killed, out of memory, its node lost): the router then picks another replica, or waits for the
-        controller's replacement. Every method called this way only reads, so a retry is safe. Gives up after
-        ``REPLICA_RETRY_S`` (below the proxy's 30 s request timeout) and lets the caller answer INTERNAL."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        t0, delay = time.monotonic(), 0.05
-        while True:
-            try:
-                return await method.remote(*args)
-            except (RayActorError, ActorUnavailableError) as e:
-                if time.monotonic() - t0 + delay > REPLICA_RETRY_S:
-                    raise
-                self.metrics.replica_retry(getattr(method, "deployment_name", "?"))
-                logger.warning("replica lost during a call (%s); retrying in %.2f s", type(e).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 1.0)
-
-    # -- helpers --------------------------------------------------------------------------------------------
-    def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> np.ndarray:
-        """The user's history, empty for an erased person (answered like an unknown user without recent events)."""
-        if s.bundle.pseudonymise(user_id) in self.erased:
-            return np.zeros(0, dtype=np.int64)
-        return s.history(user_id, recent_events)
-
-    @staticmethod
-    def _fail(grpc_context, code: grpc.StatusCode, details: str, empty):
-        if grpc_context is not None:
-            grpc_context.set_code(code)
-            grpc_context.set_details(details)
-        return empty
-
-    async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        s = self.served
-        k = int(request.k)
-        exclude = s.exclude_set(request.exclude_item_ids)
-        history = self._history(s, request.user_id, request.recent_events)
-        if len(history) == 0:
-            items, scores = s.popular(k, exclude)
-            resp = self._response(s, items, scores, cold_start=True, placement=request.placement)
-            if request.explain:
-                for it, i in zip(resp.items, items):
-                    it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
-            return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
-        exclude |= set(history.tolist())
-        n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
-        if n <= 0:
-            resp = self._response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
-                                  placement=request.placement)
-            return await self._log_impression(s, request, resp, np.zeros(0), "none")
-        # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
-        cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k)
-        slate = cand["slate"]
-        by_item = dict(zip(cand["idx"].tolist(), cand["scores"].tolist()))
-        relevance = np.asarray([by_item[int(i)] for i in slate], dtype=np.float64)
-        slate = np.asarray(slate, np.int64)
-        resp = self._response(s, slate, slate_scores(relevance), cold_start=False, placement=request.placement)
-        if request.explain and len(slate):
-            why = await self._call(self.ranker.explain, s.ref, history, slate)
-            for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
-                it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
-        return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
-
-    async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
-                              propensities, policy: str) -> pb.RecommendResponse:
-        """Log what `resp` shows under a new impression id (uuid4), durably, and only then return it carrying
-        the id and each item's propensity. A failed append raises ImpressionNotLogged (UNAVAILABLE): an answer
-        is never shown unlogged. The append is shielded like RecordFeedback's: a client that goes away does not
-        cancel it half-way (an impression may then be logged that nobody saw, never the reverse)."""
-        from prefmine.feedback import Impression
-
-        props = [min(1.0, float(p)) for p in propensities]  # e/1 + (1-e) may round a hair above 1
-        user = s.bundle.pseudonymise(request.user_id)
-        if user in self.erased:  # nothing new is stored about an erased person: the impression stays anonymous
-            user = ""
-        imp = Impression(impression_id=str(uuid.uuid4()), user=user,
-                         ts=int(time.time()), items=[it.item_id for it in resp.items],
-                         positions=list(range(len(resp.items))), propensities=props, policy=str(policy),
-                         bundle_version=resp.bundle_version)
-
-        def append() -> None:
-            with self._feedback_lock:
-                self.feedback.append_impression(imp)
-
-        try:
-            await asyncio.shield(asyncio.to_thread(append))
-        except Exception as e:  # noqa: BLE001 - any store failure: refuse to show the slate
-            logger.error("impression not logged (%s: %s); answering UNAVAILABLE", type(e).__name__, e)
-            raise ImpressionNotLogged("the impression log is unavailable; retry later") from None
-        for it, p in zip(resp.items, props):
-            it.propensity = p
-        resp.impression_id = imp.impression_id
-        return resp
-
-    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        s = self.served
-        k = int(request.k)
-        hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
-        idx, text = hits["idx"], hits["sims"].astype(np.float64)
-        history = self._history(s, request.user_id)
-        cold = len(history) == 0
-        if cold:
-            relevance = np.zeros(len(idx))
-            final = text
-        else:
-            relevance = np.asarray((await self._call(self.ranker.score_items, s.ref, history, idx))["scores"], np.float64)
-            final = 0.5 * _z(text) + 0.5 * _z(relevance)
-        order = np.lexsort((np.arange(len(idx)), -final))[:k]
-        return pb.SearchResponse(
-            results=[pb.SearchResult(item_id=s.item_ids[int(idx[j])], score=float(final[j]),
-                                     text_score=float(text[j]), relevance=float(relevance[j]),
-                                     title=s.titles[int(idx[j])]) for j in order],
-            bundle_version=str(s.bundle.version), cold_start=cold)
-
-    async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
-        s = self.served
-        bids = list(request.bids) or [1.0] * len(request.candidate_item_ids)
-        known: dict[int, tuple[int, str, float]] = {}  # item index -> (request position, raw id, bid)
-        unknown: list[str] = []
-        for pos, (raw, bid) in enumerate(zip(request.candidate_item_ids, bids)):
-            i = s.bundle.item_index(raw)
-            if i is None:
-                unknown.append(raw)
-            elif int(i) not in known:  # duplicates are ranked once, with their first bid
-                known[int(i)] = (pos, raw, float(bid))
-        history = self._history(s, request.user_id)
-        cold = len(history) == 0
-        items = np.fromiter(known, dtype=np.int64, count=len(known))
-        if len(items) == 0:
-            probs = np.zeros(0)
-        elif cold:
-            probs = s.pop_share[items]
-        else:
-            probs = np.asarray((await self._call(self.ranker.score_items, s.ref, history, items))["probs"], np.float64)
-        pos = np.asarray([known[int(i)][0] for i in items])
-        bid = np.asarray([known[int(i)][2] for i in items])
-        ev = probs * bid
-        order = np.lexsort((pos, -ev))
-        price = position_prices(bid, probs)  # GSP price per click; same order (ties: request order)
-        return pb.RankResponse(
-            items=[pb.RankedItem(item_id=known[int(items[j])][1], click_probability=float(probs[j]),
-                                 bid=float(bid[j]), expected_value=float(ev[j]), price=float(price[j]))
-                   for j in order],
-            unknown_item_ids=unknown, bundle_version=str(s.bundle.version), cold_start=cold)
-
-    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        s = self.served
-        i = s.bundle.item_index(request.item_id)
-        if i is None:
-            raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
-        got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k))
-        return pb.SimilarItemsResponse(
-            items=[pb.SimilarItem(item_id=s.item_ids[int(j)], similarity=float(sim), title=s.titles[int(j)])
-                   for j, sim in zip(got["idx"], got["sims"])],
-            bundle_version=str(s.bundle.version))
-
-    async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
-        s = self.served
-        pseudonym = s.bundle.pseudonymise(request.user_id)
-        if pseudonym in self.erased:
-            raise NotFound("user_id: no profile (this person was erased)")
-        history = s.history(request.user_id)
-        with self._feedback_lock:
-            counts = self.feedback.counts_by_event(pseudonym)
-        profile = pb.UserProfile(known=len(history) > 0, history_length=len(history), feedback_counts=counts,
-                                 bundle_version=str(s.bundle.version))
-        terms = pb.WeightedTerm
-        profile.top_categories.extend(terms(name=n, weight=w) for n, w in s.catalog.top_categories(history))
-        profile.top_brands.extend(terms(name=n, weight=w) for n, w in s.catalog.top_brands(history))
-        profile.keywords.extend(terms(name=n, weight=w) for n, w in s.catalog.keywords(history))
-        if len(history):
-            pref = await self._call(self.ranker.preference, s.ref, history)
-            profile.preference.CopyFrom(pb.PreferenceSummary(
-                dim=pref["dim"], norm=pref["norm"], top_item_ids=[s.item_ids[int(j)] for j in pref["top"]]))
-        return profile
-
-    async def _record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
-        from prefmine.feedback import FeedbackEvent, IdempotencyConflict
-
-        s = self.served
-        events = [FeedbackEvent(user=s.bundle.pseudonymise(ev.user_id), item=ev.item_id,
-                                event=EVENT_NAMES[ev.type], ts=int(ev.timestamp),
-                                rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None,
-                                impression_id=ev.impression_id or None)  # validated: [A-Za-z0-9-]{1,64}
-                  for ev in request.events]
-        for n, e in enumerate(events):
-            if e.user in self.erased:
-                raise Erased(f"events[{n}].user_id: this person was erased; no feedback is stored for them")
-
-        def append() -> int:
-            with self._feedback_lock:
-                try:
-                    return self.feedback.append(events, idempotency_key=request.idempotency_key or None)
-                except IdempotencyConflict as e:
-                    raise BadRequest(str(e)) from e
-
-        # shielded: once the write has started, a client that goes away does not cancel it half-way (the
-        # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
-        last = await asyncio.shield(asyncio.to_thread(append))
-        self.metrics.feedback_stored(events)
-        return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
-
-    @staticmethod
-    def _response(s: ServedBundle, items: np.ndarray, scores: np.ndarray, cold_start: bool,
-                  placement: str = "") -> pb.RecommendResponse:
-        return pb.RecommendResponse(
-            items=[
-                pb.RecommendedItem(item_id=s.item_ids[int(i)], score=float(score), title=s.titles[int(i)])
-                for i, score in zip(items, scores)
-            ],
-            bundle_version=str(s.bundle.version),
-            cold_start=cold_start,
-            placement=placement,
-        )
-
-    async def _model_info(self) -> pb.ModelInfoResponse:
-        s = self.served
-        m: dict[str, Any] = dict(s.bundle.manifest)
-        if s.ref not in self._dims:
-            self._dims[s.ref] = int(await self._call(self.encoder.dim, s.ref))
-        comps = []
-        present = m.get("components") or {}
-        known = [c for c in ("encoder", "ranker", "policy") if c in present]
-        for name in known + sorted(set(present) - set(known)):
-            spec = present[name]
-            spec = spec if isinstance(spec, dict) else {"version": spec}
-            version = str(spec.get("version", spec.get("kind", "")))
-            attrs = {
-                str(a): str(v)
-                for a, v in spec.items()
-                if a not in ("version",) and isinstance(v, (str, int, float, bool))
-            }
-            comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
-        for comp in comps:
-            if comp.name == "policy":
-                comp.attributes["serving"] = await self._call(self.policy.info, s.ref)
-        return pb.ModelInfoResponse(
-            bundle_version=str(s.bundle.version),
-            components=comps,
-            n_items=int(s.bundle.n_items),
-            created=str(m.get("created", "")),
-            data_hash=str(m.get("data_hash", "")),
-            embedding_dim=self._dims[s.ref],
-        )
-
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    """Standardised scores (0 when all are equal)."""
-    sd = float(np.std(x))
-    return (x - np.mean(x)) / sd if sd > 0 else np.zeros_like(x)
+__all__ = [
+    "APP_NAME", "DEFAULT_CANDIDATES", "GRPC_SERVICER", "K_MAX", "MAX_EXCLUDE", "MAX_QUEUED", "RANKER_BATCH",
+    "RANKER_BATCH_WAIT_S", "REPLICA_RETRY_S", "SEARCH_CANDIDATES", "TOMBSTONE_CHECK_S", "BadRequest",
+    "EncoderDeployment", "Erased", "ImpressionNotLogged", "NotFound", "RankerDeployment", "RecommenderIngress",
+    "_PolicyVersion", "build_app", "candidates_for", "check_bundle", "default_feedback_db", "require_loaded",
+    "slate_scores", "validate_request",
+]
 
 
 def default_feedback_db(bundle: str | Path) -> str:
@@ -874,19 +96,18 @@ def _same_code(deployment):
 
 
 # no per-request access log line ("CALL ... OK") from every replica: written, tailed and streamed to the driver for
-# each hop, it cost ~2-4 ms a request on 2 cores (bench.serve_latency); errors and warnings are still logged
+# each hop, it is a measurable part of a request's time (bench/README.md, serving latency); errors and warnings are
+# still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
               "tls", "extra_keys", "tombstones"}
-TOMBSTONE_CHECK_S = 2.0  # how often an ingress replica looks whether the tombstone list changed
-REQUIRED_PARTS = ("manifest.json", "catalog", "encoder", "ranker")  # policy/ is optional (greedy fallback)
 
 
 def check_bundle(bundle: Path) -> None:
     """Fail fast, naming what is missing, before any replica tries (and retries) to load the bundle."""
     if not bundle.is_dir():
         raise FileNotFoundError(f"bundle: {bundle} is not a directory")
-    missing = [part for part in REQUIRED_PARTS if not (bundle / part).exists()]
+    missing = missing_parts(bundle)  # the bundle's one definition of finished (prefmine.bundle)
     if missing:
         raise FileNotFoundError(f"bundle: {bundle} lacks {', '.join(missing)} (not a finished model bundle)")
     from prefmine.integrity import verify
@@ -965,7 +186,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
     return versioned(RecommenderIngress).bind(
         versioned(RankerDeployment).bind(),
-        versioned(PolicyDeployment).bind(),
         versioned(EncoderDeployment).bind(),
         candidates=candidates,
         feedback_db=feedback_db,

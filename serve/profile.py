@@ -13,8 +13,6 @@ import math
 import re
 from collections import Counter
 
-import numpy as np
-
 WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 STOPWORDS = frozenset(
     "the and for with from your you this that are was not but all any can had her his its one our out per "
@@ -81,12 +79,3 @@ class CatalogText:
             text += f"; same brand: {self.brands[int(item)]}"
         return text
 
-
-def nearest_sources(item_vectors: np.ndarray, history: np.ndarray, items: np.ndarray) -> tuple[np.ndarray,
-                                                                                              np.ndarray]:
-    """For each item, the history item with the most similar vector (cosine) and that similarity."""
-    v = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
-    hist = np.unique(np.asarray(history, dtype=np.int64))
-    sims = v[np.asarray(items, dtype=np.int64)] @ v[hist].T
-    best = sims.argmax(1)
-    return hist[best], sims[np.arange(len(items)), best]

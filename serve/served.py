@@ -167,12 +167,10 @@ class ServedBundle:
 
     def history(self, user_id: str, recent_events=()) -> np.ndarray:
         """The user's history in the bundle, then the known items of recent_events in timestamp order."""
-        history = np.asarray(self.bundle.history(self.bundle.pseudonymise(user_id)), dtype=np.int64)
-        if not recent_events:
-            return history
-        recent = sorted(((ev.timestamp, n, self.bundle.item_index(ev.item_id)) for n, ev in enumerate(recent_events)))
-        extra = [int(i) for _, _, i in recent if i is not None]
-        return np.concatenate([history, np.asarray(extra, dtype=np.int64)]) if extra else history
+        from prefmine.serving.history import with_recent
+
+        return with_recent(self.bundle.history(self.bundle.pseudonymise(user_id)), recent_events,
+                           self.bundle.item_index)
 
     def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
         order = self.pop_order

@@ -206,7 +206,7 @@ def test_ingress_answers_record_feedback_unavailable_on_a_full_disk(bundle_path,
                      timestamp=int(time.time())) for j in range(8)])
 
     async def run():
-        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(db))
+        ingress = app.RecommenderIngress.func_or_class(None, None, feedback_db=str(db))
         await ingress.reconfigure(config)
         server = grpc.aio.server()
         add_services(ingress, server)

@@ -87,7 +87,7 @@ def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray
     # rate_limit 0: the rollout is measured under load, not the per-key limiter (tests/test_serve_auth.py)
     app["args"].update(bundle=str(old_dir), api_keys_file=str(keys), feedback_db=str(tmp_path / "feedback.sqlite"),
                        rate_limit=0)
-    served = app["deployments"][0]["user_config"]  # the &bundle anchor: one object for all four deployments
+    served = app["deployments"][0]["user_config"]  # the &bundle anchor: one object for all three deployments
     assert all(d["user_config"] is served for d in app["deployments"])
     served["bundle"] = str(old_dir)
     path = tmp_path / "config.yaml"
@@ -106,7 +106,7 @@ def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray
                              metadata=(("x-api-key", API_KEY),))
         assert len(rec.items) == 5 and rec.bundle_version == old_version
     before = replica_ids(address)
-    assert set(before) == {"RecommenderIngress", "RankerDeployment", "PolicyDeployment", "EncoderDeployment"}
+    assert set(before) == {"RecommenderIngress", "RankerDeployment", "EncoderDeployment"}
     assert all(before.values()), before
 
     with Load(addr, users) as load:

@@ -1,0 +1,16 @@
+"""The serving logic, Ray-free: what the gRPC ingress and the deployments of ``serve/`` compute, as plain
+functions over numpy arrays and bundle runtimes, so it is unit-tested without a cluster.
+
+- ``vectors``: unit rows, standardised scores, the n most similar rows (ties to the lower index).
+- ``ranking``: the ranker's answers: candidates cut per user, item scores and next-item probabilities,
+  similar items, the preference summary, explanations.
+- ``policy``: the slate policy of one bundle version (``PolicyVersion``): selection, clean-up and propensities.
+- ``slate``: a Recommend slate's scores and relevance.
+- ``search``: Search's blend of text similarity and ranker relevance.
+- ``rank``: Rank's candidates and their expected value (probability x bid).
+- ``history``: a user's history with the request's recent events.
+- ``responses``: the protobuf answers built from item indices and scores.
+
+``serve/`` keeps the wiring: deployments that load a runtime per bundle version and call these, and the ingress
+that validates, calls and answers.
+"""

@@ -1,0 +1,90 @@
+"""The slate policy of one bundle version as serving uses it: a learned policy (prefmine.policy.runtime) when the
+bundle has ``policy/``, else the ranker's order (greedy). Its answer is cleaned (only distinct candidates) and
+padded from the ranker's order, and each slot carries its propensity for the impression log."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+# the logger a Serve replica writes to its log file (the deployments log under the same name)
+logger = logging.getLogger("ray.serve")
+
+
+class PolicyVersion:
+    """The policy of one bundle directory (None: greedy, nothing loaded). A bundle without ``policy/`` is served
+    greedy, logged; a ``policy/`` that does not load raises, so the version is refused like a broken ranker."""
+
+    def __init__(self, bundle: str | None):
+        self.runtime = None
+        self.kind = "greedy"
+        if bundle is None:
+            return
+        if not (Path(bundle) / "policy").exists():
+            logger.warning("bundle %s has no policy/; using the ranker's order", bundle)
+            return
+        from prefmine.policy.runtime import PolicyRuntime
+
+        self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
+        self.kind = "learned"
+
+    @property
+    def label(self) -> str:
+        """The policy as logged with an impression: its kind, and its exploration rate when it explores."""
+        eps = float(getattr(self.runtime, "epsilon", 0.0) or 0.0)
+        return f"{self.kind} epsilon={eps:g}" if eps > 0 else self.kind
+
+    def select(self, state: np.ndarray, candidates: np.ndarray, scores: np.ndarray, k: int,
+               return_propensities: bool = False):
+        """An ordered slate of min(k, len(candidates)) distinct candidate item indices; with
+        return_propensities, also each slot's probability of its item given the slots before it (the learned
+        policy's own, exploration included; 1.0 where the choice is deterministic: the ranker's order, and the
+        ranker's padding after a policy answer that had to be cleaned)."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        k = min(int(k), len(candidates))
+
+        def out(slate, props=None):
+            slate = np.asarray(slate, dtype=np.int64)
+            if not return_propensities:
+                return slate
+            return slate, (np.ones(len(slate)) if props is None else np.asarray(props, dtype=np.float64))
+
+        if k == 0:
+            return out(candidates[:0])
+        if self.runtime is None:
+            return out(greedy_order(candidates, scores)[:k])
+        if return_propensities:
+            slate, got = self.runtime.select(state, candidates, scores, k, return_propensities=True)
+        else:
+            slate, got = self.runtime.select(state, candidates, scores, k), None
+        slate = np.asarray(slate, dtype=np.int64)
+        got = np.ones(len(slate)) if got is None else np.asarray(got, dtype=np.float64)
+        clean, props = clean_slate(slate, got, candidates)
+        if len(clean) == k:
+            return out(clean, props)
+        logger.warning("policy returned %d valid of %d items; padding from the ranker", len(clean), k)
+        seen = set(clean)
+        rest = [int(i) for i in greedy_order(candidates, scores) if int(i) not in seen][:k - len(clean)]
+        return out(clean + rest, props + [1.0] * len(rest))
+
+
+def greedy_order(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Candidates by descending ranker score, ties in their given order."""
+    return np.asarray(candidates)[np.argsort(-np.asarray(scores), kind="stable")]
+
+
+def clean_slate(slate, propensities, candidates) -> tuple[list[int], list[float]]:
+    """A policy's answer with what a slate may not hold dropped: items that are not candidates and repeats (the
+    first occurrence kept, with its propensity)."""
+    allowed = set(np.asarray(candidates).tolist())
+    clean: list[int] = []
+    props: list[float] = []
+    seen: set[int] = set()
+    for i, p in zip(map(int, slate), propensities):
+        if i in allowed and i not in seen:
+            clean.append(i)
+            props.append(float(p))
+            seen.add(i)
+    return clean, props

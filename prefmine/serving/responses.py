@@ -1,0 +1,69 @@
+"""The protobuf answers of prefmine.v1.Recommender built from item indices and scores.
+
+``catalogue`` is any object with ``item_ids`` and ``titles`` (lists by item index) and ``version`` (the bundle
+version answering), as the ingress's ServedBundle has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from prefmine.ads.auction import position_prices
+from prefmine.serving.rank import RankCandidates
+from prefmine.v1 import recommender_pb2 as pb
+
+
+def recommend_response(catalogue, items: np.ndarray, scores: np.ndarray, cold_start: bool,
+                       placement: str = "") -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        items=[pb.RecommendedItem(item_id=catalogue.item_ids[int(i)], score=float(score),
+                                  title=catalogue.titles[int(i)]) for i, score in zip(items, scores)],
+        bundle_version=str(catalogue.version), cold_start=cold_start, placement=placement)
+
+
+def search_response(catalogue, idx: np.ndarray, final: np.ndarray, text: np.ndarray, relevance: np.ndarray,
+                    order: np.ndarray, cold_start: bool) -> pb.SearchResponse:
+    """The retrieved items ``idx`` in ``order`` (positions into idx) with their three scores."""
+    return pb.SearchResponse(
+        results=[pb.SearchResult(item_id=catalogue.item_ids[int(idx[j])], score=float(final[j]),
+                                 text_score=float(text[j]), relevance=float(relevance[j]),
+                                 title=catalogue.titles[int(idx[j])]) for j in order],
+        bundle_version=str(catalogue.version), cold_start=cold_start)
+
+
+def rank_response(catalogue, cands: RankCandidates, probs: np.ndarray, ev: np.ndarray, order: np.ndarray,
+                  cold_start: bool) -> pb.RankResponse:
+    """The candidates in ``order`` (positions into cands) with their probability, bid, expected value and the
+    generalised second price each pays per click (prefmine.ads.auction); each item under the raw id the request
+    gave it."""
+    price = position_prices(np.asarray(cands.bids, dtype=np.float64), np.asarray(probs, dtype=np.float64))
+    return pb.RankResponse(
+        items=[pb.RankedItem(item_id=cands.raw_ids[j], click_probability=float(probs[j]),
+                             bid=float(cands.bids[j]), expected_value=float(ev[j]), price=float(price[j]))
+               for j in order],
+        unknown_item_ids=cands.unknown, bundle_version=str(catalogue.version), cold_start=cold_start)
+
+
+def similar_response(catalogue, idx: np.ndarray, sims: np.ndarray) -> pb.SimilarItemsResponse:
+    return pb.SimilarItemsResponse(
+        items=[pb.SimilarItem(item_id=catalogue.item_ids[int(j)], similarity=float(sim),
+                              title=catalogue.titles[int(j)]) for j, sim in zip(idx, sims)],
+        bundle_version=str(catalogue.version))
+
+
+def component_infos(manifest: dict[str, Any]) -> list[pb.ComponentInfo]:
+    """ModelInfo's components from a bundle manifest: encoder, ranker, policy first, then any other in name
+    order; each with its version (or kind) and its scalar attributes as strings."""
+    present = manifest.get("components") or {}
+    known = [c for c in ("encoder", "ranker", "policy") if c in present]
+    comps = []
+    for name in known + sorted(set(present) - set(known)):
+        spec = present[name]
+        spec = spec if isinstance(spec, dict) else {"version": spec}
+        version = str(spec.get("version", spec.get("kind", "")))
+        attrs = {str(a): str(v) for a, v in spec.items()
+                 if a not in ("version",) and isinstance(v, (str, int, float, bool))}
+        comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
+    return comps

@@ -1,0 +1,54 @@
+"""EncoderDeployment: the bundle's text encoder per version (Search's text retrieval, ModelInfo's dim)."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from prefmine.serving.vectors import nearest_rows, unit_rows
+from serve.deployments.common import MAX_QUEUED, one_thread, require_loaded
+from serve.served import BundleRef, RuntimeCache, adopt
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=16, max_constructor_retry_count=3,
+    max_queued_requests=MAX_QUEUED["EncoderDeployment"],
+)
+class EncoderDeployment:
+    """Text encoder (prefmine.text.runtime.EncoderRuntime) per bundle version: embeds texts, gives the dim."""
+
+    def __init__(self):
+        one_thread()
+        self.runtimes = RuntimeCache(_EncoderVersion)
+
+    async def reconfigure(self, config: dict) -> None:
+        """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
+        await adopt(config, self.runtimes)
+
+    async def check_health(self) -> None:
+        """Serve's periodic probe: unhealthy (and replaced) while no bundle version is loaded."""
+        require_loaded(self.runtimes)
+
+    async def prepare(self, ref: BundleRef) -> str:
+        """Load ``ref`` if not yet held (raises if it does not load): the ingress's check before it switches."""
+        await self.runtimes.get(ref)
+        return ref.version
+
+    async def dim(self, ref: BundleRef) -> int:
+        return int((await self.runtimes.get(ref)).runtime.dim)
+
+    async def embed(self, ref: BundleRef, texts: list[str]) -> np.ndarray:
+        return (await self.runtimes.get(ref)).runtime.embed(list(texts))
+
+    async def search(self, ref: BundleRef, query: str, n: int) -> dict[str, np.ndarray]:
+        """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
+        enc = await self.runtimes.get(ref)
+        return nearest_rows(enc.unit_items, np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0], n)
+
+
+class _EncoderVersion:
+    def __init__(self, bundle: str):
+        from prefmine.text.runtime import EncoderRuntime
+
+        self.runtime = EncoderRuntime(bundle)
+        self.unit_items = unit_rows(self.runtime.item_embeddings)
