@@ -542,7 +542,7 @@ def test_rank_returns_gsp_prices_from_the_ingress_outside_ray(bundle_path, bundl
     bids = [1.0, 2.0, 0.5, 3.0, 0.0, 1.5, 0.7, 2.5]
 
     async def run():
-        ingress = app.RecommenderIngress.func_or_class(None, None, None, feedback_db=str(tmp_path / "fb.sqlite"))
+        ingress = app.RecommenderIngress.func_or_class(None, None, feedback_db=str(tmp_path / "fb.sqlite"))
         await ingress.reconfigure(BundleRef.of({"bundle": str(bundle_path)}).config())
         try:
             return await ingress.Rank(pb.RankRequest(user_id=UNKNOWN_USER, candidate_item_ids=cands, bids=bids),
