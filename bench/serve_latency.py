@@ -109,7 +109,7 @@ async def local_ingress(bundle: str, feedback_db: str):
 def known_users(bundle_path: str, n: int = 200, seed: int = 0) -> list[str]:
     """Raw ids of users with a history in the bundle, from the data set it was trained on."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_serve import _raw_user_ids
+    from live_server import raw_user_ids as _raw_user_ids
 
     from prefmine.bundle import Bundle
 

@@ -149,7 +149,7 @@ def test_generated_requests_never_break_the_live_server(fuzz_bundle, tmp_path):
         stub = pb_grpc.RecommenderStub(channels[1])
         info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=60)
         before = replicas_started(sp)
-        assert before >= 4
+        assert before >= 3  # ingress, ranker, encoder
         tallies = {}
         for i, rpc in enumerate(fz.RPCS):
             tallies[rpc] = Tally()

@@ -17,7 +17,7 @@ import numpy as np
 def read_sequences(path: str | Path) -> tuple[list[np.ndarray], list[str], dict]:
     """(sequences as item indices in file order, raw item ids by index, bad-row counts)."""
     from prefmine.data.rows import BadRows
-    from prefmine.data.seqrec import read_chunk
+    from prefmine.data.sources.seqrec import read_chunk
 
     bad = BadRows("skip")
     frames = list(read_chunk({"path": str(path)}, bad))
