@@ -30,6 +30,7 @@ NO_PLAN = {
     "ranker_resume": "a helper of bench.quality (driven by a resume test); --data and --bundle are required",
     "serve_latency": "needs a trained --bundle (checked below without one)",
     "fuzz": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
+    "head_failover": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
 }
 
 
@@ -121,6 +122,18 @@ def test_serve_latency_refuses_a_missing_bundle_and_an_unknown_system(tmp_path):
     (tmp_path / "b" / "manifest.json").write_text("{}")
     p = run("-m", "bench.serve_latency", "--bundle", str(tmp_path / "b"), "--systems", "inprocess,warp", "--plan")
     assert p.returncode != 0 and "'warp'" in p.stderr
+
+
+def test_head_failover_plans_and_refuses_a_missing_bundle(tmp_path):
+    """bench.head_failover: a 15 s outage by default, written to bench/results/head_failover.json; a folder
+    without a manifest is refused naming --bundle."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    settings = plan("head_failover", "--bundle", str(tmp_path / "b"))
+    assert settings["outage_s"] == 15.0 and Path(settings["bundle"]) == tmp_path / "b"
+    assert Path(settings["out"]) == ROOT / "bench" / "results" / "head_failover.json"
+    p = run("-m", "bench.head_failover", "--plan", "--bundle", str(tmp_path))
+    assert p.returncode != 0 and "--bundle" in p.stderr
 
 
 def test_fuzz_plans_10000_requests_per_rpc_and_checks_its_arguments(tmp_path):
