@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, add_common, default_out, print_plan, require
+from bench.common import add_common, default_out, print_plan, require
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         FailoverConfig,
         answers,
         free_port,
+        serve_on,
         start_head,
         start_redis,
         stop_group,
@@ -62,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         direct_port = free_direct_port(port)
         head = start_head(work, redis_port, password, extra_env={**SERVE_ENV, **direct_ingress_env(direct_port)})
-        code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {port}, "
-                f"address={head.address!r}, direct_port={direct_port}, insecure=True, "
-                f"feedback_db={str(work / 'feedback.sqlite')!r}, rate_limit=0))")
-        server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
-                                  env={**head.env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT)
+        server = serve_on(head, bundle, port, direct_port, work / "feedback.sqlite")
         targets = {"proxy": (f"127.0.0.1:{port}", (("application", "prefmine"),)),
                    "direct": (f"127.0.0.1:{direct_port}", ())}
         t0 = time.time()

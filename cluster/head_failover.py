@@ -169,6 +169,18 @@ def serve_status(address: str, env: dict, app: str = "prefmine", timeout: float 
     return r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else None
 
 
+def serve_on(head: Head, bundle: Path, port: int, direct_port: int, feedback_db: Path) -> subprocess.Popen:
+    """`run_serve` connected to `head` (not a Ray of its own), in its own process group: Serve's proxy on
+    `port`, the ingress replica's direct port on `direct_port`, on loopback and without API keys (a drill)."""
+    root = Path(__file__).resolve().parents[1]
+    code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {port}, "
+            f"address={head.address!r}, direct_port={direct_port}, insecure=True, "
+            f"feedback_db={str(feedback_db)!r}, rate_limit=0))")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=root, start_new_session=True,
+                            env={**head.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
 def answers(target: str, metadata: tuple = ()) -> bool:
     """Whether Recommend through `target` ("host:port") returns a full slate within 5 s."""
     import grpc

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +20,12 @@ from cluster.head_failover import (
     FailoverConfig,
     answers,
     free_port,
+    serve_on,
     start_head,
     start_redis,
     stop_group,
     stop_head,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _require_redis() -> None:
@@ -37,16 +34,6 @@ def _require_redis() -> None:
         if os.environ.get("CI"):  # CI installs it (.ci/run): a skip there would hide the test
             pytest.fail(msg)
         pytest.skip(msg)
-
-
-def _serve_on(head, bundle: Path, port: int, direct_port: int, feedback_db: Path) -> subprocess.Popen:
-    """`run_serve` connected to the drill's head (not a Ray of its own), insecure on loopback for the test."""
-    code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {port}, "
-            f"address={head.address!r}, direct_port={direct_port}, insecure=True, "
-            f"feedback_db={str(feedback_db)!r}, rate_limit=0))")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**head.env, "PYTHONUNBUFFERED": "1",
-                                                                      "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def test_serving_survives_the_head_gcs_dying(tiny_bundle):
@@ -63,7 +50,7 @@ def test_serving_survives_the_head_gcs_dying(tiny_bundle):
         port = free_port()
         direct_port = free_direct_port(port)
         head = start_head(tmp_path, redis_port, password, extra_env={**SERVE_ENV, **direct_ingress_env(direct_port)})
-        server = _serve_on(head, tiny_bundle, port, direct_port, tmp_path / "feedback.sqlite")
+        server = serve_on(head, tiny_bundle, port, direct_port, tmp_path / "feedback.sqlite")
         targets = {"proxy": (f"127.0.0.1:{port}", (("application", "prefmine"),)),
                    "direct": (f"127.0.0.1:{direct_port}", ())}
         deadline = time.time() + 600
