@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.metrics_log import EpochLog
+from prefmine.jit_locks import clear_stale_locks
 
 DS_CONFIG_DIR = Path(__file__).parent / "deepspeed"
 
@@ -83,6 +84,11 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     torch.manual_seed(task.seed)
     model = task.build_model()
     ds_config = config["ds_config"]
+    try:  # a build lock left by a killed worker would hang deepspeed.initialize forever
+        for lock in clear_stale_locks():
+            print(f"[ds_train] removed a stale torch extension build lock: {lock}", flush=True)
+    except OSError:
+        pass
     params = [p for p in model.parameters() if p.requires_grad]
     if "optimizer" in ds_config:  # DeepSpeed builds it (CPU Adam for offload); fill the task's settings in
         opt_params = ds_config["optimizer"].setdefault("params", {})
