@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFMINE_PSEUDONYM_KEY": "bench-data-scale-key",
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     env.pop("RAY_ADDRESS", None)
-    prefmine = [sys.executable, "-m", "cluster.cli"]
+    prefmine = [sys.executable, "-m", "prefmine.cli"]
     result = {"bench": "data_scale", "machine": machine(), "settings": {
         "sizes": sizes, "source": "events (prefmine data synth, Parquet parts of 1M events)",
         "users_per_event": 0.1, "items_per_event": 0.05, "memory": "peak over the process tree, sampled 0.2 s"},

@@ -211,7 +211,7 @@ def main_stop(a) -> int:
 
 
 def add_parser(sub) -> None:
-    """`prefmine jobs ...` sub-commands (called by cluster/cli.py)."""
+    """`prefmine jobs ...` sub-commands (called by prefmine/cli/main.py)."""
     jobs = sub.add_parser("jobs", help="submit and watch jobs on a Ray cluster (JobSubmissionClient)")
     jsub = jobs.add_subparsers(dest="jobs_command", required=True)
     addr = {"default": JobsConfig.address, "help": "Ray dashboard address of the head node (loopback: reach a "

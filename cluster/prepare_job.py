@@ -43,7 +43,7 @@ def ray_data_runner(fn: Callable[[dict], dict], tasks: list[dict], stage: str, p
 
 
 def main(argv=None) -> int:
-    from cluster.cli import main as cli_main
+    from prefmine.cli.main import main as cli_main
 
     return cli_main(["data", "prepare", *(argv if argv is not None else sys.argv[1:])])
 

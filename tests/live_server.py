@@ -154,8 +154,8 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port
 
 
 def serve_cli(bundle_path, port: int, *extra) -> list[str]:
-    """The `prefmine serve` command line (cluster.cli) for `bundle_path` on `port`, plus `extra` arguments."""
-    return [sys.executable, "-m", "cluster.cli", "serve", "--bundle", str(bundle_path), "--grpc-port", str(port),
+    """The `prefmine serve` command line (prefmine.cli) for `bundle_path` on `port`, plus `extra` arguments."""
+    return [sys.executable, "-m", "prefmine.cli", "serve", "--bundle", str(bundle_path), "--grpc-port", str(port),
             *map(str, extra)]
 
 

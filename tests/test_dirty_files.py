@@ -181,7 +181,7 @@ def test_a_short_pseudonymisation_key_is_refused(tmp_path, monkeypatch):
     raw.mkdir()
     (raw / "events.csv").write_text(HEADER + _rows(0, 20))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFMINE_PSEUDONYM_KEY")}
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "events", "--raw",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "events", "--raw",
                         str(raw), "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,
                        env={**env, "PREFMINE_PSEUDONYM_KEY": "too-short"}, timeout=300)
     assert r.returncode != 0 and "at least 16" in r.stderr and not (tmp_path / "o").exists()

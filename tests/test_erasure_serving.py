@@ -61,7 +61,7 @@ def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tm
                 assert ack.stored == 1
 
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data),
+            r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "forget", "--data", str(data),
                                 "--user", "-", "--feedback", str(feedback), "--bundle", str(tmp_path / "bundles")],
                                cwd=ROOT, capture_output=True, text=True, timeout=300,
                                input=f"{person}\n{online_only}\n")

@@ -116,7 +116,7 @@ def test_report_equals_a_brute_force_join(location, tmp_path):
     serve_config.write_text("applications:\n  - name: prefmine\n    args:\n      bundle: /x\n      experiment:\n"
                             + "".join(f"        {line}\n" for line in json.dumps(EXP).splitlines()))
     assert load_experiment(serve_config) == exp
-    out = subprocess.run([sys.executable, "-m", "cluster.cli", "experiments", "report", "--feedback", location,
+    out = subprocess.run([sys.executable, "-m", "prefmine.cli", "experiments", "report", "--feedback", location,
                           "--config", str(serve_config), "--json"], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr

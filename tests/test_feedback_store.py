@@ -299,7 +299,7 @@ def test_data_forget_erases_from_either_backend(location, raw_dir, magazine5, tm
     store.append(events_of(me, ["click", "buy"]) + events_of(them, ["view"]), idempotency_key="r1")
     store.close()
 
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", person,
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "forget", "--data", str(data), "--user", person,
                         "--feedback", location], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "prefmine.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -80,7 +80,7 @@ def test_forget_erases_one_person_everywhere(raw_dir, magazine5, tiny_bundle, tm
     again = _cli("data", "forget", "--data", str(data), "--user", person)
     assert again.returncode == 0 and json.loads(again.stdout)["rows_removed"] == {"interactions": 0, "reviews": 0}
 
-    wrong_key = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user",
+    wrong_key = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "forget", "--data", str(data), "--user",
                                 other], cwd=ROOT, capture_output=True, text=True, timeout=300,
                                env={**os.environ, "PREFMINE_PSEUDONYM_KEY": "another-key-0123456789"})
     assert wrong_key.returncode == 2 and "differs from the key" in wrong_key.stderr
@@ -104,7 +104,7 @@ def test_forget_reads_ids_from_stdin_and_tombstones_feedback_only_people(raw_dir
                 FeedbackEvent(pseudo(person), "B00005N7P0", "view", 1_700_000_001)])
     log.close()
 
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", "-",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "forget", "--data", str(data), "--user", "-",
                         "--feedback", str(fb)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        input=f"{person}\r\n\n{only_feedback}\n")
     assert r.returncode == 0, r.stderr
@@ -127,6 +127,6 @@ def test_forget_reads_ids_from_stdin_and_tombstones_feedback_only_people(raw_dir
 
     untombed = _cli("data", "forget", "--data", str(data), "--user", only_feedback)
     assert untombed.returncode == 0 and "no tombstone list" in untombed.stderr
-    none = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "forget", "--data", str(data), "--user", "-"],
+    none = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "forget", "--data", str(data), "--user", "-"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, input="\n")
     assert none.returncode == 2 and "--user" in none.stderr

@@ -165,7 +165,7 @@ def test_synthetic_log_through_ray_data_matches_in_process_preparation(tmp_path,
 
 def test_prepare_requires_a_key_outside_the_demo(raw_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFMINE_PSEUDONYM_KEY")}
-    cmd = [sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "amazon2018", "--raw",
+    cmd = [sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "amazon2018", "--raw",
            str(raw_dir / "amazon2018"), "--category", "Gift_Cards", "--local", "--out", str(tmp_path / "o")]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "PREFMINE_PSEUDONYM_KEY" in r.stderr and not (tmp_path / "o").exists()

@@ -120,7 +120,7 @@ def test_runtimes_load_the_bundle(tiny_bundle, magazine5):
 
 def test_evaluate_cli_writes_the_contract_json(tiny_bundle, magazine5, tmp_path):
     out = tmp_path / "metrics.json"
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "evaluate", "--data", str(magazine5), "--bundle",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "evaluate", "--data", str(magazine5), "--bundle",
                         str(tiny_bundle), "--json", str(out), "--policy-sessions", "200"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -139,7 +139,7 @@ def test_evaluate_cli_writes_the_contract_json(tiny_bundle, magazine5, tmp_path)
 
 def test_cli_rejects_bad_input_with_named_fields(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "prefmine.cli", *args], capture_output=True, text=True,
                               timeout=120)
 
     r = run("data", "prepare", "--source", "amazon2018", "--raw", str(tmp_path), "--out", str(tmp_path / "o"))
@@ -160,6 +160,6 @@ def test_cli_rejects_bad_input_with_named_fields(tmp_path):
 
 def test_serve_refuses_another_pseudonymisation_key(tiny_bundle):
     env = {**os.environ, "PREFMINE_PSEUDONYM_KEY": "not-the-key-the-data-was-prepared-with"}
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--bundle", str(tiny_bundle), "--grpc-port",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "serve", "--bundle", str(tiny_bundle), "--grpc-port",
                         "50999"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "PREFMINE_PSEUDONYM_KEY" in r.stderr

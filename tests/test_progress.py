@@ -93,7 +93,7 @@ def test_epoch_follower_ignores_a_previous_runs_file(tmp_path):
 def _prepare(tmp_path: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFMINE_LOG_DIR": str(tmp_path / f"logs-{name}")}
     env.pop("PREFMINE_VERBOSE", None)
-    return subprocess.run([sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "amazon2018",
+    return subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "amazon2018",
                            "--category", "Gift_Cards", "--out", str(tmp_path / name), "--demo-key", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

@@ -169,7 +169,7 @@ def test_evaluate_cli_writes_the_report_files(magazine5, tmp_path):
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "evaluate", "--data", str(magazine5), "--bundle",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "evaluate", "--data", str(magazine5), "--bundle",
                         str(bundle), "--json", str(tmp_path / "m.json")], capture_output=True, text=True,
                        timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -132,12 +132,12 @@ def test_a_bad_attribute_entry_is_named_by_its_key_or_skipped(tmp_path):
 def test_cli_finds_the_set_under_the_data_dir(tmp_path):
     write_set(tmp_path / "data" / "seqrec")
     env = {**os.environ, "PREFMINE_DATA_DIR": str(tmp_path / "data"), "PREFMINE_PSEUDONYM_KEY": "seqrec-test-key-0123"}
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "seqrec", "--category",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "seqrec", "--category",
                         "Shop", "--local", "--out", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["interactions"] == 15
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "seqrec", "--category",
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "seqrec", "--category",
                         "Nope", "--local", "--out", str(tmp_path / "o2")], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "Nope.txt" in r.stderr

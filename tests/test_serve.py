@@ -38,7 +38,7 @@ from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 # -- generated code ------------------------------------------------------------------------------------------
 def test_generated_code_is_current():
     r = subprocess.run(
-        [sys.executable, "-m", "cluster.gen_protos", "--check"],
+        [sys.executable, "-m", "prefmine.cli.gen_protos", "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -48,7 +48,7 @@ def test_generated_code_is_current():
 
 
 def test_gen_protos_check_detects_stale_code(tmp_path):
-    from cluster import gen_protos
+    from prefmine.cli import gen_protos
 
     shutil.copytree(ROOT / "protos", tmp_path / "protos")
     shutil.copytree(ROOT / "prefmine" / "v1", tmp_path / "prefmine" / "v1")

@@ -2,7 +2,7 @@
 
 The first tests need no Ray: the key-file format (bad lines named, good ones kept), ``prefmine serve keys``,
 the check's scopes, buckets and reloads, and TLS credentials on a real grpc server over loopback with
-certificates made by the test. The rest start the real ``prefmine serve`` command (cluster.cli, its own local
+certificates made by the test. The rest start the real ``prefmine serve`` command (prefmine.cli, its own local
 Ray) with a key file, a tight rate limit, reflection asked for and TLS with required client certificates on
 the direct-ingress port, and call it over real gRPC.
 """
@@ -71,7 +71,7 @@ def test_keys_add_and_hash_commands(tmp_path):
 
     path = tmp_path / "keys"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = [sys.executable, "-m", "cluster.cli", "serve", "keys"]
+    run = [sys.executable, "-m", "prefmine.cli", "serve", "keys"]
     r = subprocess.run(run + ["add", "--keys-file", str(path), "--name", "shop-web", "--scope",
                               "Recommend,RecordFeedback"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -328,13 +328,13 @@ def test_direct_ingress_tls_requires_a_client_certificate(server, pki):
     code, _ = _code(_call, server.direct_addr, "ModelInfo", pb.ModelInfoRequest(), "bad-key-0123456789abc", mtls)
     assert code == grpc.StatusCode.UNAUTHENTICATED
     # `prefmine client recommend` over mutual TLS
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "client", "recommend", "--addr", server.direct_addr,
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "client", "recommend", "--addr", server.direct_addr,
                         "--user", "tls-user", "--k", "3", "--tls-ca", ca, "--tls-cert", str(pki["client_crt"]),
                         "--tls-key", str(pki["client_key"])], capture_output=True, text=True,
                        env={**server_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
     assert r.returncode == 0 and "bundle " in r.stdout and len(r.stdout.strip().splitlines()) == 3 + 3, \
         r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "client", "recommend", "--addr", server.direct_addr,
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "client", "recommend", "--addr", server.direct_addr,
                         "--user", "tls-user", "--k", "3", "--tls-ca", ca], capture_output=True, text=True,
                        env={**server_env(), "PREFMINE_API_KEY": TLS_KEY}, timeout=120)
     assert r.returncode == 1 and "UNAVAILABLE" in r.stderr

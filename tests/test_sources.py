@@ -44,13 +44,13 @@ def test_unknown_source_is_refused_naming_the_valid_ones(tmp_path):
 
 
 def test_cli_choices_come_from_the_registry():
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "prepare", "--source", "nope", "--out", "x"],
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "prepare", "--source", "nope", "--out", "x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "invalid choice: 'nope'" in r.stderr
     for n in names():
         assert repr(n) in r.stderr
-    r = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "download", "--source", "seqrec", "--out", "x"],
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "data", "download", "--source", "seqrec", "--out", "x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "'amazon2018', 'movielens'" in r.stderr
 

@@ -1,1 +1,1 @@
-"""Generated gRPC API types of prefmine (from protos/); see cluster/gen_protos.py."""
+"""Generated gRPC API types of prefmine (from protos/); see prefmine/cli/gen_protos.py."""

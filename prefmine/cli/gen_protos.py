@@ -1,7 +1,7 @@
 """Generate the Python gRPC code of the public API from protos/ with grpc_tools.protoc.
 
-    python -m cluster.gen_protos            # (re)write prefmine/v1/*_pb2*.py{,i}
-    python -m cluster.gen_protos --check    # exit 1 if the committed generated code is stale
+    python -m prefmine.cli.gen_protos            # (re)write prefmine/v1/*_pb2*.py{,i}
+    python -m prefmine.cli.gen_protos --check    # exit 1 if the committed generated code is stale
 
 protoc runs with ``-I protos``, so ``protos/prefmine/v1/recommender.proto`` becomes the module
 ``prefmine.v1.recommender_pb2`` (plus ``_pb2_grpc`` and a ``.pyi`` stub). The generated code is committed so that
@@ -19,7 +19,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
@@ -84,7 +84,7 @@ def _package_inits(outputs: list[Path]) -> list[Path]:
     return sorted(inits)
 
 
-INIT_TEXT = '"""Generated gRPC API types of prefmine (from protos/); see cluster/gen_protos.py."""\n'
+INIT_TEXT = '"""Generated gRPC API types of prefmine (from protos/); see prefmine/cli/gen_protos.py."""\n'
 
 
 def run(check: bool, root: Path = ROOT) -> int:
@@ -123,14 +123,14 @@ def run(check: bool, root: Path = ROOT) -> int:
     if check:
         if stale:
             print("generated code is stale: " + ", ".join(map(str, stale)), file=sys.stderr)
-            print("run: python -m cluster.gen_protos", file=sys.stderr)
+            print("run: python -m prefmine.cli.gen_protos", file=sys.stderr)
             return 1
         print(f"generated code up to date ({len(outputs)} files)")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster.gen_protos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m prefmine.cli.gen_protos", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the committed generated code is stale"
     )

@@ -44,7 +44,7 @@ def _raw_users(dataset: str, raw_root: Path, n: int = 3) -> list[str]:
 
 def _start_server(bundle: Path, port: int, log_path: Path, timeout_s: float = 420.0):
     # --insecure: a throwaway server for the demo's own client, started and stopped here, without API keys
-    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--bundle", str(bundle), "--grpc-port", str(port),
+    cmd = [sys.executable, "-m", "prefmine.cli", "serve", "--bundle", str(bundle), "--grpc-port", str(port),
            "--insecure"]
     print("$ prefmine serve --bundle", bundle, "--grpc-port", port, "--insecure", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,

@@ -179,7 +179,7 @@ def _experiments_report(a) -> int:
 
 
 def _demo(a) -> int:
-    from cluster.demo import run_demo
+    from prefmine.cli.demo import run_demo
 
     return run_demo(a.dataset, a.workdir, a.raw, a.grpc_port, a.preset)
 
