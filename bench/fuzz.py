@@ -103,13 +103,12 @@ class Server:
     """``run_serve`` in a subprocess (its own session and Ray), auth on, direct ingress on; its output kept."""
 
     def __init__(self, bundle: Path, workdir: Path):
-        sys.path.insert(0, str(ROOT / "tests"))
-        from serve_keys import write_keys
-
         from bench.serve_latency import free_direct_port
+        from serve.auth import hash_key
         from serve.run import free_port
 
-        keys = write_keys(workdir / "api_keys", {"bench": (API_KEY, "*")})
+        keys = workdir / "api_keys"  # the server's key-file format: name scopes sha256:<hex>
+        keys.write_text(f"bench * {hash_key(API_KEY)}\n")
         self.port = free_port()
         self.direct_port = free_direct_port(self.port)
         code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {self.port}, "

@@ -107,16 +107,18 @@ async def local_ingress(bundle: str, feedback_db: str):
 
 
 def known_users(bundle_path: str, n: int = 200, seed: int = 0) -> list[str]:
-    """Raw ids of users with a history in the bundle, from the data set it was trained on."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from live_server import raw_user_ids as _raw_user_ids
-
+    """Raw ids of users with a history in the bundle, from the raw files of the data set it was trained on
+    (its manifest's source and category under $PREFMINE_DATA_DIR, else ../shared/data)."""
     from prefmine.bundle import Bundle
+    from prefmine.data.sources import read_rows
 
     b = Bundle.load(bundle_path)
+    ds = b.manifest.get("dataset", {})
+    source = ds.get("source", "amazon2018")
+    data = Path(os.environ.get("PREFMINE_DATA_DIR", ROOT.parent / "shared" / "data"))
     out: list[str] = []
-    for raw in _raw_user_ids(b):
-        if raw not in out and len(b.history(b.pseudonymise(raw))):
+    for raw in dict.fromkeys(read_rows(source, data / source, ds.get("category"))["user"].astype(str)):
+        if len(b.history(b.pseudonymise(raw))):
             out.append(raw)
             if len(out) >= 4 * n:
                 break

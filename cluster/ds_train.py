@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cluster.metrics_log import EpochLog
 from prefmine.jit_locks import clear_stale_locks
+from prefmine.progress import EpochFollower
 
 DS_CONFIG_DIR = Path(__file__).parent / "deepspeed"
 
@@ -229,7 +230,9 @@ def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> Tra
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=dist.max_failures)),
     )
-    result = trainer.fit()
+    # one line per finished epoch on the driver (workers' own output goes to ray.log unless --verbose)
+    with EpochFollower(storage / name / "metrics.jsonl", name, task.epochs):
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{name} training failed: {result.error}")
     ckpt_dir = Path(result.checkpoint.path)
