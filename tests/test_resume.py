@@ -54,9 +54,13 @@ def registered_checkpoint(snapshot) -> bool:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(ray_session, tmp_path):
+def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(ray_session, tmp_path, capfd):
     dist = DistConfig(checkpoint_every=1, max_failures=2, log_every=1000)
     clean = train(_task(), "resume-clean", tmp_path, dist)
+    shown = capfd.readouterr().err  # the driver's console: one progress line per epoch, in order
+    lines = [f"[resume-clean] epoch: {e}/{EPOCHS} epochs" for e in range(1, EPOCHS + 1)]
+    at = [shown.find(line) for line in lines]
+    assert all(i >= 0 for i in at) and at == sorted(at), shown[-2000:]
 
     killed: list[int] = []
 
