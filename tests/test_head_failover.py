@@ -48,6 +48,8 @@ def _require_redis() -> None:
         pytest.skip(msg)
 
 
+@pytest.mark.serve
+@pytest.mark.cluster
 def test_serving_survives_the_head_gcs_dying(bundle_path):
     _require_redis()
     tmp_path = Path(tempfile.mkdtemp(prefix="pm-ha-"))  # short: Ray's socket paths live under it
