@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from serve.run import SERVE_ENV, direct_ingress_env
 
+    load_at_start = os.getloadavg()  # the machine may be shared: its load is part of the figures' context
     work = Path(tempfile.mkdtemp(prefix="pm-ha-"))
     redis = head = server = None
     try:
@@ -62,21 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         direct_port = free_direct_port(port)
         head = start_head(work, redis_port, password, extra_env={**SERVE_ENV, **direct_ingress_env(direct_port)})
-        server = serve_on(head, bundle, port, direct_port, work / "feedback.sqlite")
+        server = serve_on(head, bundle, port, direct_port, work / "feedback.sqlite", log=work / "serve.log")
         targets = {"proxy": (f"127.0.0.1:{port}", (("application", "prefmine"),)),
                    "direct": (f"127.0.0.1:{direct_port}", ())}
         t0 = time.time()
         while not all(answers(t, md) for t, md in targets.values()):
             if server.poll() is not None or time.time() - t0 > 900:
-                raise SystemExit("error: the served application did not come up")
+                tail = (work / "serve.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"error: the served application did not come up:\n{tail}")
             time.sleep(2)
         result = Drill(head, targets, FailoverConfig(outage_s=a.outage_s)).run()
     finally:
         stop_group(server)
-        stop_head(head)
+        left = stop_head(head)
         stop_group(redis)
         shutil.rmtree(work, ignore_errors=True)
-    report = {"bench": "head_failover", "machine": machine(), "bundle": str(bundle), **result,
+    version = json.loads((bundle / "manifest.json").read_text()).get("version")
+    report = {"bench": "head_failover", "machine": machine(), "bundle": str(bundle), "bundle_version": version,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "load_average_1m": {"start": round(load_at_start[0], 2), "end": round(os.getloadavg()[0], 2)}, **result,
+              "head_processes_left_after_stop": sorted(left),
               "failed_requests": sum(p["failed"] for t in result["targets"].values() for p in t.values())}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

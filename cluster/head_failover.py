@@ -9,14 +9,18 @@ replicas reconnect, and the replicas never stop answering, because a running act
 and the ingress replica's direct port) at a steady pace; the head's ``gcs_server`` process is SIGKILLed, left
 down for `outage_s`, and started again with its own command line and environment (what a supervisor such as
 KubeRay's head restart does), and the drill reports, per target and phase (before, outage, after), the
-requests, the failed ones and their status codes, and how long after the restart a new driver saw the Serve
-application RUNNING again. The pieces (`start_redis`, `start_head`) are also what tests/test_head_failover.py
-and bench/head_failover.py start, on loopback only, with Ray's token authentication and a Redis password.
+requests, the failed ones and their status codes, when calls failed, how long after the restart the GCS
+listened again and a new driver saw the Serve application RUNNING again (that driver's own start is part of the
+figure; the drill also times one such check before the kill). The pieces (`start_redis`, `start_head`,
+`stop_head`) are also what tests/test_head_failover.py and bench/head_failover.py start, on loopback only, with
+Ray's token authentication and a Redis password. The head is started detached (see `start_head`) and stopped by
+its own processes, never with ``ray stop``, which would stop every Ray on the machine.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -83,9 +87,13 @@ def start_redis(workdir: Path, port: int, password: str) -> subprocess.Popen:
 
 @dataclass
 class Head:
-    proc: subprocess.Popen
+    """A detached head: `pgid` is the process group `ray start` left its daemons in, `temp_dir` its own temp dir
+    (every daemon's command line names it), `env` what a driver needs to join it (address, token; no Redis)."""
+
     gcs_port: int
     env: dict
+    temp_dir: Path
+    pgid: int
 
     @property
     def address(self) -> str:
@@ -94,33 +102,52 @@ class Head:
 
 def start_head(workdir: Path, redis_port: int, redis_password: str, extra_env: dict | None = None,
                num_cpus: int = 4) -> Head:
-    """`ray start --head --block` on loopback with GCS fault tolerance (Redis at 127.0.0.1:`redis_port`) and
-    Ray token auth (a fresh token in `workdir`), in its own process group; its own temp dir."""
+    """`ray start --head` (detached, no ``--block``) on loopback with GCS fault tolerance (Redis at
+    127.0.0.1:`redis_port`, as Ray documents it: ``RAY_REDIS_ADDRESS`` plus ``--redis-password``/``--redis-username``)
+    and Ray token auth (a fresh token in `workdir`), in its own process group, temp dir and ports.
+
+    Not ``--block``: a blocking ``ray start`` watches its children and, when one dies, stops the whole head, raylet
+    included, so a killed GCS could never be restarted into the same cluster. Detached, only the GCS goes down and
+    the raylet waits ``RAY_gcs_rpc_server_reconnect_timeout_s`` for it to return. Stop it with `stop_head`."""
     token = workdir / "ray_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     gcs = free_port()
+    temp_dir = workdir / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OMP_NUM_THREADS": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis_port}",
            "RAY_gcs_rpc_server_reconnect_timeout_s": "300", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
-    ports = ["--port", str(gcs), "--ray-client-server-port", str(free_port()), "--node-manager-port",
-             str(free_port()), "--object-manager-port", str(free_port()), "--dashboard-agent-listen-port",
-             str(free_port()), "--metrics-export-port", str(free_port())]
-    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus),
-                             "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
-                             "--redis-password", redis_password, "--redis-username", "default",
-                             "--temp-dir", str(workdir / "ray"), "--disable-usage-stats", *ports],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    head = Head(proc, gcs, {k: v for k, v in env.items() if k != "RAY_REDIS_ADDRESS"} | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"})
-    _wait(lambda: gcs_pid(gcs) is not None, 120, "the head's gcs_server", proc)
+    ports = ["--port", str(gcs)]  # every port its own: never Ray's defaults, which another Ray here may hold
+    for flag in ("--ray-client-server-port", "--node-manager-port", "--object-manager-port", "--dashboard-port",
+                 "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port"):
+        ports += [flag, str(free_port())]
+    log = workdir / "ray_start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--num-cpus", str(num_cpus),
+                                 "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+                                 "--redis-password", redis_password, "--redis-username", "default",
+                                 "--temp-dir", str(temp_dir), "--disable-usage-stats", *ports],
+                                env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    head = Head(gcs, {k: v for k, v in env.items() if k != "RAY_REDIS_ADDRESS"} | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+                temp_dir, proc.pid)
+    try:
+        rc = proc.wait(timeout=180)
+        if rc != 0:
+            raise RuntimeError(f"ray start --head exited with {rc}:\n{log.read_text()[-3000:]}")
+        _wait(lambda: gcs_pid(gcs) is not None, 60, "the head's gcs_server")
+    except BaseException:
+        proc.kill()
+        stop_head(head)
+        raise
     return head
 
 
 def stop_group(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL, the process group of `proc` (a `ray start --block` or a server)."""
+    """SIGTERM, then SIGKILL, the process group of `proc` (a server started in its own session)."""
     if proc is None:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -135,20 +162,58 @@ def stop_group(proc: subprocess.Popen | None) -> None:
             continue
 
 
-def stop_head(head: Head | None) -> None:
-    """Stop the head's process group and a gcs_server a drill restarted outside it."""
-    if head is None:
-        return
-    stop_group(head.proc)
-    for _ in range(10):
-        pid = gcs_pid(head.gcs_port)
-        if pid is None:
-            return
+def _process_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, command line) of every live (not zombie) process readable in /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.5)
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+        if fields[0] not in "ZX":
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), cmdline)
+    return table
+
+
+def head_pids(head: Head) -> set[int]:
+    """Every live process of `head` and nothing else: its process group (what ``ray start`` started), any process
+    whose command line names its temp dir (a GCS the drill restarted in a session of its own), and all their
+    descendants (workers and Serve replicas, whose titles Ray rewrites to ``ray::...``)."""
+    table = _process_table()
+    marker = re.compile(re.escape(str(head.temp_dir)) + r"(/|\s|$)")
+    found = {pid for pid, (_, pgid, cmd) in table.items() if pgid == head.pgid or marker.search(cmd)}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in table.items() if ppid in found and pid not in found}
+        found |= more
+        grew = bool(more)
+    return found - {os.getpid()}
+
+
+def stop_head(head: Head | None, grace_s: float = 10.0) -> set[int]:
+    """Stop every process of `head` (see `head_pids`): SIGTERM, `grace_s` to exit, then SIGKILL, twice over for
+    any a dying raylet started meanwhile. Returns the pids still alive after that (empty: all gone); it does not
+    raise, so a caller's ``finally`` goes on to stop the rest. Other Ray instances on the machine are never
+    touched (no ``ray stop``). Safe to call twice."""
+    if head is None:
+        return set()
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0), (signal.SIGKILL, 10.0)):
+        pids = head_pids(head)
+        if not pids:
+            return set()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + wait_s
+        while time.time() < deadline and pids & set(_process_table()):
+            time.sleep(0.2)
+    return head_pids(head)
 
 
 def gcs_pid(gcs_port: int) -> int | None:
@@ -158,27 +223,46 @@ def gcs_pid(gcs_port: int) -> int | None:
     return int(out[0]) if out else None
 
 
-def serve_status(address: str, env: dict, app: str = "prefmine", timeout: float = 60) -> str | None:
-    """The Serve application's status seen by a new driver (None: no answer), as a client would check it."""
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def serve_status(address: str, env: dict, app: str = "prefmine", timeout: float = 60) -> str:
+    """The Serve application's status as a new driver sees it, as a client would check it: ``RUNNING``,
+    ``DEPLOYING``, ... or ``no answer: <why>`` when the driver could not connect or ask within `timeout`."""
     code = (f"import ray, logging; ray.init(address={address!r}, logging_level=logging.ERROR); "
-            f"from ray import serve; print(serve.status().applications[{app!r}].status)")
+            f"from ray import serve; s = serve.status().applications[{app!r}].status; "
+            f"print('STATUS', getattr(s, 'value', s))")  # an enum whose str() is 'ApplicationStatus.RUNNING'
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return None
-    return r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else None
+        return f"no answer: no status within {timeout:.0f} s"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("STATUS ")]
+    if r.returncode == 0 and lines:
+        return lines[-1].split(" ", 1)[1].strip()
+    why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    return f"no answer: {why[:200]}"
 
 
-def serve_on(head: Head, bundle: Path, port: int, direct_port: int, feedback_db: Path) -> subprocess.Popen:
+def serve_on(head: Head, bundle: Path, port: int, direct_port: int, feedback_db: Path,
+             log: Path | None = None) -> subprocess.Popen:
     """`run_serve` connected to `head` (not a Ray of its own), in its own process group: Serve's proxy on
-    `port`, the ingress replica's direct port on `direct_port`, on loopback and without API keys (a drill)."""
+    `port`, the ingress replica's direct port on `direct_port`, on loopback and without API keys (a drill). Its
+    output goes to `log` (discarded without one): what to read when it exits before answering."""
     root = Path(__file__).resolve().parents[1]
     code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {port}, "
             f"address={head.address!r}, direct_port={direct_port}, insecure=True, "
             f"feedback_db={str(feedback_db)!r}, rate_limit=0))")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=root, start_new_session=True,
-                            env={**head.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    with open(log, "ab") if log else open(os.devnull, "wb") as out:
+        return subprocess.Popen([sys.executable, "-c", code], cwd=root, start_new_session=True,
+                                env={**head.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 def answers(target: str, metadata: tuple = ()) -> bool:
@@ -204,6 +288,7 @@ class Drill:
         self.head, self.targets, self.cfg = head, targets, cfg or FailoverConfig()
         self._log: dict[str, list[tuple[float, float, str]]] = {name: [] for name in targets}
         self._stop = threading.Event()
+        self.restarted: subprocess.Popen | None = None  # the GCS the drill started again (stop_head stops it)
 
     def _client(self, name: str, target: str, metadata: tuple) -> None:
         import grpc
@@ -228,6 +313,11 @@ class Drill:
 
     def run(self) -> dict:
         cfg = self.cfg
+        t0 = time.time()
+        before = serve_status(self.head.address, self.head.env)
+        check_s = time.time() - t0  # what one check costs with the GCS up: the floor of the recovery figure
+        if before != "RUNNING":  # the check below must be able to say RUNNING before it means anything after
+            raise RuntimeError(f"the Serve application is not RUNNING before the drill: {before}")
         threads = [threading.Thread(target=self._client, args=(n, t, md), daemon=True)
                    for n, (t, md) in self.targets.items()]
         for t in threads:
@@ -236,16 +326,28 @@ class Drill:
         pid = gcs_pid(self.head.gcs_port)
         if pid is None:
             raise RuntimeError("no gcs_server to kill")
+        # what a supervisor restarts: the same binary, arguments (port, session, Redis) and environment
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         env = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
-        time.sleep(cfg.outage_s)
+        time.sleep(cfg.outage_s / 2)
+        gcs_down = gcs_pid(self.head.gcs_port) is None and not _listening(self.head.gcs_port)
+        time.sleep(max(0.0, t_kill + cfg.outage_s - time.time()))
         t_restart = time.time()
-        subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        recovered = None
+        self.restarted = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT)
+        listening = None
+        while listening is None and time.time() - t_restart < cfg.recover_timeout_s:
+            if _listening(self.head.gcs_port):
+                listening = time.time() - t_restart
+            else:
+                time.sleep(0.1)
+        recovered, checks, last = None, 0, None
         while time.time() - t_restart < cfg.recover_timeout_s:
-            if serve_status(self.head.address, self.head.env) == "RUNNING":
+            last = serve_status(self.head.address, self.head.env)
+            checks += 1
+            if last == "RUNNING":
                 recovered = time.time() - t_restart
                 break
             time.sleep(1)
@@ -254,8 +356,10 @@ class Drill:
         for t in threads:
             t.join(timeout=cfg.request_timeout_s + 5)
         out: dict = {"outage_s": round(t_restart - t_kill, 2),
+                     "gcs_listening_after_restart_s": None if listening is None else round(listening, 2),
                      "serve_running_after_restart_s": None if recovered is None else round(recovered, 2),
-                     "targets": {}}
+                     "status_check_s_before_kill": round(check_s, 2),
+                     "gcs_down_mid_outage": gcs_down, "status_checks": checks, "last_status": last, "targets": {}, "failure_window_s": {}}
         for name, rows in self._log.items():
             phases: dict[str, dict] = {p: {"requests": 0, "failed": 0, "codes": {}, "max_latency_s": 0.0}
                                        for p in ("before", "outage", "after")}
@@ -266,4 +370,8 @@ class Drill:
                 p["codes"][code] = p["codes"].get(code, 0) + 1
                 p["max_latency_s"] = max(p["max_latency_s"], round(dt, 3))
             out["targets"][name] = phases
+            # seconds after the kill from the first failed call's start to the last one's end (None: none failed)
+            failed = [(t, dt) for t, dt, code in rows if code != "OK"]
+            out["failure_window_s"][name] = None if not failed else [
+                round(failed[0][0] - t_kill, 2), round(max(t + dt for t, dt in failed) - t_kill, 2)]
         return out
