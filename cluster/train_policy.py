@@ -261,7 +261,8 @@ def gate_trained_policy(inputs: SimulatorInputs, policy_dir: Path, n_sessions: i
     returned with its figures (the bundle's manifest records it)."""
     from prefmine.policy.runtime import PolicyRuntime
 
-    decision, report = gate_policy(inputs, PolicyRuntime(policy_dir), n_sessions, seed=seed)
+    # verify_bundle=False: in the pipeline the policy sits in a staging bundle that is sealed after this stage
+    decision, report = gate_policy(inputs, PolicyRuntime(policy_dir, verify_bundle=False), n_sessions, seed=seed)
     decision.save(policy_dir)
     if verbose:
         print(format_evaluation(report["policies"]), flush=True)
