@@ -49,7 +49,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
     checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
     from cluster.train_encoder import train_encoder
-    from cluster.train_policy import train_policy
+    from cluster.train_policy import gate_trained_policy, train_policy
     from cluster.train_ranker import train_ranker
     from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.simulator import SIMULATOR_PRESETS
@@ -96,10 +96,15 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg,
                                          checkpoint_dir=bundle / ".train" / "policy")
         shutil.rmtree(bundle / ".train" / "policy", ignore_errors=True)
+        # the gate: serve the learned policy only where it beats the best heuristic (policy/gate.json)
+        gate = gate_trained_policy(inputs, bundle / "policy", pol_cfg.gate_sessions, seed=pol_cfg.seed)
+        metrics["policy"]["gate"] = gate["decision"]
         update_manifest(bundle, components={"policy": {"algorithm": pol_cfg.algorithm, "config": C.to_dict(pol_cfg),
                                                        "simulator": C.to_dict(sim_cfg),
                                                        "metrics": {k: v for k, v in metrics["policy"].items()
-                                                                   if k != "history"}}})
+                                                                   if k != "history"},
+                                                       "gate": {**gate["decision"], "alpha_tuning": gate["mix_tuning"],
+                                                                "sessions": gate["sessions"]}}})
     update_manifest(bundle, train_seconds=round(time.time() - t0, 1))
     if not keep_checkpoints:
         metrics["checkpoint_bytes_dropped"] = drop_checkpoints(bundle)

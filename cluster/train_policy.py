@@ -54,6 +54,7 @@ from prefmine.policy.evaluation import (  # noqa: F401
     greedy_action,
     summarise_sessions,
 )
+from prefmine.policy.gate import gate_policy
 from prefmine.policy.runtime import save_policy
 from prefmine.policy.simulator import (
     SIMULATOR_PRESETS,
@@ -253,6 +254,23 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
     return metrics
 
 
+def gate_trained_policy(inputs: SimulatorInputs, policy_dir: Path, n_sessions: int = 1000, seed: int = 0,
+                        verbose: bool = True) -> dict:
+    """After training: the learned policy against greedy, popularity and a mix tuned on other seeded sessions
+    (`prefmine.policy.gate.gate_policy`); the decision is saved as `policy_dir/gate.json` (serving reads it) and
+    returned with its figures (the bundle's manifest records it)."""
+    from prefmine.policy.runtime import PolicyRuntime
+
+    # verify_bundle=False: in the pipeline the policy sits in a staging bundle that is sealed after this stage
+    decision, report = gate_policy(inputs, PolicyRuntime(policy_dir, verify_bundle=False), n_sessions, seed=seed)
+    decision.save(policy_dir)
+    if verbose:
+        print(format_evaluation(report["policies"]), flush=True)
+        print(f"[policy gate] mix alpha {report['alpha']:g} (tuned on seed {report['val_seed']}); serving "
+              f"{decision.served}: {decision.reason}", flush=True)
+    return report
+
+
 def _f(x):
     try:
         return None if x is None or np.isnan(x) else round(float(x), 4)
@@ -278,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
                    "--out; 'none': no checkpoints")
     p.add_argument("--fresh", action="store_true", help="remove the checkpoint dir first: start over")
     args = p.parse_args(argv)
-    from prefmine.policy.runtime import PolicyRuntime
-
     try:
         file = load_file(args.config) if args.config else {}
         cfg = resolve(POLICY_PRESETS, args.preset, file.get("policy"), parse_overrides(args.set))
@@ -302,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointMismatch as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ev = evaluate_policies(inputs, PolicyRuntime(args.out), args.eval_sessions, seed=cfg.seed, include_oracle=True)
-    print(format_evaluation(ev))
+    gate = gate_trained_policy(inputs, out, args.eval_sessions, seed=cfg.seed)
     if args.json:
-        Path(args.json).write_text(json.dumps({"train": metrics, "policies": ev}, indent=2))
+        Path(args.json).write_text(json.dumps({"train": metrics, "policies": gate["policies"], "gate": gate},
+                                              indent=2))
     return 0
 
 

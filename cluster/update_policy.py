@@ -200,7 +200,8 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     ranker = RankerRuntime(bundle)
     inputs = SimulatorInputs(user_states=ranker.user_states(seqs).astype(np.float32),
                              item_vectors=np.asarray(ranker.item_vectors, dtype=np.float32),
-                             item_popularity=popularity, user_histories=seqs, response=response)
+                             item_popularity=popularity, user_histories=seqs, response=response,
+                             blend=ranker.blend)  # candidates scored as serving scores them
 
     # 4. continue training the serving policy
     train = dict(pol_conf["train"])
@@ -233,6 +234,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
         save_catalog(tmp, Catalog(items, histories, popularity))
         metrics = train_policy(inputs, tmp / "policy", pcfg, sim_cfg, verbose=verbose, warm_start=pol_dir)
         comp = dict(manifest.get("components", {}).get("policy", {}))
+        comp.pop("gate", None)  # the parent's gate judged the parent's policy; this version has no gate.json
         comp.update({"algorithm": pcfg.algorithm, "feedback_consumed_id": last_id,
                      "update": {"parent_version": manifest.get("version"), "consumed_from": after,
                                 "counts": counts, "config": vars_of(cfg), "seconds": round(time.time() - t0, 1)},

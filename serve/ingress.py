@@ -438,10 +438,13 @@ class RecommenderIngress:
         if s.ref not in self._dims:
             self._dims[s.ref] = int(await self._call(self.encoder.dim, s.ref))
         comps = responses.component_infos(m)
+        gate = None
         for comp in comps:
             if comp.name == "policy":
                 comp.attributes["serving"] = await self._call(self.ranker.policy_kind, s.ref)
+                gate = responses.policy_gate(await self._call(self.ranker.policy_gate, s.ref))
         return pb.ModelInfoResponse(
+            policy_gate=gate,
             bundle_version=str(s.bundle.version),
             components=comps,
             n_items=int(s.bundle.n_items),

@@ -32,6 +32,21 @@ def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
 
 
+def test_training_gates_the_policy_and_records_the_decision(tiny_bundle):
+    """The policy stage compares the learned policy with greedy, popularity and the tuned mix on the same
+    simulated sessions and writes the decision beside the policy (serving reads it) and into the manifest."""
+    from prefmine.policy.gate import HEURISTICS, GateDecision
+
+    gate = GateDecision.load(tiny_bundle / "policy")
+    assert gate is not None and gate.learned == "learned"
+    assert set(gate.figures) == {"learned", *HEURISTICS}
+    assert gate.served in (gate.learned, gate.best_heuristic)
+    assert gate.best_heuristic == max(HEURISTICS, key=lambda h: gate.figures[h]["return_mean"])
+    rec = read_manifest(tiny_bundle)["components"]["policy"]["gate"]
+    assert rec["served"] == gate.served and rec["reason"] == gate.reason
+    assert set(rec["alpha_tuning"]) == {"0", "0.25", "0.5", "0.75", "1"} and rec["sessions"] >= 2
+
+
 def test_the_published_bundle_is_sealed_verifies_and_holds_no_pickled_policy(tiny_bundle):
     import time
 

@@ -64,3 +64,138 @@ def test_decision_round_trips_and_bad_files_are_refused(tmp_path):
     (tmp_path / "gate.json").write_text(json.dumps({**d.to_dict(), "served": "rm -rf"}))
     with pytest.raises(ValueError, match="neither"):
         GateDecision.load(tmp_path)
+
+
+# -- the simulator scores as serving does, the gate on simulated sessions, serving what the gate chose ----------
+def _inputs(blend_beta: float = 0.0, seed: int = 0, n_items: int = 40, users: int = 60, dim: int = 8):
+    from prefmine.policy.simulator import build_simulator_inputs
+    from prefmine.ranker.blend import ScoreBlend, item_similarity
+
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(0, n_items, size=rng.integers(2, 8)) for _ in range(users)]
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    blend = ScoreBlend(item_similarity(n_items, seqs, 10), blend_beta, vectors) if blend_beta else None
+    return build_simulator_inputs(seqs, rng.integers(0, n_items, size=users), n_items,
+                                  rng.normal(size=(users, dim)).astype(np.float32), vectors, seed=seed, blend=blend)
+
+
+def test_the_simulator_proposes_the_served_blended_candidates():
+    """With the ranker's blend in its inputs the simulator's candidates and scores are the ones serving computes
+    (RankerRuntime: blend.full over state @ item_vectors.T), not the raw ranker scores."""
+    from prefmine.policy.simulator import RecSimEnv, SimulatorConfig
+
+    inputs = _inputs(blend_beta=2.0)
+    env = RecSimEnv({"inputs": inputs, "config": SimulatorConfig(n_candidates=5, max_steps=4)})
+    differs = 0
+    for s in range(10):
+        env.reset(seed=s)
+        served = inputs.blend.full(env.state[None] @ inputs.item_vectors.T.astype(np.float64), [env.history])[0]
+        served[np.asarray(env.history)] = -np.inf  # a user's history is never proposed
+        top = np.argsort(-served, kind="stable")[:5]
+        assert env.cand.tolist() == top.tolist()
+        np.testing.assert_allclose(env.cand_scores, served[top], rtol=1e-5)
+        raw = env.state @ inputs.item_vectors.T.astype(np.float64)
+        raw[np.asarray(env.history)] = -np.inf
+        differs += np.argsort(-raw, kind="stable")[:5].tolist() != top.tolist()
+        env.step(0)  # after a step the history may have grown: the blend follows it
+    assert differs > 0  # the blend changes what is proposed here, so the check above has teeth
+
+
+class _Wasteful:
+    """A learned policy (used as PolicyRuntime is: act(obs, valid)) that answers a padded slot every step, so it
+    shows nothing: a policy that certainly loses to every heuristic."""
+
+    def act(self, obs, valid):
+        return len(valid)
+
+
+def test_gate_serves_the_best_heuristic_when_the_learned_policy_loses():
+    from prefmine.policy.gate import MIX_ALPHAS, gate_policy
+    from prefmine.policy.simulator import SimulatorConfig
+
+    inputs = _inputs(blend_beta=0.5)
+    sim_cfg = SimulatorConfig(n_candidates=10, max_steps=10)
+    worst = _Wasteful()
+    decision, report = gate_policy(inputs, worst, n_sessions=300, seed=3, sim_cfg=sim_cfg)
+    pol = report["policies"]
+    assert {"learned", "greedy", "popularity", "mix", "random", "oracle_myopic"} <= set(pol)
+    assert decision.alpha in MIX_ALPHAS and report["val_seed"] == 4 and set(report["mix_tuning"]) == {
+        f"{a:g}" for a in MIX_ALPHAS}
+    best = max(("greedy", "popularity", "mix"), key=lambda h: pol[h]["return_mean"])
+    assert pol["learned"]["return_mean"] == 0.0 < pol[best]["return_mean"] - pol[best]["ci95"]
+    assert decision.served == best == decision.best_heuristic and not decision.uses_learned
+    assert decision.figures["learned"]["return_mean"] == pol["learned"]["return_mean"]
+    with pytest.raises(ValueError, match="val_seed"):
+        gate_policy(inputs, worst, n_sessions=10, seed=3, val_seed=3)
+
+
+def _policy_bundle(root, gate: GateDecision | None, gate_text: str | None = None):
+    """A sealed bundle dir with a policy exported by the real exporter from a real RLlib module, and `gate`."""
+    from prefmine.integrity import IntegrityConfig, seal
+    from prefmine.policy.config import PolicyTrainConfig
+    from prefmine.policy.runtime import save_policy
+    from prefmine.policy.simulator import ObsSpec, SimulatorConfig
+    from tests.test_bundle_integrity import _module
+
+    inputs = _inputs()
+    sim_cfg = SimulatorConfig(n_candidates=10)
+    spec = ObsSpec.from_inputs(inputs, sim_cfg)
+    bundle = root / "bundle"
+    save_policy(_module("DQN", spec.size, sim_cfg.n_candidates), bundle / "policy", inputs, sim_cfg,
+                PolicyTrainConfig(hiddens=(32, 16)), spec, {})
+    if gate is not None:
+        gate.save(bundle / "policy")
+    if gate_text is not None:
+        (bundle / "policy" / "gate.json").write_text(gate_text)
+    seal(bundle, {"format": "prefmine-bundle/2", "version": "v1"}, IntegrityConfig())
+    return bundle, inputs
+
+
+@pytest.mark.parametrize("served, alpha", [("popularity", 1.0), ("mix", 0.5), ("greedy", 1.0)])
+def test_serving_orders_the_slate_by_the_heuristic_the_gate_chose(tmp_path, served, alpha):
+    from prefmine.serving.policy import PolicyVersion
+
+    gate = decide(ev(learned=(1.0, 0.1), greedy=(2.0, 0.1), popularity=(1.5, 0.1), mix=(1.8, 0.1)), "learned",
+                  alpha)
+    gate.served = gate.best_heuristic = served
+    bundle, inputs = _policy_bundle(tmp_path, gate)
+    pv = PolicyVersion(str(bundle))
+    assert pv.kind == served and pv.label == served and pv.gate == gate
+    rng = np.random.default_rng(1)
+    log_pop = np.log1p(inputs.item_popularity)
+    for _ in range(5):
+        cands = rng.choice(len(log_pop), size=12, replace=False)
+        scores = np.sort(rng.normal(size=12))[::-1]  # served candidates come in ranker order
+        slate, props = pv.select(rng.normal(size=8), cands, scores, 6, return_propensities=True)
+        if served == "greedy":
+            key = -scores
+        elif served == "popularity":
+            key = -log_pop[cands]
+        else:
+            z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+            key = -(alpha * z(scores) + (1 - alpha) * z(log_pop[cands]))
+        assert slate.tolist() == cands[np.argsort(key, kind="stable")[:6]].tolist()
+        assert props.tolist() == [1.0] * 6
+
+
+def test_serving_keeps_the_learned_policy_where_it_won_or_without_a_gate(tmp_path):
+    from prefmine.policy.runtime import PolicyRuntime
+    from prefmine.serving.policy import PolicyVersion
+
+    won = decide(ev(learned=(3.0, 0.1), greedy=(2.0, 0.1), popularity=(1.5, 0.1), mix=(1.8, 0.1)), "learned")
+    for gate, name in ((won, "won"), (None, "none")):
+        bundle, _ = _policy_bundle(tmp_path / name, gate)
+        pv = PolicyVersion(str(bundle))
+        assert pv.kind == "learned" and (pv.gate == gate)
+        rng = np.random.default_rng(2)
+        state, cands, scores = rng.normal(size=8), rng.choice(40, size=12, replace=False), np.linspace(2, 0, 12)
+        expect = PolicyRuntime(bundle).select(state, cands, scores, 6)
+        assert pv.select(state, cands, scores, 6).tolist() == list(expect)
+
+
+def test_a_broken_gate_refuses_the_version(tmp_path):
+    from prefmine.serving.policy import PolicyVersion
+
+    bundle, _ = _policy_bundle(tmp_path, None, json.dumps({"served": "oracle_myopic", "learned": "learned"}))
+    with pytest.raises(ValueError, match="neither"):
+        PolicyVersion(str(bundle))

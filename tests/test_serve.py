@@ -421,6 +421,34 @@ def test_model_info(stub, bundle):
 
 
 @pytest.mark.slow
+def test_model_info_says_which_policy_serves_and_why(stub, bundle_path, bundle, known_user):
+    """The bundle's policy gate (policy/gate.json, written by training) as ModelInfo reports it: the policy
+    served, the best heuristic, the reason and every compared policy's figures."""
+    from prefmine.policy.gate import GateDecision
+
+    info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=30)
+    gate = GateDecision.load(Path(bundle_path) / "policy")
+    if gate is None:  # an override bundle made before the gate (PREFMINE_SERVE_TEST_BUNDLE)
+        assert not info.HasField("policy_gate")
+        return
+    got = info.policy_gate
+    assert (got.served, got.learned, got.best_heuristic, got.reason) == (
+        gate.served, gate.learned or "", gate.best_heuristic, gate.reason)
+    assert got.mix_alpha == pytest.approx(gate.alpha)
+    assert {(f.policy, m): getattr(f, m) for f in got.figures for m in ("return_mean", "ci95")} == pytest.approx(
+        {(k, m): v[m] for k, v in gate.figures.items() for m in ("return_mean", "ci95")})
+    policy = next(c for c in info.components if c.name == "policy")
+    assert policy.attributes["serving"] == gate.served
+    if gate.served == "popularity":  # the served slate is the heuristic's order, deterministic
+        pop = np.load(Path(bundle_path) / "policy" / "item_popularity.npy")
+        index = {str(i): n for n, i in enumerate(bundle.item_ids)}
+        resp = stub.Recommend(pb.RecommendRequest(user_id=known_user[0], k=6), timeout=30)
+        counts = [pop[index[it.item_id]] for it in resp.items]
+        assert len(counts) == 6 and counts == sorted(counts, reverse=True), counts
+        assert [it.propensity for it in resp.items] == [1.0] * 6
+
+
+@pytest.mark.slow
 def test_client_printer(server, known_user, capsys, monkeypatch):
     from serve.client import client_recommend
 

@@ -59,7 +59,7 @@ class CheckpointMismatch(ValueError):
 
 
 def inputs_fingerprint(inputs: SimulatorInputs) -> str:
-    """sha1 of what the simulator is built from (states, vectors, popularity, histories, response model)."""
+    """sha1 of what the simulator is built from (states, vectors, popularity, histories, response model, blend)."""
     h = hashlib.sha1()
     for a in (inputs.user_states, inputs.item_vectors, inputs.item_popularity, inputs.response.item_emb,
               inputs.response.buy_prob, inputs.response.weights):
@@ -68,6 +68,9 @@ def inputs_fingerprint(inputs: SimulatorInputs) -> str:
         h.update(a.data)
     lengths = np.array([len(x) for x in inputs.user_histories], dtype=np.int64)
     h.update(lengths.data)
+    blend = getattr(inputs, "blend", None)
+    if blend is not None:  # a blended simulator scores differently: another run
+        h.update(f"blend beta={blend.beta!r} gamma={blend.gamma!r}".encode())
     if len(lengths):
         h.update(np.ascontiguousarray(np.concatenate(inputs.user_histories).astype(np.int64)).data)
     return h.hexdigest()

@@ -49,10 +49,13 @@ class PolicyTrainConfig:
     seed: int = 0
     checkpoint_every: int = 1  # iterations between Algorithm checkpoints (given a checkpoint_dir); 0: none, no resume
     checkpoint_replay_buffer: bool = True  # DQN: save the replay buffer too (RLlib's checkpoint leaves it out)
+    gate_sessions: int = 1000  # simulator sessions per policy for the gate (learned vs heuristics, policy/gate.json)
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+        if not isinstance(self.gate_sessions, int) or self.gate_sessions < 2:
+            raise ConfigError(f"policy config key 'gate_sessions': {self.gate_sessions!r}; an int >= 2")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ConfigError(f"policy config key 'checkpoint_every': {self.checkpoint_every!r}; an int >= 0")
 

@@ -70,7 +70,7 @@ def _learned(runtime):
 
 def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int = 1000, seed: int = 0,
                       sim_cfg: SimulatorConfig | None = None, include_oracle: bool = False,
-                      spec: ObsSpec | None = None) -> dict:
+                      spec: ObsSpec | None = None, extra: dict | None = None) -> dict:
     """Learned vs greedy vs popularity vs random on the same seeded sessions (common random numbers).
 
     policy_runtime: a PolicyRuntime, a dict {name: PolicyRuntime} (several learned policies), or None (baselines
@@ -79,7 +79,8 @@ def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int =
     difference of session return against greedy on the same sessions and its 95% CI (the same seeds give both
     policies the same users and random draws, so the paired interval is tighter than the two separate ones).
     include_oracle adds "oracle_myopic": it reads the response model and shows the candidate with the highest
-    expected immediate reward (a reference, not a deployable policy).
+    expected immediate reward (a reference, not a deployable policy). extra: more policies {name: choose(env, obs,
+    rng) -> action} run on the same sessions (the gate's tuned `mix`).
     """
     runtimes = policy_runtime if isinstance(policy_runtime, dict) else (
         {"learned": policy_runtime} if policy_runtime is not None else {})
@@ -99,6 +100,7 @@ def evaluate_policies(inputs: SimulatorInputs, policy_runtime, n_sessions: int =
         "popularity": popular,
         "random": lambda env, obs, rng: int(rng.choice(np.flatnonzero(env.valid))),
     })
+    policies.update(extra or {})
     if include_oracle:
         resp = inputs.response
 

@@ -131,3 +131,47 @@ def decide(evaluation: dict[str, dict], learned: str | None, alpha: float = 1.0,
     reason = (f"{learned} {lrn['return_mean']:.3f} ± {lrn['ci95']:.3f} does not beat {best} "
               f"{b['return_mean']:.3f} ± {b['ci95']:.3f} outside the 95% intervals: serving {best}")
     return GateDecision(best, learned, best, reason, alpha, figures)
+
+
+MIX_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def tune_mix(inputs, n_sessions: int, seed: int, alphas=MIX_ALPHAS, sim_cfg=None, spec=None) -> tuple[float, dict]:
+    """The mix weight with the highest mean session return on the simulator sessions of `seed` (a validation
+    seed, not the one the gate compares on, so the tuned heuristic is not flattered by its own noise); ties go
+    to the larger alpha (closer to the ranker's order). Returns (alpha, {alpha: return_mean})."""
+    from prefmine.policy.evaluation import evaluate_policies
+
+    log_pop = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
+    extra = {f"mix@{a:g}": mix_chooser(log_pop, a) for a in alphas}
+    ev = evaluate_policies(inputs, None, n_sessions, seed=seed, sim_cfg=sim_cfg, spec=spec, extra=extra)
+    table = {float(a): ev[f"mix@{a:g}"]["return_mean"] for a in alphas}
+    best = max(table, key=lambda a: (table[a], a))
+    return best, table
+
+
+def gate_policy(inputs, runtime, n_sessions: int = 1000, seed: int = 0, val_seed: int | None = None,
+                alphas=MIX_ALPHAS, sim_cfg=None, spec=None, learned: str = "learned") -> tuple[GateDecision, dict]:
+    """Compare the learned policy (`runtime`, a PolicyRuntime; None: heuristics only) with greedy, popularity and
+    a mix tuned on `val_seed` (default seed + 1) on the same seeded sessions of `seed`; `decide`.
+
+    Returns (decision, report): report holds the evaluation of every policy (`evaluate_policies`' figures, the
+    oracle included as a reference) and the mix tuning table. The caller saves the decision into the bundle."""
+    from prefmine.policy.evaluation import evaluate_policies
+
+    if sim_cfg is None and runtime is not None and hasattr(runtime, "config"):
+        from prefmine.policy.simulator import SimulatorConfig
+
+        sim_cfg = SimulatorConfig(**runtime.config["simulator"])
+    spec = spec or getattr(runtime, "spec", None)
+    val_seed = seed + 1 if val_seed is None else val_seed
+    if val_seed == seed:
+        raise ValueError("gate_policy: the mix must be tuned on other sessions than the comparison (val_seed)")
+    alpha, tuning = tune_mix(inputs, n_sessions, val_seed, alphas, sim_cfg, spec)
+    log_pop = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
+    ev = evaluate_policies(inputs, {learned: runtime} if runtime is not None else None, n_sessions, seed=seed,
+                           sim_cfg=sim_cfg, include_oracle=True, spec=spec, extra={"mix": mix_chooser(log_pop, alpha)})
+    decision = decide(ev, learned if runtime is not None else None, alpha)
+    report = {"sessions": n_sessions, "seed": seed, "val_seed": val_seed, "alpha": alpha,
+              "mix_tuning": {f"{a:g}": r for a, r in tuning.items()}, "policies": ev, "decision": decision.to_dict()}
+    return decision, report

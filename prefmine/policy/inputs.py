@@ -16,14 +16,16 @@ from prefmine.policy.simulator import SimulatorInputs, build_simulator_inputs
 
 
 def simulator_inputs(ds: Dataset, bundle: Path) -> SimulatorInputs:
-    """Simulator built from the logged data and the bundle's ranker (user states, item vectors)."""
+    """Simulator built from the logged data and the bundle's ranker (user states, item vectors, and its score
+    blend: the simulator's candidates and scores are the ones serving computes)."""
     from prefmine.ranker.runtime import RankerRuntime
 
     ranker = RankerRuntime(bundle)
     states = ranker.user_states(ds.train_seqs)
     rated_items, ratings = train_ratings(ds)
     return build_simulator_inputs(ds.train_seqs, ds.valid_item, ds.n_items, states, ranker.item_vectors,
-                                  rated_items=rated_items, ratings=ratings, seed=0)
+                                  rated_items=rated_items, ratings=ratings, seed=0,
+                                  blend=ranker.blend)
 
 
 def train_ratings(ds: Dataset) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -75,7 +75,7 @@ class ModulePolicy:
 
 
 class PolicyRuntime:
-    def __init__(self, path: str | Path, epsilon: float | None = None):
+    def __init__(self, path: str | Path, epsilon: float | None = None, verify_bundle: bool = True):
         from prefmine.bundle import MANIFEST
         from prefmine.integrity import verify
         from prefmine.policy.network import PolicyNetwork
@@ -86,7 +86,9 @@ class PolicyRuntime:
         conf_path = path / "policy_config.json"
         if not conf_path.is_file():
             raise FileNotFoundError(f"{path}: no policy_config.json (not a policy dir or bundle with policy/)")
-        if (path.parent / MANIFEST).is_file():  # a bundle's policy: every file as the manifest lists it
+        # a bundle's policy: every file as the manifest lists it. verify_bundle=False only for the training run
+        # that has just written this policy into a bundle it seals afterwards (cluster.pipeline's staging dir)
+        if verify_bundle and (path.parent / MANIFEST).is_file():
             verify(path.parent, only=path.name)
         import torch
 

@@ -3,8 +3,10 @@
 One episode is one browsing session of one logged user u, one item per step: the session is a sequence of
 slates (pages) of k = `slate_size` items filled slot by slot (a sequential per-slot choice: step t shows display
 position pos = t mod k; slate_size 0: one page as long as the session). Each step the ranker proposes its top-N
-unseen candidates for the current user state s_t (score = s_t . v_i); the policy picks one of them
-(Discrete(N)); the user responds.
+unseen candidates for the current user state s_t (score = s_t . v_i, blended with the co-occurrence and text
+terms of the bundle's `ranker/blend.py` when the inputs carry that blend, exactly as serving scores them, so the
+policy is trained on the scores and candidates it is served); the policy picks one of them (Discrete(N)); the
+user responds.
 
 The response model (fitted on the logged train interactions, held out from the ranker; `response.py`):
 
@@ -86,7 +88,9 @@ class SimulatorInputs:
 
     user_states: [U, d] the ranker's sequence representation of each user; item_vectors: [I, d] the ranker's
     item vectors (ranker score = state @ item_vectors.T); item_popularity: [I] train counts;
-    user_histories: U int arrays of item indices; response: the fitted, ranker-independent response model.
+    user_histories: U int arrays of item indices; response: the fitted, ranker-independent response model;
+    blend: the ranker's `ScoreBlend` (None: raw ranker scores), applied to every candidate scoring as serving
+    applies it (`candidate_scores`).
     """
 
     user_states: np.ndarray
@@ -94,6 +98,14 @@ class SimulatorInputs:
     item_popularity: np.ndarray
     user_histories: list[np.ndarray]
     response: ResponseModel
+    blend: object | None = None
+
+    def candidate_scores(self, states: np.ndarray, histories) -> np.ndarray:
+        """Scores of every item [len(states), I] for users in `states` with `histories`: the served scores."""
+        scores = np.asarray(states, dtype=np.float64) @ self.item_vectors.astype(np.float64).T
+        if self.blend is None:
+            return scores
+        return self.blend.full(scores, [np.asarray(h, dtype=np.int64) for h in histories])
 
     def __post_init__(self):
         u, d = self.user_states.shape
@@ -127,9 +139,11 @@ class ObsSpec:
     @classmethod
     def from_inputs(cls, inputs: SimulatorInputs, cfg: SimulatorConfig) -> ObsSpec:
         states = inputs.user_states.astype(np.float64)
+        rows = np.arange(len(states))
         if len(states) > 2000:  # a fixed sample is enough for the normalisation constants
-            states = states[np.random.default_rng(0).choice(len(states), 2000, replace=False)]
-        scores = states @ inputs.item_vectors.astype(np.float64).T
+            rows = np.random.default_rng(0).choice(len(states), 2000, replace=False)
+        states = states[rows]
+        scores = inputs.candidate_scores(states, [inputs.user_histories[i] for i in rows])
         top = -np.sort(-scores, axis=1)[:, : cfg.n_candidates]  # the scores the policy actually sees
         lp = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
         return cls(dim=inputs.user_states.shape[1], n_candidates=cfg.n_candidates, max_steps=cfg.max_steps,
@@ -239,7 +253,10 @@ class RecSimEnv(gym.Env):
         return self._obs(), {"user": self.user}
 
     def _candidates(self):
-        scores = self._item_vecs @ self.state.astype(np.float32)
+        if self.inputs.blend is None:
+            scores = self._item_vecs @ self.state.astype(np.float32)
+        else:
+            scores = self.inputs.candidate_scores(self.state[None], [self.history])[0]
         pool = np.flatnonzero(~self._blocked)
         self.cand, self.cand_scores, self.valid = top_candidates(pool, scores[pool], self.cfg.n_candidates)
 
@@ -291,12 +308,13 @@ class RecSimEnv(gym.Env):
 def build_simulator_inputs(train_seqs: list[np.ndarray], next_items: np.ndarray, n_items: int,
                            user_states: np.ndarray, item_vectors: np.ndarray,
                            rated_items: np.ndarray | None = None, ratings: np.ndarray | None = None,
-                           min_history: int = 1, seed: int = 0, **fit_kwargs) -> SimulatorInputs:
+                           min_history: int = 1, seed: int = 0, blend=None, **fit_kwargs) -> SimulatorInputs:
     """Fit the response model on logged data and assemble SimulatorInputs.
 
     train_seqs: each user's train item indices (the ranker saw these); next_items: each user's validation item
     (-1: none); user_states [U, d] / item_vectors [I, d]: from the ranker (e.g. RankerRuntime.user_states(train_seqs)
-    and .item_vectors). Users with fewer than `min_history` train items are left out of the simulator.
+    and .item_vectors). Users with fewer than `min_history` train items are left out of the simulator. blend: the
+    ranker's ScoreBlend (RankerRuntime.blend), so candidates are scored as serving scores them.
     """
     from prefmine.policy.response import fit_response_model, item_counts
 
@@ -311,4 +329,5 @@ def build_simulator_inputs(train_seqs: list[np.ndarray], next_items: np.ndarray,
         item_popularity=item_counts(train_seqs, n_items),
         user_histories=[np.asarray(s, dtype=np.int64) for s, k in zip(train_seqs, keep) if k],
         response=response,
+        blend=blend,
     )

@@ -1,6 +1,8 @@
 """The slate policy of one bundle version as serving uses it: a learned policy (prefmine.policy.runtime) when the
-bundle has ``policy/``, else the ranker's order (greedy). Its answer is cleaned (only distinct candidates) and
-padded from the ranker's order, and each slot carries its propensity for the impression log."""
+bundle has ``policy/`` and its gate (``policy/gate.json``, prefmine.policy.gate) let it win, the heuristic the gate
+chose when the learned policy did not beat it, else the ranker's order (greedy). A learned answer is cleaned (only
+distinct candidates) and padded from the ranker's order, and each slot carries its propensity for the impression
+log (1.0 for the deterministic orders)."""
 
 from __future__ import annotations
 
@@ -9,30 +11,44 @@ from pathlib import Path
 
 import numpy as np
 
+from prefmine.policy.gate import GateDecision, heuristic_slate
+
 # the logger a Serve replica writes to its log file (the deployments log under the same name)
 logger = logging.getLogger("ray.serve")
 
 
 class PolicyVersion:
     """The policy of one bundle directory (None: greedy, nothing loaded). A bundle without ``policy/`` is served
-    greedy, logged; a ``policy/`` that does not load raises, so the version is refused like a broken ranker."""
+    greedy, logged; a ``policy/`` that does not load raises, so the version is refused like a broken ranker, and
+    so does a gate.json that does not parse. Without gate.json (a bundle made before the gate) the learned policy
+    is served; with one, `gate.served`: the learned policy, or a heuristic (``kind`` is then its name)."""
 
     def __init__(self, bundle: str | None):
         self.runtime = None
         self.kind = "greedy"
+        self.gate: GateDecision | None = None
+        self._log_pop: np.ndarray | None = None
         if bundle is None:
             return
-        if not (Path(bundle) / "policy").exists():
+        pol_dir = Path(bundle) / "policy"
+        if not pol_dir.exists():
             logger.warning("bundle %s has no policy/; using the ranker's order", bundle)
             return
         from prefmine.policy.runtime import PolicyRuntime
 
         self.runtime = PolicyRuntime(bundle)  # a policy that does not load is an error: the version is refused
         self.kind = "learned"
+        self.gate = GateDecision.load(pol_dir)  # None: made before the gate, the learned policy as before
+        if self.gate is not None and not self.gate.uses_learned:
+            self.kind = self.gate.served
+            self._log_pop = np.log1p(_popularity(Path(bundle)))
+            logger.info("bundle %s serves the %s heuristic: %s", bundle, self.kind, self.gate.reason)
 
     @property
     def label(self) -> str:
         """The policy as logged with an impression: its kind, and its exploration rate when it explores."""
+        if self._log_pop is not None:
+            return self.kind  # a heuristic: deterministic, no exploration
         eps = float(getattr(self.runtime, "epsilon", 0.0) or 0.0)
         return f"{self.kind} epsilon={eps:g}" if eps > 0 else self.kind
 
@@ -55,6 +71,11 @@ class PolicyVersion:
             return out(candidates[:0])
         if self.runtime is None:
             return out(greedy_order(candidates, scores)[:k])
+        if self._log_pop is not None:  # the gate chose a heuristic: its deterministic order
+            order = greedy_order(candidates, scores)  # ranker order first, so ties keep it
+            pos = np.argsort(-np.asarray(scores), kind="stable")
+            pop = self._log_pop[np.clip(order, 0, len(self._log_pop) - 1)] * (order < len(self._log_pop))
+            return out(heuristic_slate(self.kind, order, np.asarray(scores)[pos], pop, k, self.gate.alpha))
         if return_propensities:
             slate, got = self.runtime.select(state, candidates, scores, k, return_propensities=True)
         else:
@@ -68,6 +89,15 @@ class PolicyVersion:
         seen = set(clean)
         rest = [int(i) for i in greedy_order(candidates, scores) if int(i) not in seen][:k - len(clean)]
         return out(clean + rest, props + [1.0] * len(rest))
+
+
+def _popularity(bundle: Path) -> np.ndarray:
+    """Train interaction counts per item: the policy's own copy (what the gate was evaluated with), else the
+    catalogue's."""
+    for path in (bundle / "policy" / "item_popularity.npy", bundle / "catalog" / "popularity.npy"):
+        if path.is_file():
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+    raise FileNotFoundError(f"bundle {bundle}: its gate serves a heuristic but it has no item popularity")
 
 
 def greedy_order(candidates: np.ndarray, scores: np.ndarray) -> np.ndarray:

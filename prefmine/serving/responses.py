@@ -67,3 +67,16 @@ def component_infos(manifest: dict[str, Any]) -> list[pb.ComponentInfo]:
                  if a not in ("version",) and isinstance(v, (str, int, float, bool))}
         comps.append(pb.ComponentInfo(name=name, version=version, attributes=attrs))
     return comps
+
+
+def policy_gate(decision: dict[str, Any] | None) -> pb.PolicyGate | None:
+    """ModelInfo's policy_gate from a GateDecision's dict (None: the bundle has no gate), figures best first."""
+    if not decision:
+        return None
+    figures = sorted((decision.get("figures") or {}).items(), key=lambda kv: -float(kv[1]["return_mean"]))
+    return pb.PolicyGate(
+        served=str(decision["served"]), learned=str(decision.get("learned") or ""),
+        best_heuristic=str(decision.get("best_heuristic", "")), reason=str(decision.get("reason", "")),
+        mix_alpha=float(decision.get("alpha", 1.0)),
+        figures=[pb.PolicyFigure(policy=name, return_mean=float(f["return_mean"]), ci95=float(f["ci95"]))
+                 for name, f in figures])

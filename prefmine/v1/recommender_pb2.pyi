@@ -267,17 +267,45 @@ class ComponentInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("bundle_version", "components", "n_items", "created", "data_hash", "embedding_dim")
+    __slots__ = ("bundle_version", "components", "n_items", "created", "data_hash", "embedding_dim", "policy_gate")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     N_ITEMS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     DATA_HASH_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    POLICY_GATE_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentInfo]
     n_items: int
     created: str
     data_hash: str
     embedding_dim: int
-    def __init__(self, bundle_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentInfo, _Mapping]]] = ..., n_items: _Optional[int] = ..., created: _Optional[str] = ..., data_hash: _Optional[str] = ..., embedding_dim: _Optional[int] = ...) -> None: ...
+    policy_gate: PolicyGate
+    def __init__(self, bundle_version: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentInfo, _Mapping]]] = ..., n_items: _Optional[int] = ..., created: _Optional[str] = ..., data_hash: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., policy_gate: _Optional[_Union[PolicyGate, _Mapping]] = ...) -> None: ...
+
+class PolicyGate(_message.Message):
+    __slots__ = ("served", "learned", "best_heuristic", "reason", "mix_alpha", "figures")
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_FIELD_NUMBER: _ClassVar[int]
+    BEST_HEURISTIC_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MIX_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    served: str
+    learned: str
+    best_heuristic: str
+    reason: str
+    mix_alpha: float
+    figures: _containers.RepeatedCompositeFieldContainer[PolicyFigure]
+    def __init__(self, served: _Optional[str] = ..., learned: _Optional[str] = ..., best_heuristic: _Optional[str] = ..., reason: _Optional[str] = ..., mix_alpha: _Optional[float] = ..., figures: _Optional[_Iterable[_Union[PolicyFigure, _Mapping]]] = ...) -> None: ...
+
+class PolicyFigure(_message.Message):
+    __slots__ = ("policy", "return_mean", "ci95")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MEAN_FIELD_NUMBER: _ClassVar[int]
+    CI95_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    return_mean: float
+    ci95: float
+    def __init__(self, policy: _Optional[str] = ..., return_mean: _Optional[float] = ..., ci95: _Optional[float] = ...) -> None: ...

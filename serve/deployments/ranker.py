@@ -71,8 +71,14 @@ class RankerDeployment:
                 "policy": policy.label}
 
     async def policy_kind(self, ref: BundleRef) -> str:
-        """The kind of policy this version's slates come from, ``learned`` or ``greedy`` (ModelInfo)."""
+        """The kind of policy this version's slates come from: ``learned``, ``greedy``, or the heuristic its gate
+        chose (ModelInfo)."""
         return (await self.policies.get(ref)).kind
+
+    async def policy_gate(self, ref: BundleRef) -> dict | None:
+        """This version's policy gate decision as loaded (GateDecision.to_dict), None without one (ModelInfo)."""
+        gate = (await self.policies.get(ref)).gate
+        return gate.to_dict() if gate is not None else None
 
     async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
         """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
