@@ -38,7 +38,8 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
         vu = np.random.default_rng(cfg.seed).choice(vu, cfg.eval_users, replace=False)
     task = RankerTask(cfg, ds.n_items, ds.train_seqs, ds.train_events, text,
                       [ds.history(u, "valid") for u in vu], ds.valid_item[vu],
-                      ds.train_times, [ds.history_times(u, "valid") for u in vu])
+                      ds.train_times, [ds.history_times(u, "valid") for u in vu],
+                      [ds.history_events(u, "valid") for u in vu])
     name = run_name or f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
     out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
