@@ -79,7 +79,8 @@ def _metrics(top: np.ndarray, targets: np.ndarray, n_items: int) -> dict:
 def served_lists(bundle: str | Path, runtime: RankerRuntime, histories: list[History], k: int) -> np.ndarray:
     """[users, k] item lists as Recommend serves them (prefmine.serving.recommend: the bundle's policy, the
     service's default candidate count, one request at a time), padded with -1 where a slate is shorter; an empty
-    history gets the popularity list the service answers a cold start with."""
+    history gets the popularity list the service answers a cold start with. A policy configured to explore
+    (``serving.epsilon`` > 0) answers at random in part, so its lists are one draw of what the service may show."""
     from prefmine.serving.policy import PolicyVersion
     from prefmine.serving.recommend import popular_items, recommend_slates
 
