@@ -38,11 +38,13 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
         vu = np.random.default_rng(cfg.seed).choice(vu, cfg.eval_users, replace=False)
     task = RankerTask(cfg, ds.n_items, ds.train_seqs, ds.train_events, text,
                       [ds.history(u, "valid") for u in vu], ds.valid_item[vu],
-                      ds.train_times, [ds.history_times(u, "valid") for u in vu])
+                      ds.train_times, [ds.history_times(u, "valid") for u in vu],
+                      [ds.history_events(u, "valid") for u in vu])
     name = run_name or f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(task, name, Path(bundle) / ".train", dist)
     out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
-    valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu])
+    valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu],
+             [ds.history_events(u, "valid") for u in vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
             "retrieval": save_retrieval_index(out),
             "blend": fit_blend(out, ds, cfg, text, *valid) if cfg.blend else None}

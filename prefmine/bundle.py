@@ -7,7 +7,8 @@ Each part's files are written and read by one save/load pair beside its model, i
 
     manifest.json     version, data hash, dataset manifest, per-component configs and metrics, and every file's
                       sha256 with an optional HMAC signature (prefmine.integrity); written last and atomically
-    catalog/          items, every user's history, popularity: `save_catalog` / `load_catalog` (here)
+    catalog/          items, every user's history (items, event types, times), popularity: `save_catalog` /
+                      `load_catalog` (here)
     encoder/          Hugging Face BERT + tokenizer + item and user text embeddings:
                       `prefmine.text.runtime.save_encoder` / `load_encoder`, `EncoderRuntime`
     ranker/           the fused ranker (weights + config, its blend and retrieval index):
@@ -131,11 +132,16 @@ CATALOG_COLUMNS = ["item", "title", "brand", "categories"]
 @dataclass
 class Catalog:
     """The catalogue part: items (CATALOG_COLUMNS, in item-index order), each user's history as item indices
-    keyed by pseudonym, and each item's popularity count."""
+    keyed by pseudonym, and each item's popularity count. ``events`` (EVENTS indices) and ``times`` (unix
+    seconds), keyed like ``histories`` and aligned with them, are what the ranker reads beside the items, so
+    serving feeds it what training and evaluation do; None where a catalogue does not hold them (bundles written
+    before they were stored, or rewritten from item lists alone): serving then uses `rate` and unknown gaps."""
 
     items: pd.DataFrame
     histories: dict
     popularity: np.ndarray
+    events: dict | None = None
+    times: dict | None = None
 
 
 def save_catalog(bundle: Path, catalog: Catalog) -> None:
@@ -143,38 +149,52 @@ def save_catalog(bundle: Path, catalog: Catalog) -> None:
     cat = Path(bundle) / "catalog"
     cat.mkdir(parents=True, exist_ok=True)
     catalog.items[CATALOG_COLUMNS].to_parquet(cat / "items.parquet", index=False)
-    pd.DataFrame({"user": list(catalog.histories),
-                  "items": [[int(i) for i in h] for h in catalog.histories.values()]}).to_parquet(
-        cat / "histories.parquet", index=False)
+    users = list(catalog.histories)
+    table = {"user": users, "items": [[int(i) for i in h] for h in catalog.histories.values()]}
+    for name, per_user in (("events", catalog.events), ("times", catalog.times)):
+        if per_user is not None:
+            table[name] = [[int(x) for x in per_user[u]] for u in users]
+            bad = next((u for u, h, x in zip(users, table["items"], table[name]) if len(h) != len(x)), None)
+            if bad is not None:
+                raise ValueError(f"catalog {name} of user {bad!r}: {len(catalog.histories[bad])} items but "
+                                 f"{len(per_user[bad])} {name}")
+    pd.DataFrame(table).to_parquet(cat / "histories.parquet", index=False)
     np.save(cat / "popularity.npy", catalog.popularity)
 
 
 def load_catalog(bundle: str | Path) -> Catalog:
-    """The catalogue `save_catalog` wrote; histories as int64 arrays."""
+    """The catalogue `save_catalog` wrote; histories (and their events and times, where stored) as int64 arrays."""
     cat = Path(bundle) / "catalog"
     items = pd.read_parquet(cat / "items.parquet")
     hist = pd.read_parquet(cat / "histories.parquet")
-    histories = {u: np.asarray(s, dtype=np.int64) for u, s in zip(hist["user"], hist["items"])}
-    return Catalog(items, histories, np.load(cat / "popularity.npy"))
+
+    def column(name: str) -> dict | None:
+        if name not in hist.columns:
+            return None
+        return {u: np.asarray(s, dtype=np.int64) for u, s in zip(hist["user"], hist[name])}
+
+    return Catalog(items, column("items"), np.load(cat / "popularity.npy"), column("events"), column("times"))
 
 
 def write_catalog(bundle: Path, dataset) -> None:
-    """Items and every known user's full history (pseudonyms only), for serving."""
+    """Items and every known user's full history (pseudonyms only) with its event types and times, for serving."""
     save_catalog(bundle, Catalog(dataset.items, dict(zip(dataset.users, dataset.full_sequences())),
-                                 dataset.popularity()))
+                                 dataset.popularity(), dict(zip(dataset.users, dataset.full_events())),
+                                 dict(zip(dataset.users, dataset.full_times()))))
 
 
 class Bundle:
     """Read side of a bundle: catalogue, user histories, pseudonymisation, manifest."""
 
     def __init__(self, path: Path, manifest: dict, items: pd.DataFrame, histories: dict, popularity: np.ndarray,
-                 key: bytes | None = None):
+                 key: bytes | None = None, events: dict | None = None, times: dict | None = None):
         self.path, self.manifest = Path(path), manifest
         self.items = items
         self.item_ids = items["item"].to_numpy().astype(str)
         self.titles = items["title"].fillna("").to_numpy().astype(str)
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
         self._histories = histories
+        self._events, self._times = events, times
         self.popularity = popularity
         expected = manifest.get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
         self._pseudo = Pseudonymiser(key if key is not None else load_key(allow_demo=expected == DEMO_FINGERPRINT))
@@ -185,7 +205,8 @@ class Bundle:
         path = Path(path)
         manifest = read_manifest(path)
         catalog = load_catalog(path)
-        return cls(path, manifest, catalog.items, catalog.histories, catalog.popularity, key)
+        return cls(path, manifest, catalog.items, catalog.histories, catalog.popularity, key, catalog.events,
+                   catalog.times)
 
     @property
     def version(self) -> str:
@@ -203,6 +224,15 @@ class Bundle:
 
     def history(self, pseudonym: str) -> np.ndarray:
         return self._histories.get(pseudonym, np.zeros(0, dtype=np.int64))
+
+    def history_inputs(self, pseudonym: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(items, event types, times) of the user's stored history; events or times None where the catalogue
+        does not hold them."""
+        items = self.history(pseudonym)
+        empty = np.zeros(0, dtype=np.int64)
+        events = None if self._events is None else self._events.get(pseudonym, empty)
+        times = None if self._times is None else self._times.get(pseudonym, empty)
+        return items, events, times
 
 
 def drop_checkpoints(bundle: Path) -> int:

@@ -36,7 +36,9 @@ from ray.serve.handle import DeploymentHandle
 
 from prefmine.feedback.base import StoreUnavailable
 from prefmine.serving import responses
+from prefmine.serving.history import History
 from prefmine.serving.rank import expected_value_order, rank_candidates
+from prefmine.serving.recommend import DEFAULT_CANDIDATES, candidate_count
 from prefmine.serving.search import blend, search_order
 from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
 from prefmine.v1 import recommender_pb2 as pb
@@ -58,7 +60,6 @@ from serve.wire import SERVICE, Malformed
 
 logger = logging.getLogger("ray.serve")
 
-DEFAULT_CANDIDATES = 100  # ranker candidates the policy chooses a Recommend slate from
 SEARCH_CANDIDATES = 100  # items the encoder retrieves for Search before the blend
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, encoder)
 TOMBSTONE_CHECK_S = 2.0  # how often an ingress replica looks whether the tombstone list changed
@@ -277,10 +278,11 @@ class RecommenderIngress:
                 delay = min(2 * delay, 1.0)
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> np.ndarray:
-        """The user's history, empty for an erased person (answered like an unknown user without recent events)."""
+    def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> History:
+        """The user's history with event types and times, empty for an erased person (answered like an unknown
+        user without recent events)."""
         if s.bundle.pseudonymise(user_id) in self.erased:
-            return np.zeros(0, dtype=np.int64)
+            return History.of([])
         return s.history(user_id, recent_events)
 
     @staticmethod
@@ -302,8 +304,8 @@ class RecommenderIngress:
                 for it, i in zip(resp.items, items):
                     it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
             return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
-        exclude |= set(history.tolist())
-        n = min(max(k, self.n_candidates), s.bundle.n_items - len(exclude))
+        exclude |= set(history.items.tolist())
+        n = candidate_count(k, self.n_candidates, s.bundle.n_items, len(exclude))
         if n <= 0:
             resp = responses.recommend_response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
                                                 placement=request.placement)
@@ -315,7 +317,7 @@ class RecommenderIngress:
         resp = responses.recommend_response(s, slate, slate_scores(relevance), cold_start=False,
                                             placement=request.placement)
         if request.explain and len(slate):
-            why = await self._call(self.ranker.explain, s.ref, history, slate)
+            why = await self._call(self.ranker.explain, s.ref, history.items, slate)
             for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
                 it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
         return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
@@ -391,7 +393,8 @@ class RecommenderIngress:
         pseudonym = s.bundle.pseudonymise(request.user_id)
         if pseudonym in self.erased:
             raise NotFound("user_id: no profile (this person was erased)")
-        history = s.history(request.user_id)
+        full = s.history(request.user_id)
+        history = full.items
         with self._feedback_lock:
             counts = self.feedback.counts_by_event(pseudonym)
         profile = pb.UserProfile(known=len(history) > 0, history_length=len(history), feedback_counts=counts,
@@ -401,7 +404,7 @@ class RecommenderIngress:
         profile.top_brands.extend(terms(name=n, weight=w) for n, w in s.catalog.top_brands(history))
         profile.keywords.extend(terms(name=n, weight=w) for n, w in s.catalog.keywords(history))
         if len(history):
-            pref = await self._call(self.ranker.preference, s.ref, history)
+            pref = await self._call(self.ranker.preference, s.ref, full)
             profile.preference.CopyFrom(pb.PreferenceSummary(
                 dim=pref["dim"], norm=pref["norm"], top_item_ids=[s.item_ids[int(j)] for j in pref["top"]]))
         return profile

@@ -165,12 +165,13 @@ class ServedBundle:
                 out.add(int(i))
         return out
 
-    def history(self, user_id: str, recent_events=()) -> np.ndarray:
-        """The user's history in the bundle, then the known items of recent_events in timestamp order."""
-        from prefmine.serving.history import with_recent
+    def history(self, user_id: str, recent_events=()):
+        """The user's history in the bundle, then the known items of recent_events in timestamp order, with their
+        event types and times (a prefmine.serving.history.History: what the ranker reads)."""
+        from prefmine.serving.history import History, with_recent
 
-        return with_recent(self.bundle.history(self.bundle.pseudonymise(user_id)), recent_events,
-                           self.bundle.item_index)
+        stored = History.of(*self.bundle.history_inputs(self.bundle.pseudonymise(user_id)))
+        return with_recent(stored, recent_events, self.bundle.item_index)
 
     def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
         order = self.pop_order

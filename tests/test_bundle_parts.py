@@ -72,6 +72,17 @@ def test_catalog_round_trip_and_the_bundle_reads_it(magazine5, tmp_path):
     assert list(cat.histories) == list(ds.users)
     for u, s in zip(ds.users[:50], ds.full_sequences()[:50]):
         np.testing.assert_array_equal(cat.histories[u], s)
+    # beside the items, what the ranker reads: each event's type and time (train, then valid and test)
+    for n, u in enumerate(ds.users[:50]):
+        np.testing.assert_array_equal(cat.events[u], ds.full_events()[n])
+        np.testing.assert_array_equal(cat.times[u], ds.full_times()[n])
+        assert len(cat.times[u]) == len(cat.histories[u]) and np.all(np.diff(cat.times[u]) >= 0)
+    seal(b, {"format": "prefmine-bundle/2", "version": "v0"})
+    items, events, times = Bundle.load(b, key=b"prefmine-test-key").history_inputs(ds.users[0])
+    np.testing.assert_array_equal(events, ds.full_events()[0])
+    np.testing.assert_array_equal(times, ds.full_times()[0])
+    with pytest.raises(ValueError, match="events"):  # misaligned events are refused, naming the user
+        save_catalog(tmp_path / "bad", Catalog(cat.items, {"u": [1, 2]}, cat.popularity, {"u": [4]}, None))
     np.testing.assert_array_equal(cat.popularity, ds.popularity())
     # an update rewrites it: one user gains an item, a new user appears, the rest stays as it was
     first = ds.users[0]
@@ -85,6 +96,10 @@ def test_catalog_round_trip_and_the_bundle_reads_it(magazine5, tmp_path):
     seal(b, {"format": "prefmine-bundle/2", "version": "v1"})
     bundle = Bundle.load(b, key=b"prefmine-test-key")
     assert bundle.n_items == ds.n_items and list(bundle.history("new-user")) == [1, 2]
+    # rewritten from item lists alone (cluster/update_policy): no events or times, which serving reads as `rate`
+    # at unknown gaps
+    assert again.events is None and again.times is None
+    assert bundle.history_inputs("new-user")[1:] == (None, None)
 
 
 def test_ranker_save_load_pair(tmp_path):

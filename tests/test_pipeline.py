@@ -140,7 +140,7 @@ def test_evaluate_cli_writes_the_contract_json(tiny_bundle, magazine5, tmp_path)
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(out.read_text())
-    base = {"popularity", "item_knn", "prefmine_id_only", "prefmine"}
+    base = {"popularity", "item_knn", "prefmine_id_only", "prefmine", "served"}  # served: Recommend's own lists
     # with a blend saved beside a ranker, that ranker alone is reported too (ranker/blend.py)
     assert base <= set(report["models"]) <= base | {"prefmine_no_blend", "prefmine_id_only_no_blend"}
     for m in report["models"].values():

@@ -486,6 +486,39 @@ def test_recommend_recent_events_for_unknown_user(stub, bundle, known_user):
 
 
 @pytest.mark.slow
+def test_recommend_serves_the_evaluated_lists(stub, bundle, bundle_path, magazine5, known_user):
+    """Recommend over gRPC answers a sample of test users exactly as `prefmine evaluate`'s `served` row does
+    (prefmine.evaluate.served_lists): each user's evaluation history (train + valid) sent as recent_events with
+    its event types and timestamps, slate of 20; and a known user from the bundle's stored history (items, types
+    and times) as the same library functions rank it."""
+    from prefmine.data.dataset import EVENTS, load_dataset
+    from prefmine.evaluate import served_lists
+    from prefmine.ranker.runtime import RankerRuntime
+    from prefmine.serving.history import History
+
+    ds = load_dataset(magazine5)
+    assert ds.manifest.get("data_hash") == bundle.manifest.get("data_hash"), "the bundle is not of this data set"
+    users = np.sort(np.random.default_rng(0).choice(ds.eval_users("test"), 12, replace=False))
+    hists = [History.of(ds.history(u, "test"), ds.history_events(u, "test"), ds.history_times(u, "test"))
+             for u in users]
+    runtime = RankerRuntime(bundle_path)
+    want = served_lists(bundle_path, runtime, hists, 20)
+    for u, h, row in zip(users, hists, want):
+        events = [pb.Event(item_id=str(ds.item_ids[i]), type=pb.EventType.Value(f"EVENT_TYPE_{EVENTS[e].upper()}"),
+                           timestamp=int(t), rating=5.0 if EVENTS[e] == "rate" else 0.0)
+                  for i, e, t in zip(h.items, h.events, h.times)]
+        resp = stub.Recommend(pb.RecommendRequest(user_id=f"evaluated-user-{u}", k=20, recent_events=events),
+                              timeout=30)
+        assert not resp.cold_start
+        assert [it.item_id for it in resp.items] == [str(ds.item_ids[i]) for i in row if i >= 0], f"user {u}"
+    raw, _ = known_user
+    stored = History.of(*bundle.history_inputs(bundle.pseudonymise(raw)))
+    resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=20), timeout=30)
+    assert [it.item_id for it in resp.items] == [str(bundle.item_ids[i]) for i in
+                                                 served_lists(bundle_path, runtime, [stored], 20)[0] if i >= 0]
+
+
+@pytest.mark.slow
 def test_recommend_explain_names_a_history_item(stub, bundle, known_user):
     raw, seen = known_user
     resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=3, explain=True), timeout=30)

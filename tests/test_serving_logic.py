@@ -156,8 +156,8 @@ def test_recent_events_follow_the_history_in_timestamp_order():
     recent = [ev(timestamp=30, item_id="c"), ev(timestamp=10, item_id="zz"), ev(timestamp=20, item_id="b"),
               ev(timestamp=20, item_id="a")]
     got = with_recent(np.array([3]), recent, {"a": 0, "b": 1, "c": 2}.get)
-    assert got.tolist() == [3, 1, 0, 2] and got.dtype == np.int64
-    assert with_recent([5, 6], (), {}.get).tolist() == [5, 6]
+    assert got.items.tolist() == [3, 1, 0, 2] and got.items.dtype == np.int64
+    assert with_recent([5, 6], (), {}.get).items.tolist() == [5, 6]
 
 
 def test_responses_carry_ids_titles_and_version():

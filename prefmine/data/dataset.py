@@ -33,6 +33,8 @@ class Dataset:
     train_times: list = field(repr=False, default=None)  # per user, event times (unix seconds) of train_seqs
     valid_time: np.ndarray = field(repr=False, default=None)  # -1 where the user has no valid item
     test_time: np.ndarray = field(repr=False, default=None)
+    valid_event: np.ndarray = field(repr=False, default=None)  # EVENTS index of the valid item (-1: none)
+    test_event: np.ndarray = field(repr=False, default=None)
 
     @property
     def n_items(self) -> int:
@@ -66,16 +68,34 @@ class Dataset:
             t = np.append(t, self.valid_time[user])
         return t
 
+    def history_events(self, user: int, phase: str) -> np.ndarray:
+        """Event types (EVENTS indices) aligned with `history(user, phase)`: what the ranker trains on."""
+        e = self.train_events[user]
+        if phase == "test" and self.valid_item[user] >= 0:
+            e = np.append(e, self.valid_event[user])
+        return e
+
     def targets(self, phase: str) -> np.ndarray:
         return self.valid_item if phase == "valid" else self.test_item
 
     def full_sequences(self) -> list[np.ndarray]:
         """Every known event of every user, for serving histories."""
+        return self._full(self.train_seqs, self.valid_item, self.test_item, np.int64)
+
+    def full_events(self) -> list[np.ndarray]:
+        """The event types (EVENTS indices) aligned with `full_sequences`."""
+        return self._full(self.train_events, self.valid_event, self.test_event, np.int64)
+
+    def full_times(self) -> list[np.ndarray]:
+        """The event times (unix seconds) aligned with `full_sequences`."""
+        return self._full(self.train_times, self.valid_time, self.test_time, np.int64)
+
+    def _full(self, train: list, valid: np.ndarray, test: np.ndarray, dtype) -> list[np.ndarray]:
         out = []
         for u in range(self.n_users):
-            seq = self.train_seqs[u]
-            extra = [x for x in (self.valid_item[u], self.test_item[u]) if x >= 0]
-            out.append(np.concatenate([seq, np.asarray(extra, dtype=np.int64)]) if extra else seq)
+            seq = np.asarray(train[u], dtype=dtype)
+            extra = [x for x, item in ((valid[u], self.valid_item[u]), (test[u], self.test_item[u])) if item >= 0]
+            out.append(np.concatenate([seq, np.asarray(extra, dtype=dtype)]) if extra else seq)
         return out
 
 
@@ -118,14 +138,18 @@ def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str |
     train_times = [t_times[bounds[u]:bounds[u + 1]] for u in range(n_users)]
     valid_item, valid_time = np.full(n_users, -1, dtype=np.int64), np.full(n_users, -1, dtype=np.int64)
     test_item, test_time = np.full(n_users, -1, dtype=np.int64), np.full(n_users, -1, dtype=np.int64)
-    for name, arr, times in (("valid", valid_item, valid_time), ("test", test_item, test_time)):
+    valid_event, test_event = np.full(n_users, -1, dtype=np.int64), np.full(n_users, -1, dtype=np.int64)
+    all_events = inter["event"].map({e: i for i, e in enumerate(EVENTS)}).fillna(4).astype(np.int64).to_numpy()
+    for name, arr, times, evs in (("valid", valid_item, valid_time, valid_event),
+                                  ("test", test_item, test_time, test_event)):
         mask = inter["split"].to_numpy() == name
         arr[codes[mask]] = inter["iidx"].to_numpy()[mask]
         times[codes[mask]] = inter["ts"].to_numpy()[mask]
+        evs[codes[mask]] = all_events[mask]
     reviews = pd.read_parquet(path / "reviews.parquet") if with_reviews else None
     if reviews is not None and erased:
         reviews = reviews[~reviews["user"].isin(erased)].reset_index(drop=True)
     return Dataset(path=path, manifest=manifest, items=items, item_ids=item_ids, item_index=item_index,
                    users=np.asarray(users).astype(str), train_seqs=train_seqs, train_events=train_events,
                    valid_item=valid_item, test_item=test_item, reviews=reviews, train_times=train_times,
-                   valid_time=valid_time, test_time=test_time)
+                   valid_time=valid_time, test_time=test_time, valid_event=valid_event, test_event=test_event)

@@ -225,16 +225,18 @@ def save_blend(ranker_dir: Path, sim: sp.csr_matrix, weights: tuple[float, float
             "valid_NDCG@10": round(table[(beta, gamma)], 5)}
 
 
-def fit_blend(ranker_dir: Path, ds, cfg, text: np.ndarray | None, histories, times, targets) -> dict:
+def fit_blend(ranker_dir: Path, ds, cfg, text: np.ndarray | None, histories, times, targets,
+              events=None) -> dict:
     """Choose the blend weights (ranker/blend.py) of a saved ranker on the validation users; save them beside it.
     The text-similarity term is only tried for a text-fused ranker (`text` given). `ds` is the Dataset (its
-    train sequences give the co-occurrence), `cfg` the RankerConfig (its blend_neighbours)."""
+    train sequences give the co-occurrence), `cfg` the RankerConfig (its blend_neighbours); `times` and `events`
+    the validation histories' event times and types (None: unknown gaps, `rate`)."""
     from prefmine.ranker.runtime import load_ranker, ranker_item_vectors  # runtime imports this module
     from prefmine.ranker.task import user_states
 
     blend_cfg = BlendConfig(neighbours=cfg.blend_neighbours)
     model = load_ranker(ranker_dir)
-    states = user_states(model, histories, cfg.max_len, times)
+    states = user_states(model, histories, cfg.max_len, times, events=events)
     sim = item_similarity(ds.n_items, ds.train_seqs, blend_cfg.neighbours)
     weights, table = choose_weights(states, ranker_item_vectors(model), sim, histories, targets, blend_cfg,
                                     unit_rows(text) if text is not None else None)

@@ -77,12 +77,16 @@ GAP_UNKNOWN = 1
 
 
 def gap_buckets(times: np.ndarray) -> np.ndarray:
-    """Bucket index of the gap before each event (first event: unknown) for one user's times in seconds."""
+    """Bucket index of the gap before each event (first event: unknown) for one user's times in seconds; a time
+    that is not known (NaN: a stored history without times followed by a request's timed events) makes the gaps
+    on either side of it unknown."""
     times = np.asarray(times, dtype=np.float64)
     out = np.full(len(times), GAP_UNKNOWN, dtype=np.int64)
     if len(times) > 1:
-        minutes = np.maximum(np.diff(times), 0.0) / 60.0
-        out[1:] = 2 + np.minimum(np.floor(np.log2(1.0 + minutes)), GAP_BUCKETS - 3).astype(np.int64)
+        minutes = np.diff(times) / 60.0
+        known = np.isfinite(minutes)
+        out[1:][known] = 2 + np.minimum(np.floor(np.log2(1.0 + np.maximum(minutes[known], 0.0))),
+                                        GAP_BUCKETS - 3).astype(np.int64)
     return out
 
 

@@ -81,23 +81,25 @@ class RankerRuntime:
     def dim(self) -> int:
         return self.item_vectors.shape[1]
 
-    def user_states(self, histories, times=None) -> np.ndarray:
-        """`times`: event times in seconds aligned with each history (time-gap features); None: unknown."""
-        return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len, times)
+    def user_states(self, histories, times=None, events=None) -> np.ndarray:
+        """`times`: event times in seconds aligned with each history (time-gap features; NaN or None: unknown);
+        `events`: event types (prefmine.data.dataset.EVENTS indices) aligned with each history (None: `rate`)."""
+        return user_states(self.model, [np.asarray(h, dtype=np.int64) for h in histories], self.max_len, times,
+                           events=events)
 
-    def scores(self, histories, times=None) -> np.ndarray:
+    def scores(self, histories, times=None, events=None) -> np.ndarray:
         """Scores of every item [len(histories), n_items]; blended (ranker/blend.py) when the ranker has a blend."""
-        scores = self.user_states(histories, times) @ self.item_vectors.T
+        scores = self.user_states(histories, times, events) @ self.item_vectors.T
         return self.blend.full(scores, histories) if self.blend is not None else scores
 
-    def top_n(self, histories, n: int, exclude=None):
+    def top_n(self, histories, n: int, exclude=None, times=None, events=None):
         """Top-n items and scores per history; an empty history is ranked by popularity (cold start)."""
-        idx, scores, _ = self.top_n_with_states(histories, n, exclude)
+        idx, scores, _ = self.top_n_with_states(histories, n, exclude, times, events)
         return idx, scores
 
-    def top_n_with_states(self, histories, n: int, exclude=None):
+    def top_n_with_states(self, histories, n: int, exclude=None, times=None, events=None):
         """(top-n items, their scores, user states): one forward pass for ranker and policy."""
-        states = self.user_states(histories)
+        states = self.user_states(histories, times, events)
         if self.index is None:
             scores = states @ self.item_vectors.T
             if self.blend is not None:

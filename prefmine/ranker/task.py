@@ -17,6 +17,8 @@ from prefmine.metrics import ranking_metrics, top_k
 from prefmine.ranker.model import GAP_UNKNOWN, FusedRanker, RankerConfig, gap_buckets, pad_left
 from prefmine.train_task import shard_order, steps_for
 
+RATE_INPUT = 5  # the model's input index of `rate` (EVENTS index 4, + 1 for padding)
+
 
 def make_windows(seqs, events, max_len: int, times=None):
     """(inputs, event types, gap buckets, targets), each [n_windows, max_len], left-padded, model indices."""
@@ -49,7 +51,7 @@ SELECT_METRICS = ("NDCG@10", "Recall@10")  # what `evaluate` reports, so what th
 
 class RankerTask:
     def __init__(self, cfg: RankerConfig, n_items: int, train_seqs, train_events, text_emb=None,
-                 valid_histories=None, valid_targets=None, train_times=None, valid_times=None):
+                 valid_histories=None, valid_targets=None, train_times=None, valid_times=None, valid_events=None):
         if cfg.select_metric not in SELECT_METRICS:
             raise ValueError(f"ranker select_metric must be one of {SELECT_METRICS}, got {cfg.select_metric!r}")
         self.select_metric = f"valid_{cfg.select_metric}"  # the trainer keeps the epoch with the best value
@@ -66,6 +68,7 @@ class RankerTask:
         self.valid_histories = valid_histories or []
         self.valid_targets = valid_targets if valid_targets is not None else np.zeros(0, dtype=np.int64)
         self.valid_times = valid_times
+        self.valid_events = valid_events  # event types of the validation histories (None: `rate`)
 
     def build_model(self) -> FusedRanker:
         return FusedRanker(self.cfg, self.n_items, self.text_emb, self.warm)
@@ -85,31 +88,38 @@ class RankerTask:
         if not len(self.valid_targets):
             return {}
         model.eval()
-        scores = score_histories(model, self.valid_histories, self.cfg.max_len, self.valid_times)
+        scores = score_histories(model, self.valid_histories, self.cfg.max_len, self.valid_times, self.valid_events)
         top = top_k(scores, 10, [set(h.tolist()) for h in self.valid_histories])
         m = ranking_metrics(top, self.valid_targets, ks=(10,))
         return {"valid_NDCG@10": m["NDCG@10"], "valid_Recall@10": m["Recall@10"]}
 
 
 @torch.no_grad()
-def user_states(model: FusedRanker, histories, max_len: int, times=None, batch: int = 512) -> np.ndarray:
+def user_states(model: FusedRanker, histories, max_len: int, times=None, batch: int = 512,
+                events=None) -> np.ndarray:
     """Last hidden state per history (dataset item indices, oldest first); `times` (seconds, aligned with each
-    history) give the time-gap features, None means unknown gaps."""
+    history) give the time-gap features, None means unknown gaps; `events` (indices into
+    prefmine.data.dataset.EVENTS, aligned with each history) the event types, None means every event is `rate`
+    (a caller that knows only the items)."""
     out = []
     dev = next(model.parameters()).device
     for i in range(0, len(histories), batch):
         chunk = histories[i:i + batch]
         items = torch.from_numpy(pad_left([np.asarray(h) + 1 for h in chunk], max_len)).to(dev)
-        events = (items > 0).long() * 5  # serving histories carry no event type: treat as `rate`
+        if events is None:
+            types = (items > 0).long() * RATE_INPUT
+        else:
+            types = torch.from_numpy(pad_left([np.asarray(e, dtype=np.int64) + 1 for e in events[i:i + batch]],
+                                              max_len)).to(dev)
         gaps = None
         if times is not None:
             gaps = torch.from_numpy(pad_left([gap_buckets(t) for t in times[i:i + batch]], max_len)).to(dev)
-        out.append(model.user_states(items, events, gaps).float().cpu().numpy())
+        out.append(model.user_states(items, types, gaps).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.dim), dtype=np.float32)
 
 
 @torch.no_grad()
-def score_histories(model: FusedRanker, histories, max_len: int, times=None) -> np.ndarray:
-    states = user_states(model, histories, max_len, times)
+def score_histories(model: FusedRanker, histories, max_len: int, times=None, events=None) -> np.ndarray:
+    states = user_states(model, histories, max_len, times, events=events)
     vecs = model.item_vectors().float().cpu().numpy()
     return states @ vecs.T

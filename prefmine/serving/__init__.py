@@ -8,7 +8,9 @@ functions over numpy arrays and bundle runtimes, so it is unit-tested without a 
 - ``slate``: a Recommend slate's scores and relevance.
 - ``search``: Search's blend of text similarity and ranker relevance.
 - ``rank``: Rank's candidates and their expected value (probability x bid).
-- ``history``: a user's history with the request's recent events.
+- ``history``: a user's history (items, event types, times: the ranker's inputs) with the request's recent events.
+- ``recommend``: Recommend's warm path (candidates, then the policy's slate), which ``prefmine evaluate``'s
+  ``served`` row scores.
 - ``responses``: the protobuf answers built from item indices and scores.
 
 ``serve/`` keeps the wiring: deployments that load a runtime per bundle version and call these, and the ingress

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from prefmine.serving.history import ranker_inputs
 from prefmine.serving.vectors import top_by_similarity
 
 
@@ -22,10 +23,14 @@ def cut_candidates(idx, scores, states, ns: list[int]) -> list[dict]:
     return out
 
 
-def candidates_for(runtime, histories: list[np.ndarray], ns: list[int], excludes: list[set[int]]) -> list[dict]:
+def candidates_for(runtime, histories: list, ns: list[int], excludes: list[set[int]]) -> list[dict]:
     """The ranker's candidates for several users at once: the top max(ns), each row cut to its own n (the top-k
-    order does not depend on k, ties going to the lower index, so a row's answer does not depend on its batch)."""
-    idx, scores, states = runtime.top_n_with_states(histories, max(ns), excludes)
+    order does not depend on k, ties going to the lower index, so a row's answer does not depend on its batch).
+    ``histories``: prefmine.serving.history.History (items with their event types and times: the ranker's
+    inputs as in training), or item arrays (read as `rate` events at unknown times)."""
+    inputs = ranker_inputs(histories)
+    idx, scores, states = runtime.top_n_with_states(inputs["histories"], max(ns), excludes, inputs["times"],
+                                                    inputs["events"])
     return cut_candidates(idx, scores, states, ns)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from ray import serve
 
 from prefmine.serving import ranking
+from prefmine.serving.history import History, as_history, ranker_inputs
 from prefmine.serving.policy import PolicyVersion
 from prefmine.serving.ranking import candidates_for
 from prefmine.serving.vectors import unit_rows
@@ -51,7 +52,7 @@ class RankerDeployment:
         await self.policies.get(ref)
         return ref.version
 
-    async def slate(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+    async def slate(self, ref: BundleRef, history: History | np.ndarray, n: int, exclude: set[int], k: int) -> dict:
         """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
         selected here by the same bundle version's policy (``PolicyVersion.select``) rather than one more actor
         hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's ``propensities`` (what
@@ -59,7 +60,8 @@ class RankerDeployment:
         cand = await self.candidates(ref, history, n, exclude)
         return await self._select(ref, cand, k)
 
-    async def slate_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+    async def slate_unbatched(self, ref: BundleRef,
+                              history: History | np.ndarray, n: int, exclude: set[int], k: int) -> dict:
         """``slate`` without @serve.batch (the benchmarks' in-process graph)."""
         cand = await self.candidates_unbatched(ref, history, n, exclude)
         return await self._select(ref, cand, k)
@@ -80,21 +82,22 @@ class RankerDeployment:
         gate = (await self.policies.get(ref)).gate
         return gate.to_dict() if gate is not None else None
 
-    async def candidates(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
+    async def candidates(self, ref: BundleRef, history: History | np.ndarray, n: int, exclude: set[int]) -> dict:
         """Top-n item indices (and scores) not in exclude, plus the user state, for one history.
 
         Concurrent calls are batched (``@serve.batch``): one forward pass and one scoring matmul for up to
         ``RANKER_BATCH`` users, which is where the ranker's time goes under load.
         """
-        return await self._candidates_batch((ref, np.asarray(history, dtype=np.int64), int(n), set(exclude)))
+        return await self._candidates_batch((ref, as_history(history), int(n), set(exclude)))
 
-    async def candidates_unbatched(self, ref: BundleRef, history: np.ndarray, n: int, exclude: set[int]) -> dict:
+    async def candidates_unbatched(self, ref: BundleRef,
+                                   history: History | np.ndarray, n: int, exclude: set[int]) -> dict:
         """``candidates`` without @serve.batch, which needs a Serve replica (the benchmarks' in-process graph)."""
         runtime = (await self.runtimes.get(ref)).runtime
-        return candidates_for(runtime, [np.asarray(history, dtype=np.int64)], [int(n)], [set(exclude)])[0]
+        return candidates_for(runtime, [as_history(history)], [int(n)], [set(exclude)])[0]
 
     @serve.batch(max_batch_size=RANKER_BATCH, batch_wait_timeout_s=RANKER_BATCH_WAIT_S)
-    async def _candidates_batch(self, calls: list[tuple[BundleRef, np.ndarray, int, set[int]]]) -> list[dict]:
+    async def _candidates_batch(self, calls: list[tuple[BundleRef, History, int, set[int]]]) -> list[dict]:
         out: list[dict | None] = [None] * len(calls)
         for ref in dict.fromkeys(c[0] for c in calls):  # during a rollout a batch may hold two versions
             rows = [j for j, c in enumerate(calls) if c[0] == ref]
@@ -105,25 +108,28 @@ class RankerDeployment:
                 out[j] = answer
         return out
 
-    async def score_items(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+    async def score_items(self, ref: BundleRef,
+                          history: History | np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """Relevance of given items for one history, and the probability the next interaction is each of them
         (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
         runtime = (await self.runtimes.get(ref)).runtime
-        return ranking.item_scores(runtime.scores([np.asarray(history, dtype=np.int64)])[0], items)
+        return ranking.item_scores(runtime.scores(**ranker_inputs([history]))[0], items)
 
     async def similar(self, ref: BundleRef, item: int, k: int) -> dict[str, np.ndarray]:
         """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
         return ranking.similar_items((await self.runtimes.get(ref)).unit_vectors(), item, k)
 
-    async def explain(self, ref: BundleRef, history: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+    async def explain(self, ref: BundleRef,
+                      history: History | np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
-        src, sims = ranking.nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors, history, items)
+        src, sims = ranking.nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors,
+                                            as_history(history).items, items)
         return {"source": src, "sims": sims}
 
-    async def preference(self, ref: BundleRef, history: np.ndarray, top: int = 5) -> dict[str, Any]:
+    async def preference(self, ref: BundleRef, history: History | np.ndarray, top: int = 5) -> dict[str, Any]:
         """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
         runtime = (await self.runtimes.get(ref)).runtime
-        state = runtime.user_states([np.asarray(history, dtype=np.int64)])[0]
+        state = runtime.user_states(**ranker_inputs([history]))[0]
         return ranking.preference(state, runtime.item_vectors, top)
 
 
