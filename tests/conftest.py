@@ -101,7 +101,7 @@ def ray_session():
 TINY_TEST_CONFIG = """
 encoder: {mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}
 ranker: {min_steps: 150, epochs: 4}
-policy: {max_iterations: 4, time_budget_s: 40}
+policy: {max_iterations: 4, time_budget_s: 40, gate_sessions: 200}
 """
 
 
