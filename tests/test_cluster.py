@@ -55,10 +55,13 @@ def prefmine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(ray_head, magazine5, tmp_path):
-    bundle = tmp_path / "bundle"
+    from conftest import TINY_TEST_CONFIG
+
+    bundle, cfg = tmp_path / "bundle", tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_TEST_CONFIG)  # the session bundle's short schedule: this test is about the job, not the model
     run = prefmine("jobs", "submit", "--address", ray_head, "--wait", "--timeout", "2400", "--",
                    "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(bundle),
-                   "--preset", "tiny", timeout=2500)
+                   "--preset", "tiny", "--config", str(cfg), timeout=2500)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     job_id = run.stdout.split()[1]
     assert [ln.split(": ")[1] for ln in run.stdout.splitlines() if ln.startswith(job_id)][-1] == "SUCCEEDED"
