@@ -313,11 +313,18 @@ class Drill:
 
     def run(self) -> dict:
         cfg = self.cfg
-        t0 = time.time()
-        before = serve_status(self.head.address, self.head.env)
-        check_s = time.time() - t0  # what one check costs with the GCS up: the floor of the recovery figure
-        if before != "RUNNING":  # the check below must be able to say RUNNING before it means anything after
-            raise RuntimeError(f"the Serve application is not RUNNING before the drill: {before}")
+        # The app answers as soon as its ingress is up while other replicas may still be DEPLOYING: wait for
+        # RUNNING, since the check after the restart must be able to say RUNNING before it means anything.
+        deadline = time.time() + 300
+        while True:
+            t0 = time.time()
+            before = serve_status(self.head.address, self.head.env)
+            check_s = time.time() - t0  # what one check costs with the GCS up: the floor of the recovery figure
+            if before == "RUNNING":
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"the Serve application is not RUNNING before the drill: {before}")
+            time.sleep(2)
         threads = [threading.Thread(target=self._client, args=(n, t, md), daemon=True)
                    for n, (t, md) in self.targets.items()]
         for t in threads:
