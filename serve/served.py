@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from prefmine.serving.recommend import first_outside, popularity_order
+
 logger = logging.getLogger("ray.serve")
 
 
@@ -152,7 +154,7 @@ class ServedBundle:
         self.titles = [str(t) if t is not None else "" for t in self.bundle.titles]
         self.item_ids = [str(i) for i in self.bundle.item_ids]
         pop = np.asarray(self.bundle.popularity, dtype=np.float64)
-        self.pop_order = np.argsort(-pop, kind="stable")
+        self.pop_order = popularity_order(pop)
         self.pop_scores = pop
         self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
         self.catalog = CatalogText(self.bundle.items)
@@ -174,8 +176,5 @@ class ServedBundle:
         return with_recent(stored, recent_events, self.bundle.item_index)
 
     def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        order = self.pop_order
-        if exclude:
-            order = order[~np.isin(order, np.fromiter(exclude, dtype=np.int64))]
-        items = order[:k]
+        items = first_outside(self.pop_order, k, exclude)  # the cold start `prefmine evaluate` scores too
         return items, self.pop_scores[items]

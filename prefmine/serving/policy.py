@@ -72,8 +72,8 @@ class PolicyVersion:
         if self.runtime is None:
             return out(greedy_order(candidates, scores)[:k])
         if self._log_pop is not None:  # the gate chose a heuristic: its deterministic order
-            order = greedy_order(candidates, scores)  # ranker order first, so ties keep it
-            pos = np.argsort(-np.asarray(scores), kind="stable")
+            pos = np.argsort(-np.asarray(scores), kind="stable")  # ranker order first, so ties keep it
+            order = np.asarray(candidates)[pos]  # = greedy_order(candidates, scores), sorted once
             pop = self._log_pop[np.clip(order, 0, len(self._log_pop) - 1)] * (order < len(self._log_pop))
             return out(heuristic_slate(self.kind, order, np.asarray(scores)[pos], pop, k, self.gate.alpha))
         if return_propensities:

@@ -52,9 +52,18 @@ def recommend_slates(runtime, policy, histories: Sequence, k: int, n_candidates:
     return out
 
 
-def popular_items(popularity: np.ndarray, k: int, exclude: set[int]) -> np.ndarray:
-    """A cold start's answer: the k most popular items outside ``exclude`` (ties to the lower index)."""
-    order = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
+def popularity_order(popularity: np.ndarray) -> np.ndarray:
+    """Item indices by descending popularity, ties to the lower index (computed once per bundle version)."""
+    return np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
+
+
+def first_outside(order: np.ndarray, k: int, exclude: set[int]) -> np.ndarray:
+    """The first k of ``order`` outside ``exclude``: a cold start's answer from ``popularity_order``."""
     if exclude:
         order = order[~np.isin(order, np.fromiter(exclude, dtype=np.int64))]
     return order[:k]
+
+
+def popular_items(popularity: np.ndarray, k: int, exclude: set[int]) -> np.ndarray:
+    """A cold start's answer: the k most popular items outside ``exclude`` (ties to the lower index)."""
+    return first_outside(popularity_order(popularity), k, exclude)
