@@ -1,6 +1,8 @@
 """Erasure reaches a running server: `prefmine data forget` on the data, feedback store and bundles a live
 `prefmine serve` uses, and within a minute (the ingress re-reads the tombstone list every few seconds) the person
-has no profile, no new feedback is stored for them, and Recommend answers them like an unknown user."""
+has no profile, no new feedback is stored for them, and Recommend answers them like an unknown user. The same
+walk on both feedback backends: SQLite (the tombstone list a file beside it) and PostgreSQL (the list a table of
+the same database, which every ingress replica on every node reads)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from live_server import raw_user_ids as _raw_user_ids
 from test_serve import _now
 
 from prefmine.bundle import Bundle
-from prefmine.feedback import FeedbackLog
+from prefmine.feedback import FeedbackLog, open_feedback_store
 from prefmine.v1 import recommender_pb2 as pb
 from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -33,13 +35,20 @@ def _code(call, *args) -> grpc.StatusCode:
 
 
 @pytest.mark.slow
-def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_forget_reaches_a_live_server_within_a_minute(backend, magazine5, tiny_bundle, tmp_path, monkeypatch,
+                                                      request):
     monkeypatch.delenv("PREFMINE_TOMBSTONES", raising=False)  # the default: beside the server's feedback store
     data = tmp_path / "data"
     shutil.copytree(magazine5, data)
     bundle_dir = tmp_path / "bundles" / "v1"
     shutil.copytree(tiny_bundle, bundle_dir, symlinks=True)
-    feedback = tmp_path / "feedback.sqlite"
+    if backend == "postgres":
+        feedback = request.getfixturevalue("postgres_server").new_database()
+        tombstones = feedback  # the default beside a PostgreSQL store: a table of the same database
+    else:
+        feedback = tmp_path / "feedback.sqlite"
+        tombstones = str(feedback.resolve()) + ".tombstones"
     bundle = Bundle.load(bundle_dir)
     known = [u for u in dict.fromkeys(_raw_user_ids(bundle)) if len(bundle.history(bundle.pseudonymise(u)))]
     person, other = known[0], known[1]
@@ -68,7 +77,7 @@ def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tm
             forget_s = time.monotonic() - t0
             assert r.returncode == 0, r.stderr
             report = json.loads(r.stdout)
-            assert report["tombstones"] == str(feedback.resolve()) + ".tombstones"
+            assert report["tombstones"] == tombstones
             assert [p["rows_removed"]["feedback"] for p in report["people"]] == [1, 1]
             assert report["people"][0]["bundles_marked"] == [str(bundle_dir)]
 
@@ -96,7 +105,7 @@ def test_forget_reaches_a_live_server_within_a_minute(magazine5, tiny_bundle, tm
             assert not stub.Recommend(pb.RecommendRequest(user_id=other, k=10), timeout=30).cold_start
     finally:
         assert sp.stop() == 0, "".join(sp.lines[-40:])
-    log = FeedbackLog(feedback, create=False)
+    log = open_feedback_store(feedback, create=False)
     pseudo = bundle.pseudonymise
     assert log.count(pseudo(person)) == 0 and log.count(pseudo(online_only)) == 0  # nothing slipped in after
     shown = {imp.impression_id: imp.user for imp in log.read_impressions_since(0)}
