@@ -42,11 +42,11 @@ def encoder_dir(model: str, texts: list[str], root: Path) -> Path:
         return resolve_init("minilm").path
     from transformers import BertModel
 
-    from prefmine import config as C
-    from prefmine.text.encoder import PRESETS, bert_config
+    from prefmine.text.encoder import bert_config
     from prefmine.text.tokenizer import train_wordpiece
+    from prefmine.train_config import preset
 
-    cfg = C.resolve(PRESETS, "tiny")
+    cfg = preset("tiny").encoder
     tok = train_wordpiece(texts[:5000], cfg.vocab_size, root)
     BertModel(bert_config(cfg, len(tok)), add_pooling_layer=False).save_pretrained(str(root))
     return root

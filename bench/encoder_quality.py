@@ -385,13 +385,13 @@ def special_ids(tokenizer) -> dict:
 
 def scratch_variant(b: Bench) -> VariantOutput:
     """Tiny BERT from scratch: WordPiece on item texts + train reviews, MLM on them, rating fine-tuning."""
-    from prefmine import config as C
-    from prefmine.text.encoder import PRESETS, bert_config
+    from prefmine.text.encoder import bert_config
     from prefmine.text.tasks import MLMTask, tokenize
     from prefmine.text.tokenizer import train_wordpiece
+    from prefmine.train_config import preset
 
     s = b.settings
-    cfg = dataclasses.replace(C.resolve(PRESETS, s.scratch_preset), max_len=s.max_len, seed=s.seed,
+    cfg = dataclasses.replace(preset(s.scratch_preset).encoder, max_len=s.max_len, seed=s.seed,
                               mlm_epochs=s.scratch_mlm_epochs, finetune_epochs=s.scratch_finetune_epochs)
     corpus = [t for items in b.items.values() for t in items.texts] + b.train_texts()
     tokenizer = train_wordpiece(corpus, cfg.vocab_size, b.work / "scratch-tokenizer")
@@ -422,12 +422,11 @@ def minilm_variant(b: Bench) -> VariantOutput:
 
 def minilm_rating_variant(b: Bench) -> VariantOutput:
     """MiniLM fully fine-tuned on the train reviews -> rating (RatingTask), then embedding with it."""
-    from prefmine import config as C
-    from prefmine.text.encoder import PRESETS
+    from prefmine.train_config import preset
 
     s = b.settings
     tokenizer, bert_cfg, state = minilm()
-    cfg = dataclasses.replace(C.resolve(PRESETS, "tiny"), max_len=s.max_len, seed=s.seed,
+    cfg = dataclasses.replace(preset("tiny").encoder, max_len=s.max_len, seed=s.seed,
                               finetune_epochs=s.minilm_finetune_epochs, finetune_lr=s.minilm_finetune_lr)
     task, state, rating = finetune_rating(b, "minilm", cfg, bert_cfg, tokenizer, state)
     items, reviews = embed_all(b, bert_from_state(bert_cfg, state), tokenizer)

@@ -211,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.train_policy import _ensure_ray
     from prefmine.config import apply, parse_overrides
     from prefmine.data.dataset import load_dataset
-    from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.evaluation import evaluate_policies, format_evaluation
     from prefmine.policy.inputs import simulator_inputs
     from prefmine.policy.offpolicy import off_policy_estimates
     from prefmine.policy.response import auc
     from prefmine.policy.runtime import PolicyRuntime
-    from prefmine.policy.simulator import SIMULATOR_PRESETS, ObsSpec
+    from prefmine.policy.simulator import ObsSpec
+    from prefmine.train_config import preset
 
     t_start = time.time()
     if a.data and a.bundle:
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         data, bundle = _prepare_default(Path(a.workdir))
     ds = load_dataset(data, with_reviews=True)
     inputs = simulator_inputs(ds, bundle)
-    base = POLICY_PRESETS["tiny"]
-    sim_cfg = SIMULATOR_PRESETS[base.simulator]
+    base, sim_cfg = preset("tiny").policy, preset("tiny").simulator
     spec = ObsSpec.from_inputs(inputs, sim_cfg)
     users, test_items, test_hist, rewards = _test_rewards(ds, sim_cfg.purchase_value)
     report: dict = {"bench": "policy", "machine": machine(), "data": str(data), "bundle": str(bundle),

@@ -30,11 +30,11 @@ from bench.data_scale import machine
 
 
 def make_task(preset: str, batch: int, n: int, epochs: int):
-    from prefmine import config as C
-    from prefmine.text.encoder import PRESETS, bert_config
+    from prefmine.text.encoder import bert_config
     from prefmine.text.tasks import MLMTask
+    from prefmine.train_config import preset as tree_preset
 
-    cfg = C.resolve(PRESETS, preset)
+    cfg = tree_preset(preset).encoder
     cfg.batch_size, cfg.mlm_epochs = batch, epochs
     rng = np.random.default_rng(0)
     ids = rng.integers(5, cfg.vocab_size, size=(n, cfg.max_len))

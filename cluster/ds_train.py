@@ -27,22 +27,9 @@ from pathlib import Path
 from cluster.metrics_log import EpochLog
 from prefmine.jit_locks import clear_stale_locks
 from prefmine.progress import EpochFollower
+from prefmine.train_task import DistConfig  # noqa: F401  (the trainer's settings; imported from here too)
 
 DS_CONFIG_DIR = Path(__file__).parent / "deepspeed"
-
-
-@dataclass
-class DistConfig:
-    """How to distribute a training run."""
-
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ (zero0-3, *_offload) or a path
-    grad_accum: int = 0  # gradient accumulation steps; 0: as the DeepSpeed JSON says
-    max_failures: int = 1
-    log_every: int = 20
-    checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
 
 
 @dataclass

@@ -17,21 +17,11 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclass
-class EmbedConfig:
-    """How the batch-inference job runs."""
-
-    batch_size: int = 256  # texts per actor call
-    max_actors: int = 0  # 0: one per CPU of the cluster (divided by cpus_per_actor)
-    cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
-    rows_per_block: int = 4096  # input block size: the unit Ray Data schedules
+from prefmine.text.runtime import EmbedConfig
 
 
 class TextEmbedder:

@@ -1,8 +1,8 @@
 """The training pipeline: dataset -> encoder -> ranker -> policy -> one versioned bundle.
 
-`train_bundle(data, out, stages, preset, config_file)` runs the requested stages in order on a Ray it joins or
-starts (`cluster.ray_env.ensure_ray`). A config file (YAML) may hold `encoder:`, `ranker:`, `policy:`,
-`simulator:` and `dist:` sections; unknown keys are errors. Each stage records its config and metrics in the
+`train_bundle(data, out, stages, preset, config_file, overrides)` runs the requested stages in order on a Ray it
+joins or starts (`cluster.ray_env.ensure_ray`), with the config tree of `prefmine.train_config` (a preset, a
+YAML file of sections, ``section.key=value`` overrides; unknown keys are errors). Each stage records its config and metrics in the
 bundle manifest; the manifest is rewritten atomically after each stage.
 
 The bundle is built in a local staging directory (a copy of the bundle already at `out`, if any, so one stage can
@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.ds_train import DistConfig
 from cluster.ray_env import ensure_ray
 from prefmine import config as C
-from prefmine import store
+from prefmine import store, train_config
 from prefmine.bundle import (
     drop_checkpoints,
     is_published,
@@ -36,33 +35,21 @@ from prefmine.bundle import (
 from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
 from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
-from prefmine.ranker.model import PRESETS as RANKER_PRESETS
-from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
 
 STAGES = ("encoder", "ranker", "policy")
-DIST_PRESETS = {"tiny": DistConfig(), "base": DistConfig(num_workers=1, use_gpu=True),
-                "large": DistConfig(num_workers=4, use_gpu=True, deepspeed_config="zero2.json")}
 
 
 def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str = "tiny",
-                 config_file: str | None = None, keep_checkpoints: bool = False) -> dict:
+                 config_file: str | None = None, keep_checkpoints: bool = False,
+                 overrides: list[str] | None = None) -> dict:
     """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
     checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
     from cluster.train_encoder import train_encoder
     from cluster.train_policy import gate_trained_policy, train_policy
     from cluster.train_ranker import train_ranker
-    from prefmine.policy.config import POLICY_PRESETS
-    from prefmine.policy.simulator import SIMULATOR_PRESETS
 
-    file = C.load_file(config_file) if config_file else {}
-    unknown = set(file) - {"encoder", "ranker", "policy", "simulator", "dist"}
-    if unknown:
-        raise C.ConfigError(f"config file {config_file}: unknown section(s) {sorted(unknown)}")
-    enc_cfg = C.resolve(ENCODER_PRESETS, preset, file.get("encoder"))
-    rank_cfg = C.resolve(RANKER_PRESETS, preset, file.get("ranker"))
-    pol_cfg = C.resolve(POLICY_PRESETS, preset, file.get("policy"))
-    sim_cfg = C.resolve(SIMULATOR_PRESETS, pol_cfg.simulator, file.get("simulator"))
-    dist = C.resolve(DIST_PRESETS, preset, file.get("dist"))
+    tree = train_config.load(preset, config_file, overrides)
+    enc_cfg, rank_cfg, pol_cfg, sim_cfg, dist = tree.encoder, tree.ranker, tree.policy, tree.simulator, tree.dist
     IntegrityConfig.from_env()  # a bad signing key fails now, not after training
 
     ds = load_dataset(data, with_reviews=True)
@@ -79,15 +66,15 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         version = new_version(ds.manifest.get("data_hash", "nodata"))
         update_manifest(bundle, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_catalog(bundle, ds)
-    update_manifest(bundle, format="prefmine-bundle/2", version=version, preset=preset,
+    update_manifest(bundle, format="prefmine-bundle/2", version=version, preset=preset, config=tree.to_dict(),
                     data_hash=ds.manifest.get("data_hash"), dataset=ds.manifest)
     ensure_ray()
     metrics: dict = {}
     t0 = time.time()
     if "encoder" in stages:
-        metrics["encoder"] = train_encoder(ds, bundle, enc_cfg, dist)
+        metrics["encoder"] = train_encoder(ds, bundle, enc_cfg, dist, tree.embed)
     if "ranker" in stages:
-        metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist)
+        metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist, retrieval=tree.retrieval)
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)
         # Algorithm checkpoints beside the Ray Train runs; a driver restarted on this staging resumes from them.
@@ -127,12 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("stage", nargs="?", choices=STAGES)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="tiny", choices=C.PRESETS)
-    p.add_argument("--config")
+    p.add_argument("--preset", default="tiny", choices=sorted(train_config.PRESETS))
+    p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config tree overrides")
     p.add_argument("--keep-checkpoints", action="store_true", help="publish the Ray Train checkpoints too")
     args = p.parse_args(argv)
     m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config,
-                     args.keep_checkpoints)
+                     args.keep_checkpoints, args.set)
     print(json.dumps({stage: {k: v for k, v in part.items() if k != "history"} if isinstance(part, dict) else part
                       for stage, part in m.items()}, indent=2, default=str)[:4000])
     print(f"bundle written: {args.out}", flush=True)

@@ -23,14 +23,15 @@ import torch
 from transformers import BertModel
 
 from cluster.ds_train import DistConfig, train
-from cluster.embed_job import EmbedConfig, embed_on_ray
+from cluster.embed_job import embed_on_ray
 from prefmine import config as C
+from prefmine import train_config
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
 from prefmine.text.corpus import corpus
-from prefmine.text.encoder import PRESETS, EncoderConfig, bert_config
-from prefmine.text.runtime import save_encoder
+from prefmine.text.encoder import EncoderConfig, bert_config
+from prefmine.text.runtime import EmbedConfig, save_encoder
 from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, save_adapter, tokenize
 from prefmine.text.tokenizer import train_wordpiece
 from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories
@@ -48,7 +49,8 @@ def finished_stage(task, result, adapter_dir: Path) -> dict:
     return task.encoder_state(trained)
 
 
-def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfig) -> dict:
+def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfig,
+                  embed: EmbedConfig | None = None) -> dict:
     t0 = time.time()
     out = Path(bundle) / "encoder"
     out.mkdir(parents=True, exist_ok=True)
@@ -110,9 +112,9 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
     save_encoder(out, bert, cfg)
     t_embed = time.time()
-    emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, EmbedConfig())
+    emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, embed or EmbedConfig())
     users = embed_on_ray(out, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,
-                         EmbedConfig())
+                         embed or EmbedConfig())
     metrics["embedding"] = {"items": int(emb.shape[0]), "users": int(users.shape[0]),
                             "seconds": round(time.time() - t_embed, 1)}
     metrics["seconds"] = round(time.time() - t0, 1)
@@ -126,10 +128,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Train the text encoder on a prepared dataset.")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="tiny", choices=C.PRESETS)
+    p.add_argument("--preset", default="tiny", choices=sorted(train_config.PRESETS))
+    p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config)")
     args = p.parse_args(argv)
+    tree = train_config.load(args.preset, args.config)
     ds = load_dataset(args.data, with_reviews=True)
-    print(json.dumps(train_encoder(ds, Path(args.out), C.resolve(PRESETS, args.preset), DistConfig()), indent=2))
+    print(json.dumps(train_encoder(ds, Path(args.out), tree.encoder, tree.dist, tree.embed), indent=2))
     return 0
 
 

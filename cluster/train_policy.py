@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prefmine.config import ConfigError, load_file, parse_overrides, resolve
+from prefmine import train_config
+from prefmine.config import ConfigError
 from prefmine.policy.checkpoint import (  # noqa: F401  (re-exported: tests and benches import them from here)
     CHECKPOINT_FORMAT,
     CHECKPOINT_STATE,
@@ -47,7 +48,7 @@ from prefmine.policy.checkpoint import (  # noqa: F401  (re-exported: tests and 
     read_checkpoint_state,
     save_checkpoint,
 )
-from prefmine.policy.config import ALGORITHMS, POLICY_PRESETS, PolicyTrainConfig  # noqa: F401
+from prefmine.policy.config import ALGORITHMS, PolicyTrainConfig  # noqa: F401
 from prefmine.policy.evaluation import (  # noqa: F401
     evaluate_policies,
     format_evaluation,
@@ -57,7 +58,6 @@ from prefmine.policy.evaluation import (  # noqa: F401
 from prefmine.policy.gate import gate_policy
 from prefmine.policy.runtime import save_policy
 from prefmine.policy.simulator import (
-    SIMULATOR_PRESETS,
     ObsSpec,
     RecSimEnv,
     SimulatorConfig,
@@ -175,8 +175,8 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cfg = cfg or POLICY_PRESETS["tiny"]
-    sim_cfg = sim_cfg or SIMULATOR_PRESETS[cfg.simulator]
+    cfg = cfg or PolicyTrainConfig()
+    sim_cfg = sim_cfg or train_config.preset(cfg.simulator).simulator
     module_dir = None
     if warm_start is not None:
         warm_start = Path(warm_start)
@@ -285,9 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cluster.train_policy", description=__doc__.split("\n\n")[0])
     p.add_argument("--inputs", required=True, help="pickle of a prefmine.policy.simulator.SimulatorInputs")
     p.add_argument("--out", required=True, help="policy output dir (e.g. BUNDLE/policy)")
-    p.add_argument("--preset", default="tiny", choices=sorted(POLICY_PRESETS))
-    p.add_argument("--config", help="YAML/JSON file with `policy:` and/or `simulator:` sections")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PolicyTrainConfig overrides")
+    p.add_argument("--preset", default="tiny", choices=sorted(train_config.PRESETS))
+    p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config); its `policy` and `simulator` "
+                   "sections apply")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="PolicyTrainConfig overrides (KEY or policy.KEY; simulator.KEY for the simulator)")
     p.add_argument("--sim-set", nargs="*", default=[], metavar="KEY=VALUE", help="SimulatorConfig overrides")
     p.add_argument("--eval-sessions", type=int, default=1000)
     p.add_argument("--json", help="write metrics + evaluation here")
@@ -297,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="remove the checkpoint dir first: start over")
     args = p.parse_args(argv)
     try:
-        file = load_file(args.config) if args.config else {}
-        cfg = resolve(POLICY_PRESETS, args.preset, file.get("policy"), parse_overrides(args.set))
-        sim_cfg = resolve(SIMULATOR_PRESETS, cfg.simulator, file.get("simulator"), parse_overrides(args.sim_set))
+        tree = train_config.load(args.preset, args.config, train_config.in_section("policy", args.set)
+                                 + train_config.in_section("simulator", args.sim_set))
+        cfg, sim_cfg = tree.policy, tree.simulator
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

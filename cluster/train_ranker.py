@@ -19,17 +19,18 @@ import numpy as np
 
 from cluster.ds_train import DistConfig, train
 from prefmine import config as C
+from prefmine import train_config
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.ranker.blend import fit_blend
-from prefmine.ranker.model import PRESETS, RankerConfig
-from prefmine.ranker.retrieval import save_retrieval_index
+from prefmine.ranker.model import RankerConfig
+from prefmine.ranker.retrieval import RetrievalConfig, save_retrieval_index
 from prefmine.ranker.runtime import save_ranker
 from prefmine.ranker.task import RankerTask
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
-               text: np.ndarray | None, run_name: str | None = None) -> dict:
+               text: np.ndarray | None, run_name: str | None = None, retrieval: RetrievalConfig | None = None) -> dict:
     """Train one ranker component into `<bundle>/<component>`. The Ray Train run is `<bundle>/.train/<run_name>`
     (default: the component and a timestamp, a fresh run): a fixed `run_name` whose directory holds a checkpoint
     continues from its last checkpointed epoch (Ray Train restores a run of the same name and storage)."""
@@ -46,19 +47,21 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu],
              [ds.history_events(u, "valid") for u in vu])
     return {"history": res.history, "seconds": res.seconds, "windows": int(len(task.x)),
-            "retrieval": save_retrieval_index(out),
+            "retrieval": save_retrieval_index(out, retrieval),
             "blend": fit_blend(out, ds, cfg, text, *valid) if cfg.blend else None}
 
 
-def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True) -> dict:
+def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True,
+                 retrieval: RetrievalConfig | None = None) -> dict:
     emb_path = Path(bundle) / "encoder" / "item_embeddings.npy"
     text = np.load(emb_path) if emb_path.exists() else None
     if cfg.fusion == "gate" and text is None:
         raise FileNotFoundError(f"{emb_path} is missing: train the encoder first (prefmine train encoder)")
-    metrics = {"ranker": _train_one(ds, bundle, cfg, dist, "ranker", text if cfg.fusion == "gate" else None)}
+    metrics = {"ranker": _train_one(ds, bundle, cfg, dist, "ranker", text if cfg.fusion == "gate" else None,
+                                    retrieval=retrieval)}
     if id_only:
         metrics["ranker_id_only"] = _train_one(ds, bundle, dataclasses.replace(cfg, fusion="none"), dist,
-                                               "ranker_id_only", None)
+                                               "ranker_id_only", None, retrieval=retrieval)
     update_manifest(bundle, components={
         name: {"config": C.to_dict(cfg) if name == "ranker" else {**C.to_dict(cfg), "fusion": "none"},
                "metrics": m} for name, m in metrics.items()})
@@ -69,10 +72,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Train the sequential ranker on a prepared dataset.")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="tiny", choices=C.PRESETS)
+    p.add_argument("--preset", default="tiny", choices=sorted(train_config.PRESETS))
+    p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config)")
     args = p.parse_args(argv)
+    tree = train_config.load(args.preset, args.config)
     ds = load_dataset(args.data)
-    print(json.dumps(train_ranker(ds, Path(args.out), C.resolve(PRESETS, args.preset), DistConfig()), indent=2))
+    print(json.dumps(train_ranker(ds, Path(args.out), tree.ranker, tree.dist, retrieval=tree.retrieval), indent=2))
     return 0
 
 

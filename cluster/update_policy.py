@@ -22,7 +22,7 @@ What it does, in order:
    nothing half-written ever looks like a bundle.
 
 Fewer than `min_events` new events: nothing is written and the summary says so. The serving bundle is never
-modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--set K=V ...]`.
+modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--config FILE] [--set K=V ...]`.
 """
 
 from __future__ import annotations
@@ -33,40 +33,17 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from prefmine import train_config
 from prefmine.bundle import MANIFEST, Catalog, load_catalog, new_version, read_manifest, save_catalog
-from prefmine.config import ConfigError, apply, parse_overrides, resolve
+from prefmine.config import ConfigError, apply
 from prefmine.integrity import seal
+from prefmine.policy.config import PolicyTrainConfig, UpdateConfig
 
 INTERACTIONS = ("click", "cart", "buy", "rate")
-
-
-@dataclass(frozen=True)
-class UpdateConfig:
-    """Incremental update settings. Presets: `UPDATE_PRESETS`."""
-
-    max_iterations: int = 4  # policy train() calls after the warm start (0: re-export the warm-started module)
-    time_budget_s: float = 120.0
-    min_events: int = 1  # fewer new feedback events than this: no new bundle
-    initial_epsilon: float = 0.2  # DQN: exploration restarts here, not at 1.0
-    epsilon_timesteps: int = 2000
-    learning_starts: int = 200
-    buy_prior: float = 20.0  # pseudo-counts of the serving purchase rate against the new events
-    page_size: int = 50_000  # feedback rows read per query
-    seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this
-
-
-UPDATE_PRESETS = {
-    "tiny": UpdateConfig(),
-    "base": UpdateConfig(max_iterations=30, time_budget_s=900.0, epsilon_timesteps=10_000, learning_starts=1000,
-                         min_events=100),
-    "large": UpdateConfig(max_iterations=100, time_budget_s=3600.0, epsilon_timesteps=50_000,
-                          learning_starts=5000, min_events=1000),
-}
 
 
 def read_events(feedback: str | Path, after_id: int, page_size: int = 50_000) -> list[tuple]:
@@ -148,12 +125,11 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     new version's path when updated), `version`, `consumed_id` and the event counts."""
 
     from cluster.train_policy import train_policy
-    from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.response import fit_response_model, load_response
     from prefmine.policy.simulator import SimulatorConfig, SimulatorInputs
     from prefmine.ranker.runtime import RankerRuntime
 
-    cfg = cfg or UPDATE_PRESETS["tiny"]
+    cfg = cfg or UpdateConfig()
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     pol_dir = bundle / "policy"
@@ -206,7 +182,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     # 4. continue training the serving policy
     train = dict(pol_conf["train"])
     train["hiddens"] = tuple(train["hiddens"])
-    base = POLICY_PRESETS["tiny"]
+    base = PolicyTrainConfig()
     pcfg = apply(base, {k: v for k, v in train.items() if hasattr(base, k)}, "serving policy config")
     pcfg = apply(pcfg, {"max_iterations": cfg.max_iterations, "time_budget_s": cfg.time_budget_s,
                         "initial_epsilon": cfg.initial_epsilon, "epsilon_timesteps": cfg.epsilon_timesteps,
@@ -265,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", required=True, help="the serving bundle (read only)")
     p.add_argument("--feedback", required=True, help="the serving feedback log (SQLite)")
     p.add_argument("--out", help="where the new bundle version goes (default: beside --bundle, named by version)")
-    p.add_argument("--preset", default="tiny", choices=sorted(UPDATE_PRESETS))
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="UpdateConfig overrides")
+    p.add_argument("--preset", default="tiny", choices=sorted(train_config.PRESETS))
+    p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config); its `update` section applies")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="UpdateConfig overrides (KEY or update.KEY)")
     args = p.parse_args(argv)
     try:
-        cfg = resolve(UPDATE_PRESETS, args.preset, None, parse_overrides(args.set))
+        cfg = train_config.load(args.preset, args.config, train_config.in_section("update", args.set)).update
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
-"""Dataclass configs with presets, YAML overrides and strict keys.
+"""Strict updates of dataclass configs: YAML/JSON files, `key=value` overrides, unknown keys named as errors.
 
-Every component owns one dataclass config. `resolve(cls, preset, file, overrides)` starts from the preset
-(`tiny`, `base`, `large`), applies a YAML/JSON file and then `key=value` overrides; an unknown key anywhere is
-an error that names it, so a typo never silently trains the wrong model.
+Every component owns one dataclass config; `prefmine.train_config` gathers the training ones into one tree with
+one preset table and loads it with these helpers. An unknown key anywhere is an error that names it, so a typo
+never silently trains the wrong model.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
-
-PRESETS = ("tiny", "base", "large")
-
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or has a value of the wrong type."""
@@ -46,6 +43,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from e
     if isinstance(current, (list, tuple)) and isinstance(value, str):
         return type(current)(json.loads(value))
+    if isinstance(current, tuple) and isinstance(value, list):  # YAML has no tuples: keep the field's type
+        return tuple(value)
     return value
 
 
@@ -79,19 +78,6 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
-
-
-def resolve(presets: dict[str, T], preset: str, section: dict[str, Any] | None = None,
-            overrides: dict[str, Any] | None = None) -> T:
-    """Preset, then a file section, then command-line overrides."""
-    if preset not in presets:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
-    cfg = presets[preset]
-    if section:
-        cfg = apply(cfg, section, "config file")
-    if overrides:
-        cfg = apply(cfg, overrides, "override")
-    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -2,16 +2,32 @@
 
 A task owns its model, data and loss; the trainer owns processes, DeepSpeed engines, checkpoints and progress.
 Tasks are plain picklable objects (numpy arrays, configs) so Ray can ship them to workers; they never import Ray.
+`DistConfig` says how the trainer distributes a run (workers, GPU, DeepSpeed config, checkpoints).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass
+class DistConfig:
+    """How to distribute a training run."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    deepspeed_config: str = "zero2.json"  # file in cluster/deepspeed/ (zero0-3, *_offload) or a path
+    grad_accum: int = 0  # gradient accumulation steps; 0: as the DeepSpeed JSON says
+    max_failures: int = 1
+    log_every: int = 20
+    checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
 
 
 class TrainTask(Protocol):

@@ -126,12 +126,12 @@ def test_ranker_save_load_pair(tmp_path):
 def test_encoder_save_load_pair(tmp_path, tiny_bert_dir):
     from transformers import BertModel
 
-    from prefmine.text.encoder import PRESETS
     from prefmine.text.runtime import load_encoder, save_encoder
+    from prefmine.train_config import PRESETS
 
     src = tiny_bert_dir(tmp_path / "src", ["a red magazine about boats", "a blue magazine about trains"])
     bert = BertModel.from_pretrained(str(src), add_pooling_layer=False)
-    cfg = dataclasses.replace(PRESETS["tiny"], max_len=24)
+    cfg = dataclasses.replace(PRESETS["tiny"].encoder, max_len=24)
     d = save_encoder(tmp_path / "encoder", bert, cfg)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).is_file():

@@ -1,30 +1,71 @@
-"""Config presets, file sections and overrides: unknown keys are errors that name the key."""
+"""The training config tree: one preset table, YAML sections and ``section.key=value`` overrides for every
+component, and errors that name an unknown section, key or bad value."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from prefmine import config as C
-from prefmine.ranker.model import PRESETS as RANKER_PRESETS
-from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
+from prefmine import train_config as T
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_presets_file_then_overrides():
-    cfg = C.resolve(RANKER_PRESETS, "tiny", {"dim": 32, "fusion": "none"}, {"epochs": "3"})
-    assert (cfg.dim, cfg.fusion, cfg.epochs) == (32, "none", 3)
-    assert C.resolve(ENCODER_PRESETS, "base").hidden > C.resolve(ENCODER_PRESETS, "tiny").hidden
+def test_presets_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("ranker: {dim: 32, fusion: none}\nretrieval: {kind: hnsw, m: 16}\nembed: {batch_size: 8}\n")
+    cfg = T.load("tiny", f, ["ranker.epochs=3", "dist.num_workers=1", "simulator.slate_size=3"])
+    assert (cfg.ranker.dim, cfg.ranker.fusion, cfg.ranker.epochs) == (32, "none", 3)
+    assert (cfg.retrieval.kind, cfg.retrieval.m, cfg.embed.batch_size) == ("hnsw", 16, 8)
+    assert (cfg.dist.num_workers, cfg.simulator.slate_size) == (1, 3)
+    assert cfg.encoder == T.PRESETS["tiny"].encoder  # untouched sections keep the preset's values
+    assert T.PRESETS["base"].encoder.hidden > T.PRESETS["tiny"].encoder.hidden
+    assert T.PRESETS["large"].dist.num_workers == 4 and T.PRESETS["large"].ranker.softmax == "sampled"
 
 
-def test_unknown_keys_and_bad_values_are_named(tmp_path):
+def test_every_section_and_key_is_settable_from_a_file(tmp_path):
+    """The tree's promise: every field of every component's dataclass can be set from --config."""
+    base = T.PRESETS["tiny"]
+    for section in T.SECTIONS:
+        for fld in dataclasses.fields(getattr(base, section)):
+            value = getattr(getattr(base, section), fld.name)
+            f = tmp_path / "one.yaml"
+            f.write_text(json.dumps({section: {fld.name: list(value) if isinstance(value, tuple) else value}}))
+            got = getattr(getattr(T.load("tiny", f), section), fld.name)
+            assert got == value, (section, fld.name)
+
+
+def test_unknown_sections_keys_and_bad_values_are_named(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("rankr: {dim: 3}\n")
+    with pytest.raises(C.ConfigError, match="rankr"):
+        T.load("tiny", bad)
+    bad.write_text("ranker: {dimm: 3}\n")
     with pytest.raises(C.ConfigError, match="dimm"):
-        C.resolve(RANKER_PRESETS, "tiny", {"dimm": 3})
+        T.load("tiny", bad)
     with pytest.raises(C.ConfigError, match="'epochs'.*integer"):
-        C.resolve(RANKER_PRESETS, "tiny", None, {"epochs": "many"})
+        T.load("tiny", None, ["ranker.epochs=many"])
+    with pytest.raises(C.ConfigError, match="SECTION.KEY"):
+        T.load("tiny", None, ["epochs=3"])
     with pytest.raises(C.ConfigError, match="preset"):
-        C.resolve(RANKER_PRESETS, "huge")
+        T.load("huge")
     with pytest.raises(C.ConfigError, match="key=value"):
         C.parse_overrides(["epochs"])
-    bad = tmp_path / "c.yaml"
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(C.ConfigError, match="mapping"):
         C.load_file(bad)
+    assert T.in_section("policy", ["lr=0.1", "simulator.slate_size=4"]) == ["policy.lr=0.1",
+                                                                           "simulator.slate_size=4"]
+
+
+def test_train_command_rejects_an_unknown_override_before_training(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "prefmine.cli", "train", "--data", str(tmp_path), "--out",
+                        str(tmp_path / "b"), "--set", "ranker.no_such_key=1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "no_such_key" in r.stderr

@@ -12,7 +12,7 @@ import pytest
 from prefmine.data.dataset import load_dataset
 from prefmine.policy.inputs import train_ratings
 from prefmine.text.corpus import corpus
-from prefmine.text.encoder import PRESETS as ENCODER_PRESETS
+from prefmine.train_config import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _review_text(rev):
 
 
 def test_corpus_holds_item_texts_and_train_reviews_only_each_once(ds):
-    cfg = dataclasses.replace(ENCODER_PRESETS["tiny"], max_texts=10**6)
+    cfg = dataclasses.replace(PRESETS["tiny"].encoder, max_texts=10**6)
     texts, rated, ratings = corpus(ds, cfg)
     assert len(texts) == len(set(texts)) and len(rated) == len(set(rated)) == len(ratings)
     held = ds.reviews[ds.reviews["split"] != "train"]
@@ -38,7 +38,7 @@ def test_corpus_holds_item_texts_and_train_reviews_only_each_once(ds):
 
 
 def test_corpus_cap_is_a_seeded_sample(ds):
-    cfg = dataclasses.replace(ENCODER_PRESETS["tiny"], max_texts=50)
+    cfg = dataclasses.replace(PRESETS["tiny"].encoder, max_texts=50)
     a, b = corpus(ds, cfg), corpus(ds, cfg)
     assert len(a[0]) == 50 and len(a[1]) == 50 and a[0] == b[0] and a[1] == b[1]
     other = corpus(ds, dataclasses.replace(cfg, seed=cfg.seed + 1))

@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefmine.config import apply
 from prefmine.policy.response import auc, fit_response_model
 from prefmine.policy.simulator import (
     RecSimEnv,
     SimulatorConfig,
     build_obs,
     build_simulator_inputs,
-    simulator_config,
     top_candidates,
 )
+from prefmine.train_config import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PREFMINE_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -106,7 +107,7 @@ def _rollout(env, seed, policy=lambda env, obs, i: i % env.cfg.n_candidates):
 
 
 def test_simulator_seeded_determinism_bounds_and_termination(inputs):
-    cfg = simulator_config("tiny", overrides={"leave_prob": 0.0, "leave_prob_skip": 0.05})
+    cfg = apply(PRESETS["tiny"].simulator, {"leave_prob": 0.0, "leave_prob_skip": 0.05})
     env, env2 = RecSimEnv({"inputs": inputs, "config": cfg}), RecSimEnv({"inputs": inputs, "config": cfg})
     assert env.observation_space.shape == (DIM + 3 * cfg.n_candidates + 1,)
     for seed in range(30):
@@ -159,11 +160,9 @@ def test_obs_builder_matches_env(inputs):
 def _train_with_probe(inputs, out, overrides):
     """Train; on the last iteration record the live Algorithm module's scores on fixed observations."""
     from cluster.train_policy import train_policy
-    from prefmine.config import apply
-    from prefmine.policy.config import POLICY_PRESETS
     from prefmine.policy.runtime import ModulePolicy
 
-    cfg = apply(POLICY_PRESETS["tiny"], overrides)
+    cfg = apply(PRESETS["tiny"].policy, overrides)
     env = RecSimEnv({"inputs": inputs, "config": SimulatorConfig()})
     probe_obs = np.stack([env.reset(seed=s)[0] for s in range(16)])
     live = {}

@@ -19,9 +19,10 @@ from prefmine.policy.checkpoint import (
     find_checkpoint,
     inputs_fingerprint,
 )
-from prefmine.policy.config import POLICY_PRESETS, PolicyTrainConfig
+from prefmine.policy.config import PolicyTrainConfig
 from prefmine.policy.evaluation import evaluate_policies, format_evaluation, summarise_sessions
-from prefmine.policy.simulator import SIMULATOR_PRESETS, ObsSpec, SimulatorConfig, build_simulator_inputs
+from prefmine.policy.simulator import ObsSpec, SimulatorConfig, build_simulator_inputs
+from prefmine.train_config import PRESETS
 
 
 def small_inputs(seed: int = 0, n_items: int = 40, users: int = 60, dim: int = 8):
@@ -44,9 +45,9 @@ def test_policy_settings_are_refused_naming_the_field():
     with pytest.raises(ConfigError, match="'algorithm': 'A2C'"):
         PolicyTrainConfig(algorithm="A2C")
     with pytest.raises(ConfigError, match="'checkpoint_every'"):
-        apply(POLICY_PRESETS["tiny"], {"checkpoint_every": -1})
-    for name, cfg in POLICY_PRESETS.items():  # every preset names a simulator preset that exists
-        assert cfg.simulator in SIMULATOR_PRESETS, name
+        apply(PRESETS["tiny"].policy, {"checkpoint_every": -1})
+    for name, tree in PRESETS.items():  # every preset's policy names the preset it was made for
+        assert tree.policy.simulator == name, name
 
 
 def test_session_statistics_by_hand():
@@ -74,8 +75,8 @@ def test_baselines_are_evaluated_on_common_sessions_and_tabulated():
 
 
 def test_checkpoint_identity_names_every_difference(tmp_path):
-    inputs, sim = small_inputs(), SIMULATOR_PRESETS["tiny"]
-    cfg = POLICY_PRESETS["tiny"]
+    inputs, sim = small_inputs(), PRESETS["tiny"].simulator
+    cfg = PRESETS["tiny"].policy
     ident = checkpoint_identity(inputs, sim, cfg, ObsSpec.from_inputs(inputs, sim))
     assert ident["inputs_sha1"] == inputs_fingerprint(small_inputs())  # deterministic
     other = small_inputs()

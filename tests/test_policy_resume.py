@@ -23,7 +23,8 @@ import numpy as np
 import psutil
 import pytest
 
-from prefmine.policy.simulator import SIMULATOR_PRESETS, ObsSpec, SimulatorInputs, build_simulator_inputs
+from prefmine.policy.simulator import ObsSpec, SimulatorInputs, build_simulator_inputs
+from prefmine.train_config import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 6
@@ -82,7 +83,6 @@ def _fake_checkpoint(ckpt_dir: Path, iteration: int, state: dict | None) -> Path
 
 def test_unfinished_checkpoints_are_ignored_and_other_runs_refused(tmp_path):
     from cluster.train_policy import (
-        POLICY_PRESETS,
         CheckpointMismatch,
         checkpoint_identity,
         find_checkpoint,
@@ -90,8 +90,8 @@ def test_unfinished_checkpoints_are_ignored_and_other_runs_refused(tmp_path):
     )
     from prefmine.config import apply
 
-    inputs, sim = synthetic_inputs(), SIMULATOR_PRESETS["tiny"]
-    dqn = apply(POLICY_PRESETS["tiny"], {"max_iterations": 2})
+    inputs, sim = synthetic_inputs(), PRESETS["tiny"].simulator
+    dqn = apply(PRESETS["tiny"].policy, {"max_iterations": 2})
     ident = checkpoint_identity(inputs, sim, dqn, ObsSpec.from_inputs(inputs, sim))
     ckpt = tmp_path / "ckpt"
     assert find_checkpoint(ckpt) is None  # no folder yet
@@ -106,10 +106,10 @@ def test_unfinished_checkpoints_are_ignored_and_other_runs_refused(tmp_path):
     import ray
 
     ray_was_up = ray.is_initialized()
-    ppo = apply(POLICY_PRESETS["tiny"], {"algorithm": "PPO", "max_iterations": 2})
+    ppo = apply(PRESETS["tiny"].policy, {"algorithm": "PPO", "max_iterations": 2})
     with pytest.raises(CheckpointMismatch, match=r"algorithm: checkpoint 'DQN', this run 'PPO'"):
         train_policy(inputs, tmp_path / "out", ppo, sim, checkpoint_dir=ckpt)
-    wider = SIMULATOR_PRESETS["base"]  # 20 candidates: another observation size
+    wider = PRESETS["base"].simulator  # 20 candidates: another observation size
     with pytest.raises(CheckpointMismatch, match=r"obs_size: checkpoint 39, this run 69.*simulator\.n_candidates"):
         train_policy(inputs, tmp_path / "out", dqn, wider, checkpoint_dir=ckpt)
     with pytest.raises(CheckpointMismatch, match=r"inputs_sha1"):  # same shapes, other data
@@ -192,15 +192,14 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
 
     rt = PolicyRuntime(out)
     assert rt.config["metrics"]["resumed_from"] == resumed
-    obs = np.random.default_rng(0).normal(size=(4, ObsSpec.from_inputs(inputs, SIMULATOR_PRESETS["tiny"]).size))
+    obs = np.random.default_rng(0).normal(size=(4, ObsSpec.from_inputs(inputs, PRESETS["tiny"].simulator).size))
     assert np.isfinite(rt.q_values(obs.astype(np.float32))).all()
 
     kept = sorted(p.name for p in ckpt.iterdir())
     assert kept == [f"iter_{ITERATIONS - 1:06d}", f"iter_{ITERATIONS:06d}"], kept  # last two, no temp folders
     # the real checkpoint is refused by a run of another algorithm (before any Ray is started)
     from prefmine.config import apply
-    from prefmine.policy.config import POLICY_PRESETS
 
     with pytest.raises(CheckpointMismatch, match="algorithm"):
-        train_policy(inputs, tmp_path / "ppo", apply(POLICY_PRESETS["tiny"], {"algorithm": "PPO"}),
+        train_policy(inputs, tmp_path / "ppo", apply(PRESETS["tiny"].policy, {"algorithm": "PPO"}),
                      checkpoint_dir=ckpt)

@@ -88,7 +88,7 @@ def _train(a) -> int:
     from cluster.pipeline import STAGES, train_bundle
 
     metrics = train_bundle(a.data, a.out, (a.stage,) if a.stage else STAGES, a.preset, a.config,
-                           a.keep_checkpoints)
+                           a.keep_checkpoints, a.set)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v
                       for k, v in metrics.items()}, indent=2, default=str)[:6000])
     return 0
@@ -246,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True)
     tr.add_argument("--out", required=True, help="bundle location: a directory or a URI (s3://, gs://, file://)")
     tr.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
-    tr.add_argument("--config", help="YAML with encoder/ranker/policy/simulator/dist sections")
+    tr.add_argument("--config", help="YAML config tree: any of the sections encoder, embed, ranker, retrieval, "
+                    "policy, simulator, update, dist (docs/configuration.md)")
+    tr.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                    help="config overrides applied after --config, e.g. ranker.epochs=3 dist.num_workers=1")
     tr.add_argument("--keep-checkpoints", action="store_true",
                     help="publish each run's Ray Train checkpoint (DeepSpeed states) in the bundle's .train/ too")
     _add_verbose(tr)

@@ -8,17 +8,15 @@ from serving feedback in `cluster/update_policy.py`."""
 from prefmine.policy.offpolicy import CAVEATS, off_policy_estimates
 from prefmine.policy.response import ResponseModel, auc, fit_response_model, load_response, save_response
 from prefmine.policy.simulator import (
-    SIMULATOR_PRESETS,
     ObsSpec,
     RecSimEnv,
     SimulatorConfig,
     SimulatorInputs,
     build_obs,
     build_simulator_inputs,
-    simulator_config,
 )
 
 __all__ = [
-    "CAVEATS", "load_response", "off_policy_estimates", "save_response", "SIMULATOR_PRESETS", "ObsSpec", "RecSimEnv", "ResponseModel", "SimulatorConfig", "SimulatorInputs", "auc",
-    "build_obs", "build_simulator_inputs", "fit_response_model", "simulator_config",
+    "CAVEATS", "load_response", "off_policy_estimates", "save_response", "ObsSpec", "RecSimEnv", "ResponseModel", "SimulatorConfig", "SimulatorInputs", "auc",
+    "build_obs", "build_simulator_inputs", "fit_response_model",
 ]

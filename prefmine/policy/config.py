@@ -1,4 +1,4 @@
-"""Policy training settings: `PolicyTrainConfig` and its presets (`POLICY_PRESETS`).
+"""Policy settings: `PolicyTrainConfig` (training) and `UpdateConfig` (the incremental update job).
 
 Plain data, no Ray: the training wiring (`cluster/train_policy.py`) builds RLlib configs from it, the update job
 (`cluster/update_policy.py`) derives its warm-start config from it, and the exported policy records it.
@@ -13,7 +13,8 @@ from prefmine.config import ConfigError
 
 @dataclass(frozen=True)
 class PolicyTrainConfig:
-    """Policy training settings. Presets: `POLICY_PRESETS`; `simulator` names the SimulatorConfig preset.
+    """Policy training settings (presets in prefmine.train_config); `simulator` names the preset whose simulator
+    settings it was made for (recorded with the policy; the simulator section of the config tree is what runs).
 
     `algorithm` picks DQN or PPO; the `ppo_*` fields apply to PPO only, the epsilon/replay fields to DQN only.
     """
@@ -62,16 +63,17 @@ class PolicyTrainConfig:
 
 ALGORITHMS = ("DQN", "PPO")
 
-POLICY_PRESETS = {
-    "tiny": PolicyTrainConfig(),
-    "base": PolicyTrainConfig(simulator="base", max_iterations=100, time_budget_s=1800.0, hiddens=(256, 256),
-                              train_batch_size=256, rollout_fragment_length=32, epsilon_timesteps=30_000,
-                              learning_starts=2000, target_update_freq=2000, num_env_runners=2,
-                              ppo_minibatch_size=256, checkpoint_every=5),
-    "large": PolicyTrainConfig(simulator="large", max_iterations=500, time_budget_s=4 * 3600.0,
-                               hiddens=(512, 512), train_batch_size=512, rollout_fragment_length=64,
-                               epsilon_timesteps=200_000, learning_starts=10_000, target_update_freq=8000,
-                               buffer_capacity=500_000, num_env_runners=8, steps_per_iteration=4000,
-                               ppo_minibatch_size=512, checkpoint_every=10),
-}
 
+@dataclass(frozen=True)
+class UpdateConfig:
+    """The incremental policy update job's settings (cluster/update_policy.py); presets in prefmine.train_config."""
+
+    max_iterations: int = 4  # policy train() calls after the warm start (0: re-export the warm-started module)
+    time_budget_s: float = 120.0
+    min_events: int = 1  # fewer new feedback events than this: no new bundle
+    initial_epsilon: float = 0.2  # DQN: exploration restarts here, not at 1.0
+    epsilon_timesteps: int = 2000
+    learning_starts: int = 200
+    buy_prior: float = 20.0  # pseudo-counts of the serving purchase rate against the new events
+    page_size: int = 50_000  # feedback rows read per query
+    seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this

@@ -47,7 +47,6 @@ from dataclasses import asdict, dataclass
 import gymnasium as gym
 import numpy as np
 
-from prefmine.config import resolve
 from prefmine.policy.response import ResponseModel, position_bias
 
 PAD_SCORE = -5.0
@@ -55,7 +54,7 @@ PAD_SCORE = -5.0
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """Simulator settings. Presets: `SIMULATOR_PRESETS` (tiny/base/large)."""
+    """Simulator settings (presets in prefmine.train_config)."""
 
     n_candidates: int = 10  # N: actions per step = the ranker's top-N unseen items
     max_steps: int = 10  # session length cap (truncation)
@@ -68,18 +67,6 @@ class SimulatorConfig:
     state_step: float = 0.3  # a click moves the state this fraction toward the clicked item
     exclude_history: bool = True  # never propose items already in the user's history
     expected_reward: bool = True  # reward = E[click + purchase] (same mean, far less variance); False: sampled
-
-
-SIMULATOR_PRESETS = {
-    "tiny": SimulatorConfig(n_candidates=10, max_steps=10, slate_size=5),
-    "base": SimulatorConfig(n_candidates=20, max_steps=20, slate_size=10),
-    "large": SimulatorConfig(n_candidates=50, max_steps=30, slate_size=10),
-}
-
-
-def simulator_config(preset: str = "tiny", section: dict | None = None,
-                     overrides: dict | None = None) -> SimulatorConfig:
-    return resolve(SIMULATOR_PRESETS, preset, section, overrides)
 
 
 @dataclass

@@ -62,15 +62,6 @@ class RankerConfig:
     blend_neighbours: int = 100  # co-occurrence similarities kept per item (ranker/blend.py)
 
 
-PRESETS = {
-    "tiny": RankerConfig(dim=64, layers=2, epochs=10, min_steps=300, batch_size=64),
-    # what bench.quality measured on the Amazon 5-core categories against RecBole
-    "base": RankerConfig(dim=64, layers=2, heads=2, batch_size=16, dropout=0.5, epochs=200, max_epochs=200,
-                         patience=30),
-    "large": RankerConfig(dim=256, layers=4, heads=8, epochs=200, batch_size=256, max_len=200, patience=20,
-                          softmax="sampled"),
-}
-
 EVENT_TYPES = 6  # padding + view, click, cart, buy, rate
 GAP_BUCKETS = 24  # 0 padding, 1 unknown, 2.. log2(1 + minutes) buckets (the last one open-ended: > ~2 years)
 GAP_UNKNOWN = 1

@@ -1,4 +1,4 @@
-"""BERT text encoder: config presets, the models each training stage uses, and mean-pooled embeddings.
+"""BERT text encoder: its config, the models each training stage uses, and mean-pooled embeddings.
 
 Stages: (1) masked-language-model pretraining of a small BERT on the corpus (`BertForMaskedLM`), (2) fine-tuning
 the same encoder to predict a review's rating from its text (`RatingModel`: BERT + mean pooling + linear head,
@@ -57,16 +57,6 @@ class EncoderConfig:
     def __post_init__(self):
         if self.finetune not in ("full", "lora"):
             raise ValueError(f"encoder.finetune must be 'full' or 'lora', got {self.finetune!r}")
-
-
-PRESETS = {
-    "tiny": EncoderConfig(),
-    "base": EncoderConfig(vocab_size=16000, hidden=256, layers=4, heads=4, intermediate=1024, max_len=128,
-                          mlm_epochs=10, finetune_epochs=3, batch_size=64, max_texts=500000),
-    "large": EncoderConfig(vocab_size=30522, hidden=768, layers=12, heads=12, intermediate=3072, max_len=256,
-                           mlm_epochs=20, finetune_epochs=3, batch_size=64, lr=1e-4, finetune_lr=3e-5,
-                           max_texts=5000000),
-}
 
 
 def bert_config(cfg: EncoderConfig, vocab_size: int) -> BertConfig:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ import torch
 from transformers import AutoTokenizer, BertModel
 
 from prefmine.text.encoder import embed_texts
+
+
+@dataclass
+class EmbedConfig:
+    """How the batch-inference job runs."""
+
+    batch_size: int = 256  # texts per actor call
+    max_actors: int = 0  # 0: one per CPU of the cluster (divided by cpus_per_actor)
+    cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0
+    rows_per_block: int = 4096  # input block size: the unit Ray Data schedules
 
 
 def save_encoder(encoder_dir: str | Path, bert: BertModel, cfg) -> Path:
