@@ -40,6 +40,9 @@ def test_logged_events_newer_than_the_bundle_follow_it_with_the_request_in_time_
     assert [EVENTS[e] for e in got.events[2:]] == ["click", "buy", "view", "cart"]
     assert got.times.tolist() == [100.0, 200.0, 300.0, 300.0, 350.0, 400.0]
     assert with_session(bundle, (), (), CATALOGUE) is bundle
+    # the request's own repeats are kept (a data set may hold an event twice; evaluation scores it so)
+    twice = [SimpleNamespace(item_id="a", type=pb.EVENT_TYPE_VIEW, timestamp=350)] * 2
+    assert with_session(bundle, (), twice, CATALOGUE).items.tolist() == [7, 8, 0, 0]
 
 
 def test_a_user_the_bundle_does_not_know_gets_every_logged_event():

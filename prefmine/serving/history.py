@@ -86,27 +86,24 @@ def with_session(history, stored_rows: Sequence, recent_events: Sequence,
     newer than the history's end (`history_end`), and the ``recent_events`` of the request (objects with
     ``item_id``, ``type`` (a prefmine.v1 EventType) and ``timestamp``, unix seconds), together in timestamp order.
 
-    An event both stored and sent again with the request (the same item, type and second: a client that recorded
-    it and also lists it as recent) counts once; ties in time keep the log's order, then the request's. Items the
+    A request event that the log holds too (the same item, type and second: a client that recorded it and also
+    lists it as recent) counts once; each source's own events are kept as they are (a data set may hold the same
+    event twice, and evaluation scores it so). Ties in time keep the log's order, then the request's. Items the
     catalogue does not know (new since the bundle) are left out, as are stored event names outside EVENTS. An
     event type outside EVENTS in the request (UNSPECIFIED, which validation refuses first) reads as `rate`."""
     history = as_history(history)
     end = history_end(history)
     merged: list[tuple[int, int, int, int]] = []  # (ts, order, item, event)
-    seen: set[tuple[int, int, int]] = set()
-
-    def add(ts: int, item: int | None, event: int | None) -> None:
-        if item is None or event is None or (int(item), int(event), ts) in seen:
-            return
-        seen.add((int(item), int(event), ts))
-        merged.append((ts, len(merged), int(item), int(event)))
-
     for row in sorted(stored_rows, key=lambda r: r[0]):  # by id: the log's own order
-        ts = int(row[4])
-        if end is None or ts > end:
-            add(ts, item_index(str(row[2])), EVENTS.index(row[3]) if row[3] in EVENTS else None)
+        ts, item = int(row[4]), item_index(str(row[2]))
+        if (end is None or ts > end) and item is not None and row[3] in EVENTS:
+            merged.append((ts, len(merged), int(item), EVENTS.index(row[3])))
+    logged = {(i, e, t) for t, _, i, e in merged}
     for ev in recent_events:
-        add(int(ev.timestamp), item_index(ev.item_id), EVENT_INDEX.get(int(getattr(ev, "type", 0)), RATE))
+        ts, item = int(ev.timestamp), item_index(ev.item_id)
+        event = EVENT_INDEX.get(int(getattr(ev, "type", 0)), RATE)
+        if item is not None and (int(item), event, ts) not in logged:
+            merged.append((ts, len(merged), int(item), event))
     if not merged:
         return history
     ts, _, items, evs = zip(*sorted(merged))
