@@ -15,10 +15,9 @@ import numpy as np
 from prefmine.data.dataset import EVENTS
 from prefmine.v1 import recommender_pb2 as pb
 
-RATE = EVENTS.index("rate")
+RATE = EVENTS.index("rate")  # the event type of an event known only by its item (as the data set's loader fills)
 SESSION_EVENTS = 50  # at most this many of a user's newest feedback-log events are read per request
-
-logger = logging.getLogger("ray.serve")  # the log a Serve replica writes to  # the event type of an event known only by its item (as the data set's loader fills)
+logger = logging.getLogger("ray.serve")  # the log a Serve replica writes to
 # proto EventType -> index into EVENTS (the ranker's event-type input, minus the padding slot)
 EVENT_INDEX = {int(pb.EventType.Value(f"EVENT_TYPE_{name.upper()}")): i for i, name in enumerate(EVENTS)}
 
