@@ -100,7 +100,7 @@ def _same_code(deployment):
 # still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
-              "tls", "extra_keys", "tombstones"}
+              "tls", "extra_keys", "tombstones", "experiment"}
 
 
 def check_bundle(bundle: Path) -> None:
@@ -141,7 +141,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     (``prefmine serve``'s own probe key); ``tls``: ``{cert_file, key_file, client_ca_file}`` for the
     direct-ingress gRPC server (serve/tls.py); ``tombstones``: the list of erased pseudonyms
     (prefmine/data/tombstones.py) each ingress replica re-reads when it changes (default: $PREFMINE_TOMBSTONES,
-    else beside a SQLite feedback db).
+    else beside a SQLite feedback db); ``experiment``: an A/B experiment ``{name, salt, arms: [{name, weight,
+    policy}]}`` (prefmine.experiments) whose arms' policies order their users' slates (prefmine.serving.arms).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -177,6 +178,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     from prefmine.data.tombstones import resolve as resolve_tombstones
 
     tombstones = resolve_tombstones(args.get("tombstones"), feedback_db)
+    from prefmine.serving.arms import servable_experiment
+
+    # checked here, naming the field, before any replica starts
+    experiment = servable_experiment(args["experiment"]).to_dict() if args.get("experiment") else None
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
     version = BundleRef.of({"bundle": str(bundle)}).config()
@@ -193,4 +198,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         auth={"keys_file": auth.keys_file, "required": auth.required, "rate_per_s": auth.rate_per_s,
               "burst": auth.burst, "extra_keys": list(auth.extra_keys)},
         tls=tls.as_dict(),
+        experiment=experiment,
     )

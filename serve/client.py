@@ -59,7 +59,8 @@ def model_info(addr: str, timeout: float = 10.0, app: str | None = None, api_key
 
 def format_response(resp: pb.RecommendResponse, title_width: int = 60) -> str:
     """A readable table of a RecommendResponse."""
-    head = f"bundle {resp.bundle_version}" + ("  (cold start: popular items)" if resp.cold_start else "")
+    head = (f"bundle {resp.bundle_version}" + (f"  arm {resp.arm}" if resp.arm else "")
+            + ("  (cold start: popular items)" if resp.cold_start else ""))
     lines = [head, f"{'rank':>4}  {'item_id':<14} {'score':>10}  title", "-" * (34 + title_width)]
     for rank, item in enumerate(resp.items, 1):
         title = item.title if len(item.title) <= title_width else item.title[: title_width - 1] + "…"

@@ -5,17 +5,28 @@ key from the metadata, its scope and its rate limit first, before any other work
 health), then a request the proxy could not parse (serve/wire.py's ``Malformed``), field validation
 (serve/validate.py), then the work; its status code and time go to the Prometheus metrics (serve/metrics.py).
 The work of each RPC is thin: resolve the user (pseudonymised with the bundle's key, history from the bundle's
-catalogue, empty for an erased person), call the ranker or encoder deployment, and build the answer with
-prefmine.serving. No exception escapes (Ray would send INTERNAL with a traceback): UNAUTHENTICATED,
-PERMISSION_DENIED (scope), INVALID_ARGUMENT naming the field, RESOURCE_EXHAUSTED (size, rate limit, a full
-queue), NOT_FOUND, FAILED_PRECONDITION (an erased person's feedback), UNAVAILABLE (the feedback or impression log
-cannot write), or INTERNAL with a short message, each with an empty response.
+catalogue plus the user's newer events in the feedback log, empty for an erased person), call the ranker or
+encoder deployment, and build the answer with prefmine.serving. No exception escapes (Ray would send INTERNAL
+with a traceback): UNAUTHENTICATED, PERMISSION_DENIED (scope), INVALID_ARGUMENT naming the field,
+RESOURCE_EXHAUSTED (size, rate limit, a full queue), NOT_FOUND, FAILED_PRECONDITION (an erased person's
+feedback), UNAVAILABLE (the feedback or impression log cannot write), or INTERNAL with a short message, each with
+an empty response.
 
 RecordFeedback appends to the feedback log (prefmine.feedback: SQLite WAL, or PostgreSQL for several nodes;
 durable commits) with the request's idempotency key, and answers only after the commit returned. Recommend logs
 its answer as an impression in the same store (id, pseudonym, items, propensities, policy, bundle version)
 before answering with the id. A call whose replica died is retried (``_call``), so losing a replica costs
 latency, not failed requests.
+
+Same-session feedback: Recommend, Search and Rank read the user's newest events in the feedback log that are
+newer than the bundle's history of them (one indexed query, at most SESSION_EVENTS rows) and score the history
+they extend (prefmine.serving.history.with_session), so a click recorded a moment ago changes the next answer
+without a new bundle. A log that does not answer is logged, counted, and the request answered from the bundle's
+history alone.
+
+A/B arms: with an ``experiment`` (prefmine.experiments, checked by prefmine.serving.arms), every Recommend is
+served by its user's arm (a stable hash of the pseudonym): the arm's policy orders the slate, the answer and its
+impression carry the arm's name, and per-arm counters count impressions, clicks and purchases (serve/metrics.py).
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from ray.serve.handle import DeploymentHandle
 
 from prefmine.feedback.base import StoreUnavailable
 from prefmine.serving import responses
-from prefmine.serving.history import History
+from prefmine.serving.arms import arm_of, servable_experiment
+from prefmine.serving.history import History, history_end, logged_events, with_session
 from prefmine.serving.rank import expected_value_order, rank_candidates
 from prefmine.serving.recommend import DEFAULT_CANDIDATES, candidate_count
 from prefmine.serving.search import blend, search_order
@@ -91,6 +103,7 @@ class RecommenderIngress:
         auth: dict | None = None,
         tls: dict | None = None,
         tombstones: str | None = None,
+        experiment: dict | None = None,
     ):
         one_thread()
         from prefmine.feedback import open_feedback_store
@@ -117,6 +130,7 @@ class RecommenderIngress:
         if tombstones is None:
             logger.warning("no tombstone list: erasures reach serving only with a new bundle")
         self.metrics = ServiceMetrics()
+        self.experiment = servable_experiment(experiment) if experiment else None  # A/B arms (None: no split)
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
 
     async def check_health(self) -> None:
@@ -278,12 +292,24 @@ class RecommenderIngress:
                 delay = min(2 * delay, 1.0)
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> History:
-        """The user's history with event types and times, empty for an erased person (answered like an unknown
-        user without recent events)."""
-        if s.bundle.pseudonymise(user_id) in self.erased:
+    async def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> History:
+        """The user's history with event types and times: the bundle's, then the user's events in the feedback
+        log newer than it and the request's recent events (with_session); empty for an erased person (answered
+        like an unknown user without recent events). A feedback log that fails to answer leaves its events out
+        (logged, counted), never the request."""
+        pseudonym = s.bundle.pseudonymise(user_id)
+        if pseudonym in self.erased:
             return History.of([])
-        return s.history(user_id, recent_events)
+        stored = s.bundle_history(pseudonym)
+
+        def read() -> list[tuple] | None:
+            with self._feedback_lock:
+                return logged_events(self.feedback, pseudonym, history_end(stored))
+
+        logged = await asyncio.to_thread(read)
+        if logged is None:
+            self.metrics.feedback_read_failed()
+        return with_session(stored, logged or (), recent_events, s.bundle.item_index)
 
     @staticmethod
     def _fail(grpc_context, code: grpc.StatusCode, details: str, empty):
@@ -296,7 +322,7 @@ class RecommenderIngress:
         s = self.served
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids)
-        history = self._history(s, request.user_id, request.recent_events)
+        history = await self._history(s, request.user_id, request.recent_events)
         if len(history) == 0:
             items, scores = s.popular(k, exclude)
             resp = responses.recommend_response(s, items, scores, cold_start=True, placement=request.placement)
@@ -311,7 +337,8 @@ class RecommenderIngress:
                                                 placement=request.placement)
             return await self._log_impression(s, request, resp, np.zeros(0), "none")
         # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
-        cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k)
+        arm = arm_of(self.experiment, s.bundle.pseudonymise(request.user_id))  # its policy orders the slate
+        cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k, arm and arm.policy)
         slate = np.asarray(cand["slate"], np.int64)
         relevance = slate_relevance(cand["idx"], cand["scores"], slate)
         resp = responses.recommend_response(s, slate, slate_scores(relevance), cold_start=False,
@@ -325,19 +352,22 @@ class RecommenderIngress:
     async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
                               propensities, policy: str) -> pb.RecommendResponse:
         """Log what `resp` shows under a new impression id (uuid4), durably, and only then return it carrying
-        the id and each item's propensity. A failed append raises ImpressionNotLogged (UNAVAILABLE): an answer
-        is never shown unlogged. The append is shielded like RecordFeedback's: a client that goes away does not
-        cancel it half-way (an impression may then be logged that nobody saw, never the reverse)."""
+        the id, each item's propensity and the user's A/B arm. A failed append raises ImpressionNotLogged
+        (UNAVAILABLE): an answer is never shown unlogged. The append is shielded like RecordFeedback's: a client
+        that goes away does not cancel it half-way (an impression may then be logged that nobody saw, never the
+        reverse)."""
         from prefmine.feedback import Impression
 
         props = logged_propensities(propensities)
         user = s.bundle.pseudonymise(request.user_id)
+        arm = arm_of(self.experiment, user)
+        logged_arm = arm.name if arm is not None else ""
         if user in self.erased:  # nothing new is stored about an erased person: the impression stays anonymous
-            user = ""
+            user = logged_arm = ""
         imp = Impression(impression_id=str(uuid.uuid4()), user=user,
                          ts=int(time.time()), items=[it.item_id for it in resp.items],
                          positions=list(range(len(resp.items))), propensities=props, policy=str(policy),
-                         bundle_version=resp.bundle_version)
+                         bundle_version=resp.bundle_version, arm=logged_arm)
 
         def append() -> None:
             with self._feedback_lock:
@@ -351,6 +381,9 @@ class RecommenderIngress:
         for it, p in zip(resp.items, props):
             it.propensity = p
         resp.impression_id = imp.impression_id
+        if arm is not None:
+            resp.arm = arm.name
+            self.metrics.arm_impression(self.experiment.name, arm.name)
         return resp
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
@@ -358,7 +391,7 @@ class RecommenderIngress:
         k = int(request.k)
         hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
         idx = hits["idx"]
-        history = self._history(s, request.user_id)
+        history = await self._history(s, request.user_id)
         cold = len(history) == 0
         relevance = None if cold else (await self._call(self.ranker.score_items, s.ref, history, idx))["scores"]
         final, relevance = blend(hits["sims"], relevance)
@@ -368,7 +401,7 @@ class RecommenderIngress:
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
         s = self.served
         cands = rank_candidates(request.candidate_item_ids, request.bids, s.bundle.item_index)
-        history = self._history(s, request.user_id)
+        history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if len(cands.items) == 0:
             probs = np.zeros(0)
@@ -433,6 +466,9 @@ class RecommenderIngress:
         # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
         last = await asyncio.shield(asyncio.to_thread(append))
         self.metrics.feedback_stored(events)
+        if self.experiment is not None:  # events answering an impression, by their user's arm
+            self.metrics.arm_feedback(self.experiment.name, [(arm_of(self.experiment, e.user).name, e.event)
+                                                             for e in events if e.impression_id])
         return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
 
     async def _model_info(self) -> pb.ModelInfoResponse:

@@ -12,7 +12,18 @@ metric (as Prometheus shows it)                type       tags
 ``ray_prefmine_model_bundle``                  gauge      ``bundle_version`` (1 while a replica serves it, then 0)
 ``ray_prefmine_feedback_events_total``         counter    ``event`` (view/click/cart/buy/rate, committed)
 ``ray_prefmine_replica_retries_total``         counter    ``target`` (deployment whose replica died in a call)
+``ray_prefmine_feedback_read_failures_total``  counter    (none; the feedback log did not answer a history read)
+``ray_prefmine_arm_impressions_total``         counter    ``experiment``, ``arm`` (Recommend answers logged)
+``ray_prefmine_arm_clicks_total``              counter    ``experiment``, ``arm`` (click, cart and buy events
+                                                          naming an impression, committed)
+``ray_prefmine_arm_purchases_total``           counter    ``experiment``, ``arm`` (buy events naming an
+                                                          impression, committed)
 =============================================  =========  ===============================================
+
+The arm counters exist only while the server runs an experiment; an event's arm is its user's (assignment is
+stable, so it is the arm of the impression it names while the experiment's salt is unchanged). They count events,
+as the other counters do: `prefmine experiments report` counts clicked and purchased impressions instead, each
+once however many events answer it, with intervals.
 
 Every Ray node's metrics agent serves them, beside Ray's and Serve's own (``ray_serve_grpc_request_latency_ms``
 at the proxy, ``ray_serve_deployment_processing_latency_ms`` per deployment, replica counts), at
@@ -26,6 +37,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter as _Tally
+
+from prefmine.experiments import CLICK_EVENTS, PURCHASE_EVENTS
 
 # request latency buckets in ms: a cheap cold-start answer (~1 ms) to the proxy's 30 s request timeout
 GAUGE_REFRESH_S = 5.0
@@ -53,6 +66,17 @@ class ServiceMetrics:
         self.retries = metrics.Counter(
             "prefmine_replica_retries", description="Calls retried because the replica they reached died.",
             tag_keys=("target",))
+        self.read_failures = metrics.Counter(
+            "prefmine_feedback_read_failures",
+            description="Requests answered from the bundle's history alone because the feedback log did not answer.")
+        arm_tags = ("experiment", "arm")
+        self.arm_impressions = metrics.Counter(
+            "prefmine_arm_impressions", description="Recommend answers logged, by A/B arm.", tag_keys=arm_tags)
+        self.arm_clicks = metrics.Counter(
+            "prefmine_arm_clicks", description="Click, cart and buy events naming an impression, by A/B arm.",
+            tag_keys=arm_tags)
+        self.arm_purchases = metrics.Counter(
+            "prefmine_arm_purchases", description="Buy events naming an impression, by A/B arm.", tag_keys=arm_tags)
         self.bundle = metrics.Gauge(
             "prefmine_model_bundle", description="1 for the bundle version this replica serves.",
             tag_keys=("bundle_version",))
@@ -90,6 +114,24 @@ class ServiceMetrics:
         """Events that were just committed (anything with an ``event`` attribute naming its type)."""
         for event, n in _Tally(ev.event for ev in events).items():
             self.feedback.inc(n, tags={"event": event})
+
+
+    def feedback_read_failed(self) -> None:
+        """A request's history was built without the feedback log's events (the store did not answer)."""
+        self.read_failures.inc(1)
+
+    def arm_impression(self, experiment: str, arm: str) -> None:
+        """One Recommend answer of ``arm`` was logged."""
+        self.arm_impressions.inc(1, tags={"experiment": experiment, "arm": arm})
+
+    def arm_feedback(self, experiment: str, arms_and_events) -> None:
+        """Committed events that name an impression, as (arm, event name) pairs."""
+        for (arm, event), n in _Tally(arms_and_events).items():
+            tags = {"experiment": experiment, "arm": arm}
+            if event in CLICK_EVENTS:
+                self.arm_clicks.inc(n, tags=tags)
+            if event in PURCHASE_EVENTS:
+                self.arm_purchases.inc(n, tags=tags)
 
 
 def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:

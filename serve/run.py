@@ -173,14 +173,16 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
               direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
               tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None,
-              tombstones: str | None = None) -> int:
+              tombstones: str | None = None, experiment: str | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
     there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
 
     ``insecure``: no API keys (authentication off); without it a key file is required. ``reflection``: gRPC server
     reflection on. ``tls``: ``{"cert_file", "key_file", "client_ca_file"}`` of the direct-ingress port.
     ``rate_limit``/``rate_burst``: each key's requests a second and burst per ingress replica (0: no limit).
-    ``tombstones``: the list of erased pseudonyms (default: $PREFMINE_TOMBSTONES, else beside the feedback db)."""
+    ``tombstones``: the list of erased pseudonyms (default: $PREFMINE_TOMBSTONES, else beside the feedback db).
+    ``experiment``: a YAML/JSON file with the A/B experiment to run (prefmine.experiments.load_experiment: the
+    experiment itself or a Serve config carrying it); `prefmine experiments report --config` takes the same file."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serve.app import check_bundle
 
@@ -223,6 +225,16 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
                           **({"burst": int(rate_burst)} if rate_burst is not None else {}))
         if api_keys_file:
             load_keys(api_keys_file)
+        if experiment:
+            import yaml
+
+            from prefmine.experiments import load_experiment
+            from prefmine.serving.arms import servable_experiment
+
+            try:
+                experiment_config = servable_experiment(load_experiment(experiment)).to_dict()
+            except (ValueError, yaml.YAMLError) as e:
+                raise ValueError(f"--experiment {experiment}: {e}") from None
     except (OSError, ValueError) as e:
         msg = str(e)
         if "api_keys_file is required" in msg:
@@ -250,6 +262,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         app_args["extra_keys"] = [f"prefmine-serve-probe Recommend,ModelInfo {hash_key(probe_key)}"]
     if tls_config.enabled:
         app_args["tls"] = tls_config.as_dict()
+    if experiment:
+        app_args["experiment"] = experiment_config
 
     stop = threading.Event()
     ready = threading.Event()

@@ -170,10 +170,16 @@ class ServedBundle:
     def history(self, user_id: str, recent_events=()):
         """The user's history in the bundle, then the known items of recent_events in timestamp order, with their
         event types and times (a prefmine.serving.history.History: what the ranker reads)."""
-        from prefmine.serving.history import History, with_recent
+        from prefmine.serving.history import with_recent
 
-        stored = History.of(*self.bundle.history_inputs(self.bundle.pseudonymise(user_id)))
-        return with_recent(stored, recent_events, self.bundle.item_index)
+        return with_recent(self.bundle_history(self.bundle.pseudonymise(user_id)), recent_events,
+                           self.bundle.item_index)
+
+    def bundle_history(self, pseudonym: str):
+        """The history this version's bundle holds for a pseudonymous user (a History; empty when unknown)."""
+        from prefmine.serving.history import History
+
+        return History.of(*self.bundle.history_inputs(pseudonym))
 
     def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
         items = first_outside(self.pop_order, k, exclude)  # the cold start `prefmine evaluate` scores too

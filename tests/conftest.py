@@ -130,19 +130,39 @@ def bundle_path(request) -> Path:
 _EARLY_STOP: dict = {}
 
 
+def session_experiment(bundle_path, path: Path) -> Path:
+    """The session server's experiment file: arms `bundle-default` (no policy named: the bundle's own) and
+    `bundle-explicit`, which names the policy the bundle's gate serves, so the arm's policy goes through the
+    override path and still answers as the bundle does."""
+    import yaml
+
+    from prefmine.policy.gate import GateDecision
+
+    gate = GateDecision.load(Path(bundle_path) / "policy") if (Path(bundle_path) / "policy").is_dir() else None
+    own = "greedy" if not (Path(bundle_path) / "policy").is_dir() else (
+        "learned" if gate is None or gate.uses_learned else gate.served)
+    path.write_text(yaml.safe_dump({"name": "session-ab", "salt": "session-ab-1", "arms": [
+        {"name": "bundle-default", "weight": 1.0}, {"name": "bundle-explicit", "weight": 1.0, "policy": own}]}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def server_proc(bundle_path, tmp_path_factory):
     """The session's served app, shared by every RPC test that needs no special server settings: `run_serve`
     (the `prefmine serve` code path) in a subprocess with its own local Ray, API keys on (live_server.API_KEY),
-    direct ingress and Prometheus metrics on, a fresh feedback database (``.feedback_db``). Stopped with SIGTERM
-    after its last test, which must exit 0. Servers with other settings (TLS, rate limits) or that a test kills or
-    rolls are started by their tests with live_server.start_server."""
+    direct ingress and Prometheus metrics on, a fresh feedback database (``.feedback_db``) and a two-arm A/B
+    experiment whose arms both serve what the bundle serves (``.experiment``: `session_experiment`), so that
+    arms, their impressions and counters are tested without changing any other test's answers. Stopped with
+    SIGTERM after its last test, which must exit 0. Servers with other settings (TLS, rate limits) or that a test
+    kills or rolls are started by their tests with live_server.start_server."""
     from live_server import free_port, keys_file_for, start_server
 
     base = tmp_path_factory.mktemp("served")
+    experiment = session_experiment(bundle_path, base / "experiment.yaml")
     sp = start_server(bundle_path, keys_file_for(base / "api_keys"), base / "feedback.sqlite",
-                      metrics_port=free_port(), direct=True)
+                      metrics_port=free_port(), direct=True, experiment=experiment)
     sp.feedback_db = base / "feedback.sqlite"
+    sp.experiment = experiment
     stopped: list[int] = []
 
     def stop():

@@ -130,10 +130,10 @@ def launch(argv: list[str], addr: str, direct_addr: str | None = None, metrics_p
 
 
 def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port=None,
-                 direct: bool = False, rate_limit: float = 0) -> ServeProcess:
+                 direct: bool = False, rate_limit: float = 0, experiment=None) -> ServeProcess:
     """`run_serve(bundle, port, ...)` (the code path of `prefmine serve`) in a subprocess (``direct``: with
-    direct ingress on a free port range too); returns once it printed its ready line. No API key file means
-    ``insecure=True``. ``rate_limit`` 0 (no per-key limit) by default: these servers are loaded by tests of the
+    direct ingress on a free port range too; ``experiment``: an A/B experiment file, `--experiment`); returns
+    once it printed its ready line. No API key file means ``insecure=True``. ``rate_limit`` 0 (no per-key limit) by default: these servers are loaded by tests of the
     service, not of the limiter (tests/test_serve_auth.py tests that)."""
     port = free_port()
     direct_port = None
@@ -145,7 +145,8 @@ def start_server(bundle_path, api_keys_file=None, feedback_db=None, metrics_port
     # machine (killing the server must kill its whole Ray; other people's clusters are left alone)
     kwargs = (f"api_keys_file={api_keys_file and str(api_keys_file)!r}, "
               f"feedback_db={feedback_db and str(feedback_db)!r}, address='local', metrics_port={metrics_port!r}, "
-              f"direct_port={direct_port!r}, insecure={api_keys_file is None!r}, rate_limit={rate_limit!r}")
+              f"direct_port={direct_port!r}, insecure={api_keys_file is None!r}, rate_limit={rate_limit!r}, "
+              f"experiment={experiment and str(experiment)!r}")
     code = (f"import sys; from serve.run import run_serve; "
             f"sys.exit(run_serve({str(bundle_path)!r}, {port}, {kwargs}))")
     direct_addr = f"127.0.0.1:{direct_port}" if direct_port else None

@@ -487,11 +487,26 @@ def test_recommend_recent_events_for_unknown_user(stub, bundle, known_user):
 
 
 @pytest.mark.slow
-def test_recommend_serves_the_evaluated_lists(stub, bundle, bundle_path, magazine5, known_user):
+def _served_history(bundle, feedback_db, raw: str):
+    """The history the server scores for `raw`: the bundle's, then the feedback log's newer events of the user."""
+    from prefmine.feedback import open_feedback_store
+    from prefmine.serving.history import SESSION_EVENTS, History, history_end, with_session
+
+    pseudonym = bundle.pseudonymise(raw)
+    stored = History.of(*bundle.history_inputs(pseudonym))
+    store = open_feedback_store(feedback_db, create=False)
+    try:
+        rows = store.recent_for_user(pseudonym, SESSION_EVENTS, history_end(stored))
+    finally:
+        store.close()
+    return with_session(stored, rows, (), bundle.item_index)
+
+
+def test_recommend_serves_the_evaluated_lists(stub, bundle, bundle_path, magazine5, known_user, feedback_db):
     """Recommend over gRPC answers a sample of test users exactly as `prefmine evaluate`'s `served` row does
     (prefmine.evaluate.served_lists): each user's evaluation history (train + valid) sent as recent_events with
     its event types and timestamps, slate of 20; and a known user from the bundle's stored history (items, types
-    and times) as the same library functions rank it."""
+    and times) and the feedback log's newer events as the same library functions rank it."""
     from prefmine.data.dataset import EVENTS, load_dataset
     from prefmine.evaluate import served_lists
     from prefmine.ranker.runtime import RankerRuntime
@@ -512,18 +527,21 @@ def test_recommend_serves_the_evaluated_lists(stub, bundle, bundle_path, magazin
                               timeout=30)
         assert not resp.cold_start
         assert [it.item_id for it in resp.items] == [str(ds.item_ids[i]) for i in row if i >= 0], f"user {u}"
+    # the known user: the bundle's history plus what the feedback log holds for them after it (the module's
+    # other tests record feedback for this user, through the proxy before the direct ingress runs this)
     raw, _ = known_user
-    stored = History.of(*bundle.history_inputs(bundle.pseudonymise(raw)))
+    stored = _served_history(bundle, feedback_db, raw)
     resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=20), timeout=30)
     assert [it.item_id for it in resp.items] == [str(bundle.item_ids[i]) for i in
                                                  served_lists(bundle_path, runtime, [stored], 20)[0] if i >= 0]
 
 
 @pytest.mark.slow
-def test_recommend_explain_names_a_history_item(stub, bundle, known_user):
-    raw, seen = known_user
+def test_recommend_explain_names_a_history_item(stub, bundle, known_user, feedback_db):
+    raw, _ = known_user
     resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=3, explain=True), timeout=30)
-    titles = {str(bundle.titles[bundle.item_index(i)])[:40] for i in seen}
+    # the history served: the bundle's and the feedback the module's other tests recorded for this user
+    titles = {str(bundle.titles[int(i)])[:40] for i in _served_history(bundle, feedback_db, raw).items}
     for it in resp.items:
         assert any(t and t in it.reason for t in titles), it.reason
 

@@ -36,7 +36,8 @@ class Impression:
     items[j] was shown at positions[j] (0-based index in RecommendResponse.items) with propensities[j], the
     probability that the serving policy put that item in that slot given the slots before it (1.0 for a
     deterministic policy: greedy, popularity). `user` is the pseudonym, `ts` the serving time (Unix seconds),
-    `received` when the store committed it; `seq` increases with commit order (`read_impressions_since`).
+    `arm` the A/B arm the user was assigned to (prefmine.experiments; "" when no experiment ran), `received`
+    when the store committed it; `seq` increases with commit order (`read_impressions_since`).
     """
 
     impression_id: str
@@ -47,6 +48,7 @@ class Impression:
     propensities: list[float]
     policy: str
     bundle_version: str
+    arm: str = ""
     received: float = 0.0
     seq: int = 0
 
@@ -79,22 +81,23 @@ def check_impression(imp: Impression) -> Impression:
 
 
 def impression_row(imp: Impression) -> tuple:
-    """(impression_id, user, ts, items, positions, propensities, policy, bundle_version) with JSON lists."""
+    """(impression_id, user, ts, items, positions, propensities, policy, bundle_version, arm) with JSON lists."""
     return (imp.impression_id, imp.user, int(imp.ts), json.dumps([str(i) for i in imp.items]),
             json.dumps([int(p) for p in imp.positions]), json.dumps([float(p) for p in imp.propensities]),
-            str(imp.policy), str(imp.bundle_version))
+            str(imp.policy), str(imp.bundle_version), str(imp.arm or ""))
 
 
 def impression_from_row(row) -> Impression:
     """Inverse of `impression_row` plus (received, seq); lists may come back as JSON text or as lists."""
-    iid, user, ts, items, positions, props, policy, version, received, seq = row
+    iid, user, ts, items, positions, props, policy, version, arm, received, seq = row
 
     def load(v) -> list:
         return json.loads(v) if isinstance(v, str) else list(v)
 
     return Impression(impression_id=str(iid), user=str(user), ts=int(ts), items=[str(i) for i in load(items)],
                       positions=[int(p) for p in load(positions)], propensities=[float(p) for p in load(props)],
-                      policy=str(policy), bundle_version=str(version), received=float(received), seq=int(seq))
+                      policy=str(policy), bundle_version=str(version), arm=str(arm or ""),
+                      received=float(received), seq=int(seq))
 
 
 @dataclass
@@ -136,7 +139,8 @@ class FeedbackStore(Protocol):
 
     Impressions (what Recommend showed) live beside the events: `append_impression` is durable on return like
     `append` and returns the impression's seq (an impression id already stored is refused with ValueError);
-    `recent_for_user(user)` gives one user's newest events (serving's same-session history);
+    `recent_for_user(user, limit, after_ts)` gives one user's newest events, those after `after_ts` only when
+    given (serving's same-session history: one query on the user's index);
     `read_impressions_since(seq)` pages through them in commit order; `feedback_for_impressions(ids)` gives,
     per impression id, the stored events that name it (rows as `read_since`, oldest first). `forget` erases a
     user's impressions with their events.
@@ -150,7 +154,7 @@ class FeedbackStore(Protocol):
 
     def counts_by_event(self, user: str) -> dict[str, int]: ...
 
-    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]: ...
+    def recent_for_user(self, user: str, limit: int = 50, after_ts: int | None = None) -> list[tuple]: ...
 
     def forget(self, user: str) -> int: ...
 

@@ -1,7 +1,8 @@
 """The shared feedback store: PostgreSQL, for several ingress replicas on several nodes writing one log.
 
 Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`, `impressions`, the impression
-lists as JSONB), created on first use; a store from before impressions gains `feedback.impression_id`. Every
+lists as JSONB), created on first use; a store from before impressions gains `feedback.impression_id`, one from
+before A/B arms `impressions.arm`. Every
 connection of the psycopg pool runs with synchronous_commit=on, and each append is one transaction, so an
 acknowledged append is in the server's flushed WAL and survives a crash of the writer or of the server.
 
@@ -72,9 +73,12 @@ SCHEMA = [
         propensities JSONB NOT NULL,
         policy TEXT NOT NULL,
         bundle_version TEXT NOT NULL,
+        arm TEXT NOT NULL DEFAULT '',
         received DOUBLE PRECISION NOT NULL
     )""",
     'CREATE INDEX IF NOT EXISTS impressions_user ON impressions ("user")',
+    # a store created before A/B arms: its impressions were logged without an experiment ('')
+    "ALTER TABLE impressions ADD COLUMN IF NOT EXISTS arm TEXT NOT NULL DEFAULT ''",
 ]
 
 
@@ -198,11 +202,13 @@ class PostgresFeedbackStore:
                 return int(conn.execute("SELECT count(*) FROM feedback").fetchone()[0])
             return int(conn.execute('SELECT count(*) FROM feedback WHERE "user" = %s', (user,)).fetchone()[0])
 
-    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]:
-        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`)."""
+    def recent_for_user(self, user: str, limit: int = 50, after_ts: int | None = None) -> list[tuple]:
+        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`), only those with
+        ts > `after_ts` when given. One scan of the `feedback_user` index."""
         with self._pool.connection() as conn:
             rows = conn.execute('SELECT id, "user", item, event, ts, rating FROM feedback WHERE "user" = %s '
-                                'ORDER BY id DESC LIMIT %s', (user, int(limit))).fetchall()
+                                "AND ts > %s ORDER BY id DESC LIMIT %s",
+                                (user, -(2 ** 63) if after_ts is None else int(after_ts), int(limit))).fetchall()
         return [tuple(r) for r in rows[::-1]]
 
     def counts_by_event(self, user: str) -> dict[str, int]:
@@ -224,7 +230,7 @@ class PostgresFeedbackStore:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPRESSION_LOCK,))
                 seq = conn.execute(
                     'INSERT INTO impressions (impression_id, "user", ts, items, positions, propensities, policy, '
-                    "bundle_version, received) VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s) "
+                    "bundle_version, arm, received) VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s) "
                     "RETURNING seq", (*row, time.time())).fetchone()[0]
         except errors.UniqueViolation as e:
             raise ValueError(f"impression_id {impression.impression_id!r} is already stored") from e
@@ -233,8 +239,8 @@ class PostgresFeedbackStore:
     def read_impressions_since(self, after_seq: int = 0, limit: int = 100_000) -> list[Impression]:
         with self._pool.connection() as conn:
             rows = conn.execute(
-                'SELECT impression_id, "user", ts, items, positions, propensities, policy, bundle_version, received, '
-                "seq FROM impressions WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit)).fetchall()
+                'SELECT impression_id, "user", ts, items, positions, propensities, policy, bundle_version, arm, '
+                "received, seq FROM impressions WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit)).fetchall()
         return [impression_from_row(r) for r in rows]
 
     def feedback_for_impressions(self, impression_ids: list[str]) -> dict[str, list[tuple]]:

@@ -2,9 +2,9 @@
 
 Tables `feedback(id, user, item, event, ts, rating, received, impression_id)` (`user` is the pseudonym; the raw id never reaches
 the log), `feedback_requests(key, digest, last_id, received)` (idempotency keys) and `impressions(seq,
-impression_id, user, ts, items, positions, propensities, policy, bundle_version, received)` (lists as JSON text;
-what Recommend showed). A file from before impressions gains the `impression_id` column when opened (NULL for
-its old rows). `append` runs in one
+impression_id, user, ts, items, positions, propensities, policy, bundle_version, arm, received)` (lists as JSON
+text; what Recommend showed). A file from before impressions gains the `impression_id` column when opened (NULL
+for its old rows), one from before A/B arms `impressions.arm` ('' for its old rows). `append` runs in one
 BEGIN IMMEDIATE transaction committed with synchronous=FULL, so an acknowledged event survives a crash, and
 writers of several processes on the same file take turns; `read_since` pages through events by id for
 incremental jobs; `forget` erases one person's rows. A write that fails for want of space or I/O (SQLITE_FULL,
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     propensities TEXT NOT NULL,
     policy TEXT NOT NULL,
     bundle_version TEXT NOT NULL,
+    arm TEXT NOT NULL DEFAULT '',
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions(user);
@@ -86,10 +87,12 @@ def is_unavailable(e: BaseException) -> bool:
 
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a file written by an older prefmine up to the current schema: feedback.impression_id (NULL for the
-    rows already there)."""
+    rows already there) and impressions.arm ('' for the impressions already there: logged without an experiment)."""
     cols = {row[1] for row in db.execute("PRAGMA table_info(feedback)")}
     if "impression_id" not in cols:
         db.execute("ALTER TABLE feedback ADD COLUMN impression_id TEXT")
+    if "arm" not in {row[1] for row in db.execute("PRAGMA table_info(impressions)")}:
+        db.execute("ALTER TABLE impressions ADD COLUMN arm TEXT NOT NULL DEFAULT ''")
 
 
 class SqliteFeedbackStore:
@@ -167,11 +170,17 @@ class SqliteFeedbackStore:
             return self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
         return self._db.execute("SELECT COUNT(*) FROM feedback WHERE user = ?", (user,)).fetchone()[0]
 
-    def recent_for_user(self, user: str, limit: int = 50) -> list[tuple]:
-        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`): what serving
-        adds to the bundle's history so that feedback changes the next answer without a new bundle."""
-        rows = self._db.execute("SELECT id, user, item, event, ts, rating FROM feedback WHERE user = ? "
-                                "ORDER BY id DESC LIMIT ?", (user, int(limit))).fetchall()
+    def recent_for_user(self, user: str, limit: int = 50, after_ts: int | None = None) -> list[tuple]:
+        """The user's newest stored events, oldest first, at most `limit` (rows as `read_since`), only those with
+        ts > `after_ts` when given: what serving adds to the bundle's history so that feedback changes the next
+        answer without a new bundle. One search of the `feedback_user` index, which holds the rowid (= id), so
+        the newest rows come first without a sort."""
+        if after_ts is None:
+            rows = self._db.execute("SELECT id, user, item, event, ts, rating FROM feedback WHERE user = ? "
+                                    "ORDER BY id DESC LIMIT ?", (user, int(limit))).fetchall()
+        else:
+            rows = self._db.execute("SELECT id, user, item, event, ts, rating FROM feedback WHERE user = ? "
+                                    "AND ts > ? ORDER BY id DESC LIMIT ?", (user, int(after_ts), int(limit))).fetchall()
         return rows[::-1]
 
     def counts_by_event(self, user: str) -> dict[str, int]:
@@ -187,15 +196,15 @@ class SqliteFeedbackStore:
             with self._write():
                 cur = self._db.execute(
                     "INSERT INTO impressions(impression_id, user, ts, items, positions, propensities, policy, "
-                    "bundle_version, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, time.time()))
+                    "bundle_version, arm, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, time.time()))
                 return int(cur.lastrowid)
         except sqlite3.IntegrityError as e:
             raise ValueError(f"impression_id {impression.impression_id!r} is already stored") from e
 
     def read_impressions_since(self, after_seq: int = 0, limit: int = 100_000) -> list[Impression]:
         rows = self._db.execute(
-            "SELECT impression_id, user, ts, items, positions, propensities, policy, bundle_version, received, seq "
-            "FROM impressions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            "SELECT impression_id, user, ts, items, positions, propensities, policy, bundle_version, arm, received, "
+            "seq FROM impressions WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         return [impression_from_row(r) for r in rows]
 
     def feedback_for_impressions(self, impression_ids: list[str]) -> dict[str, list[tuple]]:

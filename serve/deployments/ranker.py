@@ -52,25 +52,27 @@ class RankerDeployment:
         await self.policies.get(ref)
         return ref.version
 
-    async def slate(self, ref: BundleRef, history: History | np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+    async def slate(self, ref: BundleRef, history: History | np.ndarray, n: int, exclude: set[int], k: int,
+                    policy: str | None = None) -> dict:
         """Recommend's hot path in one call: ``candidates`` (batched), then the policy's slate of k from them,
-        selected here by the same bundle version's policy (``PolicyVersion.select``) rather than one more actor
-        hop. Returns the candidates' ``idx``/``scores``, the ordered ``slate``, each slot's ``propensities`` (what
-        the impression log needs) and the ``policy`` that chose it."""
+        selected here by the same bundle version's policy (``PolicyVersion.select``; ``policy``: another one, an
+        A/B arm's) rather than one more actor hop. Returns the candidates' ``idx``/``scores``, the ordered
+        ``slate``, each slot's ``propensities`` (what the impression log needs) and the ``policy`` that chose it."""
         cand = await self.candidates(ref, history, n, exclude)
-        return await self._select(ref, cand, k)
+        return await self._select(ref, cand, k, policy)
 
-    async def slate_unbatched(self, ref: BundleRef,
-                              history: History | np.ndarray, n: int, exclude: set[int], k: int) -> dict:
+    async def slate_unbatched(self, ref: BundleRef, history: History | np.ndarray, n: int, exclude: set[int],
+                              k: int, policy: str | None = None) -> dict:
         """``slate`` without @serve.batch (the benchmarks' in-process graph)."""
         cand = await self.candidates_unbatched(ref, history, n, exclude)
-        return await self._select(ref, cand, k)
+        return await self._select(ref, cand, k, policy)
 
-    async def _select(self, ref: BundleRef, cand: dict, k: int) -> dict:
-        policy = await self.policies.get(ref)
-        slate, props = policy.select(cand["state"], cand["idx"], cand["scores"], k, return_propensities=True)
+    async def _select(self, ref: BundleRef, cand: dict, k: int, policy: str | None = None) -> dict:
+        version = await self.policies.get(ref)
+        slate, props = version.select(cand["state"], cand["idx"], cand["scores"], k, return_propensities=True,
+                                      policy=policy)
         return {"idx": cand["idx"], "scores": cand["scores"], "slate": slate, "propensities": props,
-                "policy": policy.label}
+                "policy": version.label_for(policy)}
 
     async def policy_kind(self, ref: BundleRef) -> str:
         """The kind of policy this version's slates come from: ``learned``, ``greedy``, or the heuristic its gate
