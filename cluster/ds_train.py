@@ -107,7 +107,7 @@ def train_epoch(engine, task, epoch: int, rank: int, world: int, on_step=None) -
 
     Seeded per (epoch, rank): dropout draws do not depend on how many epochs this process has run, so a run
     resumed from a checkpoint takes the same path as an uninterrupted one. `on_step(step, loss)` is called after
-    each optimizer step (progress lines). The mean is an all-reduce: every rank must call this.
+    each batch's `engine.step()` (progress lines). The mean is an all-reduce: every rank must call this.
     """
     import torch
     import torch.distributed as tdist
