@@ -55,23 +55,23 @@ def load_ds_config(name: str, micro_batch: int, use_gpu: bool, grad_accum: int =
     return cfg
 
 
-def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
-    import ray.train
-    import torch
-    import torch.distributed as tdist
+def build_engine(task, ds_config: dict):
+    """The task's model wrapped in a DeepSpeed engine built from `ds_config` (a resolved JSON, `load_ds_config`).
 
-    from cluster.ray_env import set_process_threads
+    Seeded by the task before the model is built, so every rank and every ZeRO stage starts from the same
+    weights. The optimizer is DeepSpeed's own when the JSON names one (CPU Adam for offload), with the task's
+    learning rate and weight decay filled in where the JSON says "auto"; otherwise AdamW. Call it inside a
+    worker whose process group is up (Ray Train's); the dict is copied, never changed.
+    """
+    import copy
 
-    set_process_threads()
     import deepspeed
+    import torch
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    task = config["task"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ds_config = copy.deepcopy(ds_config)
     torch.manual_seed(task.seed)
     model = task.build_model()
-    ds_config = config["ds_config"]
     try:  # a build lock left by a killed worker would hang deepspeed.initialize forever
         for lock in clear_stale_locks():
             print(f"[ds_train] removed a stale torch extension build lock: {lock}", flush=True)
@@ -86,7 +86,70 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     else:
         optimizer = torch.optim.AdamW(params, lr=task.lr, weight_decay=task.weight_decay)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    zero3 = engine.zero_optimization_stage() == 3
+    return engine
+
+
+def train_epoch(engine, task, epoch: int, rank: int, world: int, on_step=None) -> tuple[float, float]:
+    """One epoch of `task` on this rank's shard: (mean loss over every rank's steps, number of those steps).
+
+    Seeded per (epoch, rank): dropout draws do not depend on how many epochs this process has run, so a run
+    resumed from a checkpoint takes the same path as an uninterrupted one. `on_step(step, loss)` is called after
+    each batch's `engine.step()` (progress lines). The mean is an all-reduce: every rank must call this.
+    """
+    import torch
+    import torch.distributed as tdist
+
+    torch.manual_seed(task.seed * 1_000_003 + epoch * 1_009 + rank)
+    engine.train()
+    loss_sum, n = 0.0, 0
+    for step, batch in enumerate(task.batches(epoch, rank, world)):
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        loss = task.loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        loss_sum += float(loss.detach())
+        n += 1
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    mean = torch.tensor([loss_sum, n], dtype=torch.float64)
+    if tdist.is_initialized():
+        tdist.all_reduce(mean)
+    return float(mean[0] / max(mean[1], 1)), float(mean[1])
+
+
+def full_state_dict(engine) -> dict:
+    """The engine's whole model state dict; under ZeRO-3 the partitions are gathered first, a collective call
+    every rank must make (rank 0 gets the whole dict, the other ranks None)."""
+    if engine.zero_optimization_stage() == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()
+
+
+def evaluate(engine, task, rank: int) -> dict:
+    """The task's held-out metrics of the engine's model, computed on rank 0; under ZeRO-3 every rank must call
+    this (a forward pass gathers parameters from all of them) and the others' results are discarded ({})."""
+    import torch
+
+    engine.eval()
+    if rank != 0 and engine.zero_optimization_stage() != 3:
+        return {}
+    with torch.no_grad():
+        metrics = task.evaluate(engine.module)
+    return metrics if rank == 0 else {}
+
+
+def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
+    import ray.train
+    import torch
+    import torch.distributed as tdist
+
+    from cluster.ray_env import set_process_threads
+
+    set_process_threads()
+    task = config["task"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    engine = build_engine(task, config["ds_config"])
 
     select, patience = getattr(task, "select_metric", None), int(getattr(task, "patience", 0) or 0)
     start_epoch, history, restarts = 0, [], 0
@@ -112,36 +175,23 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
     total = steps * task.epochs
     t0, done = time.time(), 0
     for epoch in range(start_epoch, task.epochs):
-        # Seed per (epoch, rank): dropout draws do not depend on how many epochs this process has run, so a run
-        # resumed from a checkpoint takes the same path as an uninterrupted one.
-        torch.manual_seed(task.seed * 1_000_003 + epoch * 1_009 + rank)
-        engine.train()
-        loss_sum, n, t_epoch = 0.0, 0, time.time()
-        for step, batch in enumerate(task.batches(epoch, rank, world)):
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = task.loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach())
-            n += 1
+        t_epoch = time.time()
+
+        def progress(step, loss, epoch=epoch):
+            nonlocal done
             done += 1
             if rank == 0 and (step % config["log_every"] == 0 or step == steps - 1):
                 rate = done / max(time.time() - t0, 1e-9)
                 left = (total - epoch * steps - step - 1) / max(rate, 1e-9)
                 print(f"[{config['name']}] epoch {epoch + 1}/{task.epochs} step {step + 1}/{steps} "
-                      f"loss {float(loss.detach()):.4f} {rate:.1f} steps/s ETA {left:.0f}s", flush=True)
-        mean = torch.tensor([loss_sum, n], dtype=torch.float64)
-        if tdist.is_initialized():
-            tdist.all_reduce(mean)
+                      f"loss {loss:.4f} {rate:.1f} steps/s ETA {left:.0f}s", flush=True)
+
+        mean_loss, n_steps = train_epoch(engine, task, epoch, rank, world, progress)
         seconds = time.time() - t_epoch
-        metrics = {"epoch": epoch, "loss": float(mean[0] / max(mean[1], 1)), "epoch_seconds": round(seconds, 3),
-                   "restarts": restarts,
-                   "samples_per_s": round(float(mean[1]) * task.batch_size / max(seconds, 1e-9), 2)}
-        engine.eval()
+        metrics = {"epoch": epoch, "loss": mean_loss, "epoch_seconds": round(seconds, 3), "restarts": restarts,
+                   "samples_per_s": round(n_steps * task.batch_size / max(seconds, 1e-9), 2)}
         t_eval = time.time()
-        if rank == 0 or zero3:  # under ZeRO-3 a forward pass gathers parameters from every rank
-            with torch.no_grad():
-                metrics.update(task.evaluate(engine.module))
+        metrics.update(evaluate(engine, task, rank))
         metrics["eval_seconds"] = round(time.time() - t_eval, 3)
         improved = False
         if select and select in metrics and (best["value"] is None or metrics[select] > best["value"]):
@@ -162,7 +212,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             tdist.broadcast(flags, 0)
         improved, stop = bool(flags[0]), bool(flags[1])
         if improved:
-            full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+            full = full_state_dict(engine)
             if rank == 0:
                 best_state = {k: v.detach().float().cpu().clone() for k, v in full.items()}
         last = stop or epoch == task.epochs - 1
@@ -172,8 +222,7 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             continue
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag="ds")
-            # ZeRO-3 partitions parameters: gather a full state dict (a collective call) before rank 0 saves it
-            full = engine._zero3_consolidated_16bit_state_dict() if zero3 else engine.module.state_dict()
+            full = full_state_dict(engine)  # ZeRO-3: gathered from every rank before rank 0 saves it
             if rank == 0:
                 final = best_state if best_state is not None else {k: v.float() for k, v in full.items()}
                 torch.save(final, Path(tmp) / "model.pt")  # the export: the best epoch when selecting

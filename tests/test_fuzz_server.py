@@ -2,9 +2,9 @@
 
 The generator (prefmine.fuzzing) builds every RPC's requests from the proto descriptors; the quick tests check
 that it covers every field of every request message, that its wire encoding is what protobuf parses, and that
-the invariant helper recognises a field path. The slow test starts `prefmine serve` (tests/test_serve.py's
-start_server: real bundle, API keys, direct ingress) and sends generated requests on every RPC through Serve's
-proxy and the direct ingress (bench.fuzz.send_generated, the code `python -m bench.fuzz` runs 10,000 per RPC
+the invariant helper recognises a field path. The slow test sends generated requests to the session's served
+app (`server_proc`: `prefmine serve`'s code path, real bundle, API keys, direct ingress; the same settings a
+server of its own would have) on every RPC through Serve's proxy and the direct ingress (bench.fuzz.send_generated, the code `python -m bench.fuzz` runs 10,000 per RPC
 with): no INTERNAL/UNKNOWN ever, every INVALID_ARGUMENT names a field, no replica restarted, and a valid
 request is still answered at the end.
 """
@@ -12,6 +12,7 @@ request is still answered at the end.
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -124,54 +125,40 @@ def test_drawing_is_seeded():
 
 
 # -- the live server ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fuzz_bundle(request):
-    """The session's tiny bundle (PREFMINE_SERVE_TEST_BUNDLE overrides it, as in tests/test_serve.py)."""
-    from pathlib import Path
-
-    override = os.environ.get("PREFMINE_SERVE_TEST_BUNDLE")
-    return Path(override) if override else Path(request.getfixturevalue("tiny_bundle"))
-
-
 @pytest.mark.slow
 @pytest.mark.serve
-def test_generated_requests_never_break_the_live_server(fuzz_bundle, tmp_path):
-    from test_serve import API_KEY, keys_file_for, replicas_started, start_server
+def test_generated_requests_never_break_the_live_server(server_proc, bundle_path):
+    from live_server import API_KEY
+    from test_serve import replicas_started
 
     from bench.fuzz import Tally, keyed_channel, known_ids, send_generated
     from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
-    users, items = known_ids(fuzz_bundle, 50)
+    users, items = known_ids(bundle_path, 50)
     cfg = fz.FuzzConfig(known_users=users, known_items=items)
-    sp = start_server(fuzz_bundle, keys_file_for(tmp_path / "keys"), tmp_path / "feedback.sqlite", direct=True)
-    try:
-        channels = [keyed_channel(a, API_KEY) for a in (sp.addr, sp.direct_addr)]
-        stub = pb_grpc.RecommenderStub(channels[1])
-        info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=60)
-        before = replicas_started(sp)
-        assert before >= 3  # ingress, ranker, encoder
-        tallies = {}
-        for i, rpc in enumerate(fz.RPCS):
-            tallies[rpc] = Tally()
-            send_generated(channels, rpc, PER_RPC, cfg, tallies[rpc], seed=i)
-        summaries = {rpc: t.summary() for rpc, t in tallies.items()}
-        for rpc, s in summaries.items():
-            print(rpc, s["requests"], s["codes"])
-            assert s["requests"] >= PER_RPC // 2, (rpc, s)
-            assert s["internal"] == 0, (rpc, s["internal_examples"])
-            assert s["unnamed"] == 0, (rpc, s["unnamed_examples"])
-            assert s["codes"].get("INVALID_ARGUMENT", 0) > 0, (rpc, s["codes"])
-        # some requests went deep: answered, not rejected
-        for rpc in ("Recommend", "Search", "Rank", "SimilarItems", "GetUserProfile", "RecordFeedback", "ModelInfo"):
-            assert summaries[rpc]["ok"] > 0, (rpc, summaries[rpc]["codes"])
-        import time
-
-        time.sleep(2)  # a replica that died would be replaced within the controller's next loop
-        assert replicas_started(sp) == before, "a replica was restarted during the fuzz"
-        assert stub.ModelInfo(pb.ModelInfoRequest(), timeout=60) == info
-        for ch in channels:
-            resp = pb_grpc.RecommenderStub(ch).Recommend(pb.RecommendRequest(user_id=users[0], k=3), timeout=60)
-            assert len(resp.items) == 3
-    finally:
-        rc = sp.stop()
-    assert rc == 0, "".join(sp.lines[-40:])
+    sp = server_proc
+    channels = [keyed_channel(a, API_KEY) for a in (sp.addr, sp.direct_addr)]
+    stub = pb_grpc.RecommenderStub(channels[1])
+    info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=60)
+    before = replicas_started(sp)
+    assert before >= 3  # ingress, ranker, encoder
+    tallies = {}
+    for i, rpc in enumerate(fz.RPCS):
+        tallies[rpc] = Tally()
+        send_generated(channels, rpc, PER_RPC, cfg, tallies[rpc], seed=i)
+    summaries = {rpc: t.summary() for rpc, t in tallies.items()}
+    for rpc, s in summaries.items():
+        print(rpc, s["requests"], s["codes"])
+        assert s["requests"] >= PER_RPC // 2, (rpc, s)
+        assert s["internal"] == 0, (rpc, s["internal_examples"])
+        assert s["unnamed"] == 0, (rpc, s["unnamed_examples"])
+        assert s["codes"].get("INVALID_ARGUMENT", 0) > 0, (rpc, s["codes"])
+    # some requests went deep: answered, not rejected
+    for rpc in ("Recommend", "Search", "Rank", "SimilarItems", "GetUserProfile", "RecordFeedback", "ModelInfo"):
+        assert summaries[rpc]["ok"] > 0, (rpc, summaries[rpc]["codes"])
+    time.sleep(2)  # a replica that died would be replaced within the controller's next loop
+    assert replicas_started(sp) == before, "a replica was restarted during the fuzz"
+    assert stub.ModelInfo(pb.ModelInfoRequest(), timeout=60) == info
+    for ch in channels:
+        resp = pb_grpc.RecommenderStub(ch).Recommend(pb.RecommendRequest(user_id=users[0], k=3), timeout=60)
+        assert len(resp.items) == 3
