@@ -104,15 +104,16 @@ def check_rules(rules: pb.Rules, k: int, field: str = "rules") -> None:
     if rules.HasField("price_min") and rules.HasField("price_max") and rules.price_min > rules.price_max:
         raise BadRequest(f"{field}.price_min ({rules.price_min}) is above {field}.price_max ({rules.price_max})")
     check_count(len(rules.boosts), f"{field}.boosts", MAX_RULE_ENTRIES)
-    for key in sorted(rules.boosts):
+    for key in sorted(rules.boosts):  # named "rules.boosts: key '...'" (a map has no positions to name)
         kind, _, name = key.partition(":")
-        where = f"{field}.boosts[{key[:64]!r}]"
+        where = f"{field}.boosts: key {key[:64]!r}"
         if kind not in BOOST_KINDS or not name.strip():
-            raise BadRequest(f"{where}: a key must be category:NAME, brand:NAME or item:ID")
-        check_id(name, where)
+            raise BadRequest(f"{where} must be category:NAME, brand:NAME or item:ID")
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise BadRequest(f"{where} names more than {MAX_ID_BYTES} bytes")
         w = rules.boosts[key]
         if not (math.isfinite(w) and abs(w) <= MAX_BOOST):
-            raise BadRequest(f"{where} must be a finite weight in -{MAX_BOOST:g}..{MAX_BOOST:g}, got {w}")
+            raise BadRequest(f"{where}: the weight must be finite, in -{MAX_BOOST:g}..{MAX_BOOST:g}, got {w}")
     check_count(len(rules.pins), f"{field}.pins", MAX_RULE_ENTRIES)
     positions: set[int] = set()
     for i, pin in enumerate(rules.pins):
