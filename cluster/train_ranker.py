@@ -4,7 +4,8 @@ Reads item text embeddings from `<bundle>/encoder/item_embeddings.npy`; writes `
 `<bundle>/ranker_id_only/` (baseline), each with model.pt, ranker_config.json, for the fused model the frozen
 text embeddings it was trained with, and, for catalogues of `RetrievalConfig.exact_below` items (50k) or more,
 the serving index of its item vectors (item_index.faiss + item_index.json, see prefmine.ranker.retrieval), so
-RankerRuntime need not build one at load.
+RankerRuntime need not build one at load; and beside it `ranker/search/`, Search's BM25 index over the bundle's
+catalogue (prefmine.search.bundle), which makes served Search hybrid.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prefmine.ranker.model import RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig, save_retrieval_index
 from prefmine.ranker.runtime import save_ranker
 from prefmine.ranker.task import RankerTask
+from prefmine.search.bundle import save_bundle_index
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
@@ -62,6 +64,7 @@ def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig,
     if id_only:
         metrics["ranker_id_only"] = _train_one(ds, bundle, dataclasses.replace(cfg, fusion="none"), dist,
                                                "ranker_id_only", None, retrieval=retrieval)
+    metrics["ranker"]["search_index"] = save_bundle_index(bundle)  # Search's BM25 side, beside the retrieval index
     update_manifest(bundle, components={
         name: {"config": C.to_dict(cfg) if name == "ranker" else {**C.to_dict(cfg), "fusion": "none"},
                "metrics": m} for name, m in metrics.items()})

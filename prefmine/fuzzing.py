@@ -245,6 +245,8 @@ def _plausible(fd: FieldDescriptor, cfg: FuzzConfig) -> st.SearchStrategy:
     """A value a well-behaved client would send for ``fd`` (known ids, small k, recent timestamps, named
     enums), so that a request built from these, with one field fuzzed, gets past validation."""
     t, name = fd.type, fd.name
+    if t == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name == "prefmine.v1.Rules":
+        return _plausible_rules()
     if t == FieldDescriptor.TYPE_MESSAGE:
         return plausible_values(fd.message_type, cfg)
     if t in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
@@ -266,6 +268,32 @@ def _plausible(fd: FieldDescriptor, cfg: FuzzConfig) -> st.SearchStrategy:
     if t == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     return _value(fd, cfg, 1, big=False)
+
+
+@st.composite
+def _plausible_rules(draw) -> dict:
+    """Rules a well-behaved client sends: some filters and boosts, a price range, a pin, a diversity setting with
+    what it needs (its fields depend on each other and on k, so field-by-field plausible values would rarely be
+    valid)."""
+    names = st.sampled_from(["Magazine Subscriptions", "News & Political Commentary", "Hearst Magazines", "a"])
+    out = draw(st.fixed_dictionaries({}, optional={
+        "categories": st.lists(names, min_size=1, max_size=2), "brands": st.lists(names, min_size=1, max_size=2),
+        "kinds": st.lists(st.sampled_from(["product", "article"]), min_size=1, max_size=1),
+        "include_unavailable": st.booleans(),
+        "boosts": st.lists(st.fixed_dictionaries({"key": names.map(lambda n: f"category:{n}"),
+                                                  "value": st.floats(-3, 3)}), min_size=1, max_size=2),
+        "pins": st.lists(st.fixed_dictionaries({"item_id": st.just("an-unknown-item"), "position": st.just(0)}),
+                         min_size=1, max_size=1)}))
+    if draw(st.booleans()):
+        lo = draw(st.floats(0, 10))
+        out.update({"price_min": lo, "price_max": draw(st.floats(lo, 20))})
+    diversity = draw(st.sampled_from([0, 1, 2]))
+    out["diversity"] = diversity
+    if diversity == 1:
+        out["mmr_lambda"] = draw(st.floats(0, 1))
+    elif diversity == 2:
+        out["category_cap"] = draw(st.integers(1, 3))
+    return out
 
 
 def plausible_values(desc: Descriptor, cfg: FuzzConfig) -> st.SearchStrategy:

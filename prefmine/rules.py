@@ -234,7 +234,7 @@ def _diverse(cands: np.ndarray, s: np.ndarray, attrs: ItemAttributes, rules: Rul
     if item_vectors is None:
         raise ValueError("diversity 'mmr' needs item vectors")
     pool = order[:max(k * 10, 100)]  # MMR over the best candidates; the tail cannot win against them
-    v = np.asarray(item_vectors, dtype=np.float64)[cands[pool]]
+    v = np.asarray(item_vectors[cands[pool]], dtype=np.float64)  # only the pool's rows (any row lookup)
     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     rel = s[pool]
     rel = (rel - rel.min()) / (rel.max() - rel.min()) if rel.max() > rel.min() else np.ones_like(rel)

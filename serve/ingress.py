@@ -46,12 +46,15 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from prefmine.feedback.base import StoreUnavailable
+from prefmine.rules import Rules
+from prefmine.search.engine import finish as finish_search
 from prefmine.serving import responses
 from prefmine.serving.arms import arm_of, servable_experiment
 from prefmine.serving.history import History, history_end, logged_events, with_session
 from prefmine.serving.rank import expected_value_order, rank_candidates
 from prefmine.serving.recommend import DEFAULT_CANDIDATES, candidate_count
-from prefmine.serving.search import blend, search_order
+from prefmine.serving.request_rules import allowed_mask, own_scores, ruled_top, rules_of, unanswerable
+from prefmine.serving.search import SearchScores, blend, search_order
 from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
@@ -72,7 +75,8 @@ from serve.wire import SERVICE, Malformed
 
 logger = logging.getLogger("ray.serve")
 
-SEARCH_CANDIDATES = 100  # items the encoder retrieves for Search before the blend
+SEARCH_CANDIDATES = 100  # items the encoder retrieves for Search before the blend (dense retrieval)
+RULES_POLICY = "rules"  # the impression log's policy of a Recommend slate chosen by the request's rules
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, encoder)
 TOMBSTONE_CHECK_S = 2.0  # how often an ingress replica looks whether the tombstone list changed
 
@@ -323,6 +327,8 @@ class RecommenderIngress:
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids)
         history = await self._history(s, request.user_id, request.recent_events)
+        if request.HasField("rules"):
+            return await self._recommend_ruled(s, request, k, exclude, history)
         if len(history) == 0:
             items, scores = s.popular(k, exclude)
             resp = responses.recommend_response(s, items, scores, cold_start=True, placement=request.placement)
@@ -348,6 +354,57 @@ class RecommenderIngress:
             for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
                 it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
         return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
+
+    async def _recommend_ruled(self, s: ServedBundle, request: pb.RecommendRequest, k: int, exclude: set[int],
+                               history: History) -> pb.RecommendResponse:
+        """Recommend with rules: the rules' selection (prefmine.rules.select) over the ranker's best candidates
+        among the items the rules allow (popularity's for a cold start), logged with policy "rules" and
+        propensity 1.0 per item (the selection is deterministic; the slate policy is not consulted)."""
+        rules = self._rules(s, request.rules)
+        cold = len(history) == 0
+        mask = allowed_mask(s.attributes, rules, history.items, sorted(exclude))
+        if cold:
+            ordered = s.pop_order[mask[s.pop_order]]
+
+            async def fetch(n: int):
+                return ordered[:n], s.pop_scores[ordered[:n]]
+        else:
+            ineligible = set(np.flatnonzero(~mask).tolist())
+
+            async def fetch(n: int):
+                cand = await self._call(self.ranker.candidates, s.ref, history, n, ineligible)
+                return np.asarray(cand["idx"], np.int64), np.asarray(cand["scores"], np.float64)
+
+        items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude)
+        resp = responses.recommend_response(s, items, slate_scores(scores), cold_start=cold,
+                                            placement=request.placement)
+        if request.explain and len(items):
+            if cold:
+                for it, i in zip(resp.items, items):
+                    it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
+            else:
+                why = await self._call(self.ranker.explain, s.ref, history.items, items)
+                for it, i, src, sim in zip(resp.items, items, why["source"], why["sims"]):
+                    it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
+        return await self._log_impression(s, request, resp, np.ones(len(resp.items)), RULES_POLICY)
+
+    @staticmethod
+    def _rules(s: ServedBundle, msg: pb.Rules, exclude_seen: bool = True) -> Rules:
+        """A validated Rules message as prefmine.rules.Rules; BadRequest when this catalogue cannot answer it."""
+        why = unanswerable(s.attributes, msg)
+        if why is not None:
+            raise BadRequest(why)
+        return rules_of(msg, exclude_seen)
+
+    async def _ruled(self, s: ServedBundle, rules: Rules, k: int, available: int, fetch, history=(),
+                     exclude=()) -> tuple[np.ndarray, np.ndarray]:
+        """prefmine.serving.request_rules.ruled_top from Recommend's candidate count on, MMR's vectors from the
+        ranker."""
+        async def vectors_of(items):
+            return await self._call(self.ranker.vectors, s.ref, items)
+
+        return await ruled_top(s.attributes, rules, k, available, candidate_count(k, self.n_candidates, available, 0),
+                               fetch, vectors_of, history, exclude)
 
     async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
                               propensities, policy: str) -> pb.RecommendResponse:
@@ -389,14 +446,37 @@ class RecommenderIngress:
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
         s = self.served
         k = int(request.k)
-        hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES))
-        idx = hits["idx"]
+        rules = self._rules(s, request.rules, exclude_seen=False) if request.HasField("rules") else None
+        mask = allowed_mask(s.attributes, rules) if rules is not None else None
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
-        relevance = None if cold else (await self._call(self.ranker.score_items, s.ref, history, idx))["scores"]
-        final, relevance = blend(hits["sims"], relevance)
-        return responses.search_response(s, idx, final, np.asarray(hits["sims"], np.float64), relevance,
-                                         search_order(final, k), cold)
+        if s.hybrid_search:  # BM25 + dense, fused, personalised (prefmine.search), with facets
+            got = await self._call(self.encoder.hybrid_search, s.ref, request.query, k, mask)
+            pool = got["pool"]
+            personal = None if cold or not len(pool.idx) else \
+                (await self._call(self.ranker.score_items, s.ref, history, pool.idx))["scores"]
+            hit = finish_search(pool, len(pool.idx), personal, got["config"])
+            scored = SearchScores(hit.idx, hit.score, hit.dense, hit.lexical,
+                                  np.zeros(len(hit.idx)) if personal is None else hit.personal)
+            facets, retrieval = hit.facets, "hybrid"
+        else:  # the text embeddings alone
+            hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES), mask)
+            idx = np.asarray(hits["idx"], np.int64)
+            relevance = None if cold or not len(idx) else \
+                (await self._call(self.ranker.score_items, s.ref, history, idx))["scores"]
+            final, relevance = blend(hits["sims"], relevance)
+            order = search_order(final, len(idx))
+            scored = SearchScores(idx[order], final[order], np.asarray(hits["sims"], np.float64)[order],
+                                  np.zeros(len(idx)), np.asarray(relevance, np.float64)[order])
+            facets, retrieval = {}, "dense"
+        if rules is None:
+            items = scored.idx[:k]
+        else:
+            async def fetch(n: int):
+                return scored.idx[:n], scored.score[:n]
+
+            items, _ = await self._ruled(s, rules, k, len(scored.idx), fetch)
+        return responses.search_response(s, scored, items, cold, facets, retrieval)
 
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
         s = self.served
@@ -418,8 +498,27 @@ class RecommenderIngress:
         i = s.bundle.item_index(request.item_id)
         if i is None:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
+        if request.HasField("rules"):
+            return await self._similar_ruled(s, request, int(i))
         got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k))
         return responses.similar_response(s, got["idx"], got["sims"])
+
+    async def _similar_ruled(self, s: ServedBundle, request: pb.SimilarItemsRequest, item: int
+                             ) -> pb.SimilarItemsResponse:
+        """SimilarItems with rules: every other item's similarity (one ranker call), the rules' selection over the
+        best of those the rules allow; each item keeps its own similarity."""
+        rules = self._rules(s, request.rules, exclude_seen=False)
+        mask = allowed_mask(s.attributes, rules, exclude=[item])
+        got = await self._call(self.ranker.similar, s.ref, item, int(s.bundle.n_items))
+        idx, sims = np.asarray(got["idx"], np.int64), np.asarray(got["sims"], np.float64)
+        keep = mask[idx]
+        idx, sims = idx[keep], sims[keep]
+
+        async def fetch(n: int):
+            return idx[:n], sims[:n]
+
+        items, _ = await self._ruled(s, rules, int(request.k), len(idx), fetch, exclude=[item])
+        return responses.similar_response(s, items, own_scores(items, idx, sims))
 
     async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
         s = self.served

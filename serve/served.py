@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from prefmine.rules import ItemAttributes
+from prefmine.search.bundle import has_index
 from prefmine.serving.recommend import first_outside, popularity_order
 
 logger = logging.getLogger("ray.serve")
@@ -136,7 +138,9 @@ async def adopt(config: dict, *caches: RuntimeCache) -> None:
 
 
 class ServedBundle:
-    """The ingress's view of one bundle version: catalogue, user histories, popularity, texts for reasons."""
+    """The ingress's view of one bundle version: catalogue, user histories, popularity, texts for reasons, the
+    items' attributes that request-time rules filter on (categories, brand, price, availability, kind; built once
+    per version) and whether Search is hybrid."""
 
     def __init__(self, ref: BundleRef):
         from prefmine.bundle import Bundle
@@ -158,6 +162,8 @@ class ServedBundle:
         self.pop_scores = pop
         self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
         self.catalog = CatalogText(self.bundle.items)
+        self.attributes = ItemAttributes.from_items(self.bundle.items)  # what request-time rules filter on
+        self.hybrid_search = has_index(ref.path)  # a lexical index: Search is hybrid (else dense only)
 
     def exclude_set(self, raw_ids) -> set[int]:
         out = set()

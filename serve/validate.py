@@ -23,6 +23,9 @@ MAX_CANDIDATES = 10_000
 MAX_FEEDBACK_EVENTS = 1000
 MAX_QUERY_BYTES = 1024
 MAX_PLACEMENT_BYTES = 64
+MAX_RULE_ENTRIES = 100  # per list of Rules (categories, brands, kinds, boosts, pins)
+MAX_BOOST = 100.0  # |weight| of a boost, in standard deviations
+BOOST_KINDS = ("category", "brand", "item")
 MIN_TIMESTAMP = 631_152_000  # 1990-01-01T00:00:00Z, as the data preparation's bad-row rules
 FUTURE_SLACK_S = 86_400  # clocks differ; a day ahead is accepted, more is a bug on the client
 RATING_RANGE = (1.0, 5.0)
@@ -85,6 +88,58 @@ def check_event(ev: pb.Event, field: str, need_user: bool, now: float | None = N
         raise BadRequest(f"{field}.rating must be unset except for EVENT_TYPE_RATE, got {ev.rating}")
 
 
+def check_rules(rules: pb.Rules, k: int, field: str = "rules") -> None:
+    """A request's Rules: list sizes and names, the price range, boosts, pins (positions 0..k-1, unique) and the
+    diversity settings; each error names the field, e.g. ``rules.pins[2].position``."""
+    for name in ("categories", "brands", "kinds"):
+        values = getattr(rules, name)
+        check_count(len(values), f"{field}.{name}", MAX_RULE_ENTRIES)
+        for i, v in enumerate(values):
+            check_id(v, f"{field}.{name}[{i}]")
+    for name in ("price_min", "price_max"):
+        if rules.HasField(name):
+            v = getattr(rules, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise BadRequest(f"{field}.{name} must be a finite number >= 0, got {v}")
+    if rules.HasField("price_min") and rules.HasField("price_max") and rules.price_min > rules.price_max:
+        raise BadRequest(f"{field}.price_min ({rules.price_min}) is above {field}.price_max ({rules.price_max})")
+    check_count(len(rules.boosts), f"{field}.boosts", MAX_RULE_ENTRIES)
+    for key in sorted(rules.boosts):  # named "rules.boosts: key '...'" (a map has no positions to name)
+        kind, _, name = key.partition(":")
+        where = f"{field}.boosts: key {key[:64]!r}"
+        if kind not in BOOST_KINDS or not name.strip():
+            raise BadRequest(f"{where} must be category:NAME, brand:NAME or item:ID")
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise BadRequest(f"{where} names more than {MAX_ID_BYTES} bytes")
+        w = rules.boosts[key]
+        if not (math.isfinite(w) and abs(w) <= MAX_BOOST):
+            raise BadRequest(f"{where}: the weight must be finite, in -{MAX_BOOST:g}..{MAX_BOOST:g}, got {w}")
+    check_count(len(rules.pins), f"{field}.pins", MAX_RULE_ENTRIES)
+    positions: set[int] = set()
+    for i, pin in enumerate(rules.pins):
+        check_id(pin.item_id, f"{field}.pins[{i}].item_id")
+        if not 0 <= pin.position < k:
+            raise BadRequest(f"{field}.pins[{i}].position must be in 0..k-1 ({k - 1}), got {pin.position}")
+        if pin.position in positions:
+            raise BadRequest(f"{field}.pins[{i}].position {pin.position} is pinned twice")
+        positions.add(pin.position)
+    if rules.diversity not in pb.Diversity.values():
+        raise BadRequest(f"{field}.diversity must be one of {list(pb.Diversity.keys())}, got {rules.diversity}")
+    if rules.HasField("mmr_lambda"):
+        lam = rules.mmr_lambda
+        if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
+            raise BadRequest(f"{field}.mmr_lambda must be in 0..1, got {lam}")
+        if rules.diversity != pb.DIVERSITY_MMR:
+            raise BadRequest(f"{field}.mmr_lambda is only allowed with DIVERSITY_MMR")
+    if rules.diversity == pb.DIVERSITY_CATEGORY_CAP:
+        if not 1 <= rules.category_cap <= K_MAX:
+            raise BadRequest(f"{field}.category_cap must be in 1..{K_MAX} with DIVERSITY_CATEGORY_CAP, "
+                             f"got {rules.category_cap}")
+    elif rules.category_cap != 0:
+        raise BadRequest(f"{field}.category_cap must be unset (0) unless diversity is DIVERSITY_CATEGORY_CAP, "
+                         f"got {rules.category_cap}")
+
+
 def validate_request(request: pb.RecommendRequest) -> None:
     """Recommend."""
     check_id(request.user_id, "user_id")
@@ -97,6 +152,8 @@ def validate_request(request: pb.RecommendRequest) -> None:
     now = time.time()
     for i, ev in enumerate(request.recent_events):
         check_event(ev, f"recent_events[{i}]", need_user=False, now=now)
+    if request.HasField("rules"):
+        check_rules(request.rules, request.k)
 
 
 def validate_search(request: pb.SearchRequest) -> None:
@@ -107,6 +164,8 @@ def validate_search(request: pb.SearchRequest) -> None:
     if size > MAX_QUERY_BYTES:
         raise BadRequest(f"query is {size} bytes long, at most {MAX_QUERY_BYTES}")
     check_k(request.k)
+    if request.HasField("rules"):
+        check_rules(request.rules, request.k)
 
 
 def validate_rank(request: pb.RankRequest) -> None:
@@ -127,6 +186,8 @@ def validate_rank(request: pb.RankRequest) -> None:
 def validate_similar(request: pb.SimilarItemsRequest) -> None:
     check_id(request.item_id, "item_id")
     check_k(request.k)
+    if request.HasField("rules"):
+        check_rules(request.rules, request.k)
 
 
 def validate_profile(request: pb.GetUserProfileRequest) -> None:

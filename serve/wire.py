@@ -59,8 +59,8 @@ def _bytes_twin(cls) -> type:
 
         def patch(messages):
             for m in messages:
-                if m.options.map_entry:
-                    continue
+                if m.options.map_entry:  # a map's entries as plain repeated messages (a map key cannot be bytes):
+                    m.ClearField("options")  # the same wire format, and a bad key is named like rules.boosts[0].key
                 for f in m.field:
                     if f.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
                         f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES

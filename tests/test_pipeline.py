@@ -32,6 +32,22 @@ def test_bundle_layout_and_manifest(tiny_bundle, magazine5):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
 
 
+def test_the_ranker_stage_saves_search_lexical_index_in_the_sealed_bundle(tiny_bundle):
+    """Search's BM25 index over the catalogue lies in ranker/search/ (sealed with the rest), and with the
+    encoder's item embeddings it finds an item by the words of its title."""
+    from prefmine.search.bundle import SEARCH_DIR, has_index, load_bundle_searcher
+
+    m = read_manifest(tiny_bundle)
+    assert has_index(tiny_bundle)
+    assert any(f.startswith(f"{SEARCH_DIR.as_posix()}/lexical/") for f in m["files"])
+    assert m["components"]["ranker"]["metrics"]["search_index"]["items"] == 157
+    emb = np.load(tiny_bundle / "encoder/item_embeddings.npy")
+    searcher = load_bundle_searcher(tiny_bundle, emb)
+    title = Bundle.load(tiny_bundle).titles[7]
+    pool = searcher.retrieve(title, emb[7], 10)
+    assert 7 in pool.idx.tolist() and pool.lexical[pool.idx.tolist().index(7)] > 0
+
+
 def test_training_gates_the_policy_and_records_the_decision(tiny_bundle):
     """The policy stage compares the learned policy with greedy, popularity and the tuned mix on the same
     simulated sessions and writes the decision beside the policy (serving reads it) and into the manifest."""

@@ -548,8 +548,10 @@ def test_recommend_explain_names_a_history_item(stub, bundle, known_user, feedba
 
 @pytest.mark.slow
 def test_search_matches_text_and_is_personalised(stub, bundle, bundle_path, known_user):
-    """The cold (text-only) order is the encoder's: the same bundle's encoder, run here in-process, ranks the
-    catalogue's item embeddings by cosine to the query the same way; a known user's order mixes in relevance."""
+    """The cold order is what the same bundle's parts, run here in-process, give: with a lexical index
+    (hybrid), the bundle's Searcher over the encoder's item embeddings (BM25 and cosine fused); without one, the
+    catalogue's item embeddings ranked by cosine to the query. A known user's order mixes in relevance."""
+    from prefmine.search.bundle import has_index, load_bundle_searcher
     from prefmine.text.runtime import EncoderRuntime
 
     raw, _ = known_user
@@ -558,13 +560,25 @@ def test_search_matches_text_and_is_personalised(stub, bundle, bundle_path, know
     assert cold.cold_start and len(cold.results) == 10
     enc = EncoderRuntime(bundle_path)
     q = enc.embed([title])[0]
-    v = enc.item_embeddings / np.linalg.norm(enc.item_embeddings, axis=1, keepdims=True)
-    sims = v @ (q / np.linalg.norm(q))
-    expected = np.argsort(-sims, kind="stable")[:10]
-    assert [r.text_score for r in cold.results] == pytest.approx(sims[expected].tolist(), abs=1e-4)
+    if has_index(bundle_path):
+        assert cold.retrieval == "hybrid" and cold.facets
+        searcher = load_bundle_searcher(bundle_path, enc.item_embeddings)
+        hit = searcher.finish(searcher.retrieve(title, q, 10), 10)
+        expected, sims = hit.idx, hit.score
+        assert [r.lexical_score for r in cold.results] == pytest.approx(hit.lexical.tolist(), abs=1e-4)
+        assert [r.text_score for r in cold.results] == pytest.approx(hit.dense.tolist(), abs=1e-4)
+        top_scores = [r.score for r in cold.results[:3]]
+    else:
+        assert cold.retrieval == "dense" and not cold.facets
+        v = enc.item_embeddings / np.linalg.norm(enc.item_embeddings, axis=1, keepdims=True)
+        all_sims = v @ (q / np.linalg.norm(q))
+        expected = np.argsort(-all_sims, kind="stable")[:10]
+        sims = all_sims[expected]
+        assert [r.text_score for r in cold.results] == pytest.approx(sims.tolist(), abs=1e-4)
+        top_scores = [r.text_score for r in cold.results[:3]]
     top = [r.item_id for r in cold.results]
     assert top[:3] == [str(bundle.item_ids[i]) for i in expected[:3]] or \
-        np.allclose(sorted(sims[expected[:3]]), sorted(r.text_score for r in cold.results[:3]), atol=1e-4)
+        np.allclose(sorted(sims[:3]), sorted(top_scores), atol=1e-4)
     warm = stub.Search(pb.SearchRequest(user_id=raw, query=title, k=10), timeout=30)
     assert not warm.cold_start and len(warm.results) == 10
     scores = [r.score for r in warm.results]

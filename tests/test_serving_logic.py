@@ -12,7 +12,7 @@ from prefmine.serving import ranking, responses
 from prefmine.serving.history import with_recent
 from prefmine.serving.policy import PolicyVersion, clean_slate, greedy_order
 from prefmine.serving.rank import expected_value_order, rank_candidates
-from prefmine.serving.search import blend, search_order
+from prefmine.serving.search import SearchScores, blend, search_order
 from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
 from prefmine.serving.vectors import nearest_rows, top_by_similarity, unit_rows, zscore
 from prefmine.v1 import recommender_pb2 as pb
@@ -172,10 +172,14 @@ def test_responses_carry_ids_titles_and_version():
                                                                          ("c", 2.0, pytest.approx(0.2))]
     sim = responses.similar_response(CATALOGUE, np.array([2]), np.array([0.75]))
     assert sim.items[0].item_id == "c" and sim.items[0].title == "" and sim.items[0].similarity == 0.75
-    s = responses.search_response(CATALOGUE, np.array([1, 3]), np.array([0.5, 1.0]), np.array([0.25, 0.5]),
-                                  np.array([0.0, 2.0]), np.array([1, 0]), cold_start=False)
-    assert [(x.item_id, x.score, x.text_score, x.relevance) for x in s.results] == [("d", 1.0, 0.5, 2.0),
-                                                                                     ("b", 0.5, 0.25, 0.0)]
+    scored = SearchScores(np.array([3, 1]), np.array([1.0, 0.5]), np.array([0.5, 0.25]), np.array([0.0, 4.0]),
+                          np.array([2.0, 0.0]))
+    s = responses.search_response(CATALOGUE, scored, np.array([3, 1, 0]), cold_start=False,
+                                  facets={"brand": [("B", 2)], "category": [("X", 3)]}, retrieval="hybrid")
+    assert [(x.item_id, x.score, x.text_score, x.lexical_score, x.relevance) for x in s.results] == [
+        ("d", 1.0, 0.5, 0.0, 2.0), ("b", 0.5, 0.25, 4.0, 0.0), ("a", 0.0, 0.0, 0.0, 0.0)]  # a: pinned, not retrieved
+    assert [(f.field, f.value, f.count) for f in s.facets] == [("brand", "B", 2), ("category", "X", 3)]
+    assert s.retrieval == "hybrid" and not s.cold_start
 
 
 def test_component_infos_list_the_known_components_first_with_scalar_attributes():

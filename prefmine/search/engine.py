@@ -92,13 +92,17 @@ class Searcher:
         return s
 
     def retrieve(self, query: str, query_vector: np.ndarray, k: int, filters: SearchFilters = NO_FILTERS,
-                 lexical_scores: np.ndarray | None = None) -> Pool:
+                 lexical_scores: np.ndarray | None = None, mask: np.ndarray | None = None) -> Pool:
         """The pool for a query: among the items that pass `filters`, the top `candidates` (at least k) by BM25
         (items with a query term) and by cosine, fused. The matched set, which the facets count, is every
         qualifying item with a query term plus the dense top candidates. `lexical_scores`: precomputed BM25 scores
-        of every item (the benchmark reuses them across settings)."""
+        of every item (the benchmark reuses them across settings). `mask`: a boolean mask over the catalogue that
+        items must also pass (the serving layer's request-time rules, prefmine.rules.eligible)."""
         cfg = self.config
-        allowed = np.flatnonzero(filters.mask(self.catalog)) if not filters.empty else np.arange(len(self.catalog))
+        keep = filters.mask(self.catalog) if not filters.empty else np.ones(len(self.catalog), dtype=bool)
+        if mask is not None:
+            keep = keep & np.asarray(mask, dtype=bool)
+        allowed = np.flatnonzero(keep)
         lex_all = self.lexical.scores(query) if lexical_scores is None else lexical_scores
         q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
         q = q / max(float(np.linalg.norm(q)), 1e-12)
@@ -115,11 +119,17 @@ class Searcher:
 
     def finish(self, pool: Pool, k: int, personal: np.ndarray | None = None) -> SearchHit:
         """The top k of the pool; `personal`: the user's ranker scores for `pool.idx` (None: no user)."""
-        final = personalise(pool.fused, personal, self.config.personal_weight)
-        order = np.lexsort((pool.idx, -final))[: int(k)]
-        p = np.full(len(order), np.nan) if personal is None else np.asarray(personal, np.float64)[order]
-        return SearchHit(pool.idx[order], final[order], pool.lexical[order], pool.dense[order], p, pool.facets,
-                         pool.matched, pool.qualifying)
+        return finish(pool, k, personal, self.config)
+
+
+def finish(pool: Pool, k: int, personal: np.ndarray | None, config: SearchConfig) -> SearchHit:
+    """The top k of a pool under `config` (its personal weight); a function so that a caller holding the pool
+    but not the searcher (the serving ingress, whose personal scores come from the ranker) can finish it."""
+    final = personalise(pool.fused, personal, config.personal_weight)
+    order = np.lexsort((pool.idx, -final))[: int(k)]
+    p = np.full(len(order), np.nan) if personal is None else np.asarray(personal, np.float64)[order]
+    return SearchHit(pool.idx[order], final[order], pool.lexical[order], pool.dense[order], p, pool.facets,
+                     pool.matched, pool.qualifying)
 
 
 def search(searcher: Searcher, query: str, query_vector: np.ndarray, k: int, filters: SearchFilters = NO_FILTERS,
@@ -140,4 +150,4 @@ def save_index(d: Path, catalog: Catalog, config: SearchConfig | None = None) ->
     return d
 
 
-__all__ = ["Pool", "SearchHit", "Searcher", "save_index", "search"]
+__all__ = ["Pool", "SearchHit", "Searcher", "finish", "save_index", "search"]

@@ -6,7 +6,10 @@ functions over numpy arrays and bundle runtimes, so it is unit-tested without a 
   similar items, the preference summary, explanations.
 - ``policy``: the slate policy of one bundle version (``PolicyVersion``): selection, clean-up and propensities.
 - ``slate``: a Recommend slate's scores and relevance.
-- ``search``: Search's blend of text similarity and ranker relevance.
+- ``search``: Search's blend of text similarity and ranker relevance (dense retrieval), and the scores of an
+  answer (``SearchScores``).
+- ``request_rules``: a request's ``Rules`` message as ``prefmine.rules.Rules``, and the selection over an RPC's
+  candidates (``ruled_top``: more candidates while a category cap leaves fewer than k).
 - ``rank``: Rank's candidates and their expected value (probability x bid).
 - ``history``: a user's history (items, event types, times: the ranker's inputs) with the request's recent events.
 - ``recommend``: Recommend's warm path (candidates, then the policy's slate), which ``prefmine evaluate``'s

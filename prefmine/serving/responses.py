@@ -12,6 +12,7 @@ import numpy as np
 
 from prefmine.ads.auction import position_prices
 from prefmine.serving.rank import RankCandidates
+from prefmine.serving.search import SearchScores
 from prefmine.v1 import recommender_pb2 as pb
 
 
@@ -23,14 +24,17 @@ def recommend_response(catalogue, items: np.ndarray, scores: np.ndarray, cold_st
         bundle_version=str(catalogue.version), cold_start=cold_start, placement=placement)
 
 
-def search_response(catalogue, idx: np.ndarray, final: np.ndarray, text: np.ndarray, relevance: np.ndarray,
-                    order: np.ndarray, cold_start: bool) -> pb.SearchResponse:
-    """The retrieved items ``idx`` in ``order`` (positions into idx) with their three scores."""
+def search_response(catalogue, scored: SearchScores, items: np.ndarray, cold_start: bool,
+                    facets: dict[str, list[tuple[str, int]]], retrieval: str) -> pb.SearchResponse:
+    """``items`` (item indices, in answer order) with their scores among ``scored``, and the facet counts
+    (``{"category": [(name, count), ...], "brand": [...]}``)."""
     return pb.SearchResponse(
-        results=[pb.SearchResult(item_id=catalogue.item_ids[int(idx[j])], score=float(final[j]),
-                                 text_score=float(text[j]), relevance=float(relevance[j]),
-                                 title=catalogue.titles[int(idx[j])]) for j in order],
-        bundle_version=str(catalogue.version), cold_start=cold_start)
+        results=[pb.SearchResult(item_id=catalogue.item_ids[int(i)], score=score, text_score=text,
+                                 lexical_score=lexical, relevance=relevance, title=catalogue.titles[int(i)])
+                 for i, (score, text, lexical, relevance) in zip(items, scored.rows(items))],
+        facets=[pb.Facet(field=field, value=str(value), count=int(count))
+                for field in sorted(facets) for value, count in facets[field]],
+        bundle_version=str(catalogue.version), cold_start=cold_start, retrieval=retrieval)
 
 
 def rank_response(catalogue, cands: RankCandidates, probs: np.ndarray, ev: np.ndarray, order: np.ndarray,

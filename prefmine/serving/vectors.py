@@ -29,8 +29,15 @@ def top_by_similarity(sims: np.ndarray, n: int) -> dict[str, np.ndarray]:
     return {"idx": idx.astype(np.int64), "sims": sims[idx].astype(np.float32)}
 
 
-def nearest_rows(unit: np.ndarray, query: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """The n rows of ``unit`` (unit rows) closest in cosine to ``query`` (any norm)."""
+def nearest_rows(unit: np.ndarray, query: np.ndarray, n: int, allowed: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The n rows of ``unit`` (unit rows) closest in cosine to ``query`` (any norm); with ``allowed`` (a boolean
+    mask over the rows), among those rows only (fewer than n when fewer are allowed)."""
     q = np.asarray(query, dtype=np.float32)
     q = q / max(float(np.linalg.norm(q)), 1e-12)
-    return top_by_similarity(unit @ q, n)
+    sims = unit @ q
+    if allowed is None:
+        return top_by_similarity(sims, n)
+    allowed = np.asarray(allowed, dtype=bool)
+    sims = np.where(allowed, sims, -np.inf)
+    return top_by_similarity(sims, min(int(n), int(allowed.sum())))

@@ -15,12 +15,21 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_CART: _ClassVar[EventType]
     EVENT_TYPE_BUY: _ClassVar[EventType]
     EVENT_TYPE_RATE: _ClassVar[EventType]
+
+class Diversity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIVERSITY_NONE: _ClassVar[Diversity]
+    DIVERSITY_MMR: _ClassVar[Diversity]
+    DIVERSITY_CATEGORY_CAP: _ClassVar[Diversity]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_VIEW: EventType
 EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_CART: EventType
 EVENT_TYPE_BUY: EventType
 EVENT_TYPE_RATE: EventType
+DIVERSITY_NONE: Diversity
+DIVERSITY_MMR: Diversity
+DIVERSITY_CATEGORY_CAP: Diversity
 
 class Event(_message.Message):
     __slots__ = ("user_id", "item_id", "type", "timestamp", "rating", "impression_id")
@@ -39,20 +48,63 @@ class Event(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ..., rating: _Optional[float] = ..., impression_id: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_item_ids", "recent_events", "placement", "explain")
+    __slots__ = ("user_id", "k", "exclude_item_ids", "recent_events", "placement", "explain", "rules")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     recent_events: _containers.RepeatedCompositeFieldContainer[Event]
     placement: str
     explain: bool
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., placement: _Optional[str] = ..., explain: _Optional[bool] = ...) -> None: ...
+    rules: Rules
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., recent_events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., placement: _Optional[str] = ..., explain: _Optional[bool] = ..., rules: _Optional[_Union[Rules, _Mapping]] = ...) -> None: ...
+
+class Pin(_message.Message):
+    __slots__ = ("item_id", "position")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    position: int
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class Rules(_message.Message):
+    __slots__ = ("categories", "brands", "kinds", "price_min", "price_max", "include_unavailable", "boosts", "pins", "diversity", "mmr_lambda", "category_cap")
+    class BoostsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    BRANDS_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_MIN_FIELD_NUMBER: _ClassVar[int]
+    PRICE_MAX_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    BOOSTS_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_CAP_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    brands: _containers.RepeatedScalarFieldContainer[str]
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    price_min: float
+    price_max: float
+    include_unavailable: bool
+    boosts: _containers.ScalarMap[str, float]
+    pins: _containers.RepeatedCompositeFieldContainer[Pin]
+    diversity: Diversity
+    mmr_lambda: float
+    category_cap: int
+    def __init__(self, categories: _Optional[_Iterable[str]] = ..., brands: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., price_min: _Optional[float] = ..., price_max: _Optional[float] = ..., include_unavailable: _Optional[bool] = ..., boosts: _Optional[_Mapping[str, float]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., diversity: _Optional[_Union[Diversity, str]] = ..., mmr_lambda: _Optional[float] = ..., category_cap: _Optional[int] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "score", "title", "reason", "propensity")
@@ -85,38 +137,56 @@ class RecommendResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., placement: _Optional[str] = ..., impression_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("user_id", "query", "k")
+    __slots__ = ("user_id", "query", "k", "rules")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     query: str
     k: int
-    def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    rules: Rules
+    def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., rules: _Optional[_Union[Rules, _Mapping]] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("item_id", "score", "text_score", "relevance", "title")
+    __slots__ = ("item_id", "score", "text_score", "relevance", "title", "lexical_score")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_SCORE_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     text_score: float
     relevance: float
     title: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., text_score: _Optional[float] = ..., relevance: _Optional[float] = ..., title: _Optional[str] = ...) -> None: ...
+    lexical_score: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., text_score: _Optional[float] = ..., relevance: _Optional[float] = ..., title: _Optional[str] = ..., lexical_score: _Optional[float] = ...) -> None: ...
+
+class Facet(_message.Message):
+    __slots__ = ("field", "value", "count")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value: str
+    count: int
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "bundle_version", "cold_start")
+    __slots__ = ("results", "bundle_version", "cold_start", "facets", "retrieval")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
+    FACETS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     bundle_version: str
     cold_start: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+    facets: _containers.RepeatedCompositeFieldContainer[Facet]
+    retrieval: str
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., facets: _Optional[_Iterable[_Union[Facet, _Mapping]]] = ..., retrieval: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
     __slots__ = ("user_id", "candidate_item_ids", "bids")
@@ -155,12 +225,14 @@ class RankResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
-    __slots__ = ("item_id", "k")
+    __slots__ = ("item_id", "k", "rules")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     k: int
-    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    rules: Rules
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., rules: _Optional[_Union[Rules, _Mapping]] = ...) -> None: ...
 
 class SimilarItem(_message.Message):
     __slots__ = ("item_id", "similarity", "title")

@@ -1,4 +1,4 @@
-"""EncoderDeployment: the bundle's text encoder per version (Search's text retrieval, ModelInfo's dim)."""
+"""EncoderDeployment: the bundle's text encoder per version (Search's dense or hybrid retrieval, ModelInfo's dim)."""
 
 from __future__ import annotations
 
@@ -40,15 +40,31 @@ class EncoderDeployment:
     async def embed(self, ref: BundleRef, texts: list[str]) -> np.ndarray:
         return (await self.runtimes.get(ref)).runtime.embed(list(texts))
 
-    async def search(self, ref: BundleRef, query: str, n: int) -> dict[str, np.ndarray]:
-        """The n items whose text embedding is closest (cosine) to the query's: Search's text retrieval."""
+    async def search(self, ref: BundleRef, query: str, n: int, allowed: np.ndarray | None = None
+                     ) -> dict[str, np.ndarray]:
+        """The n items whose text embedding is closest (cosine) to the query's: Search's dense retrieval;
+        ``allowed``: a boolean mask over the catalogue (the request's rules) the items must pass."""
         enc = await self.runtimes.get(ref)
-        return nearest_rows(enc.unit_items, np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0], n)
+        return nearest_rows(enc.unit_items, np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0], n,
+                            allowed)
+
+    async def hybrid_search(self, ref: BundleRef, query: str, k: int, allowed: np.ndarray | None = None
+                            ) -> dict | None:
+        """Search's hybrid retrieval (prefmine.search.Searcher.retrieve: BM25 and dense candidates among the
+        ``allowed`` items, fused, with facet counts): ``{"pool": Pool, "config": SearchConfig}`` for the ingress
+        to personalise and finish; None when this version has no lexical index."""
+        enc = await self.runtimes.get(ref)
+        if enc.searcher is None:
+            return None
+        q = np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0]
+        return {"pool": enc.searcher.retrieve(query, q, k, mask=allowed), "config": enc.searcher.config}
 
 
 class _EncoderVersion:
     def __init__(self, bundle: str):
+        from prefmine.search.bundle import load_bundle_searcher
         from prefmine.text.runtime import EncoderRuntime
 
         self.runtime = EncoderRuntime(bundle)
         self.unit_items = unit_rows(self.runtime.item_embeddings)
+        self.searcher = load_bundle_searcher(bundle, self.runtime.item_embeddings)  # None: dense Search only

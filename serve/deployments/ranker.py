@@ -121,6 +121,10 @@ class RankerDeployment:
         """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
         return ranking.similar_items((await self.runtimes.get(ref)).unit_vectors(), item, k)
 
+    async def vectors(self, ref: BundleRef, items: np.ndarray) -> np.ndarray:
+        """The unit ranker vectors of given items (the rows MMR diversity of a request's rules compares)."""
+        return (await self.runtimes.get(ref)).unit_vectors()[np.asarray(items, dtype=np.int64)]
+
     async def explain(self, ref: BundleRef,
                       history: History | np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
