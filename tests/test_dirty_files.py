@@ -23,7 +23,8 @@ from prefmine.data.privacy import (
     load_key,
     normalise_id,
 )
-from prefmine.data.readers import ReadLimits, read_delimited
+from prefmine.data.readers.blocks import ReadLimits
+from prefmine.data.readers.delimited import read_delimited
 from prefmine.data.rows import BadRows, RawDataError, check_rows
 from prefmine.data.sources import amazon, events
 

@@ -143,7 +143,8 @@ def test_reviews_only_categories_describe_items_by_their_reviews(raw_dir, tmp_pa
 
 def test_synthetic_log_through_ray_data_matches_in_process_preparation(tmp_path, ray_session):
     from cluster.prepare_job import ray_data_runner
-    from prefmine.data.synth import SynthConfig, synth
+    from prefmine.data.synth.config import SynthConfig
+    from prefmine.data.synth.generate import synth
 
     info = synth(tmp_path / "raw", SynthConfig(users=3_000, items=800, events=60_000, events_per_part=25_000))
     pseudo = Pseudonymiser(b"k")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from prefmine.data.privacy import normalise_id
-from prefmine.data.readers import ReadLimits
+from prefmine.data.readers.blocks import ReadLimits
 from prefmine.data.rows import BadRows, check_rows
 from prefmine.data.sources import amazon, events
 

@@ -108,7 +108,8 @@ def test_recbole_reads_real_ratings_in_its_layout(raw_dir, tmp_path):
 
 
 def test_events_reads_a_synth_log(tmp_path):
-    from prefmine.data.synth import SynthConfig, synth
+    from prefmine.data.synth.config import SynthConfig
+    from prefmine.data.synth.generate import synth
 
     synth(tmp_path / "log", SynthConfig(users=200, items=50, events=3000, seed=1, fmt="csv"))
     inter, cat = _read("events", tmp_path / "log", None)

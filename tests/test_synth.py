@@ -10,15 +10,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from prefmine.data.synth import (
-    CATEGORY_TREE,
-    END_TS,
-    EVENTS_SCHEMA,
-    ITEMS_SCHEMA,
-    START_TS,
-    SynthConfig,
-    synth,
-)
+from prefmine.data.synth.config import SynthConfig
+from prefmine.data.synth.generate import synth
+from prefmine.data.synth.schema import END_TS, EVENTS_SCHEMA, ITEMS_SCHEMA, START_TS
+from prefmine.data.synth.vocabulary import CATEGORY_TREE
 
 USERS, ITEMS, EVENTS, PER_PART = 2000, 1000, 100_000, 30_000
 

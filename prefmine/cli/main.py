@@ -34,7 +34,8 @@ def _data_prepare(a) -> int:
 
 def _data_synth(a) -> int:
     from prefmine.data.rows import RawDataError
-    from prefmine.data.synth import SynthConfig, synth
+    from prefmine.data.synth.config import SynthConfig
+    from prefmine.data.synth.generate import synth
 
     try:
         info = synth(a.out, SynthConfig(users=a.users, items=a.items, events=a.events, seed=a.seed, fmt=a.format,

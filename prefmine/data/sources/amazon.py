@@ -18,7 +18,9 @@ import pandas as pd
 
 from prefmine.data.clean import clean_list, clean_text
 from prefmine.data.privacy import normalise_id
-from prefmine.data.readers import LIMITS, ReadLimits, read_delimited, read_json_lines
+from prefmine.data.readers.blocks import LIMITS, ReadLimits
+from prefmine.data.readers.delimited import read_delimited
+from prefmine.data.readers.json_lines import read_json_lines
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 __all__ = ["RawDataError", "plan", "read_chunk", "catalogue", "rules"]

@@ -31,7 +31,9 @@ import pandas as pd
 
 from prefmine.data.clean import clean_text
 from prefmine.data.privacy import normalise_ids
-from prefmine.data.readers import LIMITS, ReadLimits, parquet_row_groups, read_delimited, read_parquet
+from prefmine.data.readers.blocks import LIMITS, ReadLimits
+from prefmine.data.readers.delimited import read_delimited
+from prefmine.data.readers.parquet import parquet_row_groups, read_parquet
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 REQUIRED = ("user_id", "item_id", "timestamp", "event_type")

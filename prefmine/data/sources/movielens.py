@@ -14,7 +14,8 @@ import pandas as pd
 
 from prefmine.data.clean import clean_text
 from prefmine.data.privacy import normalise_ids
-from prefmine.data.readers import LIMITS, ReadLimits, read_delimited
+from prefmine.data.readers.blocks import LIMITS, ReadLimits
+from prefmine.data.readers.delimited import read_delimited
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 RATING_NAMES = {"user": "userId", "item": "movieId", "ts": "timestamp", "rating": "rating"}

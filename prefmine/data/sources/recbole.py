@@ -22,7 +22,8 @@ import pandas as pd
 
 from prefmine.data.clean import clean_text
 from prefmine.data.privacy import normalise_ids
-from prefmine.data.readers import LIMITS, ReadLimits, read_delimited
+from prefmine.data.readers.blocks import LIMITS, ReadLimits
+from prefmine.data.readers.delimited import read_delimited
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 EXPECTED_TYPES = {"user_id": "token", "item_id": "token", "rating": "float", "timestamp": "float"}

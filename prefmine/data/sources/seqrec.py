@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from prefmine.data.clean import clean_text
-from prefmine.data.readers import line_blocks
+from prefmine.data.readers.blocks import line_blocks
 from prefmine.data.rows import BadRows, RawDataError, RowRules
 
 NAME = "seqrec"
