@@ -21,6 +21,13 @@ What it does, in order:
    consumed feedback id; the whole directory is assembled under a temporary name and renamed into place, so
    nothing half-written ever looks like a bundle.
 
+Between 4 and 5 the updated policy goes through the same gate as a freshly trained one
+(`cluster.train_policy.gate_trained_policy`): against greedy, popularity and a tuned mix on the simulator just
+refitted, `gate_sessions` sessions per policy (UpdateConfig; 0: the serving policy's `gate_sessions`) on the
+serving policy's seed. The new version carries its own `policy/gate.json` (serving reads it exactly as it reads a
+trained bundle's) and `components.policy.gate` with the update's lineage; the parent's gate judged the parent's
+policy and is never carried over.
+
 Fewer than `min_events` new events: nothing is written and the summary says so. The serving bundle is never
 modified. `python -m cluster.update_policy --bundle B --feedback F [--out DIR] [--preset tiny] [--config FILE] [--set K=V ...]`.
 """
@@ -122,9 +129,10 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
 def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | None = None,
                   cfg: UpdateConfig | None = None, verbose: bool = True) -> dict:
     """Run one incremental update (see the module docstring). Returns a summary with `updated`, `bundle` (the
-    new version's path when updated), `version`, `consumed_id` and the event counts."""
+    new version's path when updated), `version`, `consumed_id`, the event counts and, when updated, `serves`
+    (what the new version's gate chose) and `gate` (the decision with its figures)."""
 
-    from cluster.train_policy import train_policy
+    from cluster.train_policy import gate_trained_policy, train_policy
     from prefmine.policy.response import fit_response_model, load_response
     from prefmine.policy.simulator import SimulatorConfig, SimulatorInputs
     from prefmine.ranker.runtime import RankerRuntime
@@ -209,9 +217,17 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
         shutil.copytree(bundle / "catalog", tmp / "catalog")  # real copies: rewritten below
         save_catalog(tmp, Catalog(items, histories, popularity))
         metrics = train_policy(inputs, tmp / "policy", pcfg, sim_cfg, verbose=verbose, warm_start=pol_dir)
-        comp = dict(manifest.get("components", {}).get("policy", {}))
-        comp.pop("gate", None)  # the parent's gate judged the parent's policy; this version has no gate.json
+        # the gate, as after training: on the refitted simulator, on the serving policy's seed (its own sessions)
+        gate_seed = int(pol_conf["train"].get("seed", 0))
+        gate = gate_trained_policy(inputs, tmp / "policy", cfg.gate_sessions or pcfg.gate_sessions, seed=gate_seed,
+                                   verbose=verbose)
+        parent_comp = manifest.get("components", {}).get("policy", {})
+        lineage = {"by": "update_policy", "parent_version": manifest.get("version"),
+                   "parent_served": (parent_comp.get("gate") or {}).get("served"), "feedback_consumed_id": last_id}
+        comp = dict(parent_comp)
         comp.update({"algorithm": pcfg.algorithm, "feedback_consumed_id": last_id,
+                     "gate": {**gate["decision"], "alpha_tuning": gate["mix_tuning"], "sessions": gate["sessions"],
+                              "seed": gate["seed"], "lineage": lineage},
                      "update": {"parent_version": manifest.get("version"), "consumed_from": after,
                                 "counts": counts, "config": vars_of(cfg), "seconds": round(time.time() - t0, 1)},
                      "metrics": {k: v for k, v in metrics.items() if k != "history"}})
@@ -226,7 +242,9 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
         raise
     summary.update({"updated": True, "bundle": str(out), "version": version, "consumed_id": last_id,
                     "seconds": round(time.time() - t0, 1), "train": {k: v for k, v in metrics.items()
-                                                                     if k != "history"}})
+                                                                     if k != "history"},
+                    "serves": gate["decision"]["served"],
+                    "gate": {**gate["decision"], "sessions": gate["sessions"], "lineage": lineage}})
     return summary
 
 

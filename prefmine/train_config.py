@@ -60,6 +60,7 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
         ranker=RankerConfig(dim=64, layers=2, epochs=10, min_steps=300, batch_size=64),
         simulator=SimulatorConfig(n_candidates=10, max_steps=10, slate_size=5),
+        update=UpdateConfig(gate_sessions=200),  # the update's gate in seconds on a CPU box
     ),
     # the benchmark sets on one GPU (the ranker: what bench.quality runs on the Amazon 5-core categories)
     "base": TrainConfig(

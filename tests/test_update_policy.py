@@ -27,6 +27,39 @@ def _obs_batch(runtime, n=32, seed=0):
     return rng.normal(size=(n, runtime.spec.size)).astype(np.float32)
 
 
+def _assert_served_as_gated(version: Path, summary: dict, parent: dict, consumed_id: int, sessions: int) -> None:
+    """The version carries its own gate: gate.json's decision follows from its figures (the rule worked out here,
+    not by the gate's code), the manifest and the job's summary say the same with the update's lineage, and
+    serving's policy loader orders slates with the policy the gate chose."""
+    from prefmine.bundle import read_manifest
+    from prefmine.policy.gate import HEURISTICS, GateDecision, heuristic_slate
+    from prefmine.serving.policy import PolicyVersion
+
+    gate = GateDecision.load(version / "policy")
+    assert gate is not None and gate.learned == "learned" and set(gate.figures) == {"learned", *HEURISTICS}
+    fig = gate.figures
+    best = max(HEURISTICS, key=lambda h: fig[h]["return_mean"])
+    wins = fig["learned"]["return_mean"] - fig["learned"]["ci95"] > fig[best]["return_mean"] + fig[best]["ci95"]
+    assert gate.best_heuristic == best and gate.served == ("learned" if wins else best)
+    record = read_manifest(version)["components"]["policy"]["gate"]
+    assert record["served"] == gate.served and record["figures"] == fig and record["sessions"] == sessions
+    assert record["lineage"] == {"by": "update_policy", "parent_version": parent["version"],
+                                 "parent_served": parent["components"]["policy"]["gate"]["served"],
+                                 "feedback_consumed_id": consumed_id}
+    assert summary["serves"] == gate.served and summary["gate"]["figures"] == fig
+
+    served = PolicyVersion(str(version))
+    assert served.kind == gate.served and served.gate.to_dict() == gate.to_dict()
+    cands, scores = np.arange(20), np.linspace(1, 0, 20)
+    if gate.uses_learned:
+        expected = served.runtime.select(np.zeros(served.runtime.spec.dim, dtype=np.float32), cands, scores, 5)
+    else:
+        log_pop = np.log1p(np.load(version / "policy" / "item_popularity.npy"))
+        expected = heuristic_slate(gate.served, cands, scores, log_pop[cands], 5, gate.alpha)
+    slate = served.select(np.zeros(served.runtime.spec.dim, dtype=np.float32), cands, scores, 5)
+    np.testing.assert_array_equal(slate, expected)
+
+
 @pytest.mark.slow
 def test_update_job_consumes_feedback_and_writes_new_versions(tiny_bundle, ray_session, tmp_path):
     from cluster.update_policy import UpdateConfig, update_policy
@@ -71,6 +104,8 @@ def test_update_job_consumes_feedback_and_writes_new_versions(tiny_bundle, ray_s
     h2 = {u: list(s) for u, s in zip(h2["user"], h2["items"])}
     assert h2[users[0]] == hist[users[0]] + [a] and h2[users[1]] == hist[users[1]] + [b]
     assert h2[users[2]] == hist[users[2]]  # a view is not an interaction
+    # gated like a trained bundle, on the serving policy's gate_sessions (the suite's config: 200)
+    _assert_served_as_gated(v2, s1, json.loads(parent_manifest), first, sessions=200)
     assert h2["a-new-pseudonym"] == [d]
     pop2 = np.load(v2 / "catalog" / "popularity.npy")
     assert pop2[a] == parent_pop[a] + 1 and pop2[b] == parent_pop[b] + 1 and pop2[c] == parent_pop[c]
@@ -92,13 +127,15 @@ def test_update_job_consumes_feedback_and_writes_new_versions(tiny_bundle, ray_s
                          FeedbackEvent(users[2], item_ids[f], "cart", TS + 11)])
     log.close()
     s3 = update_policy(v2, tmp_path / "feedback.sqlite", tmp_path / "v3",
-                       UpdateConfig(max_iterations=2, time_budget_s=30.0, learning_starts=100), verbose=False)
+                       UpdateConfig(max_iterations=2, time_budget_s=30.0, learning_starts=100, gate_sessions=50),
+                       verbose=False)
     assert s3["updated"] and s3["consumed_from"] == first and s3["consumed_id"] == second and s3["new_events"] == 2
     assert s3["train"]["env_steps"] >= 1000
     m3 = read_manifest(tmp_path / "v3")
     assert m3["parent_version"] == m2["version"] and m3["components"]["policy"]["feedback_consumed_id"] == second
     rt3 = PolicyRuntime(tmp_path / "v3")
     assert not np.array_equal(rt3.q_values(obs), new_rt.q_values(obs))  # it trained
+    _assert_served_as_gated(tmp_path / "v3", s3, m2, second, sessions=50)  # the job's own gate_sessions
     state = np.zeros(rt3.spec.dim, dtype=np.float32)
     slate = rt3.select(state, np.arange(20), np.linspace(1, 0, 20), k=5)
     assert len(set(slate.tolist())) == 5

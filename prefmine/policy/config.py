@@ -77,3 +77,9 @@ class UpdateConfig:
     buy_prior: float = 20.0  # pseudo-counts of the serving purchase rate against the new events
     page_size: int = 50_000  # feedback rows read per query
     seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this
+    gate_sessions: int = 0  # simulator sessions per policy for the new version's gate; 0: the serving policy's
+
+    def __post_init__(self):
+        if not isinstance(self.gate_sessions, int) or not (self.gate_sessions == 0 or self.gate_sessions >= 2):
+            raise ConfigError(f"update config key 'gate_sessions': {self.gate_sessions!r}; 0 (the serving "
+                              "policy's) or an int >= 2")
