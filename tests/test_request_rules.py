@@ -175,10 +175,12 @@ def test_ruled_selection_invariants(case):
         j = attrs.index(item)
         if mask[j]:
             pins.setdefault(item, pos)  # the same item pinned twice keeps its first position
-    for item, pos in pins.items():
+    for rank, (item, pos) in enumerate(sorted(pins.items(), key=lambda p: p[1])):
         j = attrs.index(item)
         assert j in items  # a qualifying pinned item is always shown (positions are < k)
-        if pos < len(items):
+        if len(items) < k:  # every item picked besides the pins is shown; past their end a pin goes last
+            assert items[min(pos, len(items) - len(pins) + rank)] == j
+        elif pos <= k - len(pins) + rank:  # a full list: at least k - pins were picked besides them
             assert items[pos] == j
     free = [i for i in items if attrs.item_ids[i] not in pins]
     if rules.diversity == "category_cap":

@@ -227,8 +227,12 @@ def test_generated_rules_hold_on_the_live_recommend(stub, served):
             j = attrs.index(p.item_id)
             if j in ok and j not in pins.values():
                 pins[p.position] = j
-        for pos, j in pins.items():
-            assert j in got and (pos >= len(got) or got[pos] == j)
+        for rank, (pos, j) in enumerate(sorted(pins.items())):
+            assert j in got  # positions are < k: a qualifying pin is always shown
+            if len(got) < k:  # every item picked besides the pins is shown; past their end a pin goes last
+                assert got[min(pos, len(got) - len(pins) + rank)] == j
+            elif pos <= k - len(pins) + rank:  # a full list: at least k - pins were picked besides them
+                assert got[pos] == j
         if rules.diversity == pb.DIVERSITY_CATEGORY_CAP:
             counts = Counter(c for j in got if j not in pins.values() for c in attrs.categories[j])
             assert max(counts.values(), default=0) <= rules.category_cap
