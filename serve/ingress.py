@@ -333,8 +333,7 @@ class RecommenderIngress:
             items, scores = s.popular(k, exclude)
             resp = responses.recommend_response(s, items, scores, cold_start=True, placement=request.placement)
             if request.explain:
-                for it, i in zip(resp.items, items):
-                    it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
+                await self._explain(s, resp, items, history)
             return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
         exclude |= set(history.items.tolist())
         n = candidate_count(k, self.n_candidates, s.bundle.n_items, len(exclude))
@@ -349,11 +348,22 @@ class RecommenderIngress:
         relevance = slate_relevance(cand["idx"], cand["scores"], slate)
         resp = responses.recommend_response(s, slate, slate_scores(relevance), cold_start=False,
                                             placement=request.placement)
-        if request.explain and len(slate):
-            why = await self._call(self.ranker.explain, s.ref, history.items, slate)
-            for it, i, src, sim in zip(resp.items, slate, why["source"], why["sims"]):
-                it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
+        if request.explain:
+            await self._explain(s, resp, slate, history)
         return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
+
+    async def _explain(self, s: ServedBundle, resp: pb.RecommendResponse, items, history: History) -> None:
+        """Each shown item's reason: for a cold start its popularity, else the history item it is most similar to
+        (the ranker's item vectors)."""
+        if not len(items):
+            return
+        if len(history) == 0:
+            for it, i in zip(resp.items, items):
+                it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
+            return
+        why = await self._call(self.ranker.explain, s.ref, history.items, items)
+        for it, i, src, sim in zip(resp.items, items, why["source"], why["sims"]):
+            it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
 
     async def _recommend_ruled(self, s: ServedBundle, request: pb.RecommendRequest, k: int, exclude: set[int],
                                history: History) -> pb.RecommendResponse:
@@ -378,14 +388,8 @@ class RecommenderIngress:
         items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude)
         resp = responses.recommend_response(s, items, slate_scores(scores), cold_start=cold,
                                             placement=request.placement)
-        if request.explain and len(items):
-            if cold:
-                for it, i in zip(resp.items, items):
-                    it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
-            else:
-                why = await self._call(self.ranker.explain, s.ref, history.items, items)
-                for it, i, src, sim in zip(resp.items, items, why["source"], why["sims"]):
-                    it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
+        if request.explain:
+            await self._explain(s, resp, items, history)
         return await self._log_impression(s, request, resp, np.ones(len(resp.items)), RULES_POLICY)
 
     @staticmethod
