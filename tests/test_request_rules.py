@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from random_catalogue import BRANDS, CATS, KINDS, random_attributes
 
 from prefmine.rules import ItemAttributes, Rules
 from prefmine.serving.request_rules import (
@@ -31,10 +32,6 @@ from prefmine.serving.request_rules import (
 )
 from prefmine.v1 import recommender_pb2 as pb
 from serve.validate import BadRequest, check_rules
-
-CATS = ["skin", "hair", "nails", "tools"]
-BRANDS = ["acme", "bolt", "coda"]
-KINDS = ["product", "article", "video"]
 
 
 def test_rules_of_maps_every_field_and_fills_the_defaults():
@@ -102,13 +99,7 @@ def requests(draw):
     """A catalogue (from a seed), a valid Rules message, k, a history and excluded items."""
     n = draw(st.integers(5, 120))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    attrs = ItemAttributes(
-        item_ids=np.array([f"i{j}" for j in range(n)]),
-        categories=[frozenset(rng.choice(CATS, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(n)],
-        brand=rng.choice(np.array(BRANDS + [""], dtype=object), size=n),
-        price=np.where(rng.random(n) < 0.2, np.nan, rng.uniform(1, 100, n).round(1)),
-        available=rng.random(n) < 0.8,
-        kind=rng.choice(np.array(KINDS, dtype=object), size=n))
+    attrs = random_attributes(rng, n, available_rate=0.8)
     k = draw(st.integers(1, 15))
     msg = pb.Rules(categories=draw(st.lists(st.sampled_from(CATS), max_size=2, unique=True)),
                    brands=draw(st.lists(st.sampled_from(BRANDS), max_size=2, unique=True)),

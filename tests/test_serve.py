@@ -876,28 +876,25 @@ def test_deadline_is_respected(stub, known_user):
 
 
 # -- fuzz: malformed values on every RPC -------------------------------------------------------------------------
-def _ld(field: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (strings, bytes, sub-messages) with raw bytes: lets the test send what a
-    generated client refuses to (invalid UTF-8)."""
-    n, size = [], len(payload)
-    while True:
-        b = size & 0x7F
-        size >>= 7
-        n.append(b | (0x80 if size else 0))
-        if not size:
-            break
-    return bytes([(field << 3) | 2]) + bytes(n) + payload
-
-
-def _varint_field(field: int, value: int) -> bytes:
+def _varint(value: int) -> bytes:
+    """A protobuf base-128 varint (a negative value as its 64-bit two's complement, as protobuf writes it)."""
     out, v = [], value & (2**64 - 1)
     while True:
         b = v & 0x7F
         v >>= 7
         out.append(b | (0x80 if v else 0))
         if not v:
-            break
-    return bytes([field << 3]) + bytes(out)
+            return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (strings, bytes, sub-messages) with raw bytes: lets the test send what a
+    generated client refuses to (invalid UTF-8)."""
+    return bytes([(field << 3) | 2]) + _varint(len(payload)) + payload
+
+
+def _varint_field(field: int, value: int) -> bytes:
+    return bytes([field << 3]) + _varint(value)
 
 
 BAD_UTF8 = b"caf\xe9\xff"

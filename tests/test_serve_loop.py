@@ -14,23 +14,15 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from live_server import API_KEY, raw_user_ids
 
 from prefmine.experiments import assign, load_experiment
 from prefmine.v1 import recommender_pb2 as pb
-from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 MD = (("x-api-key", API_KEY),)
-
-
-@pytest.fixture(scope="module")
-def stub(server_proc):
-    with grpc.insecure_channel(server_proc.addr) as channel:
-        yield pb_grpc.RecommenderStub(channel)
 
 
 @pytest.fixture(scope="module")

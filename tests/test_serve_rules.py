@@ -18,15 +18,8 @@ from live_server import API_KEY, raw_user_ids
 
 from prefmine.rules import ItemAttributes
 from prefmine.v1 import recommender_pb2 as pb
-from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 KEY = [("x-api-key", API_KEY)]
-
-
-@pytest.fixture(scope="module")
-def stub(server_proc):
-    with grpc.insecure_channel(server_proc.addr) as channel:
-        yield pb_grpc.RecommenderStub(channel)
 
 
 @pytest.fixture(scope="module")
