@@ -529,7 +529,7 @@ class RecommenderIngress:
         pseudonym = s.bundle.pseudonymise(request.user_id)
         if pseudonym in self.erased:
             raise NotFound("user_id: no profile (this person was erased)")
-        full = s.history(request.user_id)
+        full = await self._history(s, request.user_id)  # the bundle's history and the events logged since
         history = full.items
         with self._feedback_lock:
             counts = self.feedback.counts_by_event(pseudonym)
