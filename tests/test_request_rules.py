@@ -48,6 +48,8 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     assert not empty.include_unavailable and not empty.exclude_seen
     cap = rules_of(pb.Rules(diversity=pb.DIVERSITY_CATEGORY_CAP, category_cap=2))
     assert (cap.diversity, cap.category_cap) == ("category_cap", 2)
+    again = rules_of(pb.Rules(repurchase_gap_s={"hair": 86400.0, "skin": 0.0}))
+    assert again.repurchase_gap_s == {"hair": 86400.0, "skin": 0.0} and empty.repurchase_gap_s == {}
 
 
 @pytest.mark.parametrize("rules, k, field", [
@@ -70,11 +72,27 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     (pb.Rules(mmr_lambda=0.5), 5, "rules.mmr_lambda"),
     (pb.Rules(diversity=pb.DIVERSITY_CATEGORY_CAP), 5, "rules.category_cap"),
     (pb.Rules(category_cap=2), 5, "rules.category_cap"),
+    (pb.Rules(repurchase_gap_s={"hair": -1.0}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={"hair": float("nan")}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={"hair": 4e9}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={" ": 1.0}), 5, "rules.repurchase_gap_s: key ' '"),
+    (pb.Rules(repurchase_gap_s={f"c{i}": 1.0 for i in range(101)}), 5, "rules.repurchase_gap_s"),
 ])
 def test_bad_rules_are_rejected_naming_the_field(rules, k, field):
     with pytest.raises(BadRequest) as info:
         check_rules(rules, k)
     assert str(info.value).startswith(field), str(info.value)
+
+
+def test_repurchase_is_refused_where_there_is_no_user_history():
+    from serve.validate import validate_search, validate_similar
+
+    again = pb.Rules(repurchase_gap_s={"hair": 1.0})
+    for check, request in ((validate_search, pb.SearchRequest(user_id="u", query="q", k=5, rules=again)),
+                           (validate_similar, pb.SimilarItemsRequest(item_id="i", k=5, rules=again))):
+        with pytest.raises(BadRequest, match="rules.repurchase_gap_s is for Recommend only"):
+            check(request)
+    check_rules(again, 5)  # Recommend's
 
 
 def test_a_price_filter_over_a_catalogue_without_prices_is_refused_not_answered_empty():

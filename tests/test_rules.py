@@ -116,6 +116,8 @@ def test_hand_checked_slate():
     again = Rules(repurchase_gap_s={"hair": 30 * 86400})
     assert select(scores, attrs, again, 2, history=[0], history_ts=[0.0], now=31 * 86400)[0].tolist() == [0, 1]
     assert select(scores, attrs, again, 2, history=[0], history_ts=[0.0], now=29 * 86400)[0].tolist() == [1, 2]
+    # an interaction of unknown time (NaN) keeps the item seen: no gap can be shown to have passed
+    assert select(scores, attrs, again, 2, history=[0], history_ts=[np.nan], now=31 * 86400)[0].tolist() == [1, 2]
     vecs = np.array([[1, 0], [1, 0.01], [0, 1], [0.7, 0.7], [1, 1]], dtype=float)
     mmr = select(scores, attrs, Rules(diversity="mmr", mmr_lambda=0.5), 2, item_vectors=vecs)[0].tolist()
     assert mmr == [0, 2]  # b is a, nearly; c is orthogonal
