@@ -100,10 +100,14 @@ def ray_session():
     ray.shutdown()
 
 
+# dist.checkpoint_every: one checkpoint per training run (the last epoch), not about ten: the 75-epoch tiny ranker
+# runs spent more time saving DeepSpeed checkpoints than training; tests/test_resume.py and
+# tests/test_deepspeed_configs.py test checkpoints themselves
 TINY_TEST_CONFIG = """
 encoder: {mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}
 ranker: {min_steps: 150, epochs: 4}
 policy: {max_iterations: 4, time_budget_s: 40, gate_sessions: 200}
+dist: {checkpoint_every: 1000}
 """
 
 
