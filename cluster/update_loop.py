@@ -110,8 +110,10 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
     from prefmine.bundle import new_version, read_manifest
 
     parent = read_manifest(serving)
-    out = bundles / f"{new_version(parent.get('data_hash') or 'nodata')}-r{round_no}"
+    out = bundles / f".candidate-r{round_no}-{new_version(parent.get('data_hash') or 'nodata')}"
     summary = build(serving, feedback, out, cfg)
+    if summary.get("updated"):  # named by its manifest's version, as update_policy names versions
+        out = out.rename(bundles / summary["version"])
     record = {"round": round_no, "serving_version": parent.get("version"), "examined_id": int(fresh[-1][0]),
               "new_events": len(fresh), "impression_seq": imp_seq}
     if not summary.get("updated"):
@@ -144,12 +146,19 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
 
 def loop(bundles: str, feedback: str, every_min: float, rounds: int | None, cfg: UpdateConfig,
          serve_pid: int | None = None, out=sys.stdout) -> int:
-    """Round after round, `every_min` minutes from one round's start to the next; `rounds` None: forever."""
+    """Round after round, `every_min` minutes from one round's start to the next; `rounds` None: forever. A
+    round that fails is printed as `decision: error` (nothing logged, so the next round retries its events);
+    with `--rounds 1` the failure is raised."""
     done = len(publish.read_log(bundles))
     n = 0
     while rounds is None or n < rounds:
         start = time.time()
-        rec = run_round(bundles, feedback, cfg, round_no=done + n, serve_pid=serve_pid)
+        try:
+            rec = run_round(bundles, feedback, cfg, round_no=done + n, serve_pid=serve_pid)
+        except Exception as e:  # a long-running loop outlives one failed round (the store, Ray); it is reported
+            if rounds is not None and rounds == 1:
+                raise
+            rec = {"round": done + n, "decision": "error", "reason": f"{type(e).__name__}: {e}"}
         print(json.dumps(rec if rec is not None else {"round": done + n, "decision": "skipped",
                                                        "reason": f"fewer than {cfg.min_events} new events"},
                          default=str), file=out, flush=True)

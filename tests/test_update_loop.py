@@ -23,8 +23,9 @@ TS = 1_700_000_000
 N_USERS = 40
 
 
-def _copy_version(serving: Path, out: Path, serve: str | None) -> None:
-    """A sealed copy of `serving` named by `out`; `serve`: the policy its gate.json makes it serve."""
+def _copy_version(serving: Path, out: Path, serve: str | None, version: str) -> None:
+    """A sealed copy of `serving` at `out` with manifest version `version`; `serve`: the policy its gate.json
+    makes it serve."""
     from prefmine.bundle import read_manifest
     from prefmine.integrity import seal
 
@@ -35,16 +36,17 @@ def _copy_version(serving: Path, out: Path, serve: str | None) -> None:
         gate["reason"] = "made to serve this on purpose by the test"
         (out / "policy" / "gate.json").write_text(json.dumps(gate))
     manifest = read_manifest(out)
-    seal(out, {**manifest, "version": out.name, "parent_version": manifest["version"]})
+    seal(out, {**manifest, "version": version, "parent_version": manifest["version"]})
 
 
 def _builder(serve: str | None):
     def build(serving, feedback, out, cfg):
         from cluster.update_policy import read_events
 
-        _copy_version(Path(serving), Path(out), serve)
         last = read_events(feedback, 0)[-1][0]
-        return {"updated": True, "version": Path(out).name, "consumed_id": int(last)}
+        version = f"candidate-{serve or 'same'}-fb{last}"
+        _copy_version(Path(serving), Path(out), serve, version)
+        return {"updated": True, "version": version, "consumed_id": int(last)}
     return build
 
 
@@ -57,7 +59,7 @@ def loop_setup(bundle_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     bundles = root / "bundles"
     bundles.mkdir()
-    _copy_version(bundle_path, bundles / "v0", None)
+    _copy_version(bundle_path, bundles / "v0", None, "v0")
     (bundles / "current").symlink_to("v0")
     hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")
     items = pd.read_parquet(bundle_path / "catalog" / "items.parquet")["item"].astype(str).tolist()
@@ -87,7 +89,7 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity"))
     assert r0["decision"] == "refused" and "worse than serving" in r0["reason"]
     assert current_version(bundles) == (bundles / "v0").resolve()
-    assert not any(p.name.endswith("-r0") for p in bundles.iterdir())  # the refused candidate is removed
+    assert sorted(p.name for p in bundles.iterdir()) == ["current", "guard_log.jsonl", "v0"]  # refused: removed
     assert set(r0["figures"]) == {"serving", "candidate"} and r0["impressions"] == N_USERS
     worse = [m for m, d in r0["differences"].items() if d["ci95"][0] < -d["tolerance"]]
     assert worse and all(m in r0["reason"] for m in worse)
@@ -114,3 +116,18 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     assert [r["decision"] for r in read_log(bundles)] == ["refused", "rolled_in"]
     np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"),
                                   np.load(bundles / "v0" / "catalog" / "popularity.npy"))
+
+
+def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
+    from prefmine.cli.main import main
+
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", str(tmp_path / "f.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "--bundles" in err and "no current version" in err
+    (tmp_path / "v0").mkdir()
+    (tmp_path / "current").symlink_to("v0")
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", "f", "--every", "0"]) == 2
+    assert "--every" in capsys.readouterr().err
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", "f",
+                 "--set", "guard_ope_tolerance=-1"]) == 2
+    assert "guard_ope_tolerance" in capsys.readouterr().err
