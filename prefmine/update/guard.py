@@ -53,7 +53,7 @@ class GuardRule:
 
 
 class VersionScorer:
-    """One bundle version's slates: its ranker's top-n (history excluded) ordered by its policy."""
+    """One bundle version's slates: its ranker's top-n (history excluded) ordered by its policy, exploration off."""
 
     def __init__(self, bundle: str | Path, rule: GuardRule):
         from prefmine.ranker.runtime import RankerRuntime
@@ -61,6 +61,8 @@ class VersionScorer:
 
         self.ranker = RankerRuntime(bundle)
         self.policy = PolicyVersion(str(bundle))
+        if self.policy.runtime is not None:
+            self.policy.runtime.epsilon = 0.0  # the version's own choice, not its exploration: the same each call
         self.rule = rule
 
     def slates(self, histories: list[list[int]], k: int) -> list[list[int]]:
