@@ -70,6 +70,14 @@ def _read_impressions(feedback: str, after_seq: int, limit: int):
         store.close()
 
 
+def _erased(feedback: str) -> frozenset:
+    """The tombstoned pseudonyms beside the feedback store (prefmine/data/tombstones.py), as update_policy reads them."""
+    from prefmine.data.tombstones import default_location, open_list
+
+    where = default_location(feedback)
+    return open_list(where).load() if where else frozenset()
+
+
 def judge(serving: Path, candidate: Path, feedback: str, events: list[tuple], impressions, imp_feedback,
           cfg: UpdateConfig) -> dict:
     """The guard's verdict on candidate vs serving (prefmine.update.guard.compare) on the new data."""
@@ -124,7 +132,13 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
     consumed_from = int(parent.get("components", {}).get("policy", {}).get("feedback_consumed_id", 0))
     events = read_events(feedback, consumed_from, cfg.page_size)  # everything the candidate learned from
     imps, imp_fb = _read_impressions(feedback, imp_seq, cfg.guard_max_impressions)
-    verdict = judge(serving, out, feedback, events, imps, imp_fb, cfg)
+    erased = _erased(feedback)  # people erased since are judged on no more than they are learned from
+    try:
+        verdict = judge(serving, out, feedback, [e for e in events if e[1] not in erased],
+                        [i for i in imps if i.user not in erased], imp_fb, cfg)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no unjudged candidate is left among the versions
+        raise
     record.update({"candidate_version": summary["version"], "figures": verdict["figures"],
                    "differences": verdict["differences"], "skipped": verdict["skipped"],
                    "decision": "rolled_in" if verdict["rolled_in"] else "refused", "reason": verdict["reason"],
