@@ -131,3 +131,20 @@ def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", "f",
                  "--set", "guard_ope_tolerance=-1"]) == 2
     assert "guard_ope_tolerance" in capsys.readouterr().err
+
+
+def test_a_failed_round_is_reported_and_the_loop_goes_on(tmp_path):
+    import io
+
+    from cluster.update_loop import loop
+    from prefmine.policy.config import UpdateConfig
+
+    (tmp_path / "v0").mkdir()  # not a finished bundle: every round fails reading it
+    (tmp_path / "current").symlink_to("v0")
+    out = io.StringIO()
+    assert loop(str(tmp_path), str(tmp_path / "fb.sqlite"), 0.0001, 2, UpdateConfig(), out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["round"], r["decision"]) for r in records] == [(0, "error"), (1, "error")]
+    assert "FileNotFoundError" in records[0]["reason"] and not (tmp_path / "guard_log.jsonl").exists()
+    with pytest.raises(FileNotFoundError):
+        loop(str(tmp_path), str(tmp_path / "fb.sqlite"), 0.0001, 1, UpdateConfig(), out=io.StringIO())
