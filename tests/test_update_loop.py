@@ -59,7 +59,7 @@ def loop_setup(bundle_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     bundles = root / "bundles"
     bundles.mkdir()
-    _copy_version(bundle_path, bundles / "v0", None, "v0")
+    _copy_version(bundle_path, bundles / "v0", "greedy", "v0")  # the ranker's order, whatever the gate chose
     (bundles / "current").symlink_to("v0")
     hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")
     items = pd.read_parquet(bundle_path / "catalog" / "items.parquet")["item"].astype(str).tolist()
