@@ -179,6 +179,12 @@ def _experiments_report(a) -> int:
     return 0
 
 
+def _update_loop(a) -> int:
+    from cluster.update_loop import run_cli
+
+    return run_cli(a)
+
+
 def _demo(a) -> int:
     from prefmine.cli.demo import run_demo
 
@@ -320,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.jobs import add_parser as add_jobs_parser
 
     add_jobs_parser(sub)
+
+    from cluster.update_loop import add_arguments as add_loop_arguments
+
+    up = sub.add_parser("update", help="incremental updates").add_subparsers(dest="update_command", required=True)
+    upl = up.add_parser("loop", help="every N minutes: build a candidate from new feedback, guard it, roll it in")
+    add_loop_arguments(upl)
+    upl.set_defaults(func=_update_loop, parser=upl)
 
     ex = sub.add_parser("experiments", help="A/B experiments").add_subparsers(dest="experiments_command",
                                                                             required=True)

@@ -78,8 +78,25 @@ class UpdateConfig:
     page_size: int = 50_000  # feedback rows read per query
     seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this
     gate_sessions: int = 0  # simulator sessions per policy for the new version's gate; 0: the serving policy's
+    # the update loop's guard (prefmine.update.guard): a candidate rolls in when, on the impressions and held-out
+    # events since the last round, every paired difference candidate - serving has a 95% low >= -tolerance
+    guard_ope_tolerance: float = 0.01  # per-slot click rate (SNIPS, DR)
+    guard_rank_tolerance: float = 0.01  # NDCG@k, Recall@k on each user's last new interaction
+    guard_min_units: int = 20  # fewer impressions (held-out users) than this: that family is not judged
+    guard_k: int = 10
+    guard_candidates: int = 100  # ranker top-n each version's slate is chosen from
+    guard_n_boot: int = 500
+    guard_max_impressions: int = 5000  # the newest impressions judged per round
+
+    def guard_rule(self):
+        from prefmine.update.guard import GuardRule
+
+        return GuardRule(ope_tolerance=self.guard_ope_tolerance, rank_tolerance=self.guard_rank_tolerance,
+                         min_units=self.guard_min_units, k=self.guard_k, candidates=self.guard_candidates,
+                         n_boot=self.guard_n_boot)
 
     def __post_init__(self):
         if not isinstance(self.gate_sessions, int) or not (self.gate_sessions == 0 or self.gate_sessions >= 2):
             raise ConfigError(f"update config key 'gate_sessions': {self.gate_sessions!r}; 0 (the serving "
                               "policy's) or an int >= 2")
+        self.guard_rule()  # a bad guard_* value is a ConfigError naming the key

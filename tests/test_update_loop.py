@@ -1,0 +1,150 @@
+"""The update loop's guard and roll-in (cluster/update_loop.py, prefmine/update/) on a real bundle and a real
+SQLite feedback store with logged impressions.
+
+Users click what the serving version (the ranker's order) shows first, and return to it as their next
+interaction. A candidate that serves the popularity heuristic instead (a real, different policy in a real sealed
+bundle) must be refused; a candidate with the serving version's own policy must be rolled in, with the guard log,
+the manifest lineage and the `current` link checked. A round with too few new events writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prefmine.feedback import FeedbackEvent, FeedbackLog, Impression
+
+TS = 1_700_000_000
+N_USERS = 40
+
+
+def _copy_version(serving: Path, out: Path, serve: str | None, version: str) -> None:
+    """A sealed copy of `serving` at `out` with manifest version `version`; `serve`: the policy its gate.json
+    makes it serve."""
+    from prefmine.bundle import read_manifest
+    from prefmine.integrity import seal
+
+    shutil.copytree(serving, out)
+    if serve is not None:
+        gate = json.loads((out / "policy" / "gate.json").read_text())
+        gate["served"] = serve
+        gate["reason"] = "made to serve this on purpose by the test"
+        (out / "policy" / "gate.json").write_text(json.dumps(gate))
+    manifest = read_manifest(out)
+    seal(out, {**manifest, "version": version, "parent_version": manifest["version"]})
+
+
+def _builder(serve: str | None):
+    def build(serving, feedback, out, cfg):
+        from cluster.update_policy import read_events
+
+        last = read_events(feedback, 0)[-1][0]
+        version = f"candidate-{serve or 'same'}-fb{last}"
+        _copy_version(Path(serving), Path(out), serve, version)
+        return {"updated": True, "version": version, "consumed_id": int(last)}
+    return build
+
+
+@pytest.fixture(scope="module")
+def loop_setup(bundle_path, tmp_path_factory):
+    """A bundles directory whose `current` is a copy of the session bundle, and a feedback store where each of
+    N_USERS users saw the ranker's top 10 (one impression, propensity 1) and clicked its first item."""
+    from prefmine.ranker.runtime import RankerRuntime
+
+    root = tmp_path_factory.mktemp("loop")
+    bundles = root / "bundles"
+    bundles.mkdir()
+    _copy_version(bundle_path, bundles / "v0", "greedy", "v0")  # the ranker's order, whatever the gate chose
+    (bundles / "current").symlink_to("v0")
+    hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")
+    items = pd.read_parquet(bundle_path / "catalog" / "items.parquet")["item"].astype(str).tolist()
+    users = [u for u, s in zip(hist["user"], hist["items"]) if len(s) >= 2][:N_USERS]
+    seqs = [list(map(int, hist.set_index("user").loc[u, "items"])) for u in users]
+    top, _ = RankerRuntime(bundle_path).top_n(seqs, 10, [list(s) for s in seqs])
+    log = FeedbackLog(root / "feedback.sqlite")
+    for n, (u, row) in enumerate(zip(users, top)):
+        shown = [items[int(i)] for i in row]
+        log.append_impression(Impression(f"imp-{n}", u, TS + n, shown, list(range(10)), [1.0] * 10, "greedy",
+                                         "v0"))
+        log.append([FeedbackEvent(u, shown[0], "click", TS + n + 1, impression_id=f"imp-{n}")])
+    log.close()
+    return bundles, root / "feedback.sqlite"
+
+
+def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
+    from cluster.update_loop import run_round
+    from prefmine.bundle import read_manifest
+    from prefmine.policy.config import UpdateConfig
+    from prefmine.update.publish import current_version, read_log
+
+    bundles, feedback = loop_setup
+    cfg = UpdateConfig(guard_n_boot=200)
+
+    # 1. a candidate that orders by popularity: worse on the clicked first items; refused, current unchanged
+    r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity"))
+    assert r0["decision"] == "refused" and "worse than serving" in r0["reason"]
+    assert current_version(bundles) == (bundles / "v0").resolve()
+    assert sorted(p.name for p in bundles.iterdir()) == ["current", "guard_log.jsonl", "v0"]  # refused: removed
+    assert set(r0["figures"]) == {"serving", "candidate"} and r0["impressions"] == N_USERS
+    worse = [m for m, d in r0["differences"].items() if d["ci95"][0] < -d["tolerance"]]
+    assert worse and all(m in r0["reason"] for m in worse)
+    # serving showed what was clicked at position 0: its SNIPS is the logged per-slot click rate
+    assert r0["figures"]["serving"]["snips"]["value"] == pytest.approx(1 / 10)
+
+    # 2. nothing new since round 0: nothing is written
+    assert run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None)) is None
+    assert len(read_log(bundles)) == 1
+
+    # 3. new feedback; a candidate with the serving policy: every difference is 0, rolled in
+    log = FeedbackLog(feedback)
+    u, item = log.read_since(0)[0][1], log.read_since(0)[0][2]
+    last = log.append([FeedbackEvent(u, item, "buy", TS + 1000)])
+    log.close()
+    r1 = run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None))
+    assert r1["decision"] == "rolled_in" and r1["new_events"] == 1 and r1["examined_id"] == last
+    assert all(d["value"] == 0.0 for d in r1["differences"].values())
+    new = current_version(bundles)
+    assert new.name == r1["candidate_version"] and (bundles / "current").readlink() == Path(new.name)
+    lineage = read_manifest(new)["update_loop"]
+    assert lineage["parent_version"] == "v0" and lineage["feedback_consumed_id"] == last
+    assert lineage["guard"]["differences"] == json.loads(json.dumps(r1["differences"]))
+    assert [r["decision"] for r in read_log(bundles)] == ["refused", "rolled_in"]
+    np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"),
+                                  np.load(bundles / "v0" / "catalog" / "popularity.npy"))
+
+
+def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
+    from prefmine.cli.main import main
+
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", str(tmp_path / "f.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "--bundles" in err and "no current version" in err
+    (tmp_path / "v0").mkdir()
+    (tmp_path / "current").symlink_to("v0")
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", "f", "--every", "0"]) == 2
+    assert "--every" in capsys.readouterr().err
+    assert main(["update", "loop", "--bundles", str(tmp_path), "--feedback", "f",
+                 "--set", "guard_ope_tolerance=-1"]) == 2
+    assert "guard_ope_tolerance" in capsys.readouterr().err
+
+
+def test_a_failed_round_is_reported_and_the_loop_goes_on(tmp_path):
+    import io
+
+    from cluster.update_loop import loop
+    from prefmine.policy.config import UpdateConfig
+
+    (tmp_path / "v0").mkdir()  # not a finished bundle: every round fails reading it
+    (tmp_path / "current").symlink_to("v0")
+    out = io.StringIO()
+    assert loop(str(tmp_path), str(tmp_path / "fb.sqlite"), 0.0001, 2, UpdateConfig(), out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["round"], r["decision"]) for r in records] == [(0, "error"), (1, "error")]
+    assert "FileNotFoundError" in records[0]["reason"] and not (tmp_path / "guard_log.jsonl").exists()
+    with pytest.raises(FileNotFoundError):
+        loop(str(tmp_path), str(tmp_path / "fb.sqlite"), 0.0001, 1, UpdateConfig(), out=io.StringIO())
