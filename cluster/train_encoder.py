@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import BertModel
 
-from cluster.ds_train import DistConfig, train
+from cluster.ds_train import DistConfig, run_storage, train
 from cluster.embed_job import embed_on_ray
 from prefmine import config as C
 from prefmine import train_config
@@ -68,7 +68,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     vocab = bcfg.vocab_size
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    storage = Path(bundle) / ".train"
+    storage = run_storage(bundle, dist)
     run = time.strftime("%Y%m%d-%H%M%S")
     metrics = {"init": ckpt.describe() if ckpt else {"source": "scratch"}}
     if cfg.mlm_epochs > 0:

@@ -7,11 +7,19 @@ through pyarrow's own S3 client, as a training node would reach AWS or any S3-co
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from prefmine import storage
 from prefmine.storage import CONTENT, StorageConfig, get_dir, join, put_dir, read_index, resolve
+
+# Every process that touches the store reads its credentials from its own environment, as a cluster node does
+# (instance role, or variables given to `ray start`). Ray's workers inherit the environment Ray was started with,
+# and the session's Ray may start before this module's fixtures run, but never before collection: so the (fake)
+# credentials moto accepts are set here, at import, when absent.
+for _k, _v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ.setdefault(_k, _v)
 
 
 def _tree(root):
@@ -31,11 +39,6 @@ def _read(root):
 def s3_uri():
     """A fresh bucket on an S3 server on loopback; yields a URI prefix with the endpoint options."""
     server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) not installed")
-    import os
-
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -44,11 +47,6 @@ def s3_uri():
     fs.create_dir("prefmine-test")
     yield f"s3://prefmine-test/runs{options}"
     server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_join_keeps_uri_options_last():
@@ -106,3 +104,31 @@ def test_index_naming_a_path_outside_is_refused(tmp_path, s3_uri):
     with pytest.raises(ValueError, match="leaves the download folder"):
         get_dir(uri, StorageConfig(cache_dir=str(tmp_path / "cache")))
     assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.slow
+def test_ray_train_keeps_run_and_checkpoints_in_the_object_store(s3_uri, ray_session):
+    """cluster.ds_train with a URI: checkpoints land in the store, the final one comes back to a local folder,
+    and the same run name started again restores from the store and trains no further."""
+    import numpy as np
+    import torch
+
+    from cluster.ds_train import DistConfig, train
+    from prefmine.text.encoder import EncoderConfig, bert_config
+    from prefmine.text.tasks import RatingTask
+
+    cfg = EncoderConfig(hidden=32, layers=1, heads=2, intermediate=64, finetune_epochs=1, batch_size=16, seed=3)
+    ids = np.random.default_rng(3).integers(5, 100, size=(64, 12))
+    task = RatingTask(cfg, bert_config(cfg, 100), None, ids, np.ones_like(ids), (ids[:, 0] % 5 + 1).astype(np.float32))
+    uri = join(s3_uri, "train")
+    dist = DistConfig(num_workers=1, checkpoint_every=1, log_every=1000)
+    first = train(task, "store-run", uri, dist)
+    fs, root = resolve(uri)
+    stored = storage.list_files(fs, f"{root}/store-run")
+    assert any(f.endswith("/model.pt") and f.startswith("checkpoint_") for f in stored), stored
+    assert first.state_dict_path.is_file()
+    again = train(task, "store-run", uri, dist)
+    assert len(again.history) == len(first.history) == 1
+    a = torch.load(first.state_dict_path, map_location="cpu", weights_only=True)
+    b = torch.load(again.state_dict_path, map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
