@@ -132,3 +132,26 @@ def test_ray_train_keeps_run_and_checkpoints_in_the_object_store(s3_uri, ray_ses
     a = torch.load(first.state_dict_path, map_location="cpu", weights_only=True)
     b = torch.load(again.state_dict_path, map_location="cpu", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_embedding_actors_load_the_encoder_from_the_store(s3_uri, ray_session, tmp_path, tiny_bert_dir):
+    """cluster.embed_job with the encoder given as a URI: the driver's copy is deleted before the job runs, so
+    the actors can only have it from the object store."""
+    import shutil
+
+    import numpy as np
+
+    from cluster.embed_job import EmbedConfig, embed_on_ray
+    from prefmine.text.encoder import embed_texts
+    from prefmine.text.runtime import load_encoder
+
+    texts = ["red wool scarf", "a blue mug", "", "garden hose with a brass nozzle"] * 5
+    d = tiny_bert_dir(tmp_path / "ckpt", texts)
+    tokenizer, bert = load_encoder(d)
+    expected = embed_texts(bert, tokenizer, texts, 48)
+    uri = join(s3_uri, "encoder")
+    put_dir(d, uri)
+    shutil.rmtree(d)
+    out = embed_on_ray(uri, texts, tmp_path / "emb.npy", 48, EmbedConfig(batch_size=8, rows_per_block=10))
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
