@@ -242,36 +242,61 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         log.close()
 
 
-def train(task, name: str, storage: Path, dist: DistConfig | None = None) -> TrainResult:
-    """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict."""
+def run_storage(bundle: str | Path, dist: DistConfig | None) -> str | Path:
+    """Where a bundle's Ray Train runs live: `dist.storage` (`<uri>/train`) when set, else `<bundle>/.train`."""
+    from prefmine.storage import join
+
+    return join(dist.storage, "train") if dist is not None and dist.storage else Path(bundle) / ".train"
+
+
+def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) -> TrainResult:
+    """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict.
+
+    `storage` is a local directory or a URI (`prefmine.storage`: s3://, gs://, hdfs://...): Ray Train keeps the
+    run's state and checkpoints there, so on a URI no node needs a disk shared with the driver, and the final
+    checkpoint is downloaded to a local temporary directory for the caller. Rank 0's `metrics.jsonl` is then
+    written on its own node's disk (the driver shows per-epoch progress only when rank 0 runs beside it)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.ray_env import ensure_ray
+    from prefmine.storage import is_uri, resolve
 
     dist = dist or DistConfig()
     ensure_ray()
-    storage = Path(storage).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    remote = is_uri(storage)
+    if remote:
+        fs, path = resolve(storage)
+        fs.create_dir(path, recursive=True)
+        where = {"storage_path": path, "storage_filesystem": fs}
+        log_dir = Path(tempfile.gettempdir()) / "prefmine-train-logs" / name
+    else:
+        storage = Path(storage).resolve()
+        storage.mkdir(parents=True, exist_ok=True)
+        where = {"storage_path": str(storage)}
+        log_dir = storage / name
     ds_config = load_ds_config(dist.deepspeed_config, task.batch_size, dist.use_gpu, dist.grad_accum)
     t0 = time.time()
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every,
-                           "checkpoint_every": dist.checkpoint_every, "log_dir": str(storage / name)},
+                           "checkpoint_every": dist.checkpoint_every, "log_dir": str(log_dir)},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
                                      resources_per_worker={"CPU": dist.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, **where,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=dist.max_failures)),
     )
     # one line per finished epoch on the driver (workers' own output goes to ray.log unless --verbose)
-    with EpochFollower(storage / name / "metrics.jsonl", name, task.epochs):
+    with EpochFollower(log_dir / "metrics.jsonl", name, task.epochs):
         result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{name} training failed: {result.error}")
-    ckpt_dir = Path(result.checkpoint.path)
+    if remote:  # the caller loads model.pt from a local directory
+        ckpt_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix=f"prefmine-{name}-")))
+    else:
+        ckpt_dir = Path(result.checkpoint.path)
     history = json.loads(result.metrics.get("history", "[]")) if result.metrics else []
     return TrainResult(state_dict_path=ckpt_dir / "model.pt", checkpoint_dir=ckpt_dir, history=history,
                        seconds=round(time.time() - t0, 1))

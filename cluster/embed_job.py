@@ -14,6 +14,7 @@ Used by the encoder job for item and user embeddings; on its own:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -29,10 +30,11 @@ class TextEmbedder:
 
     def __init__(self, encoder_dir: str, max_len: int):
         from cluster.ray_env import set_process_threads
+        from prefmine.storage import get_dir, is_uri
         from prefmine.text.runtime import load_encoder
 
-        set_process_threads()
-        self.tokenizer, self.model = load_encoder(encoder_dir)
+        set_process_threads()  # a URI: this node downloads the encoder once (its cache), never the driver's disk
+        self.tokenizer, self.model = load_encoder(get_dir(encoder_dir) if is_uri(encoder_dir) else encoder_dir)
         self.max_len = max_len
         import torch
 
@@ -49,18 +51,23 @@ class TextEmbedder:
 
 def embed_on_ray(encoder_dir: str | Path, texts: list[str], out_path: str | Path, max_len: int,
                  cfg: EmbedConfig | None = None) -> np.ndarray:
-    """Embed `texts` with a Ray Data actor pool into `out_path` (.npy, row i = texts[i]); returns it memory-mapped."""
+    """Embed `texts` with a Ray Data actor pool into `out_path` (.npy, row i = texts[i]); returns it memory-mapped.
+
+    `encoder_dir` is a local directory or a storage URI that `prefmine.storage.put_dir` wrote: with a URI the
+    actors fetch the encoder from the store, so they may run on nodes that share no disk with the driver."""
     import pandas as pd
     import ray
     import ray.data
-    from transformers import BertConfig
 
     from cluster.ray_env import ensure_ray
+    from prefmine.storage import join, resolve
 
     cfg = cfg or EmbedConfig()
     ensure_ray()
     out_path = Path(out_path)
-    dim = BertConfig.from_pretrained(str(encoder_dir)).hidden_size
+    fs, config_path = resolve(join(encoder_dir, "config.json"))
+    with fs.open_input_stream(config_path) as f:
+        dim = int(json.loads(f.read().decode())["hidden_size"])
     tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
     if texts:

@@ -118,9 +118,10 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config tree overrides")
     p.add_argument("--keep-checkpoints", action="store_true", help="publish the Ray Train checkpoints too")
+    p.add_argument("--storage", help="Ray Train runs and checkpoints (path or URI): --set dist.storage=URI")
     args = p.parse_args(argv)
     m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config,
-                     args.keep_checkpoints, args.set)
+                     args.keep_checkpoints, args.set + ([f"dist.storage={args.storage}"] if args.storage else []))
     print(json.dumps({stage: {k: v for k, v in part.items() if k != "history"} if isinstance(part, dict) else part
                       for stage, part in m.items()}, indent=2, default=str)[:4000])
     print(f"bundle written: {args.out}", flush=True)

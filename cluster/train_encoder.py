@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from transformers import BertModel
 
-from cluster.ds_train import DistConfig, train
+from cluster.ds_train import DistConfig, run_storage, train
 from cluster.embed_job import embed_on_ray
 from prefmine import config as C
 from prefmine import train_config
 from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
+from prefmine.storage import join, put_dir
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
 from prefmine.text.corpus import corpus
 from prefmine.text.encoder import EncoderConfig, bert_config
@@ -68,7 +69,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     vocab = bcfg.vocab_size
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    storage = Path(bundle) / ".train"
+    storage = run_storage(bundle, dist)
     run = time.strftime("%Y%m%d-%H%M%S")
     metrics = {"init": ckpt.describe() if ckpt else {"source": "scratch"}}
     if cfg.mlm_epochs > 0:
@@ -112,8 +113,12 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
     save_encoder(out, bert, cfg)
     t_embed = time.time()
-    emb = embed_on_ray(out, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, embed or EmbedConfig())
-    users = embed_on_ray(out, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,
+    source = out
+    if dist.storage:  # the embedding actors read the encoder from the store, not from this node's disk
+        source = join(dist.storage, "encoder", run)
+        put_dir(out, source)
+    emb = embed_on_ray(source, list(ds.items["text"]), out / "item_embeddings.npy", cfg.max_len, embed or EmbedConfig())
+    users = embed_on_ray(source, user_histories(ds, writer), out / "user_text_embeddings.npy", cfg.max_len,
                          embed or EmbedConfig())
     metrics["embedding"] = {"items": int(emb.shape[0]), "users": int(users.shape[0]),
                             "seconds": round(time.time() - t_embed, 1)}

@@ -30,45 +30,15 @@ import pyarrow.fs as pafs
 
 from prefmine.bundle import MANIFEST, is_published
 from prefmine.integrity import IntegrityConfig, IntegrityError, check_manifest, inside, safe_version, verify
+from prefmine.storage import copy_file as _copy
+from prefmine.storage import is_uri, resolve  # noqa: F401  (is_uri: callers import it from here)
+from prefmine.storage import list_files as _files
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     cache_dir: str = str(Path.home() / ".cache" / "prefmine" / "bundles")  # fetched remote bundles
     chunk_bytes: int = 8 << 20
-
-
-def is_uri(location: str | Path) -> bool:
-    return "://" in str(location)
-
-
-_FILESYSTEMS: dict[str, pafs.FileSystem] = {}  # one client per scheme://authority (cloud clients are costly)
-
-
-def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or URI."""
-    if not is_uri(location):
-        return pafs.LocalFileSystem(), str(Path(location).resolve())
-    uri = str(location)
-    scheme, rest = uri.split("://", 1)
-    key = f"{scheme}://{rest.split('/', 1)[0]}"
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return _FILESYSTEMS.setdefault(key, fs), path
-
-
-def _files(fs: pafs.FileSystem, root: str) -> list[str]:
-    """Paths of all files under root, relative to it, sorted."""
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    return sorted(i.path[len(root.rstrip("/")) + 1:] for i in infos if i.type == pafs.FileType.File)
-
-
-def _copy(src_fs, src: str, dst_fs, dst: str, chunk: int) -> None:
-    with src_fs.open_input_stream(src) as fin, dst_fs.open_output_stream(dst) as fout:
-        while True:
-            block = fin.read(chunk)
-            if not block:
-                break
-            fout.write(block)
 
 
 def read_manifest(location: str | Path) -> dict:

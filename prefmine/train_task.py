@@ -28,6 +28,7 @@ class DistConfig:
     max_failures: int = 1
     log_every: int = 20
     checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
+    storage: str = ""  # Ray Train runs and checkpoints: a path or URI (prefmine.storage); "": the bundle's .train/
 
 
 class TrainTask(Protocol):

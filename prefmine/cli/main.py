@@ -89,7 +89,7 @@ def _train(a) -> int:
     from cluster.pipeline import STAGES, train_bundle
 
     metrics = train_bundle(a.data, a.out, (a.stage,) if a.stage else STAGES, a.preset, a.config,
-                           a.keep_checkpoints, a.set)
+                           a.keep_checkpoints, a.set + ([f"dist.storage={a.storage}"] if a.storage else []))
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "history"} if isinstance(v, dict) else v
                       for k, v in metrics.items()}, indent=2, default=str)[:6000])
     return 0
@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "policy, simulator, update, dist (docs/configuration.md)")
     tr.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                     help="config overrides applied after --config, e.g. ranker.epochs=3 dist.num_workers=1")
+    tr.add_argument("--storage", help="where Ray Train runs and checkpoints live (a URI such as s3://bucket/run, so "
+                    "nodes share no disk with the driver): the same as --set dist.storage=URI")
     tr.add_argument("--keep-checkpoints", action="store_true",
                     help="publish each run's Ray Train checkpoint (DeepSpeed states) in the bundle's .train/ too")
     _add_verbose(tr)
