@@ -58,6 +58,7 @@ from prefmine.serving.search import SearchScores, blend, search_order
 from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
+from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
 from serve.live_catalog import blocked_items, drop_blocked, without
 from serve.metrics import ServiceMetrics
@@ -207,6 +208,20 @@ class RecommenderIngress:
         """Durably stores the events (committed to the WAL with synchronous=FULL) before answering."""
         return await self._serve("RecordFeedback", request, grpc_context, pb.RecordFeedbackResponse,
                                  validate_feedback, self._record_feedback)
+
+    async def WriteCatalog(self, request, grpc_context) -> pb.WriteCatalogResponse:
+        """Logs catalogue upserts and retirements durably (serve/catalog_rpc.py) before answering."""
+        return await self._serve("WriteCatalog", request, grpc_context, pb.WriteCatalogResponse, None,
+                                 self._write_catalog)
+
+    async def _write_catalog(self, request: pb.WriteCatalogRequest) -> pb.WriteCatalogResponse:
+        s, live = self.served, self.live_catalog
+
+        def write() -> pb.WriteCatalogResponse:
+            with self._feedback_lock:
+                return write_catalog(self.feedback, request, known=KnownItems(s.bundle.item_index, live.written))
+
+        return await asyncio.shield(asyncio.to_thread(write))  # as RecordFeedback: never cancelled half-way
 
     async def ModelInfo(self, request, grpc_context) -> pb.ModelInfoResponse:
         """Versions of the served bundle and its components."""

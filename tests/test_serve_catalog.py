@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import grpc
+import pytest
 from live_server import API_KEY, raw_user_ids
 
 from prefmine.catalog import validate_rows
@@ -85,3 +86,44 @@ def test_retired_and_unavailable_items_leave_every_answer_at_once(server_proc, b
         while retired not in recommended_to_probe():  # a re-upserted item is recommendable again
             assert time.monotonic() - t1 < 30, "an item upserted again was not recommended 30 s after its write"
             time.sleep(0.1)
+
+
+def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
+    """WriteCatalog over gRPC: a key without the RPC in its scope is refused; bad rows are named and good rows
+    stored (readable in the store when the answer comes); a retry with the same key stores nothing new. The rows
+    name items the bundle does not hold, so the session's answers are unchanged."""
+    from serve.auth import add_key
+
+    keys = server_proc.feedback_db.parent / "api_keys"  # tests/conftest.py server_proc: keys_file_for(base / ...)
+    writer, reader = add_key(keys, "catalog-writer", "WriteCatalog"), add_key(keys, "catalog-reader", "Recommend")
+    rows = [pb.CatalogRow(item_id="catalog-test-new-1", title="Catalogue test item", brand="Acme",
+                          categories=["Tests"], price=4.5, available=True, kind="product"),
+            pb.CatalogRow(item_id="catalog-test-new-2"),  # new, no title
+            pb.CatalogRow(item_id="catalog-test-new-3", title="x", price=-1.0),
+            pb.CatalogRow(item_id="catalog-test-gone", retire=True)]
+    request = pb.WriteCatalogRequest(rows=rows, idempotency_key="catalog-rpc-test-1")
+    with grpc.insecure_channel(server_proc.addr) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        t0 = time.monotonic()
+        while True:  # the key file is re-read while serving
+            try:
+                resp = stub.WriteCatalog(request, timeout=30, metadata=[("x-api-key", writer)])
+                break
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAUTHENTICATED and time.monotonic() - t0 < 10, e
+                time.sleep(0.2)
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.WriteCatalog(request, timeout=30, metadata=[("x-api-key", reader)])
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        again = stub.WriteCatalog(request, timeout=30, metadata=[("x-api-key", writer)])
+    assert resp.stored == 2 and again == resp
+    assert [(e.index, e.item_id) for e in resp.refused] == [(1, "catalog-test-new-2"), (2, "catalog-test-new-3")]
+    assert "title is required" in resp.refused[0].reason and "price" in resp.refused[1].reason
+    store = open_feedback_store(str(server_proc.feedback_db), create=False)
+    try:
+        log = [c for c in store.read_catalog_since(0) if c.item.startswith("catalog-test-")]
+    finally:
+        store.close()
+    assert [(c.item, c.op) for c in log] == [("catalog-test-new-1", "upsert"), ("catalog-test-gone", "retire")]
+    assert log[0].fields == {"title": "Catalogue test item", "brand": "Acme", "categories": ["Tests"], "price": 4.5,
+                             "available": True, "kind": "product"} and log[-1].id == resp.last_id
