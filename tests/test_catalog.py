@@ -206,3 +206,27 @@ def test_the_next_bundle_items_hold_new_items_and_not_retired_ones():
     state = CatalogState(items)
     state.apply(good)
     assert state.servable("a") and not state.servable("b") and not state.servable("c") and state.servable("d")
+
+
+def test_a_replica_poller_follows_the_log_and_keeps_its_state_when_the_store_fails(tmp_path):
+    """prefmine.serving.live_catalog on a real SQLite store: retired and unavailable ids blocked, an item
+    upserted again unblocked, bundle indexes mapped (unknown ids left out), and a store that fails to answer
+    leaves the last state (a retired item is never shown again because of a read error)."""
+    from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
+
+    path = str(tmp_path / "feedback.sqlite")
+    store = open_feedback_store(path)
+    live = LiveCatalog(store, LiveCatalogConfig(interval_s=0.0, page=2))
+    index = {"a": 0, "b": 1, "c": 2}.get
+    good, _ = validate_rows([{"item": "a", "op": "retire"}, {"item": "b", "available": False},
+                             {"item": "new", "title": "New"}, {"item": "gone", "op": "retire"}], known={"b"})
+    store.append_catalog(good)
+    assert live.refresh() is None
+    assert live.blocked == {"a", "b", "gone"} and set(live.written) == {"b", "new"} and live.last_id == 4
+    assert live.blocked_indices("v1", index) == {0, 1}
+    again, _ = validate_rows([{"item": "b", "available": True}], known={"b"})
+    store.append_catalog(again)
+    live.refresh()
+    assert live.blocked_indices("v1", index) == {0} and live.written["b"] == {"available": True}
+    store.close()  # the store goes away: the poll fails, the state stays
+    assert isinstance(live.refresh(), Exception) and live.blocked_indices("v1", index) == {0}
