@@ -108,8 +108,13 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def report(store, experiment: ExperimentConfig, after_seq: int = 0, page: int = 10_000) -> dict[str, Any]:
     """Per arm: impressions, users, clicked and purchased impressions, their rates and Wilson 95% intervals,
-    read from a FeedbackStore's impression log (from seq `after_seq` on) joined to the feedback naming it."""
+    read from a FeedbackStore's impression log (from seq `after_seq` on) joined to the feedback naming it.
+
+    Each impression counts for the arm it was logged with (what the user was actually shown), not the arm the
+    experiment's hash gives now: a changed salt or weight re-assigns users, but not what they were served.
+    Impressions logged with no arm or an arm this experiment does not have are counted in `unassigned` only."""
     tally = {a.name: {"impressions": 0, "clicks": 0, "purchases": 0, "users": set()} for a in experiment.arms}
+    unassigned = 0
     seq = after_seq
     while True:
         imps = store.read_impressions_since(seq, page)
@@ -118,7 +123,10 @@ def report(store, experiment: ExperimentConfig, after_seq: int = 0, page: int = 
         seq = imps[-1].seq
         answers = store.feedback_for_impressions([i.impression_id for i in imps])
         for imp in imps:
-            t = tally[assign(imp.user, experiment).name]
+            t = tally.get(imp.arm)
+            if t is None:
+                unassigned += 1
+                continue
             events = {row[3] for row in answers.get(imp.impression_id, [])}
             t["impressions"] += 1
             t["users"].add(imp.user)
@@ -133,7 +141,7 @@ def report(store, experiment: ExperimentConfig, after_seq: int = 0, page: int = 
                         "ctr": t["clicks"] / n if n else 0.0, "ctr_ci95": list(wilson(t["clicks"], n)),
                         "purchase_rate": t["purchases"] / n if n else 0.0,
                         "purchase_rate_ci95": list(wilson(t["purchases"], n))}
-    return {"experiment": experiment.name, "last_seq": seq, "arms": arms}
+    return {"experiment": experiment.name, "last_seq": seq, "arms": arms, "unassigned": unassigned}
 
 
 def format_report(rep: dict[str, Any]) -> str:
@@ -145,6 +153,8 @@ def format_report(rep: dict[str, Any]) -> str:
         plo, phi = a["purchase_rate_ci95"]
         lines.append(f"{name:<16}{a['impressions']:>9}{a['users']:>8}{a['ctr']:>8.4f}  [{lo:.4f}, {hi:.4f}]  "
                      f"{a['purchase_rate']:>8.4f}  [{plo:.4f}, {phi:.4f}]")
+    if rep.get("unassigned"):
+        lines.append(f"({rep['unassigned']} impressions logged with no arm of this experiment are not counted)")
     return "\n".join(lines)
 
 

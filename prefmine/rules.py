@@ -143,8 +143,9 @@ def eligible(attrs: ItemAttributes, rules: Rules, history: Sequence[int] = (), h
         if rules.repurchase_gap_s and len(history_ts) == len(hist):
             last: dict[int, float] = {}
             for i, t in zip(hist.tolist(), history_ts):
-                last[i] = max(last.get(i, -math.inf), float(t))
-            now = float(now if now is not None else max(last.values()))
+                if math.isfinite(float(t)):  # an interaction of unknown time keeps its item seen
+                    last[i] = max(last.get(i, -math.inf), float(t))
+            now = float(now if now is not None else max(last.values(), default=0.0))
             for i, t in last.items():
                 gaps = [rules.repurchase_gap_s[c] for c in attrs.categories[i] if c in rules.repurchase_gap_s]
                 if gaps and now - t >= min(gaps):

@@ -394,7 +394,8 @@ class RecommenderIngress:
         propensity 1.0 per item (the selection is deterministic; the slate policy is not consulted)."""
         rules = self._rules(s, request.rules)
         cold = len(history) == 0
-        mask = allowed_mask(s.attributes, rules, history.items, sorted(exclude))
+        now = time.time()  # repurchase gaps count to the request's time
+        mask = allowed_mask(s.attributes, rules, history.items, sorted(exclude), history.times, now)
         if cold:
             ordered = s.pop_order[mask[s.pop_order]]
 
@@ -407,7 +408,8 @@ class RecommenderIngress:
                 cand = await self._call(self.ranker.candidates, s.ref, history, n, ineligible)
                 return np.asarray(cand["idx"], np.int64), np.asarray(cand["scores"], np.float64)
 
-        items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude)
+        items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude,
+                                          history.times, now)
         resp = responses.recommend_response(s, items, slate_scores(scores), cold_start=cold,
                                             placement=request.placement)
         if request.explain:
@@ -423,14 +425,14 @@ class RecommenderIngress:
         return rules_of(msg, exclude_seen)
 
     async def _ruled(self, s: ServedBundle, rules: Rules, k: int, available: int, fetch, history=(),
-                     exclude=()) -> tuple[np.ndarray, np.ndarray]:
+                     exclude=(), history_ts=(), now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prefmine.serving.request_rules.ruled_top from Recommend's candidate count on, MMR's vectors from the
         ranker."""
         async def vectors_of(items):
             return await self._call(self.ranker.vectors, s.ref, items)
 
         return await ruled_top(s.attributes, rules, k, available, candidate_count(k, self.n_candidates, available, 0),
-                               fetch, vectors_of, history, exclude)
+                               fetch, vectors_of, history, exclude, history_ts, now)
 
     async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
                               propensities, policy: str) -> pb.RecommendResponse:
@@ -554,7 +556,7 @@ class RecommenderIngress:
         pseudonym = s.bundle.pseudonymise(request.user_id)
         if pseudonym in self.erased:
             raise NotFound("user_id: no profile (this person was erased)")
-        full = s.history(request.user_id)
+        full = await self._history(s, request.user_id)  # the bundle's history and the events logged since
         history = full.items
         with self._feedback_lock:
             counts = self.feedback.counts_by_event(pseudonym)

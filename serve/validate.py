@@ -25,6 +25,7 @@ MAX_QUERY_BYTES = 1024
 MAX_PLACEMENT_BYTES = 64
 MAX_RULE_ENTRIES = 100  # per list of Rules (categories, brands, kinds, boosts, pins)
 MAX_BOOST = 100.0  # |weight| of a boost, in standard deviations
+MAX_REPURCHASE_GAP_S = 100 * 365 * 86400.0  # a repurchase gap, seconds
 BOOST_KINDS = ("category", "brand", "item")
 MIN_TIMESTAMP = 631_152_000  # 1990-01-01T00:00:00Z, as the data preparation's bad-row rules
 FUTURE_SLACK_S = 86_400  # clocks differ; a day ahead is accepted, more is a bug on the client
@@ -88,9 +89,20 @@ def check_event(ev: pb.Event, field: str, need_user: bool, now: float | None = N
         raise BadRequest(f"{field}.rating must be unset except for EVENT_TYPE_RATE, got {ev.rating}")
 
 
-def check_rules(rules: pb.Rules, k: int, field: str = "rules") -> None:
-    """A request's Rules: list sizes and names, the price range, boosts, pins (positions 0..k-1, unique) and the
-    diversity settings; each error names the field, e.g. ``rules.pins[2].position``."""
+def check_rules(rules: pb.Rules, k: int, field: str = "rules", history: bool = True) -> None:
+    """A request's Rules: list sizes and names, the price range, boosts, pins (positions 0..k-1, unique), the
+    diversity settings and the repurchase gaps (only where the RPC has a user history: ``history``); each error
+    names the field, e.g. ``rules.pins[2].position``."""
+    check_count(len(rules.repurchase_gap_s), f"{field}.repurchase_gap_s", MAX_RULE_ENTRIES)
+    if len(rules.repurchase_gap_s) and not history:
+        raise BadRequest(f"{field}.repurchase_gap_s is for Recommend only (this RPC has no user history)")
+    for cat in sorted(rules.repurchase_gap_s):
+        where = f"{field}.repurchase_gap_s: key {cat[:64]!r}"
+        if not cat.strip() or len(cat.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            raise BadRequest(f"{where} must be a category name of 1..{MAX_ID_BYTES} bytes")
+        gap = rules.repurchase_gap_s[cat]
+        if not (math.isfinite(gap) and 0 <= gap <= MAX_REPURCHASE_GAP_S):
+            raise BadRequest(f"{where}: the gap must be finite seconds in 0..{MAX_REPURCHASE_GAP_S:g}, got {gap}")
     for name in ("categories", "brands", "kinds"):
         values = getattr(rules, name)
         check_count(len(values), f"{field}.{name}", MAX_RULE_ENTRIES)
@@ -165,7 +177,7 @@ def validate_search(request: pb.SearchRequest) -> None:
         raise BadRequest(f"query is {size} bytes long, at most {MAX_QUERY_BYTES}")
     check_k(request.k)
     if request.HasField("rules"):
-        check_rules(request.rules, request.k)
+        check_rules(request.rules, request.k, history=False)
 
 
 def validate_rank(request: pb.RankRequest) -> None:
@@ -187,7 +199,7 @@ def validate_similar(request: pb.SimilarItemsRequest) -> None:
     check_id(request.item_id, "item_id")
     check_k(request.k)
     if request.HasField("rules"):
-        check_rules(request.rules, request.k)
+        check_rules(request.rules, request.k, history=False)
 
 
 def validate_profile(request: pb.GetUserProfileRequest) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -98,23 +100,66 @@ def ray_session():
     ray.shutdown()
 
 
+# dist.checkpoint_every: one checkpoint per training run (the last epoch), not about ten: the 75-epoch tiny ranker
+# runs spent more time saving DeepSpeed checkpoints than training; tests/test_resume.py and
+# tests/test_deepspeed_configs.py test checkpoints themselves
 TINY_TEST_CONFIG = """
 encoder: {mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}
 ranker: {min_steps: 150, epochs: 4}
 policy: {max_iterations: 4, time_budget_s: 40, gate_sessions: 200}
+dist: {checkpoint_every: 1000}
 """
 
 
+@dataclass(frozen=True)
+class SubmittedPipeline:
+    """What `prefmine jobs` said about the session's training job: the `submit --wait`, `status` and `logs`
+    commands (CompletedProcess each), the job id, and the job's runtime_env as the head recorded it."""
+
+    bundle: Path
+    submit: subprocess.CompletedProcess
+    job_id: str
+    status: subprocess.CompletedProcess | None
+    logs: subprocess.CompletedProcess | None
+    runtime_env: dict
+
+
 @pytest.fixture(scope="session")
-def tiny_bundle(magazine5, ray_session, tmp_path_factory) -> Path:
-    """A real bundle: encoder (MLM + rating), fused and ID-only rankers, DQN policy, on Magazine 5-core."""
-    from cluster.pipeline import train_bundle
+def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
+    """The session's tiny bundle, trained the way a user trains on a cluster: `python -m cluster.pipeline`
+    submitted with `prefmine jobs submit --wait` to a real `ray start --head` node of its own (stopped as soon as
+    the job's record has been read), the project shipped as the job's working_dir. tests/test_cluster.py checks
+    the job itself; every other test gets the bundle through `tiny_bundle`. One training run serves both, which
+    is most of the suite's budget saved."""
+    from live_server import prefmine_cli, ray_head_node
+    from ray.job_submission import JobSubmissionClient
 
     cfg = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     cfg.write_text(TINY_TEST_CONFIG)
     out = tmp_path_factory.mktemp("bundles") / "magazine5"
-    train_bundle(magazine5, out, preset="tiny", config_file=str(cfg))
-    return out
+    with ray_head_node(num_cpus=2) as (address, _):
+        submit = prefmine_cli("jobs", "submit", "--address", address, "--wait", "--timeout", "2400", "--",
+                              "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(out),
+                              "--preset", "tiny", "--config", str(cfg), timeout=2500)
+        words = submit.stdout.split()
+        job_id = words[1] if len(words) > 1 and words[0] == "submitted" else ""
+        status = logs = None
+        runtime_env: dict = {}
+        if job_id:
+            status = prefmine_cli("jobs", "status", job_id, "--address", address)
+            logs = prefmine_cli("jobs", "logs", job_id, "--address", address)
+            runtime_env = JobSubmissionClient(address).get_job_info(job_id).runtime_env or {}
+    return SubmittedPipeline(out, submit, job_id, status, logs, runtime_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bundle_job) -> Path:
+    """A real bundle: encoder (MLM + rating), fused and ID-only rankers, DQN policy (or the heuristic its gate
+    chose), on Magazine 5-core; trained once per session by `tiny_bundle_job`."""
+    job = tiny_bundle_job
+    assert job.submit.returncode == 0 and (job.bundle / "manifest.json").is_file(), (
+        "the session's training job failed:\n" + job.submit.stdout[-2000:] + job.submit.stderr[-4000:])
+    return job.bundle
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +219,17 @@ def server_proc(bundle_path, tmp_path_factory):
     yield sp
     _EARLY_STOP.pop("server_proc", None)
     stop()
+
+
+@pytest.fixture(scope="module")
+def stub(server_proc):
+    """A gRPC stub on the session's served app (one channel per module; a module may define its own `stub`)."""
+    import grpc
+
+    from prefmine.v1 import recommender_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server_proc.addr) as channel:
+        yield pb_grpc.RecommenderStub(channel)
 
 
 def _head_fixture(name: str, **kwargs):

@@ -34,6 +34,12 @@ API_KEY = "test-key-" + "0123456789abcdef"
 SECOND_KEY = "second-key-abcdefghijkl"
 
 
+def prefmine_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The `prefmine` command line in a subprocess (auth to Ray disabled, as the test heads run), output captured."""
+    return subprocess.run([str(BIN / "prefmine"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
 def keys_file_for(path: Path) -> Path:
     """The serving tests' key file: API_KEY and SECOND_KEY, both with every RPC in scope, stored hashed."""
     return write_keys(path, {"test": (API_KEY, "*"), "second": (SECOND_KEY, "*")})

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from live_server import prefmine_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def launcher_config(cfg: dict) -> dict:
@@ -48,38 +45,28 @@ def test_cluster_yaml_passes_rays_launcher_validation():
             launcher_config(bad)
 
 
-def prefmine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "prefmine"), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+prefmine = prefmine_cli
 
 
-@pytest.mark.slow
-def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(ray_head, magazine5, tmp_path):
-    from conftest import TINY_TEST_CONFIG
-
-    bundle, cfg = tmp_path / "bundle", tmp_path / "tiny.yaml"
-    cfg.write_text(TINY_TEST_CONFIG)  # the session bundle's short schedule: this test is about the job, not the model
-    run = prefmine("jobs", "submit", "--address", ray_head, "--wait", "--timeout", "2400", "--",
-                   "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(bundle),
-                   "--preset", "tiny", "--config", str(cfg), timeout=2500)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    job_id = run.stdout.split()[1]
-    assert [ln.split(": ")[1] for ln in run.stdout.splitlines() if ln.startswith(job_id)][-1] == "SUCCEEDED"
-    st = prefmine("jobs", "status", job_id, "--address", ray_head)
-    assert st.returncode == 0 and st.stdout.strip() == "SUCCEEDED"
-    log = prefmine("jobs", "logs", job_id, "--address", ray_head)
-    assert log.returncode == 0 and f"bundle written: {bundle}" in log.stdout  # printed by the job's driver
+def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(tiny_bundle_job):
+    """The session's tiny bundle is this job's output (tests/conftest.py `tiny_bundle_job`): the pipeline submitted
+    through `prefmine jobs submit --wait` to a real `ray start --head` node succeeded, `jobs status` and `jobs logs`
+    report it, and the job ran on the head's cluster with the project shipped as its working_dir."""
+    job = tiny_bundle_job
+    assert job.submit.returncode == 0, job.submit.stdout[-2000:] + job.submit.stderr[-4000:]
+    assert job.job_id.startswith("raysubmit_"), job.submit.stdout[-2000:]
+    updates = [ln.split(": ")[1] for ln in job.submit.stdout.splitlines() if ln.startswith(job.job_id + ":")]
+    assert updates and updates[-1] == "SUCCEEDED", job.submit.stdout[-2000:]
+    assert job.status.returncode == 0 and job.status.stdout.strip() == "SUCCEEDED"
+    bundle = job.bundle
+    assert job.logs.returncode == 0 and f"bundle written: {bundle}" in job.logs.stdout  # printed by the job's driver
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert {"encoder", "ranker", "policy"} <= set(manifest["components"])
     for f in ("ranker/model.pt", "policy/policy_config.json", "encoder/item_embeddings.npy"):
         assert (bundle / f).is_file(), f
     assert list(bundle.glob(".train/*/metrics.jsonl")) and not list(bundle.glob(".train/*/checkpoint_*"))
-    # the job ran on the head's cluster with the project shipped as its working_dir, not in this process
-    from ray.job_submission import JobSubmissionClient
-
-    info = JobSubmissionClient(ray_head).get_job_info(job_id)
-    assert info.runtime_env["working_dir"].startswith(("gcs://", "file://"))
-    assert info.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
+    assert job.runtime_env["working_dir"].startswith(("gcs://", "file://"))
+    assert job.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
 
 
 def test_jobs_cli_rejects_an_empty_entrypoint(ray_head):

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from random_catalogue import BRANDS, CATS, KINDS, random_attributes
 
 from prefmine.rules import ItemAttributes, Rules
 from prefmine.serving.request_rules import (
@@ -31,10 +32,6 @@ from prefmine.serving.request_rules import (
 )
 from prefmine.v1 import recommender_pb2 as pb
 from serve.validate import BadRequest, check_rules
-
-CATS = ["skin", "hair", "nails", "tools"]
-BRANDS = ["acme", "bolt", "coda"]
-KINDS = ["product", "article", "video"]
 
 
 def test_rules_of_maps_every_field_and_fills_the_defaults():
@@ -51,6 +48,8 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     assert not empty.include_unavailable and not empty.exclude_seen
     cap = rules_of(pb.Rules(diversity=pb.DIVERSITY_CATEGORY_CAP, category_cap=2))
     assert (cap.diversity, cap.category_cap) == ("category_cap", 2)
+    again = rules_of(pb.Rules(repurchase_gap_s={"hair": 86400.0, "skin": 0.0}))
+    assert again.repurchase_gap_s == {"hair": 86400.0, "skin": 0.0} and empty.repurchase_gap_s == {}
 
 
 @pytest.mark.parametrize("rules, k, field", [
@@ -73,11 +72,27 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     (pb.Rules(mmr_lambda=0.5), 5, "rules.mmr_lambda"),
     (pb.Rules(diversity=pb.DIVERSITY_CATEGORY_CAP), 5, "rules.category_cap"),
     (pb.Rules(category_cap=2), 5, "rules.category_cap"),
+    (pb.Rules(repurchase_gap_s={"hair": -1.0}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={"hair": float("nan")}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={"hair": 4e9}), 5, "rules.repurchase_gap_s: key 'hair'"),
+    (pb.Rules(repurchase_gap_s={" ": 1.0}), 5, "rules.repurchase_gap_s: key ' '"),
+    (pb.Rules(repurchase_gap_s={f"c{i}": 1.0 for i in range(101)}), 5, "rules.repurchase_gap_s"),
 ])
 def test_bad_rules_are_rejected_naming_the_field(rules, k, field):
     with pytest.raises(BadRequest) as info:
         check_rules(rules, k)
     assert str(info.value).startswith(field), str(info.value)
+
+
+def test_repurchase_is_refused_where_there_is_no_user_history():
+    from serve.validate import validate_search, validate_similar
+
+    again = pb.Rules(repurchase_gap_s={"hair": 1.0})
+    for check, request in ((validate_search, pb.SearchRequest(user_id="u", query="q", k=5, rules=again)),
+                           (validate_similar, pb.SimilarItemsRequest(item_id="i", k=5, rules=again))):
+        with pytest.raises(BadRequest, match="rules.repurchase_gap_s is for Recommend only"):
+            check(request)
+    check_rules(again, 5)  # Recommend's
 
 
 def test_a_price_filter_over_a_catalogue_without_prices_is_refused_not_answered_empty():
@@ -102,13 +117,7 @@ def requests(draw):
     """A catalogue (from a seed), a valid Rules message, k, a history and excluded items."""
     n = draw(st.integers(5, 120))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    attrs = ItemAttributes(
-        item_ids=np.array([f"i{j}" for j in range(n)]),
-        categories=[frozenset(rng.choice(CATS, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(n)],
-        brand=rng.choice(np.array(BRANDS + [""], dtype=object), size=n),
-        price=np.where(rng.random(n) < 0.2, np.nan, rng.uniform(1, 100, n).round(1)),
-        available=rng.random(n) < 0.8,
-        kind=rng.choice(np.array(KINDS, dtype=object), size=n))
+    attrs = random_attributes(rng, n, available_rate=0.8)
     k = draw(st.integers(1, 15))
     msg = pb.Rules(categories=draw(st.lists(st.sampled_from(CATS), max_size=2, unique=True)),
                    brands=draw(st.lists(st.sampled_from(BRANDS), max_size=2, unique=True)),

@@ -10,25 +10,16 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_catalogue import BRANDS, CATS, KINDS, random_attributes
 
 from prefmine.rules import ItemAttributes, Rules, eligible, intra_list_diversity, select
-
-CATS = ["skin", "hair", "nails", "tools"]
-BRANDS = ["acme", "bolt", "coda"]
-KINDS = ["product", "article", "video"]
 
 
 @st.composite
 def cases(draw):
     n = draw(st.integers(3, 40))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))  # the catalogue from a seed: fast to draw
-    attrs = ItemAttributes(
-        item_ids=np.array([f"i{j}" for j in range(n)]),
-        categories=[frozenset(rng.choice(CATS, size=rng.integers(0, 3), replace=False).tolist()) for _ in range(n)],
-        brand=rng.choice(np.array(BRANDS + [""], dtype=object), size=n),
-        price=np.where(rng.random(n) < 0.2, np.nan, rng.uniform(1, 100, n).round(1)),
-        available=rng.random(n) < 0.75,
-        kind=rng.choice(np.array(KINDS, dtype=object), size=n))
+    attrs = random_attributes(rng, n, available_rate=0.75)
     lo = draw(st.one_of(st.none(), st.floats(1, 60)))
     hi = draw(st.one_of(st.none(), st.floats(lo or 1, 100)))
     diversity = draw(st.sampled_from(["none", "mmr", "category_cap"]))
@@ -125,6 +116,8 @@ def test_hand_checked_slate():
     again = Rules(repurchase_gap_s={"hair": 30 * 86400})
     assert select(scores, attrs, again, 2, history=[0], history_ts=[0.0], now=31 * 86400)[0].tolist() == [0, 1]
     assert select(scores, attrs, again, 2, history=[0], history_ts=[0.0], now=29 * 86400)[0].tolist() == [1, 2]
+    # an interaction of unknown time (NaN) keeps the item seen: no gap can be shown to have passed
+    assert select(scores, attrs, again, 2, history=[0], history_ts=[np.nan], now=31 * 86400)[0].tolist() == [1, 2]
     vecs = np.array([[1, 0], [1, 0.01], [0, 1], [0.7, 0.7], [1, 1]], dtype=float)
     mmr = select(scores, attrs, Rules(diversity="mmr", mmr_lambda=0.5), 2, item_vectors=vecs)[0].tolist()
     assert mmr == [0, 2]  # b is a, nearly; c is orthogonal

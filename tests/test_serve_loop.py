@@ -14,23 +14,15 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from live_server import API_KEY, raw_user_ids
 
 from prefmine.experiments import assign, load_experiment
 from prefmine.v1 import recommender_pb2 as pb
-from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 MD = (("x-api-key", API_KEY),)
-
-
-@pytest.fixture(scope="module")
-def stub(server_proc):
-    with grpc.insecure_channel(server_proc.addr) as channel:
-        yield pb_grpc.RecommenderStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,8 @@ def event(raw: str, item: str, kind=pb.EVENT_TYPE_CLICK, impression_id: str = ""
 
 def test_recorded_feedback_changes_the_users_next_answers(stub, bundle):
     """The next call after the acknowledgement, with no pause: a known user's clicked item leaves their slate and
-    the slate moves; a user the bundle does not know stops being a cold start in Recommend, Rank and Search."""
+    the slate moves; a user the bundle does not know stops being a cold start in Recommend, Rank and Search, and
+    GetUserProfile knows them."""
     known = [raw for raw in raw_user_ids(bundle) if len(bundle.history(bundle.pseudonymise(raw)))]
     raw = known[len(known) // 2]  # not the user test_serve.py records feedback for
     before = recommend(stub, raw)
@@ -68,6 +61,7 @@ def test_recorded_feedback_changes_the_users_next_answers(stub, bundle):
     cands = [str(i) for i in bundle.item_ids[:8]]
     query = next(str(t) for t in bundle.titles if len(str(t).split()) >= 2)
     assert recommend(stub, newcomer).cold_start
+    assert not stub.GetUserProfile(pb.GetUserProfileRequest(user_id=newcomer), timeout=30, metadata=MD).known
     assert stub.Rank(pb.RankRequest(user_id=newcomer, candidate_item_ids=cands), timeout=30, metadata=MD).cold_start
     assert stub.Search(pb.SearchRequest(user_id=newcomer, query=query, k=5), timeout=30, metadata=MD).cold_start
     feedback(stub, event(newcomer, clicked), event(newcomer, "an-item-no-bundle-knows", pb.EVENT_TYPE_VIEW))
@@ -76,6 +70,9 @@ def test_recorded_feedback_changes_the_users_next_answers(stub, bundle):
     assert not stub.Rank(pb.RankRequest(user_id=newcomer, candidate_item_ids=cands), timeout=30,
                          metadata=MD).cold_start
     assert not stub.Search(pb.SearchRequest(user_id=newcomer, query=query, k=5), timeout=30, metadata=MD).cold_start
+    profile = stub.GetUserProfile(pb.GetUserProfileRequest(user_id=newcomer), timeout=30, metadata=MD)
+    assert profile.known and profile.history_length == 1  # the click; the view of an unknown item is no history
+    assert profile.feedback_counts["click"] == 1 and profile.preference.dim > 0
 
 
 ARM_COUNTERS = ("ray_prefmine_arm_impressions_total", "ray_prefmine_arm_clicks_total",

@@ -18,15 +18,8 @@ from live_server import API_KEY, raw_user_ids
 
 from prefmine.rules import ItemAttributes
 from prefmine.v1 import recommender_pb2 as pb
-from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 
 KEY = [("x-api-key", API_KEY)]
-
-
-@pytest.fixture(scope="module")
-def stub(server_proc):
-    with grpc.insecure_channel(server_proc.addr) as channel:
-        yield pb_grpc.RecommenderStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +233,25 @@ def test_generated_rules_hold_on_the_live_recommend(stub, served):
             assert len(got) == min(k, len(ok))
 
     check()
+
+
+def test_repurchase_brings_a_seen_item_back_only_once_its_gap_has_passed(stub, served):
+    """A seen item pinned first: excluded without a repurchase rule, back with a gap of 0 s for one of its
+    categories, still excluded with a gap longer than the time since the user's interaction with it (the bundle's
+    history times are the data set's, years ago)."""
+    bundle, attrs, user, _, _ = served
+    items, _, times = bundle.history_inputs(bundle.pseudonymise(user))
+    assert times is not None, "the served bundle's catalogue holds no history times"
+    timed = [int(j) for j, t in zip(items, times) if np.isfinite(t) and attrs.categories[int(j)]]
+    assert timed, "the test needs a seen item with a known time and a category"
+    j = timed[-1]
+    cat = sorted(attrs.categories[j])[0]
+
+    def first(gaps: dict) -> list[int]:
+        rules = pb.Rules(pins=[pb.Pin(item_id=attrs.item_ids[j], position=0)], repurchase_gap_s=gaps)
+        resp = stub.Recommend(pb.RecommendRequest(user_id=user, k=5, rules=rules), timeout=30, metadata=KEY)
+        return idx(attrs, resp.items)
+
+    assert j not in first({})
+    assert first({cat: 0.0})[0] == j
+    assert j not in first({cat: 3.0e9})  # 95 years

@@ -33,7 +33,8 @@ def rules_of(msg: pb.Rules, exclude_seen: bool = True) -> Rules:
         pins={int(p.position): str(p.item_id) for p in msg.pins},
         diversity=DIVERSITY_NAMES[msg.diversity],
         mmr_lambda=msg.mmr_lambda if msg.HasField("mmr_lambda") else DEFAULT_MMR_LAMBDA,
-        category_cap=int(msg.category_cap))
+        category_cap=int(msg.category_cap),
+        repurchase_gap_s={str(cat): float(gap) for cat, gap in msg.repurchase_gap_s.items()})
 
 
 class CandidateVectors:
@@ -57,10 +58,11 @@ class CandidateVectors:
 
 
 def allowed_mask(attrs: ItemAttributes, rules: Rules, history: Sequence[int] = (),
-                 exclude: Sequence[int] = ()) -> np.ndarray:
-    """Items the rules allow (``prefmine.rules.eligible``), ``exclude`` (the request's excluded items) also left
-    out: what the ranker may propose."""
-    mask = eligible(attrs, rules, history)
+                 exclude: Sequence[int] = (), history_ts: Sequence[float] = (),
+                 now: float | None = None) -> np.ndarray:
+    """Items the rules allow (``prefmine.rules.eligible``: ``history_ts``, one time per history item, and ``now``
+    decide repurchase), ``exclude`` (the request's excluded items) also left out: what the ranker may propose."""
+    mask = eligible(attrs, rules, history, history_ts, now)
     if len(exclude):
         mask[np.fromiter(exclude, dtype=np.int64, count=len(exclude))] = False
     return mask
@@ -68,7 +70,8 @@ def allowed_mask(attrs: ItemAttributes, rules: Rules, history: Sequence[int] = (
 
 def ruled_selection(scores: np.ndarray, candidates: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int,
                     vectors: CandidateVectors | None = None, history: Sequence[int] = (),
-                    exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+                    exclude: Sequence[int] = (), history_ts: Sequence[float] = (),
+                    now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(items, rule scores): ``prefmine.rules.select`` over ``candidates`` (item indices) with ``scores``, the
     candidates in ``exclude`` left out first (pinned ones included). ``vectors`` must hold every candidate's
     vector when the rules ask for MMR."""
@@ -81,12 +84,13 @@ def ruled_selection(scores: np.ndarray, candidates: np.ndarray, attrs: ItemAttri
         pins = {p: i for p, i in rules.pins.items() if attrs.index(i) not in excluded}
         if len(pins) != len(rules.pins):
             rules = replace(rules, pins=pins)
-    return select(scores, attrs, rules, k, candidates=candidates, item_vectors=vectors, history=history)
+    return select(scores, attrs, rules, k, candidates=candidates, item_vectors=vectors, history=history,
+                  history_ts=history_ts, now=now)
 
 
 async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int, first: int, fetch,
-                    vectors_of=None, history: Sequence[int] = (), exclude: Sequence[int] = ()
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    vectors_of=None, history: Sequence[int] = (), exclude: Sequence[int] = (),
+                    history_ts: Sequence[float] = (), now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(items, rule scores): ``ruled_selection`` over the best candidates ``await fetch(n)`` gives (item indices
     and scores, best first, only items the rules allow, of which ``available`` exist). n starts at ``first``
     (what Recommend asks the ranker for) and grows fourfold while a category cap leaves fewer than k and more
@@ -104,7 +108,7 @@ async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int,
             if vectors_of is None:
                 raise ValueError("diversity 'mmr' needs vectors_of")
             vectors = CandidateVectors(idx, await vectors_of(idx))
-        items, picked = ruled_selection(scores, idx, attrs, rules, k, vectors, history, exclude)
+        items, picked = ruled_selection(scores, idx, attrs, rules, k, vectors, history, exclude, history_ts, now)
         if len(items) >= k or n >= available:
             return items, picked
         n = min(int(available), 4 * max(n, 1))
