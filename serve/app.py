@@ -100,7 +100,7 @@ def _same_code(deployment):
 # still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
-              "tls", "extra_keys", "tombstones", "experiment"}
+              "tls", "extra_keys", "tombstones", "experiment", "live_catalog"}
 
 
 def check_bundle(bundle: Path) -> None:
@@ -142,7 +142,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     direct-ingress gRPC server (serve/tls.py); ``tombstones``: the list of erased pseudonyms
     (prefmine/data/tombstones.py) each ingress replica re-reads when it changes (default: $PREFMINE_TOMBSTONES,
     else beside a SQLite feedback db); ``experiment``: an A/B experiment ``{name, salt, arms: [{name, weight,
-    policy}]}`` (prefmine.experiments) whose arms' policies order their users' slates (prefmine.serving.arms).
+    policy}]}`` (prefmine.experiments) whose arms' policies order their users' slates (prefmine.serving.arms);
+    ``live_catalog``: ``{interval_s, page}`` (prefmine.serving.live_catalog.LiveCatalogConfig), how often each ingress
+    replica polls the feedback store's catalogue change log.
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -170,7 +172,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         from serve.auth import load_keys
 
         load_keys(auth.keys_file)  # fail here, naming the file and line, rather than in every ingress replica
+    from dataclasses import asdict
+
     from prefmine.feedback import resolve_location
+    from prefmine.serving.live_catalog import LiveCatalogConfig
     from serve.tls import TlsConfig
 
     tls = TlsConfig(**(args.get("tls") or {}))  # checked here too: missing files named before any replica starts
@@ -199,4 +204,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
               "burst": auth.burst, "extra_keys": list(auth.extra_keys)},
         tls=tls.as_dict(),
         experiment=experiment,
+        live_catalog=asdict(LiveCatalogConfig(**(args.get("live_catalog") or {}))),  # checked before any replica
     )

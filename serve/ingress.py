@@ -58,7 +58,9 @@ from prefmine.serving.search import SearchScores, blend, search_order
 from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
+from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
+from serve.live_catalog import blocked_items, drop_blocked, without
 from serve.metrics import ServiceMetrics
 from serve.served import BundleRef, ServedBundle
 from serve.validate import (
@@ -108,6 +110,7 @@ class RecommenderIngress:
         tls: dict | None = None,
         tombstones: str | None = None,
         experiment: dict | None = None,
+        live_catalog: dict | None = None,
     ):
         one_thread()
         from prefmine.feedback import open_feedback_store
@@ -136,6 +139,11 @@ class RecommenderIngress:
         self.metrics = ServiceMetrics()
         self.experiment = servable_experiment(experiment) if experiment else None  # A/B arms (None: no split)
         self._feedback_lock = threading.Lock()  # one sqlite3 connection, used from worker threads
+        from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
+
+        # retired / unavailable items (the store's catalogue change log, polled about every second)
+        self.live_catalog = LiveCatalog(self.feedback, LiveCatalogConfig(**(live_catalog or {})),
+                                        lock=self._feedback_lock)
 
     async def check_health(self) -> None:
         """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log
@@ -200,6 +208,20 @@ class RecommenderIngress:
         """Durably stores the events (committed to the WAL with synchronous=FULL) before answering."""
         return await self._serve("RecordFeedback", request, grpc_context, pb.RecordFeedbackResponse,
                                  validate_feedback, self._record_feedback)
+
+    async def WriteCatalog(self, request, grpc_context) -> pb.WriteCatalogResponse:
+        """Logs catalogue upserts and retirements durably (serve/catalog_rpc.py) before answering."""
+        return await self._serve("WriteCatalog", request, grpc_context, pb.WriteCatalogResponse, None,
+                                 self._write_catalog)
+
+    async def _write_catalog(self, request: pb.WriteCatalogRequest) -> pb.WriteCatalogResponse:
+        s, live = self.served, self.live_catalog
+
+        def write() -> pb.WriteCatalogResponse:
+            with self._feedback_lock:
+                return write_catalog(self.feedback, request, known=KnownItems(s.bundle.item_index, live.written))
+
+        return await asyncio.shield(asyncio.to_thread(write))  # as RecordFeedback: never cancelled half-way
 
     async def ModelInfo(self, request, grpc_context) -> pb.ModelInfoResponse:
         """Versions of the served bundle and its components."""
@@ -325,7 +347,7 @@ class RecommenderIngress:
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
         s = self.served
         k = int(request.k)
-        exclude = s.exclude_set(request.exclude_item_ids)
+        exclude = s.exclude_set(request.exclude_item_ids) | await blocked_items(self.live_catalog, s)
         history = await self._history(s, request.user_id, request.recent_events)
         if request.HasField("rules"):
             return await self._recommend_ruled(s, request, k, exclude, history)
@@ -454,6 +476,7 @@ class RecommenderIngress:
         k = int(request.k)
         rules = self._rules(s, request.rules, exclude_seen=False) if request.HasField("rules") else None
         mask = allowed_mask(s.attributes, rules) if rules is not None else None
+        mask = without(mask, await blocked_items(self.live_catalog, s), s.bundle.n_items)
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if s.hybrid_search:  # BM25 + dense, fused, personalised (prefmine.search), with facets
@@ -506,15 +529,17 @@ class RecommenderIngress:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
         if request.HasField("rules"):
             return await self._similar_ruled(s, request, int(i))
-        got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k))
-        return responses.similar_response(s, got["idx"], got["sims"])
+        blocked = await blocked_items(self.live_catalog, s)
+        got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k) + len(blocked))
+        return responses.similar_response(s, *drop_blocked(got["idx"], got["sims"], blocked, int(request.k)))
 
     async def _similar_ruled(self, s: ServedBundle, request: pb.SimilarItemsRequest, item: int
                              ) -> pb.SimilarItemsResponse:
         """SimilarItems with rules: every other item's similarity (one ranker call), the rules' selection over the
         best of those the rules allow; each item keeps its own similarity."""
         rules = self._rules(s, request.rules, exclude_seen=False)
-        mask = allowed_mask(s.attributes, rules, exclude=[item])
+        blocked = await blocked_items(self.live_catalog, s)
+        mask = allowed_mask(s.attributes, rules, exclude=[item, *blocked])
         got = await self._call(self.ranker.similar, s.ref, item, int(s.bundle.n_items))
         idx, sims = np.asarray(got["idx"], np.int64), np.asarray(got["sims"], np.float64)
         keep = mask[idx]

@@ -833,6 +833,7 @@ ALL_RPCS = [
     ("RecordFeedback", pb.RecordFeedbackRequest(events=[pb.Event(user_id="u", item_id="i", type=1,
                                                                  timestamp=1_600_000_000)])),
     ("ModelInfo", pb.ModelInfoRequest()),
+    ("WriteCatalog", pb.WriteCatalogRequest(rows=[pb.CatalogRow(item_id="x", retire=True)])),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, demo.
+"""The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, catalog, demo.
 
 Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred (the
 parser needs only the source registry, `prefmine.data.sources`, for the `--source` choices) so `prefmine --help`
@@ -160,6 +160,29 @@ def _client_recommend(a) -> int:
     if a.tls or a.tls_ca or a.tls_cert:
         creds = channel_credentials(a.tls_ca, a.tls_cert, a.tls_key)
     return client_recommend(a.addr, a.user, a.k, a.exclude or (), credentials=creds)
+
+
+def _catalog_load(a) -> int:
+    from prefmine.catalog.load import load_file
+    from prefmine.catalog.state import CatalogState
+    from prefmine.feedback import open_feedback_store
+
+    store = open_feedback_store(a.feedback)
+    try:
+        base = None
+        if a.items:
+            import pandas as pd
+
+            base = pd.read_parquet(a.items, columns=["item"])
+        state = CatalogState(base)
+        state.apply(store.read_catalog_since(0, limit=10**9))
+        res = load_file(store, a.file, known=frozenset(state.items), key_prefix=a.key)
+    finally:
+        store.close()
+    for e in res.errors[:50]:
+        print(f"refused {e}", file=sys.stderr)
+    print(json.dumps({"stored": res.stored, "refused": len(res.errors), "last_id": res.last_id}))
+    return 1 if res.errors else 0
 
 
 def _experiments_report(a) -> int:
@@ -344,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the experiment (YAML/JSON), or the Serve config whose args carry `experiment`")
     exr.add_argument("--json", action="store_true", help="JSON instead of a table")
     exr.set_defaults(func=_experiments_report, parser=exr)
+
+    cat = sub.add_parser("catalog", help="the live catalogue").add_subparsers(dest="catalog_command", required=True)
+    cload = cat.add_parser("load", help="validate a JSONL/CSV file of item rows and log them in the feedback store")
+    cload.add_argument("--feedback", required=True, help="the feedback store: SQLite file or postgresql:// DSN")
+    cload.add_argument("--file", required=True, help="items.jsonl or items.csv (docs/shop.md: row fields)")
+    cload.add_argument("--items", help="the bundle's catalog/items.parquet: its items may be upserted without a title")
+    cload.add_argument("--key", help="idempotency key prefix: rerunning the same load stores each batch once")
+    cload.set_defaults(func=_catalog_load)
 
     demo = sub.add_parser("demo", help="the main job: prepare, train, evaluate, serve and query, end to end")
     demo.add_argument("--dataset", choices=["magazine", "movielens"], default="magazine")

@@ -143,7 +143,9 @@ class FeedbackStore(Protocol):
     given (serving's same-session history: one query on the user's index);
     `read_impressions_since(seq)` pages through them in commit order; `feedback_for_impressions(ids)` gives,
     per impression id, the stored events that name it (rows as `read_since`, oldest first). `forget` erases a
-    user's impressions with their events.
+    user's impressions with their events. `append_catalog(changes, key)` logs live-catalogue changes
+    (`prefmine.catalog`), durable on return, idempotent per key like `append`; `read_catalog_since(id)` pages them
+    in commit order.
     """
 
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int: ...
@@ -157,6 +159,10 @@ class FeedbackStore(Protocol):
     def recent_for_user(self, user: str, limit: int = 50, after_ts: int | None = None) -> list[tuple]: ...
 
     def forget(self, user: str) -> int: ...
+
+    def append_catalog(self, changes: list, idempotency_key: str | None = None) -> int: ...
+
+    def read_catalog_since(self, after_id: int = 0, limit: int = 100_000) -> list: ...
 
     def append_impression(self, impression: Impression) -> int: ...
 
@@ -187,5 +193,5 @@ def events_digest(events: list[FeedbackEvent]) -> str:
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
-def conflict(key: str) -> IdempotencyConflict:
-    return IdempotencyConflict(f"idempotency_key {key!r} was already used for different events")
+def conflict(key: str, what: str = "events") -> IdempotencyConflict:
+    return IdempotencyConflict(f"idempotency_key {key!r} was already used for different {what}")

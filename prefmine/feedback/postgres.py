@@ -1,7 +1,7 @@
 """The shared feedback store: PostgreSQL, for several ingress replicas on several nodes writing one log.
 
 Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`, `impressions`, the impression
-lists as JSONB), created on first use; a store from before impressions gains `feedback.impression_id`, one from
+lists as JSONB, and the live catalogue's `catalog_changes` and `catalog_requests`), created on first use; a store from before impressions gains `feedback.impression_id`, one from
 before A/B arms `impressions.arm`. Every
 connection of the psycopg pool runs with synchronous_commit=on, and each append is one transaction, so an
 acknowledged append is in the server's flushed WAL and survives a crash of the writer or of the server.
@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from prefmine.catalog.rows import CatalogChange, change_from_row, change_row, changes_digest
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
@@ -41,6 +42,7 @@ from prefmine.feedback.base import (
 SCHEMA_LOCK = 0x7072_6566_0001
 APPEND_LOCK = 0x7072_6566_0002
 IMPRESSION_LOCK = 0x7072_6566_0003
+CATALOG_LOCK = 0x7072_6566_0004
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS feedback (
@@ -79,6 +81,20 @@ SCHEMA = [
     'CREATE INDEX IF NOT EXISTS impressions_user ON impressions ("user")',
     # a store created before A/B arms: its impressions were logged without an experiment ('')
     "ALTER TABLE impressions ADD COLUMN IF NOT EXISTS arm TEXT NOT NULL DEFAULT ''",
+    # the live catalogue's change log (prefmine.catalog); a store from before it gains both tables
+    """CREATE TABLE IF NOT EXISTS catalog_changes (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        item TEXT NOT NULL,
+        op TEXT NOT NULL,
+        fields JSONB NOT NULL,
+        received DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS catalog_requests (
+        key TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        last_id BIGINT NOT NULL,
+        received DOUBLE PRECISION NOT NULL
+    )""",
 ]
 
 
@@ -254,6 +270,44 @@ class PostgresFeedbackStore:
         for row in rows:
             out[row[6]].append(tuple(row[:6]))
         return out
+
+    def append_catalog(self, changes: list[CatalogChange], idempotency_key: str | None = None) -> int:
+        """Log validated catalogue changes in one transaction; returns the id of the last one (durable when this
+        returns). Ids commit in order (an advisory lock of their own), so a replica polling
+        `read_catalog_since(last_seen)` skips none. A key already stored for the same changes stores nothing and
+        returns the first call's id."""
+        key = check_key(idempotency_key)
+        digest = changes_digest(changes) if key else None
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CATALOG_LOCK,))
+            if key:
+                row = conn.execute("SELECT digest, last_id FROM catalog_requests WHERE key = %s", (key,)).fetchone()
+                if row is not None:
+                    if row[0] != digest:
+                        raise conflict(key, "catalogue changes")
+                    return int(row[1])
+            if changes:
+                cols = [list(c) for c in zip(*[change_row(c) for c in changes])]
+                last = conn.execute(
+                    "WITH ins AS (INSERT INTO catalog_changes (item, op, fields, received) "
+                    "SELECT i, o, f::jsonb, %s FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+                    "AS x(i, o, f, n) ORDER BY n RETURNING id) SELECT max(id) FROM ins", (now, *cols)).fetchone()[0]
+            else:
+                last = conn.execute("SELECT max(id) FROM catalog_changes").fetchone()[0]
+            last = int(last or 0)
+            if key:
+                conn.execute("INSERT INTO catalog_requests (key, digest, last_id, received) VALUES (%s, %s, %s, %s)",
+                             (key, digest, last, now))
+                conn.execute("DELETE FROM catalog_requests WHERE received < %s", (now - self.config.key_retention_s,))
+        return last
+
+    def read_catalog_since(self, after_id: int = 0, limit: int = 100_000) -> list[CatalogChange]:
+        """Catalogue changes with id > after_id, in id order (what serving replicas poll)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT id, item, op, fields, received FROM catalog_changes WHERE id > %s ORDER BY id "
+                                "LIMIT %s", (after_id, limit)).fetchall()
+        return [change_from_row(r) for r in rows]
 
     def forget(self, user: str) -> int:
         """Delete every row of one pseudonymous user (events and impressions), then VACUUM the tables so their

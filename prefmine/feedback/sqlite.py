@@ -3,7 +3,9 @@
 Tables `feedback(id, user, item, event, ts, rating, received, impression_id)` (`user` is the pseudonym; the raw id never reaches
 the log), `feedback_requests(key, digest, last_id, received)` (idempotency keys) and `impressions(seq,
 impression_id, user, ts, items, positions, propensities, policy, bundle_version, arm, received)` (lists as JSON
-text; what Recommend showed). A file from before impressions gains the `impression_id` column when opened (NULL
+text; what Recommend showed), `catalog_changes(id, item, op, fields, received)` with `catalog_requests` (the live
+catalogue's change log and its idempotency keys, `prefmine.catalog`; a file from before them gains both tables
+when opened). A file from before impressions gains the `impression_id` column when opened (NULL
 for its old rows), one from before A/B arms `impressions.arm` ('' for its old rows). `append` runs in one
 BEGIN IMMEDIATE transaction committed with synchronous=FULL, so an acknowledged event survives a crash, and
 writers of several processes on the same file take turns; `read_since` pages through events by id for
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prefmine.catalog.rows import CatalogChange, change_from_row, change_row, changes_digest
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
@@ -66,6 +69,19 @@ CREATE TABLE IF NOT EXISTS impressions (
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions(user);
+CREATE TABLE IF NOT EXISTS catalog_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item TEXT NOT NULL,
+    op TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_requests (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    last_id INTEGER NOT NULL,
+    received REAL NOT NULL
+);
 """
 # after the migration below (a file from before impressions has no impression_id column to index yet)
 INDEXES = "CREATE INDEX IF NOT EXISTS feedback_impression ON feedback(impression_id);"
@@ -219,6 +235,34 @@ class SqliteFeedbackStore:
                     f"WHERE impression_id IN ({marks}) ORDER BY id", chunk):
                 out[row[6]].append(tuple(row[:6]))
         return out
+
+    def append_catalog(self, changes: list[CatalogChange], idempotency_key: str | None = None) -> int:
+        """Log validated catalogue changes in one transaction; returns the id of the last one (durable when this
+        returns). A key already stored for the same changes stores nothing and returns the first call's id."""
+        key = check_key(idempotency_key)
+        digest = changes_digest(changes) if key else None
+        now = time.time()
+        with self._write():
+            if key:
+                row = self._db.execute("SELECT digest, last_id FROM catalog_requests WHERE key = ?", (key,)).fetchone()
+                if row is not None:
+                    if row[0] != digest:
+                        raise conflict(key, "catalogue changes")
+                    return int(row[1])
+            self._db.executemany("INSERT INTO catalog_changes(item, op, fields, received) VALUES (?, ?, ?, ?)",
+                                 [(*change_row(c), now) for c in changes])
+            last = int(self._db.execute("SELECT MAX(id) FROM catalog_changes").fetchone()[0] or 0)
+            if key:
+                self._db.execute("INSERT INTO catalog_requests(key, digest, last_id, received) VALUES (?, ?, ?, ?)",
+                                 (key, digest, last, now))
+                self._db.execute("DELETE FROM catalog_requests WHERE received < ?", (now - self.config.key_retention_s,))
+        return last
+
+    def read_catalog_since(self, after_id: int = 0, limit: int = 100_000) -> list[CatalogChange]:
+        """Catalogue changes with id > after_id, in id order (what serving replicas poll)."""
+        rows = self._db.execute("SELECT id, item, op, fields, received FROM catalog_changes WHERE id > ? ORDER BY id "
+                                "LIMIT ?", (after_id, limit)).fetchall()
+        return [change_from_row(r) for r in rows]
 
     def forget(self, user: str) -> int:
         """Delete every row of one pseudonymous user (events and impressions) and checkpoint the WAL so the rows

@@ -328,6 +328,54 @@ class RecordFeedbackResponse(_message.Message):
     last_id: int
     def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ...) -> None: ...
 
+class CatalogRow(_message.Message):
+    __slots__ = ("item_id", "retire", "title", "brand", "categories", "price", "available", "kind")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    BRAND_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    retire: bool
+    title: str
+    brand: str
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    price: float
+    available: bool
+    kind: str
+    def __init__(self, item_id: _Optional[str] = ..., retire: _Optional[bool] = ..., title: _Optional[str] = ..., brand: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., available: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class WriteCatalogRequest(_message.Message):
+    __slots__ = ("rows", "idempotency_key")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[CatalogRow]
+    idempotency_key: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[CatalogRow, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class CatalogRowError(_message.Message):
+    __slots__ = ("index", "item_id", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    item_id: str
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., item_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WriteCatalogResponse(_message.Message):
+    __slots__ = ("stored", "last_id", "refused")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    last_id: int
+    refused: _containers.RepeatedCompositeFieldContainer[CatalogRowError]
+    def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[CatalogRowError, _Mapping]]] = ...) -> None: ...
+
 class ModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -70,6 +70,11 @@ class RecommenderStub:
                 request_serializer=prefmine_dot_v1_dot_recommender__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=prefmine_dot_v1_dot_recommender__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.WriteCatalog = channel.unary_unary(
+                '/prefmine.v1.Recommender/WriteCatalog',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -125,6 +130,14 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteCatalog(self, request, context):
+        """Upserts and retires catalogue items (the live catalogue, docs/shop.md); a key needs this RPC in its scope.
+        Answers once the good rows are durably logged in the feedback store; bad rows are refused by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +175,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=prefmine_dot_v1_dot_recommender__pb2.ModelInfoRequest.FromString,
                     response_serializer=prefmine_dot_v1_dot_recommender__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'WriteCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteCatalog,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class Recommender:
             '/prefmine.v1.Recommender/ModelInfo',
             prefmine_dot_v1_dot_recommender__pb2.ModelInfoRequest.SerializeToString,
             prefmine_dot_v1_dot_recommender__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/WriteCatalog',
+            prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.FromString,
             options,
             channel_credentials,
             insecure,

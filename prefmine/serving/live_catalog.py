@@ -1,0 +1,91 @@
+"""What a serving replica knows of the live catalogue: the feedback store's catalogue change log, polled by
+increasing id at most every `interval_s`, folded into the ids that must not be shown (retired, or upserted with
+available=false) and the ids written since the bundle was built.
+
+Every replica (ingress replicas in several processes or nodes) polls the same log, so all of them converge on
+the same catalogue within one interval of a write. `blocked_indices(bundle key, item_index)` maps the blocked
+ids to one bundle's item indexes, cached until the log changes, so a request pays a set lookup, not a scan.
+A store that fails to answer keeps the last state (an item is never un-retired by a read error); the error is
+returned by `refresh` for the caller to log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class LiveCatalogConfig:
+    """interval_s: how often a replica polls the change log (the upper bound, with the write's commit, on how
+    long a retired item can still be shown); page: changes read per query."""
+
+    interval_s: float = 1.0
+    page: int = 10_000
+
+
+class LiveCatalog:
+    """A replica's cached view of the catalogue change log (see the module docstring)."""
+
+    def __init__(self, store, config: LiveCatalogConfig | None = None, lock: threading.Lock | None = None):
+        self.store, self.config = store, config or LiveCatalogConfig()
+        self._lock = lock or threading.Lock()  # the store's connection, shared with the caller's other reads
+        self.last_id = 0
+        self.generation = 0  # bumped whenever the blocked set changes
+        self._blocked: set[str] = set()
+        self.written: dict[str, dict] = {}  # id -> fields of items upserted (and not retired) through the log
+        self._checked = -float("inf")
+        self._cache: dict = {}
+
+    def due(self) -> bool:
+        return time.monotonic() - self._checked >= self.config.interval_s
+
+    def refresh(self, force: bool = False) -> Exception | None:
+        """Read the changes after the last one seen (when due or forced) and fold them in."""
+        if not force and not self.due():
+            return None
+        self._checked = time.monotonic()
+        try:
+            while True:
+                with self._lock:
+                    changes = self.store.read_catalog_since(self.last_id, self.config.page)
+                if not changes:
+                    return None
+                self._apply(changes)
+                if len(changes) < self.config.page:
+                    return None
+        except Exception as e:  # noqa: BLE001 - the store away: keep the last state, the caller logs it
+            return e
+
+    def _apply(self, changes) -> None:
+        blocked = set(self._blocked)
+        for c in changes:
+            if c.op == "retire":
+                blocked.add(c.item)
+                self.written.pop(c.item, None)
+            else:
+                fields = {**self.written.get(c.item, {}), **c.fields}
+                self.written[c.item] = fields
+                if fields.get("available", True) is False:
+                    blocked.add(c.item)
+                else:
+                    blocked.discard(c.item)
+            self.last_id = max(self.last_id, int(c.id))
+        if blocked != self._blocked:
+            self._blocked = blocked
+            self.generation += 1
+            self._cache.clear()
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        return frozenset(self._blocked)
+
+    def blocked_indices(self, key, item_index: Callable[[str], int | None]) -> frozenset[int]:
+        """The blocked ids that one bundle holds, as its item indexes (cached per bundle key and log state)."""
+        got = self._cache.get(key)
+        if got is None:
+            got = frozenset(int(i) for i in map(item_index, self._blocked) if i is not None)
+            self._cache[key] = got
+        return got

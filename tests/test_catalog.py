@@ -1,0 +1,232 @@
+"""The live catalogue's library: row validation (bad rows named, good rows kept), the change log in both feedback
+store backends (durable, idempotent per key, paged by increasing id, tables added to an older store), the bulk
+load (JSONL and CSV, `prefmine catalog load`) and folding the log into a dataset's items for the next bundle."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from prefmine.catalog import CatalogState, fold_into_items, validate_rows
+from prefmine.catalog.load import load_file
+from prefmine.feedback import IdempotencyConflict, open_feedback_store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, tmp_path) -> str:
+    """A fresh store: a SQLite path, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.sqlite")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def test_bad_rows_are_named_and_good_rows_kept():
+    rows = [
+        {"item": "new-1", "title": "Trail running shoe", "brand": "Acme", "categories": ["Shoes", "Running"],
+         "price": "59.90", "available": "true", "kind": "product"},
+        {"item": "new-2"},  # a new item without a title: nothing for the encoder to embed
+        {"item": "known-1", "price": 3},  # a known item may leave its title out
+        {"item": "", "title": "no id"},
+        {"item": "new-3", "title": "x", "price": float("nan")},
+        {"item": "new-4", "title": "x", "price": -1},
+        {"item": "new-5", "title": "x", "available": "maybe"},
+        {"item": "new-6", "title": "bad\x00title"},
+        {"item": "new-7", "title": "x", "colour": "red"},
+        {"item": "old-1", "op": "retire"},
+        {"item": "old-2", "op": "retire", "title": "a retire carries no fields"},
+        {"item": "old-3", "op": "delete"},
+        "not a mapping",
+        {"item": "new-8", "title": "x", "categories": ["c"] * 33},
+    ]
+    good, bad = validate_rows(rows, known={"known-1"})
+    assert [(c.item, c.op) for c in good] == [("new-1", "upsert"), ("known-1", "upsert"), ("old-1", "retire")]
+    assert good[0].fields == {"title": "Trail running shoe", "brand": "Acme", "categories": ["Shoes", "Running"],
+                              "price": 59.9, "available": True, "kind": "product"}
+    assert good[1].fields == {"price": 3.0}
+    by_index = {e.index: e for e in bad}
+    assert sorted(by_index) == [1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13]
+    assert by_index[1].item == "new-2" and "title is required" in by_index[1].reason
+    assert "price" in by_index[4].reason and "price" in by_index[5].reason
+    assert "available" in by_index[6].reason and "control character" in by_index[7].reason
+    assert "colour" in by_index[8].reason and "retire carries no fields" in by_index[10].reason
+    assert "op must be one of" in by_index[11].reason and by_index[12].item == ""
+    assert "new-8" in str(by_index[13]) and "at most 32" in str(by_index[13])
+
+
+def test_change_log_is_durable_idempotent_and_ordered(location):
+    store = open_feedback_store(location)
+    try:
+        first, _ = validate_rows([{"item": "a", "title": "Alpha"}, {"item": "b", "title": "Beta", "price": 2}])
+        last = store.append_catalog(first, idempotency_key="req-1")
+        assert store.append_catalog(first, idempotency_key="req-1") == last  # a retry stores nothing
+        with pytest.raises(IdempotencyConflict):
+            store.append_catalog(first[:1], idempotency_key="req-1")
+        second, _ = validate_rows([{"item": "a", "op": "retire"}, {"item": "b", "available": False}], known={"b"})
+        last2 = store.append_catalog(second)
+        assert last2 > last
+        page = store.read_catalog_since(0, limit=3)
+        rest = store.read_catalog_since(page[-1].id)
+        log = page + rest
+        assert [c.id for c in log] == sorted(c.id for c in log) and log[-1].id == last2
+        assert [(c.item, c.op, c.fields) for c in log] == [
+            ("a", "upsert", {"title": "Alpha"}), ("b", "upsert", {"title": "Beta", "price": 2.0}),
+            ("a", "retire", {}), ("b", "upsert", {"available": False})]
+    finally:
+        store.close()
+    reopened = open_feedback_store(location, create=False)  # what another replica (or a restart) reads
+    try:
+        assert [c.id for c in reopened.read_catalog_since(0)] == [c.id for c in log]
+    finally:
+        reopened.close()
+
+
+WRITER = """
+import sys
+from prefmine.catalog import validate_rows
+from prefmine.feedback import open_feedback_store
+store = open_feedback_store(sys.argv[1])
+for n in range(10_000):
+    good, _ = validate_rows([{"item": f"w{n}", "title": f"item {n}"}])
+    store.append_catalog(good, idempotency_key=f"w{n}")
+    print(n, flush=True)
+"""
+
+
+def test_acknowledged_catalog_writes_survive_a_killed_writer(tmp_path):
+    """A writer killed with SIGKILL right after acknowledging: every acknowledged change is in the SQLite file."""
+    path = str(tmp_path / "feedback.sqlite")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path], stdout=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        for line in proc.stdout:
+            acked.append(int(line))
+            if len(acked) >= 20:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    acked += [int(x) for x in rest.split()]
+    assert proc.returncode == -signal.SIGKILL
+    store = open_feedback_store(path, create=False)
+    try:
+        stored = {c.item for c in store.read_catalog_since(0)}
+    finally:
+        store.close()
+    assert {f"w{n}" for n in acked} <= stored
+
+
+def test_acknowledged_catalog_writes_survive_a_postgres_crash(postgres_server):
+    """Acknowledged changes are in the restarted server after `pg_ctl stop -m immediate` (no checkpoint)."""
+    location = postgres_server.new_database()
+    store = open_feedback_store(location)
+    try:
+        good, _ = validate_rows([{"item": f"p{n}", "title": f"item {n}"} for n in range(5)])
+        last = store.append_catalog(good, idempotency_key="crash-1")
+    finally:
+        store.close()
+    postgres_server.stop("immediate")
+    postgres_server.start()
+    store = open_feedback_store(location, create=False)
+    try:
+        log = store.read_catalog_since(0)
+        assert [c.item for c in log] == [f"p{n}" for n in range(5)] and log[-1].id == last
+        assert store.append_catalog(good, idempotency_key="crash-1") == last  # the key survived too
+    finally:
+        store.close()
+
+
+def test_an_older_sqlite_store_gains_the_catalog_tables(tmp_path):
+    """A feedback file written before the live catalogue opens with its events intact and takes changes."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, user TEXT NOT NULL, "
+                         "item TEXT NOT NULL, event TEXT NOT NULL, ts INTEGER NOT NULL, rating REAL, "
+                         "received REAL NOT NULL);"
+                         "INSERT INTO feedback(user, item, event, ts, rating, received) "
+                         "VALUES ('u', 'i', 'buy', 1, NULL, 0);")
+    store = open_feedback_store(path, create=False)
+    try:
+        assert store.count() == 1
+        good, _ = validate_rows([{"item": "n", "title": "New"}])
+        assert store.append_catalog(good) == 1 and store.read_catalog_since(0)[0].item == "n"
+    finally:
+        store.close()
+
+
+def test_bulk_load_of_jsonl_and_csv_through_the_command_line(tmp_path):
+    from prefmine.cli.main import main
+
+    store_path = str(tmp_path / "feedback.sqlite")
+    jsonl = tmp_path / "items.jsonl"
+    jsonl.write_text("\n".join([json.dumps({"item": "j1", "title": "Lip balm", "categories": ["Beauty"]}),
+                                "{not json", json.dumps({"item": "j2", "title": "Serum", "price": "abc"}),
+                                json.dumps({"item": "j3", "title": "Toner", "available": False})]) + "\n")
+    csv = tmp_path / "items.csv"
+    csv.write_text("item,op,title,brand,categories,price,available\n"
+                   "c1,,Face wash,Acme,Beauty|Skin Care,7.5,true\n"
+                   "j1,,,,,3,\n"  # a known item (from the JSONL load): price only
+                   "j3,retire,,,,,\n"
+                   "c2,,,,,,\n")  # new without a title: refused
+    assert main(["catalog", "load", "--feedback", store_path, "--file", str(jsonl), "--key", "load-1"]) == 1
+    assert main(["catalog", "load", "--feedback", store_path, "--file", str(jsonl), "--key", "load-1"]) == 1
+    assert main(["catalog", "load", "--feedback", store_path, "--file", str(csv)]) == 1
+    store = open_feedback_store(store_path, create=False)
+    try:
+        log = store.read_catalog_since(0)
+        res = load_file(store, jsonl, key_prefix="load-1")  # the library call the CLI makes: same key, no new rows
+    finally:
+        store.close()
+    assert [(c.item, c.op) for c in log] == [("j1", "upsert"), ("j3", "upsert"), ("c1", "upsert"), ("j1", "upsert"),
+                                             ("j3", "retire")]  # the JSONL load stored once despite the rerun
+    assert log[2].fields == {"title": "Face wash", "brand": "Acme", "categories": ["Beauty", "Skin Care"],
+                             "price": 7.5, "available": True}
+    assert res.stored == 2 and res.last_id == log[1].id
+    assert [(e.index, e.item) for e in res.errors] == [(1, ""), (2, "j2")] and "not JSON" in res.errors[0].reason
+
+
+def test_the_next_bundle_items_hold_new_items_and_not_retired_ones():
+    """fold_into_items: what data prepare / the update job hands to the next training run."""
+    items = pd.DataFrame({"item": ["a", "b", "c"], "title": ["A", "B", "C"], "brand": ["x", "y", "z"],
+                          "categories": [["k"], [], ["k", "m"]], "extra": [1, 2, 3]})
+    good, bad = validate_rows([{"item": "d", "title": "D", "price": 4}, {"item": "b", "op": "retire"},
+                               {"item": "c", "title": "C2", "available": False}, {"item": "e", "title": "E"},
+                               {"item": "e", "op": "retire"}], known={"a", "b", "c"})
+    assert not bad
+    folded = fold_into_items(items, good)
+    assert folded["item"].tolist() == ["a", "c", "d"]
+    row = folded.set_index("item")
+    assert row.loc["c", "title"] == "C2" and not row.loc["c", "available"] and row.loc["c", "categories"] == ["k", "m"]
+    assert row.loc["d", "price"] == 4.0 and row.loc["a", "extra"] == 1 and pd.isna(row.loc["d", "extra"])
+    state = CatalogState(items)
+    state.apply(good)
+    assert state.servable("a") and not state.servable("b") and not state.servable("c") and state.servable("d")
+
+
+def test_a_replica_poller_follows_the_log_and_keeps_its_state_when_the_store_fails(tmp_path):
+    """prefmine.serving.live_catalog on a real SQLite store: retired and unavailable ids blocked, an item
+    upserted again unblocked, bundle indexes mapped (unknown ids left out), and a store that fails to answer
+    leaves the last state (a retired item is never shown again because of a read error)."""
+    from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
+
+    path = str(tmp_path / "feedback.sqlite")
+    store = open_feedback_store(path)
+    live = LiveCatalog(store, LiveCatalogConfig(interval_s=0.0, page=2))
+    index = {"a": 0, "b": 1, "c": 2}.get
+    good, _ = validate_rows([{"item": "a", "op": "retire"}, {"item": "b", "available": False},
+                             {"item": "new", "title": "New"}, {"item": "gone", "op": "retire"}], known={"b"})
+    store.append_catalog(good)
+    assert live.refresh() is None
+    assert live.blocked == {"a", "b", "gone"} and set(live.written) == {"b", "new"} and live.last_id == 4
+    assert live.blocked_indices("v1", index) == {0, 1}
+    again, _ = validate_rows([{"item": "b", "available": True}], known={"b"})
+    store.append_catalog(again)
+    live.refresh()
+    assert live.blocked_indices("v1", index) == {0} and live.written["b"] == {"available": True}
+    store.close()  # the store goes away: the poll fails, the state stays
+    assert isinstance(live.refresh(), Exception) and live.blocked_indices("v1", index) == {0}
