@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else default_out("diversity", args.quick)
     require([Path(args.raw) / "seqrec" / NAME])
     if args.plan:
-        return print_plan("diversity", **{k: v for k, v in vars(args).items() if k != "plan"}, out=out)
+        return print_plan("diversity", **{k: v for k, v in vars(args).items() if k not in ("plan", "out")}, out=out)
     report = run(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -31,6 +31,8 @@ NO_PLAN = {
     "serve_latency": "needs a trained --bundle (checked below without one)",
     "fuzz": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
     "head_failover": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
+    "catalog_latency": "needs a trained --bundle to serve",
+    "seqrec_check": "scores one already trained ranker: --bundle is required, and there is nothing to plan",
 }
 
 
