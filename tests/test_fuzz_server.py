@@ -11,6 +11,7 @@ request is still answered at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -38,7 +39,7 @@ def test_generator_covers_every_field_and_encodes_what_protobuf_parses(rpc):
     cfg = fz.FuzzConfig(known_users=("known-user",), known_items=("known-item",), long_lengths=(3, 10_001))
     seen: set[str] = set()
     parsed = 0
-    for req in _collect(rpc, 80, cfg):
+    for req in _collect(rpc, 400, cfg):  # 80 left a Rules field undrawn under some hash seeds
         assert req.rpc == rpc and isinstance(req.data, bytes)
         if not req.wire_garbage:
             assert fz.well_formed(cls.DESCRIPTOR, req.data), req.data[:80]
@@ -145,7 +146,10 @@ def test_generated_requests_never_break_the_live_server(server_proc, bundle_path
     tallies = {}
     for i, rpc in enumerate(fz.RPCS):
         tallies[rpc] = Tally()
-        send_generated(channels, rpc, PER_RPC, cfg, tallies[rpc], seed=i)
+        # WriteCatalog draws no known item ids here: retiring or disabling the bundle's items would change what
+        # the session server answers in every later test (tests/test_serve_catalog.py restores what it changes)
+        rpc_cfg = dataclasses.replace(cfg, known_items=()) if rpc == "WriteCatalog" else cfg
+        send_generated(channels, rpc, PER_RPC, rpc_cfg, tallies[rpc], seed=i)
     summaries = {rpc: t.summary() for rpc, t in tallies.items()}
     for rpc, s in summaries.items():
         print(rpc, s["requests"], s["codes"])
