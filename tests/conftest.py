@@ -378,7 +378,7 @@ def postgres_server():
 # Markers (registered in pyproject.toml, explained in docs/testing.md). Tests that start Ray, train a model, or
 # start Ray Serve or a `ray start` node are marked here from the fixtures they use, so a new test that takes
 # one of these fixtures is never counted as fast by accident; a test may also mark itself `slow`.
-_SLOW_FIXTURES = {"tiny_bundle", "ray_session", "ray_head", "ray_head_token", "server_proc", "bundle_path"}
+_SLOW_FIXTURES = {"tiny_bundle", "tiny_bundle_job", "ray_session", "ray_head", "ray_head_token", "server_proc", "bundle_path"}
 _SERVE_MODULES = {"test_serve_faults", "test_serve_feedback", "test_serve_deploy"}
 _CLUSTER_FIXTURES = {"ray_head", "ray_head_token"}
 

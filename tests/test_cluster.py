@@ -48,6 +48,7 @@ def test_cluster_yaml_passes_rays_launcher_validation():
 prefmine = prefmine_cli
 
 
+@pytest.mark.cluster
 def test_pipeline_submitted_as_a_job_succeeds_and_writes_the_bundle(tiny_bundle_job):
     """The session's tiny bundle is this job's output (tests/conftest.py `tiny_bundle_job`): the pipeline submitted
     through `prefmine jobs submit --wait` to a real `ray start --head` node succeeded, `jobs status` and `jobs logs`
