@@ -24,6 +24,10 @@ they extend (prefmine.serving.history.with_session), so a click recorded a momen
 without a new bundle. A log that does not answer is logged, counted, and the request answered from the bundle's
 history alone.
 
+The RPCs' work lives in groups, each a mixin over serve/rpc_common.py's `IngressParts`: serve/rpc_recommend.py
+(Recommend and its impression log), serve/rpc_search.py (Search, SimilarItems, Rank), serve/rpc_user.py
+(GetUserProfile, RecordFeedback). This class holds the replica's state, the common path and the thin RPC methods.
+
 A/B arms: with an ``experiment`` (prefmine.experiments, checked by prefmine.serving.arms), every Recommend is
 served by its user's arm (a stable hash of the pseudonym): the arm's policy orders the slate, the answer and its
 impression carry the arm's name, and per-arm counters count impressions, clicks and purchases (serve/metrics.py).
@@ -35,36 +39,29 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from prefmine.feedback.base import StoreUnavailable
-from prefmine.rules import Rules
-from prefmine.search.engine import finish as finish_search
 from prefmine.serving import responses
-from prefmine.serving.arms import arm_of, servable_experiment
-from prefmine.serving.history import History, history_end, logged_events, with_session
-from prefmine.serving.rank import expected_value_order, rank_candidates
-from prefmine.serving.recommend import DEFAULT_CANDIDATES, candidate_count
-from prefmine.serving.request_rules import allowed_mask, own_scores, ruled_top, rules_of, unanswerable
-from prefmine.serving.search import SearchScores, blend, search_order
-from prefmine.serving.slate import logged_propensities, slate_relevance, slate_scores
+from prefmine.serving.arms import servable_experiment
+from prefmine.serving.recommend import DEFAULT_CANDIDATES
 from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
 from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
-from serve.live_catalog import blocked_items, drop_blocked, without
 from serve.metrics import ServiceMetrics
+from serve.rpc_common import REPLICA_RETRY_S, Erased, ImpressionNotLogged, NotFound
+from serve.rpc_recommend import RULES_POLICY, RecommendRpcs
+from serve.rpc_search import SEARCH_CANDIDATES, SearchRpcs
+from serve.rpc_user import UserRpcs
 from serve.served import BundleRef, ServedBundle
 from serve.validate import (
-    EVENT_NAMES,
     BadRequest,
     validate_feedback,
     validate_profile,
@@ -77,27 +74,14 @@ from serve.wire import SERVICE, Malformed
 
 logger = logging.getLogger("ray.serve")
 
-SEARCH_CANDIDATES = 100  # items the encoder retrieves for Search before the blend (dense retrieval)
-RULES_POLICY = "rules"  # the impression log's policy of a Recommend slate chosen by the request's rules
-REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, encoder)
 TOMBSTONE_CHECK_S = 2.0  # how often an ingress replica looks whether the tombstone list changed
-
-
-class ImpressionNotLogged(RuntimeError):
-    """The impression log did not take a Recommend answer: nothing is shown that was not logged (UNAVAILABLE)."""
-
-
-class Erased(Exception):
-    """The request names a person who was erased (on the tombstone list): answered FAILED_PRECONDITION."""
-
-
-class NotFound(LookupError):
-    """The subject of a call (SimilarItems' item) is unknown; the message names the field."""
+__all__ = ["DEFAULT_CANDIDATES", "REPLICA_RETRY_S", "RULES_POLICY", "SEARCH_CANDIDATES", "TOMBSTONE_CHECK_S",
+           "Erased", "ImpressionNotLogged", "NotFound", "RecommenderIngress"]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_constructor_retry_count=3,
                   max_queued_requests=MAX_QUEUED["RecommenderIngress"])
-class RecommenderIngress:
+class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
     """gRPC ingress for prefmine.v1.Recommender and grpc.health.v1.Health (methods named like the RPCs)."""
 
     def __init__(
@@ -297,309 +281,6 @@ class RecommenderIngress:
             return self._fail(grpc_context, code, f"internal error in {rpc}", empty_cls())
         finally:
             self.metrics.observe(rpc, code.name, time.perf_counter() - t0)
-
-    async def _call(self, method, *args):
-        """``await method.remote(*args)`` on a deployment handle, again when the replica it reached died under it
-        (killed, out of memory, its node lost): the router then picks another replica, or waits for the
-        controller's replacement. Every method called this way only reads, so a retry is safe. Gives up after
-        ``REPLICA_RETRY_S`` (below the proxy's 30 s request timeout) and lets the caller answer INTERNAL."""
-        from ray.exceptions import ActorUnavailableError, RayActorError
-
-        t0, delay = time.monotonic(), 0.05
-        while True:
-            try:
-                return await method.remote(*args)
-            except (RayActorError, ActorUnavailableError) as e:
-                if time.monotonic() - t0 + delay > REPLICA_RETRY_S:
-                    raise
-                self.metrics.replica_retry(getattr(method, "deployment_name", "?"))
-                logger.warning("replica lost during a call (%s); retrying in %.2f s", type(e).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 1.0)
-
-    # -- helpers --------------------------------------------------------------------------------------------
-    async def _history(self, s: ServedBundle, user_id: str, recent_events=()) -> History:
-        """The user's history with event types and times: the bundle's, then the user's events in the feedback
-        log newer than it and the request's recent events (with_session); empty for an erased person (answered
-        like an unknown user without recent events). A feedback log that fails to answer leaves its events out
-        (logged, counted), never the request."""
-        pseudonym = s.bundle.pseudonymise(user_id)
-        if pseudonym in self.erased:
-            return History.of([])
-        stored = s.bundle_history(pseudonym)
-
-        def read() -> list[tuple] | None:
-            with self._feedback_lock:
-                return logged_events(self.feedback, pseudonym, history_end(stored))
-
-        logged = await asyncio.to_thread(read)
-        if logged is None:
-            self.metrics.feedback_read_failed()
-        return with_session(stored, logged or (), recent_events, s.bundle.item_index)
-
-    @staticmethod
-    def _fail(grpc_context, code: grpc.StatusCode, details: str, empty):
-        if grpc_context is not None:
-            grpc_context.set_code(code)
-            grpc_context.set_details(details)
-        return empty
-
-    async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        s = self.served
-        k = int(request.k)
-        exclude = s.exclude_set(request.exclude_item_ids) | await blocked_items(self.live_catalog, s)
-        history = await self._history(s, request.user_id, request.recent_events)
-        if request.HasField("rules"):
-            return await self._recommend_ruled(s, request, k, exclude, history)
-        if len(history) == 0:
-            items, scores = s.popular(k, exclude)
-            resp = responses.recommend_response(s, items, scores, cold_start=True, placement=request.placement)
-            if request.explain:
-                await self._explain(s, resp, items, history)
-            return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
-        exclude |= set(history.items.tolist())
-        n = candidate_count(k, self.n_candidates, s.bundle.n_items, len(exclude))
-        if n <= 0:
-            resp = responses.recommend_response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
-                                                placement=request.placement)
-            return await self._log_impression(s, request, resp, np.zeros(0), "none")
-        # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
-        arm = arm_of(self.experiment, s.bundle.pseudonymise(request.user_id))  # its policy orders the slate
-        cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k, arm and arm.policy)
-        slate = np.asarray(cand["slate"], np.int64)
-        relevance = slate_relevance(cand["idx"], cand["scores"], slate)
-        resp = responses.recommend_response(s, slate, slate_scores(relevance), cold_start=False,
-                                            placement=request.placement)
-        if request.explain:
-            await self._explain(s, resp, slate, history)
-        return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
-
-    async def _explain(self, s: ServedBundle, resp: pb.RecommendResponse, items, history: History) -> None:
-        """Each shown item's reason: for a cold start its popularity, else the history item it is most similar to
-        (the ranker's item vectors)."""
-        if not len(items):
-            return
-        if len(history) == 0:
-            for it, i in zip(resp.items, items):
-                it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
-            return
-        why = await self._call(self.ranker.explain, s.ref, history.items, items)
-        for it, i, src, sim in zip(resp.items, items, why["source"], why["sims"]):
-            it.reason = s.catalog.reason(int(i), int(src), float(sim), None)
-
-    async def _recommend_ruled(self, s: ServedBundle, request: pb.RecommendRequest, k: int, exclude: set[int],
-                               history: History) -> pb.RecommendResponse:
-        """Recommend with rules: the rules' selection (prefmine.rules.select) over the ranker's best candidates
-        among the items the rules allow (popularity's for a cold start), logged with policy "rules" and
-        propensity 1.0 per item (the selection is deterministic; the slate policy is not consulted)."""
-        rules = self._rules(s, request.rules)
-        cold = len(history) == 0
-        now = time.time()  # repurchase gaps count to the request's time
-        mask = allowed_mask(s.attributes, rules, history.items, sorted(exclude), history.times, now)
-        if cold:
-            ordered = s.pop_order[mask[s.pop_order]]
-
-            async def fetch(n: int):
-                return ordered[:n], s.pop_scores[ordered[:n]]
-        else:
-            ineligible = set(np.flatnonzero(~mask).tolist())
-
-            async def fetch(n: int):
-                cand = await self._call(self.ranker.candidates, s.ref, history, n, ineligible)
-                return np.asarray(cand["idx"], np.int64), np.asarray(cand["scores"], np.float64)
-
-        items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude,
-                                          history.times, now)
-        resp = responses.recommend_response(s, items, slate_scores(scores), cold_start=cold,
-                                            placement=request.placement)
-        if request.explain:
-            await self._explain(s, resp, items, history)
-        return await self._log_impression(s, request, resp, np.ones(len(resp.items)), RULES_POLICY)
-
-    @staticmethod
-    def _rules(s: ServedBundle, msg: pb.Rules, exclude_seen: bool = True) -> Rules:
-        """A validated Rules message as prefmine.rules.Rules; BadRequest when this catalogue cannot answer it."""
-        why = unanswerable(s.attributes, msg)
-        if why is not None:
-            raise BadRequest(why)
-        return rules_of(msg, exclude_seen)
-
-    async def _ruled(self, s: ServedBundle, rules: Rules, k: int, available: int, fetch, history=(),
-                     exclude=(), history_ts=(), now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """prefmine.serving.request_rules.ruled_top from Recommend's candidate count on, MMR's vectors from the
-        ranker."""
-        async def vectors_of(items):
-            return await self._call(self.ranker.vectors, s.ref, items)
-
-        return await ruled_top(s.attributes, rules, k, available, candidate_count(k, self.n_candidates, available, 0),
-                               fetch, vectors_of, history, exclude, history_ts, now)
-
-    async def _log_impression(self, s: ServedBundle, request: pb.RecommendRequest, resp: pb.RecommendResponse,
-                              propensities, policy: str) -> pb.RecommendResponse:
-        """Log what `resp` shows under a new impression id (uuid4), durably, and only then return it carrying
-        the id, each item's propensity and the user's A/B arm. A failed append raises ImpressionNotLogged
-        (UNAVAILABLE): an answer is never shown unlogged. The append is shielded like RecordFeedback's: a client
-        that goes away does not cancel it half-way (an impression may then be logged that nobody saw, never the
-        reverse)."""
-        from prefmine.feedback import Impression
-
-        props = logged_propensities(propensities)
-        user = s.bundle.pseudonymise(request.user_id)
-        arm = arm_of(self.experiment, user)
-        logged_arm = arm.name if arm is not None else ""
-        if user in self.erased:  # nothing new is stored about an erased person: the impression stays anonymous
-            user = logged_arm = ""
-        imp = Impression(impression_id=str(uuid.uuid4()), user=user,
-                         ts=int(time.time()), items=[it.item_id for it in resp.items],
-                         positions=list(range(len(resp.items))), propensities=props, policy=str(policy),
-                         bundle_version=resp.bundle_version, arm=logged_arm)
-
-        def append() -> None:
-            with self._feedback_lock:
-                self.feedback.append_impression(imp)
-
-        try:
-            await asyncio.shield(asyncio.to_thread(append))
-        except Exception as e:  # noqa: BLE001 - any store failure: refuse to show the slate
-            logger.error("impression not logged (%s: %s); answering UNAVAILABLE", type(e).__name__, e)
-            raise ImpressionNotLogged("the impression log is unavailable; retry later") from None
-        for it, p in zip(resp.items, props):
-            it.propensity = p
-        resp.impression_id = imp.impression_id
-        if arm is not None:
-            resp.arm = arm.name
-            self.metrics.arm_impression(self.experiment.name, arm.name)
-        return resp
-
-    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        s = self.served
-        k = int(request.k)
-        rules = self._rules(s, request.rules, exclude_seen=False) if request.HasField("rules") else None
-        mask = allowed_mask(s.attributes, rules) if rules is not None else None
-        mask = without(mask, await blocked_items(self.live_catalog, s), s.bundle.n_items)
-        history = await self._history(s, request.user_id)
-        cold = len(history) == 0
-        if s.hybrid_search:  # BM25 + dense, fused, personalised (prefmine.search), with facets
-            got = await self._call(self.encoder.hybrid_search, s.ref, request.query, k, mask)
-            pool = got["pool"]
-            personal = None if cold or not len(pool.idx) else \
-                (await self._call(self.ranker.score_items, s.ref, history, pool.idx))["scores"]
-            hit = finish_search(pool, len(pool.idx), personal, got["config"])
-            scored = SearchScores(hit.idx, hit.score, hit.dense, hit.lexical,
-                                  np.zeros(len(hit.idx)) if personal is None else hit.personal)
-            facets, retrieval = hit.facets, "hybrid"
-        else:  # the text embeddings alone
-            hits = await self._call(self.encoder.search, s.ref, request.query, max(k, SEARCH_CANDIDATES), mask)
-            idx = np.asarray(hits["idx"], np.int64)
-            relevance = None if cold or not len(idx) else \
-                (await self._call(self.ranker.score_items, s.ref, history, idx))["scores"]
-            final, relevance = blend(hits["sims"], relevance)
-            order = search_order(final, len(idx))
-            scored = SearchScores(idx[order], final[order], np.asarray(hits["sims"], np.float64)[order],
-                                  np.zeros(len(idx)), np.asarray(relevance, np.float64)[order])
-            facets, retrieval = {}, "dense"
-        if rules is None:
-            items = scored.idx[:k]
-        else:
-            async def fetch(n: int):
-                return scored.idx[:n], scored.score[:n]
-
-            items, _ = await self._ruled(s, rules, k, len(scored.idx), fetch)
-        return responses.search_response(s, scored, items, cold, facets, retrieval)
-
-    async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
-        s = self.served
-        cands = rank_candidates(request.candidate_item_ids, request.bids, s.bundle.item_index)
-        history = await self._history(s, request.user_id)
-        cold = len(history) == 0
-        if len(cands.items) == 0:
-            probs = np.zeros(0)
-        elif cold:
-            probs = s.pop_share[cands.items]
-        else:
-            got = await self._call(self.ranker.score_items, s.ref, history, cands.items)
-            probs = np.asarray(got["probs"], np.float64)
-        ev, order = expected_value_order(probs, cands.bids, cands.positions)
-        return responses.rank_response(s, cands, probs, ev, order, cold)
-
-    async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        s = self.served
-        i = s.bundle.item_index(request.item_id)
-        if i is None:
-            raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
-        if request.HasField("rules"):
-            return await self._similar_ruled(s, request, int(i))
-        blocked = await blocked_items(self.live_catalog, s)
-        got = await self._call(self.ranker.similar, s.ref, int(i), int(request.k) + len(blocked))
-        return responses.similar_response(s, *drop_blocked(got["idx"], got["sims"], blocked, int(request.k)))
-
-    async def _similar_ruled(self, s: ServedBundle, request: pb.SimilarItemsRequest, item: int
-                             ) -> pb.SimilarItemsResponse:
-        """SimilarItems with rules: every other item's similarity (one ranker call), the rules' selection over the
-        best of those the rules allow; each item keeps its own similarity."""
-        rules = self._rules(s, request.rules, exclude_seen=False)
-        blocked = await blocked_items(self.live_catalog, s)
-        mask = allowed_mask(s.attributes, rules, exclude=[item, *blocked])
-        got = await self._call(self.ranker.similar, s.ref, item, int(s.bundle.n_items))
-        idx, sims = np.asarray(got["idx"], np.int64), np.asarray(got["sims"], np.float64)
-        keep = mask[idx]
-        idx, sims = idx[keep], sims[keep]
-
-        async def fetch(n: int):
-            return idx[:n], sims[:n]
-
-        items, _ = await self._ruled(s, rules, int(request.k), len(idx), fetch, exclude=[item])
-        return responses.similar_response(s, items, own_scores(items, idx, sims))
-
-    async def _profile(self, request: pb.GetUserProfileRequest) -> pb.UserProfile:
-        s = self.served
-        pseudonym = s.bundle.pseudonymise(request.user_id)
-        if pseudonym in self.erased:
-            raise NotFound("user_id: no profile (this person was erased)")
-        full = await self._history(s, request.user_id)  # the bundle's history and the events logged since
-        history = full.items
-        with self._feedback_lock:
-            counts = self.feedback.counts_by_event(pseudonym)
-        profile = pb.UserProfile(known=len(history) > 0, history_length=len(history), feedback_counts=counts,
-                                 bundle_version=str(s.bundle.version))
-        terms = pb.WeightedTerm
-        profile.top_categories.extend(terms(name=n, weight=w) for n, w in s.catalog.top_categories(history))
-        profile.top_brands.extend(terms(name=n, weight=w) for n, w in s.catalog.top_brands(history))
-        profile.keywords.extend(terms(name=n, weight=w) for n, w in s.catalog.keywords(history))
-        if len(history):
-            pref = await self._call(self.ranker.preference, s.ref, full)
-            profile.preference.CopyFrom(pb.PreferenceSummary(
-                dim=pref["dim"], norm=pref["norm"], top_item_ids=[s.item_ids[int(j)] for j in pref["top"]]))
-        return profile
-
-    async def _record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
-        from prefmine.feedback import FeedbackEvent, IdempotencyConflict
-
-        s = self.served
-        events = [FeedbackEvent(user=s.bundle.pseudonymise(ev.user_id), item=ev.item_id,
-                                event=EVENT_NAMES[ev.type], ts=int(ev.timestamp),
-                                rating=float(ev.rating) if ev.type == pb.EVENT_TYPE_RATE else None,
-                                impression_id=ev.impression_id or None)  # validated: [A-Za-z0-9-]{1,64}
-                  for ev in request.events]
-        for n, e in enumerate(events):
-            if e.user in self.erased:
-                raise Erased(f"events[{n}].user_id: this person was erased; no feedback is stored for them")
-
-        def append() -> int:
-            with self._feedback_lock:
-                try:
-                    return self.feedback.append(events, idempotency_key=request.idempotency_key or None)
-                except IdempotencyConflict as e:
-                    raise BadRequest(str(e)) from e
-
-        # shielded: once the write has started, a client that goes away does not cancel it half-way (the
-        # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)
-        last = await asyncio.shield(asyncio.to_thread(append))
-        self.metrics.feedback_stored(events)
-        if self.experiment is not None:  # events answering an impression, by their user's arm
-            self.metrics.arm_feedback(self.experiment.name, [(arm_of(self.experiment, e.user).name, e.event)
-                                                             for e in events if e.impression_id])
-        return pb.RecordFeedbackResponse(stored=len(events), last_id=last)
 
     async def _model_info(self) -> pb.ModelInfoResponse:
         s = self.served
