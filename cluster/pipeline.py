@@ -90,8 +90,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
                                                        "simulator": C.to_dict(sim_cfg),
                                                        "metrics": {k: v for k, v in metrics["policy"].items()
                                                                    if k != "history"},
-                                                       "gate": {**gate["decision"], "alpha_tuning": gate["mix_tuning"],
-                                                                "sessions": gate["sessions"]}}})
+                                                       "gate": gate["manifest_entry"]}})
     update_manifest(bundle, train_seconds=round(time.time() - t0, 1))
     if not keep_checkpoints:
         metrics["checkpoint_bytes_dropped"] = drop_checkpoints(bundle)

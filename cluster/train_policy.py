@@ -258,12 +258,15 @@ def gate_trained_policy(inputs: SimulatorInputs, policy_dir: Path, n_sessions: i
                         verbose: bool = True) -> dict:
     """After training: the learned policy against greedy, popularity and a mix tuned on other seeded sessions
     (`prefmine.policy.gate.gate_policy`); the decision is saved as `policy_dir/gate.json` (serving reads it) and
-    returned with its figures (the bundle's manifest records it)."""
+    returned with its figures, and under `manifest_entry` as the bundle's manifest records it
+    (`components.policy.gate`: the decision, the mix tuning, sessions and seed), for every writer of that entry."""
     from prefmine.policy.runtime import PolicyRuntime
 
     # verify_bundle=False: in the pipeline the policy sits in a staging bundle that is sealed after this stage
     decision, report = gate_policy(inputs, PolicyRuntime(policy_dir, verify_bundle=False), n_sessions, seed=seed)
     decision.save(policy_dir)
+    report["manifest_entry"] = {**report["decision"], "alpha_tuning": report["mix_tuning"],
+                                "sessions": report["sessions"], "seed": report["seed"]}
     if verbose:
         print(format_evaluation(report["policies"]), flush=True)
         print(f"[policy gate] mix alpha {report['alpha']:g} (tuned on seed {report['val_seed']}); serving "

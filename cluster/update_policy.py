@@ -226,8 +226,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                    "parent_served": (parent_comp.get("gate") or {}).get("served"), "feedback_consumed_id": last_id}
         comp = dict(parent_comp)
         comp.update({"algorithm": pcfg.algorithm, "feedback_consumed_id": last_id,
-                     "gate": {**gate["decision"], "alpha_tuning": gate["mix_tuning"], "sessions": gate["sessions"],
-                              "seed": gate["seed"], "lineage": lineage},
+                     "gate": {**gate["manifest_entry"], "lineage": lineage},
                      "update": {"parent_version": manifest.get("version"), "consumed_from": after,
                                 "counts": counts, "config": vars_of(cfg), "seconds": round(time.time() - t0, 1)},
                      "metrics": {k: v for k, v in metrics.items() if k != "history"}})
