@@ -127,6 +127,8 @@ def update_manifest(bundle: Path, **fields) -> dict:
 
 
 CATALOG_COLUMNS = ["item", "title", "brand", "categories"]
+# kept where the dataset has them: what request-time rules filter on (price, stock, kind) and content's date
+CATALOG_OPTIONAL = ["price", "available", "kind", "published"]
 
 
 @dataclass
@@ -148,7 +150,8 @@ def save_catalog(bundle: Path, catalog: Catalog) -> None:
     """Write `bundle/catalog/` (items.parquet, histories.parquet, popularity.npy), replacing what is there."""
     cat = Path(bundle) / "catalog"
     cat.mkdir(parents=True, exist_ok=True)
-    catalog.items[CATALOG_COLUMNS].to_parquet(cat / "items.parquet", index=False)
+    columns = CATALOG_COLUMNS + [c for c in CATALOG_OPTIONAL if c in catalog.items.columns]
+    catalog.items[columns].to_parquet(cat / "items.parquet", index=False)
     users = list(catalog.histories)
     table = {"user": users, "items": [[int(i) for i in h] for h in catalog.histories.values()]}
     for name, per_user in (("events", catalog.events), ("times", catalog.times)):

@@ -283,7 +283,10 @@ def _plausible_rules(draw) -> dict:
         "boosts": st.lists(st.fixed_dictionaries({"key": names.map(lambda n: f"category:{n}"),
                                                   "value": st.floats(-3, 3)}), min_size=1, max_size=2),
         "pins": st.lists(st.fixed_dictionaries({"item_id": st.just("an-unknown-item"), "position": st.just(0)}),
-                         min_size=1, max_size=1)}))
+                         min_size=1, max_size=1),
+        "kind_quota": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["article", "video"]),
+                                                      "value": st.integers(1, 3)}), min_size=1, max_size=1),
+        "freshness_half_life_s": st.sampled_from([3600.0, 604800.0])}))
     if draw(st.booleans()):
         lo = draw(st.floats(0, 10))
         out.update({"price_min": lo, "price_max": draw(st.floats(lo, 20))})

@@ -18,11 +18,20 @@ Order of work, per request:
    eligible; pinned items do not count against it); ``none`` takes the best scores;
 4. pins: each pinned item that is eligible (pins still respect availability and the filters) is placed at its
    position and removed from elsewhere; the rest keep their order.
+
+Content (articles, videos, ...) is mixed in by two more rules. Freshness, between steps 2 and 3: an item with a
+publication time loses appeal with age, ``p' = p * 2 ** (-age / freshness_half_life_s)`` where ``p = sigmoid(s)``
+of its standardised score ``s`` (``s' = logit(p')``): a week-old article under a one-week half-life ranks as an
+item half as appealing; items without a publication time (products) are unchanged. Kind quotas, in step 3:
+``kind_quota = {"article": 2}`` reserves two of the k slots for the two best eligible articles (fewer when fewer
+qualify) and keeps every other article out; kinds not named fill the remaining slots as the diversity setting
+says; the reserved items are merged into that list by score.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,10 +50,13 @@ class ItemAttributes:
     price: np.ndarray  # float, NaN unknown
     available: np.ndarray  # bool
     kind: np.ndarray  # str: product, article, video, ...
+    published: np.ndarray | None = None  # float unix seconds, NaN unknown (products); None: none known
 
     def __post_init__(self):
         n = len(self.item_ids)
-        for name in ("categories", "brand", "price", "available", "kind"):
+        if self.published is None:
+            self.published = np.full(n, np.nan)
+        for name in ("categories", "brand", "price", "available", "kind", "published"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"ItemAttributes.{name} has {len(getattr(self, name))} entries for {n} items")
         self._index = {str(i): j for j, i in enumerate(self.item_ids)}
@@ -55,7 +67,8 @@ class ItemAttributes:
     @classmethod
     def from_items(cls, items) -> ItemAttributes:
         """From a catalogue DataFrame: `item` and optional `categories` (list or '|'/','-joined text), `brand`,
-        `price`, `available`, `kind` columns (missing: unknown, in stock, product)."""
+        `price`, `available`, `kind`, `published` (unix seconds) columns (missing: unknown, in stock, product,
+        unknown)."""
         n = len(items)
 
         def col(name, default):
@@ -74,7 +87,17 @@ class ItemAttributes:
         return cls(item_ids=np.asarray(items["item"].astype(str).to_numpy()), categories=cats,
                    brand=np.array(["" if b is None or b != b else str(b) for b in col("brand", "")], dtype=object),
                    price=price, available=np.array([bool(a) for a in col("available", True)], dtype=bool),
-                   kind=np.array([str(k or "product") for k in col("kind", "product")], dtype=object))
+                   kind=np.array([str(k or "product") for k in col("kind", "product")], dtype=object),
+                   published=np.array([_seconds(t) for t in col("published", None)], dtype=np.float64))
+
+
+def _seconds(value) -> float:
+    """A publication time as unix seconds: a number or numeric text; NaN for anything else (unknown)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return t if math.isfinite(t) else math.nan
 
 
 @dataclass
@@ -94,6 +117,8 @@ class Rules:
     mmr_lambda: float = 0.7
     category_cap: int = 0
     repurchase_gap_s: dict[str, float] = field(default_factory=dict)  # category -> minimum seconds since last
+    kind_quota: dict[str, int] = field(default_factory=dict)  # kind -> slots reserved for its best items
+    freshness_half_life_s: float = 0.0  # > 0: items with a publication time lose half their appeal per this age
 
     def __post_init__(self):
         if self.diversity not in DIVERSITY:
@@ -119,6 +144,11 @@ class Rules:
         for cat, gap in self.repurchase_gap_s.items():
             if not (math.isfinite(gap) and gap >= 0):
                 raise ValueError(f"repurchase_gap_s[{cat!r}] must be >= 0")
+        for kind, n in self.kind_quota.items():
+            if not kind or int(n) < 1:
+                raise ValueError(f"kind_quota[{kind!r}] must be a kind with at least 1 slot")
+        if not (math.isfinite(self.freshness_half_life_s) and self.freshness_half_life_s >= 0):
+            raise ValueError("freshness_half_life_s must be a finite number >= 0")
 
 
 def eligible(attrs: ItemAttributes, rules: Rules, history: Sequence[int] = (), history_ts: Sequence[float] = (),
@@ -174,6 +204,33 @@ def boosted(scores: np.ndarray, attrs: ItemAttributes, rules: Rules, items: np.n
     return s
 
 
+def freshened(s: np.ndarray, attrs: ItemAttributes, rules: Rules, items: np.ndarray, now: float) -> np.ndarray:
+    """Standardised scores `s` of `items` after the recency decay of those with a publication time (see the
+    module docstring); unchanged without a half-life."""
+    if not rules.freshness_half_life_s or not len(items):
+        return s
+    published = attrs.published[items]
+    dated = np.isfinite(published)
+    if not dated.any():
+        return s
+    age = np.maximum(now - published[dated], 0.0)
+    # log p' = log sigmoid(s) - age/h * ln 2, back through logit; in log space so old items do not underflow
+    log_p = -np.logaddexp(0.0, -s[dated]) - age / rules.freshness_half_life_s * math.log(2.0)
+    out = s.copy()
+    out[dated] = log_p - np.log(-np.expm1(np.minimum(log_p, -1e-12)))
+    return out
+
+
+def quota_short(items: np.ndarray, attrs: ItemAttributes, rules: Rules, eligible_by_kind: dict[str, int]) -> bool:
+    """True when some kind of `rules.kind_quota` has fewer of `items` than its quota although more of its items
+    are eligible: the candidates did not reach far enough down that kind (the caller fetches more)."""
+    if not rules.kind_quota:
+        return False
+    kinds = attrs.kind[np.asarray(items, dtype=np.int64)] if len(items) else np.zeros(0, dtype=object)
+    return any(int((kinds == kind).sum()) < min(int(q), eligible_by_kind.get(kind, 0))
+               for kind, q in rules.kind_quota.items())
+
+
 def select(scores: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int, candidates: np.ndarray | None = None,
            item_vectors: np.ndarray | None = None, history: Sequence[int] = (), history_ts: Sequence[float] = (),
            now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,10 +258,9 @@ def select(scores: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int, cand
         pinned = {p: j for p, j in pinned.items() if not (j in seen or seen.add(j))}
     free = ~np.isin(cands, list(pinned_items))
     s = boosted(scores, attrs, rules, cands) if len(cands) else scores
+    s = freshened(s, attrs, rules, cands, time.time() if now is None else float(now))
     cands, s = cands[free], s[free]
-    order = _diverse(cands, s, attrs, rules, k, item_vectors)
-    picked = [int(cands[o]) for o in order]
-    picked_scores = [float(s[o]) for o in order]
+    picked, picked_scores = _with_quotas(cands, s, attrs, rules, k, item_vectors)
     for pos, j in pinned.items():
         pos = min(pos, len(picked))
         picked.insert(pos, j)
@@ -213,10 +269,38 @@ def select(scores: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int, cand
     return np.asarray(picked[:k], dtype=np.int64), np.asarray(picked_scores[:k], dtype=np.float64)
 
 
+def _with_quotas(cands: np.ndarray, s: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int,
+                 item_vectors) -> tuple[list[int], list[float]]:
+    """Items and scores in list order (step 3): the kinds with a quota take their best items, the others are
+    diversified into the remaining slots, and the reserved items are merged in by score."""
+    if not rules.kind_quota:
+        order = _diverse(cands, s, attrs, rules, k, item_vectors)
+        return [int(cands[o]) for o in order], [float(s[o]) for o in order]
+    kinds = attrs.kind[cands] if len(cands) else np.zeros(0, dtype=object)
+    reserved: list[int] = []
+    for kind, q in rules.kind_quota.items():
+        of_kind = np.flatnonzero(kinds == kind)
+        reserved.extend(of_kind[np.argsort(-s[of_kind], kind="stable")][:int(q)].tolist())
+    reserved.sort(key=lambda o: (-s[o], o))
+    reserved = reserved[:k]
+    rest = np.flatnonzero(~np.isin(kinds, list(rules.kind_quota)))
+    others = [int(rest[o]) for o in _diverse(cands[rest], s[rest], attrs, rules, k - len(reserved), item_vectors)]
+    merged, r = [], 0
+    for o in others:
+        while r < len(reserved) and s[reserved[r]] > s[o]:
+            merged.append(reserved[r])
+            r += 1
+        merged.append(o)
+    merged.extend(reserved[r:])
+    return [int(cands[o]) for o in merged], [float(s[o]) for o in merged]
+
+
 def _diverse(cands: np.ndarray, s: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int,
              item_vectors: np.ndarray | None) -> list[int]:
     """Positions into `cands` in list order (step 3)."""
     order = np.argsort(-s, kind="stable")
+    if k <= 0:
+        return []
     if rules.diversity == "none" or len(cands) == 0:
         return order[:k].tolist()
     if rules.diversity == "category_cap":

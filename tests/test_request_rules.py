@@ -50,6 +50,9 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     assert (cap.diversity, cap.category_cap) == ("category_cap", 2)
     again = rules_of(pb.Rules(repurchase_gap_s={"hair": 86400.0, "skin": 0.0}))
     assert again.repurchase_gap_s == {"hair": 86400.0, "skin": 0.0} and empty.repurchase_gap_s == {}
+    content = rules_of(pb.Rules(kind_quota={"article": 2}, freshness_half_life_s=3600.0))
+    assert content.kind_quota == {"article": 2} and content.freshness_half_life_s == 3600.0
+    assert empty.kind_quota == {} and empty.freshness_half_life_s == 0.0
 
 
 @pytest.mark.parametrize("rules, k, field", [
@@ -77,11 +80,39 @@ def test_rules_of_maps_every_field_and_fills_the_defaults():
     (pb.Rules(repurchase_gap_s={"hair": 4e9}), 5, "rules.repurchase_gap_s: key 'hair'"),
     (pb.Rules(repurchase_gap_s={" ": 1.0}), 5, "rules.repurchase_gap_s: key ' '"),
     (pb.Rules(repurchase_gap_s={f"c{i}": 1.0 for i in range(101)}), 5, "rules.repurchase_gap_s"),
+    (pb.Rules(kind_quota={"article": 0}), 5, "rules.kind_quota: key 'article'"),
+    (pb.Rules(kind_quota={"article": 1001}), 5, "rules.kind_quota: key 'article'"),
+    (pb.Rules(kind_quota={" ": 1}), 5, "rules.kind_quota: key ' '"),
+    (pb.Rules(kind_quota={f"k{i}": 1 for i in range(101)}), 5, "rules.kind_quota"),
+    (pb.Rules(freshness_half_life_s=-1.0), 5, "rules.freshness_half_life_s"),
+    (pb.Rules(freshness_half_life_s=float("inf")), 5, "rules.freshness_half_life_s"),
 ])
 def test_bad_rules_are_rejected_naming_the_field(rules, k, field):
     with pytest.raises(BadRequest) as info:
         check_rules(rules, k)
     assert str(info.value).startswith(field), str(info.value)
+
+
+def test_a_kind_quota_makes_the_candidate_loop_reach_down_to_that_kind():
+    """Articles the ranker puts last still get their reserved slots: the loop asks for more candidates until
+    the quota is met (or every qualifying item was asked for)."""
+    n = 200
+    kinds = np.array(["product"] * (n - 5) + ["article"] * 5, dtype=object)
+    attrs = ItemAttributes(item_ids=np.array([f"i{j}" for j in range(n)]), categories=[frozenset()] * n,
+                           brand=np.array([""] * n, dtype=object), price=np.full(n, np.nan),
+                           available=np.ones(n, dtype=bool), kind=kinds)
+    scores = -np.arange(n, dtype=np.float64)  # item order is score order: the articles are the worst five
+    asked: list[int] = []
+
+    async def fetch(m):
+        asked.append(m)
+        return np.arange(m), scores[:m]
+
+    rules = rules_of(pb.Rules(kind_quota={"article": 2}))
+    items, _ = asyncio.run(ruled_top(attrs, rules, 10, n, 10, fetch))
+    assert items.tolist() == list(range(8)) + [195, 196] and asked[-1] == n
+    plain, _ = asyncio.run(ruled_top(attrs, rules_of(pb.Rules()), 10, n, 10, fetch))
+    assert plain.tolist() == list(range(10))
 
 
 def test_repurchase_is_refused_where_there_is_no_user_history():

@@ -31,7 +31,9 @@ def cases(draw):
         boosts={f"brand:{b}": draw(st.floats(-2, 2)) for b in draw(st.sets(st.sampled_from(BRANDS), max_size=2))},
         pins={draw(st.integers(0, 6)): f"i{draw(st.integers(0, n - 1))}" for _ in range(draw(st.integers(0, 2)))},
         diversity=diversity, mmr_lambda=draw(st.floats(0, 1)), category_cap=draw(st.integers(1, 3)),
-        repurchase_gap_s={c: draw(st.floats(0, 100)) for c in draw(st.sets(st.sampled_from(CATS), max_size=2))})
+        repurchase_gap_s={c: draw(st.floats(0, 100)) for c in draw(st.sets(st.sampled_from(CATS), max_size=2))},
+        kind_quota={kind: draw(st.integers(1, 4)) for kind in draw(st.sets(st.sampled_from(KINDS[1:]), max_size=2))},
+        freshness_half_life_s=draw(st.sampled_from([0.0, 10.0, 1000.0])))
     history = rng.integers(0, n, size=draw(st.integers(0, 8))).tolist()
     ts = rng.integers(0, 201, size=len(history)).astype(float).tolist()
     scores = rng.normal(size=n).round(draw(st.sampled_from([0, 1, 6])))  # rounding makes ties
@@ -47,8 +49,13 @@ def test_rules_hold_on_every_request(case):
     ok = eligible(attrs, rules, history, ts, now)
     items, out_scores = select(scores, attrs, rules, k, item_vectors=vecs, history=history, history_ts=ts, now=now)
     assert len(items) == len(set(items.tolist())) == len(out_scores)
+    # what can fill the list: every qualifying item, but of a kind with a quota only its quota
+    pinned_ids = {attrs.index(i) for i in rules.pins.values()} & set(np.flatnonzero(ok).tolist())
+    unpinned = np.array([j for j in np.flatnonzero(ok) if j not in pinned_ids], dtype=np.int64)
+    reserved = {kind: min(q, int((attrs.kind[unpinned] == kind).sum())) for kind, q in rules.kind_quota.items()}
+    fill = len(pinned_ids) + sum(reserved.values()) + int((~np.isin(attrs.kind[unpinned], list(reserved))).sum())
     if rules.diversity != "category_cap":
-        assert len(items) == min(k, int(ok.sum()))  # filtered before the cut: k come back when k qualify
+        assert len(items) == min(k, fill)  # filtered before the cut: k come back when k qualify
     for j in items:
         assert ok[j]
         assert rules.include_unavailable or attrs.available[j]
@@ -68,7 +75,7 @@ def test_rules_hold_on_every_request(case):
             placed[pos] = j
     for rank, (pos, j) in enumerate(sorted(placed.items())):
         if rules.diversity != "category_cap":
-            free = min(k, int(ok.sum()) - len(placed))  # items picked besides the pins
+            free = min(k, fill - len(placed))  # items picked besides the pins
         elif len(items) < k:  # the cap picked fewer than qualify, and every one of them is in the list
             free = len(items) - len(placed)
         else:  # a full list: at least k - pins were picked besides the pins, maybe more (cut at k)
@@ -78,8 +85,13 @@ def test_rules_hold_on_every_request(case):
         expect = min(pos, free + rank)  # past the end of the list a pin goes last
         if expect < len(items):
             assert items[expect] == j
-    if rules.diversity == "category_cap":  # a hard cap, and the list is as full as the cap allows
-        free = [j for j in items if j not in placed.values()]
+    free = [j for j in items if j not in placed.values()]
+    for kind, n in reserved.items():  # a kind with a quota: never more than its quota, and all of it when it fits
+        got = sum(attrs.kind[j] == kind for j in free)
+        assert got <= rules.kind_quota[kind]
+        if not placed and sum(reserved.values()) <= k:
+            assert got == n
+    if rules.diversity == "category_cap" and not rules.kind_quota:  # a hard cap, as full as the cap allows
         counts = {c: sum(c in attrs.categories[j] for j in free) for c in CATS}
         assert max(counts.values()) <= rules.category_cap
         if len(items) < k:
@@ -125,11 +137,35 @@ def test_hand_checked_slate():
     assert intra_list_diversity(np.array([0, 1]), vecs) < 0.001
 
 
+def test_content_freshness_and_kind_quotas():
+    day = 86400.0
+    items = pd.DataFrame({"item": ["p1", "p2", "a-new", "a-old", "v1"], "kind": ["product", "product", "article",
+                                                                             "article", "video"],
+                          "published": [None, "", 10 * day, 3 * day, 9 * day]})
+    attrs = ItemAttributes.from_items(items)
+    assert np.isnan(attrs.published[:2]).all() and attrs.published[2] == 10 * day
+    scores = np.array([3.0, 2.0, 2.5, 2.5, 1.0])
+    week = Rules(freshness_half_life_s=7 * day)
+    got, s = select(scores, attrs, week, 5, now=10 * day)
+    assert got.tolist() == [0, 2, 1, 3, 4]  # the week-old article falls below the new one, and below p2
+    # one half-life halves the appeal: sigmoid(s') == sigmoid(s) / 2 for the article published 7 days before now
+    z = (scores - scores.mean()) / scores.std()
+    s_old = s[got.tolist().index(3)]
+    assert 1 / (1 + np.exp(-s_old)) == pytest.approx(0.5 / (1 + np.exp(-z[3])), rel=1e-9)
+    assert s[0] == pytest.approx(z[0])  # products keep their score
+    # quotas: one article, one video reserved; the rest products; merged by score
+    mixed, _ = select(scores, attrs, Rules(kind_quota={"article": 1, "video": 1}), 4)
+    assert mixed.tolist() == [0, 2, 1, 4]
+    assert select(scores, attrs, Rules(kind_quota={"article": 2}), 2)[0].tolist() == [2, 3]  # reserved fill k
+    assert select(scores, attrs, Rules(kind_quota={"podcast": 3}), 3)[0].tolist() == [0, 2, 3]  # no podcast: as without
+
+
 @pytest.mark.parametrize("kw, field", [
     ({"diversity": "shuffle"}, "diversity"), ({"mmr_lambda": 1.5}, "mmr_lambda"),
     ({"diversity": "category_cap"}, "category_cap"), ({"price_min": 5, "price_max": 1}, "price_min"),
     ({"boosts": {"colour:red": 1}}, "boosts"), ({"pins": {-1: "a"}}, "pins"),
     ({"repurchase_gap_s": {"hair": -1}}, "repurchase_gap_s"), ({"price_max": float("nan")}, "price"),
+    ({"kind_quota": {"article": 0}}, "kind_quota"), ({"freshness_half_life_s": -1.0}, "freshness_half_life_s"),
 ])
 def test_bad_rules_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):

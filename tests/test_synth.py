@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -185,3 +186,38 @@ def test_validation(field, value):
     kwargs[field] = value
     with pytest.raises(ValueError, match=field):
         SynthConfig(**kwargs)
+
+
+def test_content_items_are_dated_before_their_events_and_survive_preparation(tmp_path, monkeypatch):
+    """With content_share, a share of the items are articles and videos with a publication time no later than
+    their first event; the other columns do not change; `prepare --source events` keeps kind and published as
+    item columns, the bundle's catalogue and request-time rules read them."""
+    from prefmine.bundle import CATALOG_COLUMNS, CATALOG_OPTIONAL
+    from prefmine.data.dataset import load_dataset
+    from prefmine.data.prepare import prepare
+    from prefmine.rules import ItemAttributes
+
+    plain = synth(tmp_path / "plain", SynthConfig(users=300, items=200, events=6000, seed=3))
+    content = synth(tmp_path / "content", SynthConfig(users=300, items=200, events=6000, seed=3, content_share=0.3))
+    assert plain["counts"] == content["counts"]
+    before = pq.read_table(tmp_path / "plain" / "items.parquet")
+    after = pq.read_table(tmp_path / "content" / "items.parquet")
+    assert before.schema == ITEMS_SCHEMA and after.select(ITEMS_SCHEMA.names).equals(before)
+    items = after.to_pandas()
+    assert set(items["kind"]) == {"product", "article", "video"}
+    assert 0.15 < (items["kind"] != "product").mean() < 0.45
+    assert items.loc[items["kind"] == "product", "published"].isna().all()
+    dated = items[items["kind"] != "product"].set_index("item_id")["published"]
+    assert dated.notna().all() and dated.between(START_TS, END_TS).all()
+    ev = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "content" / "events").glob("*.parquet")))
+    first = ev.groupby("item_id")["timestamp"].min()
+    seen = dated.index.intersection(first.index)
+    assert len(seen) and (dated[seen] <= first[seen]).all()  # nothing is viewed before it is published
+
+    monkeypatch.setenv("PREFMINE_PSEUDONYM_KEY", "prefmine-test-key")
+    prepare("events", tmp_path / "content", tmp_path / "prepared", engine="local")
+    ds = load_dataset(tmp_path / "prepared")
+    assert {"kind", "published"} <= set(ds.items.columns)
+    attrs = ItemAttributes.from_items(ds.items[CATALOG_COLUMNS + ["kind", "published"]])
+    assert set(attrs.kind) == {"product", "article", "video"} and set(CATALOG_OPTIONAL) >= {"kind", "published"}
+    assert np.isfinite(attrs.published).sum() == int((attrs.kind != "product").sum()) > 0

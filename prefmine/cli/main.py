@@ -39,7 +39,7 @@ def _data_synth(a) -> int:
 
     try:
         info = synth(a.out, SynthConfig(users=a.users, items=a.items, events=a.events, seed=a.seed, fmt=a.format,
-                                        events_per_part=a.events_per_part))
+                                        events_per_part=a.events_per_part, content_share=a.content_share))
     except ValueError as e:
         raise RawDataError(f"data synth: {e}") from e
     print(json.dumps(info, indent=2))
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     syn.add_argument("--events-per-part", type=int, default=1_000_000)
+    syn.add_argument("--content-share", type=float, default=0.0,
+                     help="share of items that are content (article, video) with a publication time")
     syn.set_defaults(func=_data_synth)
     fg = data.add_parser("forget", help="erase one person from a dataset and the feedback log; mark old bundles")
     fg.add_argument("--data", required=True, help="prepared dataset directory")

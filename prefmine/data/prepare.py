@@ -300,6 +300,9 @@ def item_table(catalogue: pd.DataFrame, interacted: list[str], snippets: pd.Data
     items = items.fillna({"title": "", "brand": "", "description": ""})
     side = [c for c in cat.columns if c not in ITEM_COLUMNS]  # a source's own item columns (seqrec attributes)
     for c in side:
+        if pd.api.types.is_numeric_dtype(cat[c]):  # numbers (content's publication time) keep NaN as unknown
+            items[c] = pd.to_numeric(items[c], errors="coerce")
+            continue
         as_list = any(isinstance(v, (list, np.ndarray)) for v in cat[c])
         items[c] = [v if not (v is None or (isinstance(v, float) and v != v)) else ([] if as_list else "")
                     for v in items[c]]

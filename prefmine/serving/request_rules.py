@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from prefmine.rules import ItemAttributes, Rules, eligible, select
+from prefmine.rules import ItemAttributes, Rules, eligible, quota_short, select
 from prefmine.v1 import recommender_pb2 as pb
 
 DIVERSITY_NAMES = {pb.DIVERSITY_NONE: "none", pb.DIVERSITY_MMR: "mmr", pb.DIVERSITY_CATEGORY_CAP: "category_cap"}
@@ -34,7 +34,9 @@ def rules_of(msg: pb.Rules, exclude_seen: bool = True) -> Rules:
         diversity=DIVERSITY_NAMES[msg.diversity],
         mmr_lambda=msg.mmr_lambda if msg.HasField("mmr_lambda") else DEFAULT_MMR_LAMBDA,
         category_cap=int(msg.category_cap),
-        repurchase_gap_s={str(cat): float(gap) for cat, gap in msg.repurchase_gap_s.items()})
+        repurchase_gap_s={str(cat): float(gap) for cat, gap in msg.repurchase_gap_s.items()},
+        kind_quota={str(kind): int(n) for kind, n in msg.kind_quota.items()},
+        freshness_half_life_s=float(msg.freshness_half_life_s))
 
 
 class CandidateVectors:
@@ -94,9 +96,13 @@ async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int,
     """(items, rule scores): ``ruled_selection`` over the best candidates ``await fetch(n)`` gives (item indices
     and scores, best first, only items the rules allow, of which ``available`` exist). n starts at ``first``
     (what Recommend asks the ranker for) and grows fourfold while a category cap leaves fewer than k and more
-    items qualify, so k come back whenever k qualify. ``await vectors_of(items)``: the candidates' item vectors,
-    asked only for MMR."""
+    items qualify, so k come back whenever k qualify, and while a kind's quota is short of items of that kind
+    that qualify. ``await vectors_of(items)``: the candidates' item vectors, asked only for MMR."""
     n = min(int(first), int(available))
+    by_kind: dict[str, int] = {}
+    if rules.kind_quota:
+        kinds = attrs.kind[allowed_mask(attrs, rules, history, exclude, history_ts, now)]
+        by_kind = {kind: int((kinds == kind).sum()) for kind in rules.kind_quota}
     while True:
         if n > 0:
             idx, scores = await fetch(n)
@@ -109,7 +115,7 @@ async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int,
                 raise ValueError("diversity 'mmr' needs vectors_of")
             vectors = CandidateVectors(idx, await vectors_of(idx))
         items, picked = ruled_selection(scores, idx, attrs, rules, k, vectors, history, exclude, history_ts, now)
-        if len(items) >= k or n >= available:
+        if (len(items) >= k and not quota_short(items, attrs, rules, by_kind)) or n >= available:
             return items, picked
         n = min(int(available), 4 * max(n, 1))
 

@@ -74,7 +74,7 @@ class Pin(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
 
 class Rules(_message.Message):
-    __slots__ = ("categories", "brands", "kinds", "price_min", "price_max", "include_unavailable", "boosts", "pins", "diversity", "mmr_lambda", "category_cap", "repurchase_gap_s")
+    __slots__ = ("categories", "brands", "kinds", "price_min", "price_max", "include_unavailable", "boosts", "pins", "diversity", "mmr_lambda", "category_cap", "repurchase_gap_s", "kind_quota", "freshness_half_life_s")
     class BoostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,13 @@ class Rules(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class KindQuotaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     BRANDS_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +108,8 @@ class Rules(_message.Message):
     MMR_LAMBDA_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_CAP_FIELD_NUMBER: _ClassVar[int]
     REPURCHASE_GAP_S_FIELD_NUMBER: _ClassVar[int]
+    KIND_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_HALF_LIFE_S_FIELD_NUMBER: _ClassVar[int]
     categories: _containers.RepeatedScalarFieldContainer[str]
     brands: _containers.RepeatedScalarFieldContainer[str]
     kinds: _containers.RepeatedScalarFieldContainer[str]
@@ -113,7 +122,9 @@ class Rules(_message.Message):
     mmr_lambda: float
     category_cap: int
     repurchase_gap_s: _containers.ScalarMap[str, float]
-    def __init__(self, categories: _Optional[_Iterable[str]] = ..., brands: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., price_min: _Optional[float] = ..., price_max: _Optional[float] = ..., include_unavailable: _Optional[bool] = ..., boosts: _Optional[_Mapping[str, float]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., diversity: _Optional[_Union[Diversity, str]] = ..., mmr_lambda: _Optional[float] = ..., category_cap: _Optional[int] = ..., repurchase_gap_s: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    kind_quota: _containers.ScalarMap[str, int]
+    freshness_half_life_s: float
+    def __init__(self, categories: _Optional[_Iterable[str]] = ..., brands: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[str]] = ..., price_min: _Optional[float] = ..., price_max: _Optional[float] = ..., include_unavailable: _Optional[bool] = ..., boosts: _Optional[_Mapping[str, float]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., diversity: _Optional[_Union[Diversity, str]] = ..., mmr_lambda: _Optional[float] = ..., category_cap: _Optional[int] = ..., repurchase_gap_s: _Optional[_Mapping[str, float]] = ..., kind_quota: _Optional[_Mapping[str, int]] = ..., freshness_half_life_s: _Optional[float] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
     __slots__ = ("item_id", "score", "title", "reason", "propensity")

@@ -16,7 +16,9 @@ Events schema (CSV with a header row, or Parquet with these column names):
 | review_title | string | no | review summary (rate events) |
 | review_text | string | no | review body (rate events); scrubbed of e-mails, phones, URLs, card numbers |
 
-Catalogue schema: item_id (required), title, description, brand, categories (a path joined by " > " or "|").
+Catalogue schema: item_id (required), title, description, brand, categories (a path joined by " > " or "|"),
+and for content kind (product, article, video, ...; empty: product) and published (Unix seconds or ISO 8601:
+when the content appeared; serving's recency decay reads it). Both kept as item columns when present.
 A repeated (user_id, item_id, timestamp, event_type) is a bad row: in the platform's own log it is a double-sent
 event. Large Parquet files are split into chunks of row groups so several workers read one file.
 """
@@ -138,7 +140,7 @@ def read_chunk(chunk: dict, bad: BadRows, limits: ReadLimits = LIMITS) -> Iterat
 def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
     raw = Path(raw)
     cols = ["item", "title", "brand", "categories", "description"]
-    optional = ("title", "description", "brand", "categories")
+    optional = ("title", "description", "brand", "categories", "kind", "published")
     if (raw / "items.parquet").is_file():
         frames = list(read_parquet(raw / "items.parquet", bad, ("item_id",), optional))
     elif (raw / "items.csv").is_file():
@@ -160,5 +162,10 @@ def catalogue(raw: Path, category: str | None, bad: BadRows) -> pd.DataFrame:
         return [p.strip() for p in s.split(sep) if p.strip()]
 
     cats = df["categories"].map(split_path).to_numpy() if "categories" in df else [[] for _ in range(len(df))]
-    return pd.DataFrame({"item": normalise_ids(df["item_id"].astype(str)), "title": text("title"), "brand": text("brand"),
-                         "categories": list(cats), "description": text("description")})
+    out = pd.DataFrame({"item": normalise_ids(df["item_id"].astype(str)), "title": text("title"), "brand": text("brand"),
+                        "categories": list(cats), "description": text("description")})
+    if "kind" in df:  # content: its kind and publication time (unparseable times: unknown, NaN)
+        out["kind"] = [k.lower() or "product" for k in text("kind")]
+    if "published" in df:
+        out["published"] = pd.to_numeric(_timestamps(df["published"]), errors="coerce").to_numpy(np.float64)
+    return out

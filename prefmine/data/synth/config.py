@@ -32,6 +32,7 @@ class SynthConfig:
     p_buy: float = 0.45  # per cart
     p_rate: float = 0.3  # per buy
     review_prob: float = 0.85  # share of rate events with a review title and text
+    content_share: float = 0.0  # share of items that are content (articles, videos) with a publication time
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,7 +47,7 @@ class SynthConfig:
             _check_real(name, getattr(self, name), 0.0, None, low_open=name != "activity_sigma")
         if self.mean_views < 1:
             raise ValueError(f"mean_views must be >= 1, got {self.mean_views}")
-        for name in ("explore", "stray", "p_click", "p_cart", "p_buy", "p_rate", "review_prob"):
+        for name in ("explore", "stray", "p_click", "p_cart", "p_buy", "p_rate", "review_prob", "content_share"):
             _check_real(name, getattr(self, name), 0.0, 1.0)
 
 

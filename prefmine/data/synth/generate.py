@@ -40,13 +40,15 @@ def _generate(tmp: Path, cfg: SynthConfig) -> dict:
     writer = PartWriter(events_dir, cfg)
     counts = np.zeros(len(EVENT_TYPES), np.int64)
     seen_items = np.zeros(cfg.items, bool)
+    first_ts = np.full(cfg.items, np.iinfo(np.int64).max, np.int64)  # each item's first event (content's date)
     for lo in range(0, len(plan.user), _SESSION_BATCH):
         batch, types, items = event_batch(plan, lo, min(lo + _SESSION_BATCH, len(plan.user)), world, cfg, event_rng)
         counts += np.bincount(types, minlength=len(EVENT_TYPES))
         seen_items[items] = True
+        np.minimum.at(first_ts, items, batch.column("timestamp").to_numpy())
         writer.add(batch)
     parts = writer.close()
-    write_items(tmp / f"items.{cfg.fmt}", cfg, world, item_rng)
+    write_items(tmp / f"items.{cfg.fmt}", cfg, world, item_rng, first_ts)
     return {
         "format": "prefmine-synth/1",
         "users": cfg.users,

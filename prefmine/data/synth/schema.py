@@ -28,6 +28,10 @@ EVENTS_SCHEMA = pa.schema(
 ITEMS_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("item_id", "title", "description", "brand", "categories")]
 )
+# with content (SynthConfig.content_share > 0): each item's kind and, for content, when it was published
+CONTENT_ITEMS_SCHEMA = ITEMS_SCHEMA.append(pa.field("kind", pa.string())).append(pa.field("published", pa.int64()))
+CONTENT_KINDS = ("article", "video")  # drawn 2:1
+PUBLISHED_LEAD_S = 3 * 86400  # content appears up to this long before its first event
 
 
 def id_array(prefix: str, ids: np.ndarray, width: int) -> pa.Array:

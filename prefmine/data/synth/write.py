@@ -15,7 +15,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from prefmine.data.synth.config import SynthConfig
-from prefmine.data.synth.schema import ITEMS_SCHEMA, id_array, id_width
+from prefmine.data.synth.schema import (
+    CONTENT_ITEMS_SCHEMA,
+    CONTENT_KINDS,
+    END_TS,
+    ITEMS_SCHEMA,
+    PUBLISHED_LEAD_S,
+    START_TS,
+    id_array,
+    id_width,
+)
 from prefmine.data.synth.vocabulary import (
     BRAND_HEADS,
     BRAND_TAILS,
@@ -72,8 +81,11 @@ class PartWriter:
         self.parts += 1
 
 
-def write_items(path: Path, cfg: SynthConfig, world: World, rng: np.random.Generator) -> None:
-    """The catalogue, built with Arrow string kernels a chunk at a time."""
+def write_items(path: Path, cfg: SynthConfig, world: World, rng: np.random.Generator,
+                first_ts: np.ndarray | None = None) -> None:
+    """The catalogue, built with Arrow string kernels a chunk at a time. With `cfg.content_share` > 0 a share of
+    the items are content (`kind` article or video, else product) published up to three days before their first
+    event (`first_ts`; an item without events at a random time of the log), so no event precedes publication."""
     brands = [head + tail for tail in BRAND_TAILS for head in BRAND_HEADS]
     brands = [brands[i] for i in rng.permutation(len(brands))[: len(DEPTS) * BRANDS_PER_DEPT]]
     paths = [p for p, *_ in CATEGORY_TREE]
@@ -91,6 +103,15 @@ def write_items(path: Path, cfg: SynthConfig, world: World, rng: np.random.Gener
         "dept": pa.array([p.split(" > ")[0].lower() for p in paths]),
         "leaf": pa.array([p.split(" > ")[-1].lower() for p in paths]),
     }
+    schema = CONTENT_ITEMS_SCHEMA if cfg.content_share > 0 else ITEMS_SCHEMA
+    if cfg.content_share > 0:  # from a stream of their own: the other columns are the same with or without content
+        content_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(4,)))
+        is_content = content_rng.random(cfg.items) < cfg.content_share
+        kind = np.where(is_content, np.where(content_rng.random(cfg.items) < 2 / 3, *CONTENT_KINDS), "product")
+        first = np.full(cfg.items, END_TS, np.int64) if first_ts is None else np.minimum(first_ts, END_TS)
+        published = np.maximum(first - content_rng.integers(0, PUBLISHED_LEAD_S, cfg.items), START_TS)
+        unseen = first >= END_TS
+        published[unseen] = content_rng.integers(START_TS, END_TS, int(unseen.sum()))
     writer = None
     try:
         for lo in range(0, cfg.items, _ITEM_CHUNK):
@@ -108,16 +129,17 @@ def write_items(path: Path, cfg: SynthConfig, world: World, rng: np.random.Gener
             description = pc.binary_join_element_wise(
                 "The ", brand, " ", pc.take(arr["noun"], noun), " is ", attr1, " and ", attr2, ". Part of our ",
                 pc.take(arr["leaf"], cat), " range in ", pc.take(arr["dept"], cat), ".", "")
-            table = pa.Table.from_arrays(
-                [id_array("i", idx, id_width(cfg.items, 6)), title, description, brand, pc.take(arr["path"], cat)],
-                schema=ITEMS_SCHEMA,
-            )
+            columns = [id_array("i", idx, id_width(cfg.items, 6)), title, description, brand, pc.take(arr["path"], cat)]
+            if cfg.content_share > 0:
+                columns += [pa.array(kind[idx]), pa.array(np.where(is_content[idx], published[idx], 0),
+                                                           mask=~is_content[idx], type=pa.int64())]
+            table = pa.Table.from_arrays(columns, schema=schema)
             if cfg.fmt == "csv":
                 if writer is None:
                     options = pacsv.WriteOptions(quoting_style="needed")
-                    writer = pacsv.CSVWriter(path, ITEMS_SCHEMA, write_options=options)
+                    writer = pacsv.CSVWriter(path, schema, write_options=options)
             elif writer is None:
-                writer = pq.ParquetWriter(path, ITEMS_SCHEMA)
+                writer = pq.ParquetWriter(path, schema)
             writer.write_table(table)
     finally:
         if writer is not None:
