@@ -135,6 +135,16 @@ def check_rules(rules: pb.Rules, k: int, field: str = "rules", history: bool = T
         if pin.position in positions:
             raise BadRequest(f"{field}.pins[{i}].position {pin.position} is pinned twice")
         positions.add(pin.position)
+    check_count(len(rules.kind_quota), f"{field}.kind_quota", MAX_RULE_ENTRIES)
+    for kind in sorted(rules.kind_quota):
+        check_id(kind, f"{field}.kind_quota: key {kind[:64]!r}")
+        if not 1 <= rules.kind_quota[kind] <= K_MAX:
+            raise BadRequest(f"{field}.kind_quota: key {kind[:64]!r}: the quota must be 1..{K_MAX} slots, "
+                             f"got {rules.kind_quota[kind]}")
+    half_life = rules.freshness_half_life_s
+    if not (math.isfinite(half_life) and 0 <= half_life <= MAX_REPURCHASE_GAP_S):
+        raise BadRequest(f"{field}.freshness_half_life_s must be finite seconds in 0..{MAX_REPURCHASE_GAP_S:g}, "
+                         f"got {half_life}")
     if rules.diversity not in pb.Diversity.values():
         raise BadRequest(f"{field}.diversity must be one of {list(pb.Diversity.keys())}, got {rules.diversity}")
     if rules.HasField("mmr_lambda"):
