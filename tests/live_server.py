@@ -286,10 +286,17 @@ class WorkerNode:
     temp_dir: Path
     cwd: Path
 
-    def processes(self, name: str) -> list[int]:
-        """Pids of this node's processes whose command line contains `name` (e.g. "raylet")."""
-        return [pid for pid in session_pids(self.proc.pid)
-                if name in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")]
+    def processes(self, program: str) -> list[int]:
+        """Pids of this node's processes running `program` (the file name of their argv[0], e.g. "raylet")."""
+        out = []
+        for pid in session_pids(self.proc.pid):
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if Path(argv0).name == program:
+                out.append(pid)
+        return out
 
 
 @dataclass

@@ -12,6 +12,7 @@ own; none travel through Ray or the URI.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from live_server import prefmine_cli, ray_cluster
@@ -60,11 +61,17 @@ def two_nodes(tmp_path_factory, bucket):
 
 
 def actors_by_class(address: str, part: str) -> list:
-    """Every actor (alive or dead) of the cluster whose class name contains `part` (Ray's state API)."""
+    """Every actor (alive or dead) of the cluster whose class name contains `part` (Ray's state API, with the
+    resources each asked for)."""
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(address=address, limit=10_000, raise_on_missing_output=False)
+    return [a for a in list_actors(address=address, limit=10_000, detail=True, raise_on_missing_output=False)
             if part in a.class_name]
+
+
+def asked_for_the_resource(actor) -> bool:
+    """Whether the actor was scheduled with RESOURCE (in a placement group Ray renames it RESOURCE_group_...)."""
+    return any(k == RESOURCE or k.startswith(f"{RESOURCE}_group_") for k in actor.required_resources or {})
 
 
 def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object_store(two_nodes, bucket,
@@ -83,6 +90,9 @@ def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object
     assert trainers and embedders, (trainers, embedders)
     assert {a.node_id for a in trainers} == {worker_node}, trainers
     assert {a.node_id for a in embedders} == {worker_node}, embedders
+    # there because the config asked for it (the head had the CPUs to take them too)
+    assert all(asked_for_the_resource(a) for a in trainers + embedders), [a.required_resources for a in
+                                                                          trainers + embedders]
 
     fs, root = storage.resolve(run_storage)
     stored = storage.list_files(fs, root)
@@ -90,3 +100,110 @@ def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object
     assert any(f.endswith("/model.pt") for f in checkpoints), stored
     assert any(f.startswith("encoder/") and f.endswith(storage.CONTENT) for f in stored), stored
     assert is_published(out)
+
+
+# tests/test_resume.py's run (its task, 6 epochs, a checkpoint every epoch), as a job whose workers need RESOURCE
+# and whose run storage is the bucket; run from the job's working_dir (this tree, tests/ included)
+RESUME_DRIVER = f"""
+import sys
+sys.path.insert(0, "tests")
+from test_resume import _task
+from cluster.ds_train import DistConfig, train
+dist = DistConfig(num_workers=1, checkpoint_every=1, max_failures=2, log_every=1000,
+                  worker_resources={{"{RESOURCE}": 1}})
+train(_task(), sys.argv[1], sys.argv[2], dist)
+"""
+
+
+class StoredFile:
+    """A file in the bucket with the read_text() test_resume.registered_checkpoint reads a snapshot through."""
+
+    def __init__(self, uri: str):
+        self.fs, self.path = storage.resolve(uri)
+
+    def read_text(self) -> str:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read().decode()
+
+
+def latest_checkpoint(snapshot: StoredFile) -> str | None:
+    """The directory name of the run's latest registered checkpoint (Ray Train's checkpoint-manager snapshot)."""
+    import json
+
+    try:
+        return (json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (OSError, ValueError):
+        return None
+
+
+def final_checkpoint(uri: str, name: str) -> tuple[dict, list]:
+    """(model.pt state dict, history) of the run's one kept checkpoint (num_to_keep=1), read from the bucket."""
+    import io
+    import json
+
+    import torch
+
+    fs, root = storage.resolve(uri)
+    files = storage.list_files(fs, f"{root}/{name}")
+    [model] = [f for f in files if f.startswith("checkpoint_") and f.endswith("/model.pt")]
+    with fs.open_input_stream(f"{root}/{name}/{model}") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    with fs.open_input_stream(f"{root}/{name}/{model.rsplit('/', 1)[0]}/state.json") as f:
+        return state, json.loads(f.read().decode())["history"]
+
+
+def run_job(cluster, name: str, uri: str, wait: bool = True):
+    """Submit RESUME_DRIVER for run `name` through `prefmine jobs submit`; the job id (waited for if `wait`)."""
+    r = prefmine_cli("jobs", "submit", "--address", cluster.address, *(["--wait", "--timeout", "900"] if wait
+                     else []), "--", "python", "-c", RESUME_DRIVER, name, uri, timeout=960)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout.split()[1]
+
+
+def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_object_store(two_nodes, bucket):
+    """Kill the worker node's raylet after the first registered checkpoint, start a replacement node with the
+    same resource: Ray Train restarts the worker group there from the checkpoint in the bucket and ends on the
+    weights of an uninterrupted run."""
+    import time
+
+    import torch
+    from ray.job_submission import JobSubmissionClient
+    from test_resume import EPOCHS, registered_checkpoint
+
+    uri = storage.join(bucket, "resume")
+    run_job(two_nodes, "uninterrupted", uri)
+    job = run_job(two_nodes, "node-lost", uri, wait=False)
+    snapshot = StoredFile(storage.join(uri, "node-lost", "checkpoint_manager_snapshot.json"))
+    deadline = time.time() + 600
+    while not registered_checkpoint(snapshot):
+        assert time.time() < deadline, "no checkpoint registered in 600 s"
+        time.sleep(0.5)
+    at_kill = latest_checkpoint(snapshot)
+    lost = two_nodes.workers[-1]
+    raylets = lost.processes("raylet")
+    assert len(raylets) == 1, raylets
+    os.kill(raylets[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+    replacement = two_nodes.add_worker(2, {RESOURCE: 2})
+    joined = time.monotonic() - t_kill
+    while latest_checkpoint(snapshot) in (at_kill, None):  # the restarted group's first checkpoint after the one at the kill
+        assert time.monotonic() - t_kill < 600, "no checkpoint after the kill in 600 s"
+        time.sleep(0.5)
+    recovered = time.monotonic() - t_kill
+    client = JobSubmissionClient(two_nodes.address)
+    while str(client.get_job_status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() - t_kill < 900, "the job did not end in 900 s after the kill"
+        time.sleep(2)
+    assert str(client.get_job_status(job)) == "SUCCEEDED", client.get_job_logs(job)[-4000:]
+
+    trainers = actors_by_class(two_nodes.address, "RayTrainWorker")
+    assert replacement.node_id in {a.node_id for a in trainers}, trainers  # the group restarted there
+    a, clean_history = final_checkpoint(uri, "uninterrupted")
+    b, history = final_checkpoint(uri, "node-lost")
+    print(f"node lost: replacement joined {joined:.1f} s after the kill, first checkpoint after the kill "
+          f"{recovered:.1f} s after it (that epoch took {history[-1]['epoch_seconds']:.1f} s)")
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert history[-1]["restarts"] >= 1 and clean_history[-1]["restarts"] == 0
+    for k in a:  # as tests/test_resume.py: the same data order and optimizer state after the restart
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert abs(history[-1]["loss"] - clean_history[-1]["loss"]) < 1e-4
