@@ -358,3 +358,23 @@ def ray_cluster(base: Path, head_cpus: int = 2, workers: tuple[tuple[int, dict[s
     finally:
         for d in [head_tmp, *(n.temp_dir for n in (cluster.workers if cluster else []))]:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def s3_bucket(bucket: str, prefix: str) -> Iterator[str]:
+    """A fresh bucket on moto's S3 server (`moto[server]`, the dev extra) on 127.0.0.1, reached through pyarrow's
+    own S3 client as a node reaches any S3-compatible store; yields ``s3://bucket/prefix?<endpoint options>``.
+    Credentials are each process's own (AWS_* in its environment; moto accepts any)."""
+    from prefmine.storage import resolve
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) not installed")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = f"?endpoint_override={host}:{port}&scheme=http"
+        fs, _ = resolve(f"s3://{bucket}{options}&allow_bucket_creation=true")
+        fs.create_dir(bucket)
+        yield f"s3://{bucket}/{prefix}{options}"
+    finally:
+        server.stop()

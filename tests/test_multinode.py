@@ -15,7 +15,7 @@ import os
 import signal
 
 import pytest
-from live_server import prefmine_cli, ray_cluster
+from live_server import prefmine_cli, ray_cluster, s3_bucket
 
 from prefmine import storage
 from prefmine.bundle import is_published
@@ -40,15 +40,8 @@ dist: {{num_workers: 1, checkpoint_every: 1, log_every: 1000, worker_resources: 
 @pytest.fixture(scope="module")
 def bucket():
     """A fresh bucket on moto's S3 server on 127.0.0.1; yields a URI prefix carrying the endpoint options."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) not installed")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = f"?endpoint_override={host}:{port}&scheme=http"
-    fs, _ = storage.resolve(f"s3://prefmine-multinode{options}&allow_bucket_creation=true")
-    fs.create_dir("prefmine-multinode")
-    yield f"s3://prefmine-multinode/prefmine{options}"
-    server.stop()
+    with s3_bucket("prefmine-multinode", "prefmine") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
