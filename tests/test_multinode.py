@@ -130,18 +130,19 @@ def latest_checkpoint(snapshot: StoredFile) -> str | None:
 
 
 def final_checkpoint(uri: str, name: str) -> tuple[dict, list]:
-    """(model.pt state dict, history) of the run's one kept checkpoint (num_to_keep=1), read from the bucket."""
+    """(model.pt state dict, history) of the run's latest registered checkpoint, read from the bucket (a worker
+    group killed mid-save may leave an unregistered checkpoint directory beside it)."""
     import io
     import json
 
     import torch
 
     fs, root = storage.resolve(uri)
-    files = storage.list_files(fs, f"{root}/{name}")
-    [model] = [f for f in files if f.startswith("checkpoint_") and f.endswith("/model.pt")]
-    with fs.open_input_stream(f"{root}/{name}/{model}") as f:
+    last = latest_checkpoint(StoredFile(storage.join(uri, name, "checkpoint_manager_snapshot.json")))
+    assert last, f"run {name} registered no checkpoint"
+    with fs.open_input_stream(f"{root}/{name}/{last}/model.pt") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    with fs.open_input_stream(f"{root}/{name}/{model.rsplit('/', 1)[0]}/state.json") as f:
+    with fs.open_input_stream(f"{root}/{name}/{last}/state.json") as f:
         return state, json.loads(f.read().decode())["history"]
 
 
