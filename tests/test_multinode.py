@@ -195,7 +195,7 @@ def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_o
     a, clean_history = final_checkpoint(uri, "uninterrupted")
     b, history = final_checkpoint(uri, "node-lost")
     print(f"node lost: replacement joined {joined:.1f} s after the kill, first checkpoint after the kill "
-          f"{recovered:.1f} s after it (that epoch took {history[-1]['epoch_seconds']:.1f} s)")
+          f"{recovered:.1f} s after it (the last epoch took {history[-1]['epoch_seconds']:.1f} s)")
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     assert history[-1]["restarts"] >= 1 and clean_history[-1]["restarts"] == 0
     for k in a:  # as tests/test_resume.py: the same data order and optimizer state after the restart
