@@ -283,7 +283,7 @@ def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) 
                            "checkpoint_every": dist.checkpoint_every, "log_dir": str(log_dir)},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
-                                     resources_per_worker={"CPU": dist.cpus_per_worker}),
+                                     resources_per_worker={"CPU": dist.cpus_per_worker, **dist.worker_resources}),
         run_config=RunConfig(name=name, **where,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=dist.max_failures)),

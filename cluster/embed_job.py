@@ -71,9 +71,7 @@ def embed_on_ray(encoder_dir: str | Path, texts: list[str], out_path: str | Path
     tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
     if texts:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        actors = cfg.max_actors or max(1, int(cpus // cfg.cpus_per_actor))
-        actors = max(1, min(actors, -(-len(texts) // cfg.batch_size)))
+        actors = cfg.max_actors_on(ray.cluster_resources(), len(texts))
         frame = pd.DataFrame({"row": np.arange(len(texts), dtype=np.int64), "text": [t or "" for t in texts]})
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
@@ -82,7 +80,8 @@ def embed_on_ray(encoder_dir: str | Path, texts: list[str], out_path: str | Path
         ds = ds.map_batches(TextEmbedder, fn_constructor_kwargs={"encoder_dir": str(encoder_dir), "max_len": max_len},
                             batch_size=cfg.batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
+                            num_cpus=cfg.cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None,
+                            resources=cfg.actor_resources or None)
         seen = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             out[batch["row"]] = batch["vector"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -117,7 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="YAML/JSON config tree (prefmine.train_config)")
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config tree overrides")
     p.add_argument("--keep-checkpoints", action="store_true", help="publish the Ray Train checkpoints too")
-    p.add_argument("--storage", help="Ray Train runs and checkpoints (path or URI): --set dist.storage=URI")
+    p.add_argument("--storage", default=os.environ.get("PREFMINE_STORAGE") or None,
+                   help="Ray Train runs and checkpoints (path or URI): --set dist.storage=URI "
+                        "(default: $PREFMINE_STORAGE, which ray_cluster.yaml's nodes export)")
     args = p.parse_args(argv)
     m = train_bundle(args.data, args.out, (args.stage,) if args.stage else STAGES, args.preset, args.config,
                      args.keep_checkpoints, args.set + ([f"dist.storage={args.storage}"] if args.storage else []))

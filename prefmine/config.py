@@ -45,7 +45,26 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
         return type(current)(json.loads(value))
     if isinstance(current, tuple) and isinstance(value, list):  # YAML has no tuples: keep the field's type
         return tuple(value)
+    if isinstance(current, dict):  # a mapping key: a YAML/JSON mapping, or its text in a --set override
+        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, e.g. {{name: 1}}, got {value!r}")
+        return dict(parsed)
     return value
+
+
+def resource_map(value: dict, key: str) -> dict[str, float]:
+    """Ray custom resources (``{name: amount}``) as a config key gives them, checked: each name a non-empty string
+    other than CPU/GPU (their own keys set those), each amount a number >= 0. ConfigError naming `key` otherwise."""
+    out = {}
+    for name, amount in (value or {}).items():
+        if not isinstance(name, str) or not name or name in ("CPU", "GPU"):
+            raise ConfigError(f"config key {key!r}: {name!r} is not a custom resource name (CPU and GPU have "
+                              "their own keys)")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"config key {key!r}: resource {name!r} needs an amount >= 0, got {amount!r}")
+        out[name] = float(amount)
+    return out
 
 
 def apply(cfg: T, updates: dict[str, Any], where: str = "config") -> T:

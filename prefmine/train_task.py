@@ -8,12 +8,14 @@ Tasks are plain picklable objects (numpy arrays, configs) so Ray can ship them t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from prefmine.config import resource_map
 
 
 @dataclass
@@ -29,6 +31,12 @@ class DistConfig:
     log_every: int = 20
     checkpoint_every: int = 0  # epochs between checkpoints; 0: about ten per run, and always the last epoch
     storage: str = ""  # Ray Train runs and checkpoints: a path or URI (prefmine.storage); "": the bundle's .train/
+    # custom Ray resources each training worker asks for besides CPU/GPU, e.g. {worker_node: 1}: the workers then
+    # run only on nodes started with that resource (`ray start --resources '{"worker_node": 2}'`)
+    worker_resources: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.worker_resources = resource_map(self.worker_resources, "dist.worker_resources")
 
 
 class TrainTask(Protocol):

@@ -69,3 +69,28 @@ def test_train_command_rejects_an_unknown_override_before_training(tmp_path):
                         str(tmp_path / "b"), "--set", "ranker.no_such_key=1"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode != 0 and "no_such_key" in r.stderr
+
+
+def test_custom_resources_from_a_file_or_an_override_and_bad_ones_named(tmp_path):
+    """dist.worker_resources and embed.actor_resources: the placement keys (docs/configuration.md)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("dist: {worker_resources: {worker_node: 1}}\n")
+    cfg = T.load("tiny", f, ['embed.actor_resources={"worker_node": 0.5, "ssd": 1}'])
+    assert cfg.dist.worker_resources == {"worker_node": 1.0}
+    assert cfg.embed.actor_resources == {"worker_node": 0.5, "ssd": 1.0}
+    for bad, match in (("dist.worker_resources=[1, 2]", "mapping"), ("dist.worker_resources={CPU: 2}", "CPU"),
+                       ("embed.actor_resources={worker_node: -1}", "worker_node"),
+                       ("embed.actor_resources={worker_node: lots}", "worker_node")):
+        with pytest.raises(C.ConfigError, match=match):
+            T.load("tiny", None, [bad])
+
+
+def test_embedding_actor_count_follows_cpus_and_custom_resources():
+    from prefmine.text.runtime import EmbedConfig
+
+    cluster = {"CPU": 6.0, "worker_node": 2.0}
+    assert EmbedConfig(batch_size=10).max_actors_on(cluster, 1000) == 6
+    assert EmbedConfig(batch_size=10, actor_resources={"worker_node": 1}).max_actors_on(cluster, 1000) == 2
+    assert EmbedConfig(batch_size=10, actor_resources={"gpu_box": 1}).max_actors_on(cluster, 1000) == 1
+    assert EmbedConfig(batch_size=500).max_actors_on(cluster, 1000) == 2  # never more actors than batches
+    assert EmbedConfig(batch_size=10, max_actors=3, actor_resources={"worker_node": 1}).max_actors_on(cluster, 99) == 3

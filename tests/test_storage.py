@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+from live_server import s3_bucket
 
 from prefmine import storage
 from prefmine.storage import CONTENT, StorageConfig, get_dir, join, put_dir, read_index, resolve
@@ -38,15 +39,8 @@ def _read(root):
 @pytest.fixture(scope="module")
 def s3_uri():
     """A fresh bucket on an S3 server on loopback; yields a URI prefix with the endpoint options."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) not installed")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = f"?endpoint_override={host}:{port}&scheme=http"
-    fs, _ = resolve(f"s3://prefmine-test{options}&allow_bucket_creation=true")
-    fs.create_dir("prefmine-test")
-    yield f"s3://prefmine-test/runs{options}"
-    server.stop()
+    with s3_bucket("prefmine-test", "runs") as uri:
+        yield uri
 
 
 def test_join_keeps_uri_options_last():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -282,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "policy, simulator, update, dist (docs/configuration.md)")
     tr.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                     help="config overrides applied after --config, e.g. ranker.epochs=3 dist.num_workers=1")
-    tr.add_argument("--storage", help="where Ray Train runs and checkpoints live (a URI such as s3://bucket/run, so "
-                    "nodes share no disk with the driver): the same as --set dist.storage=URI")
+    tr.add_argument("--storage", default=os.environ.get("PREFMINE_STORAGE") or None,
+                    help="where Ray Train runs and checkpoints live (a URI such as s3://bucket/run, so nodes share "
+                    "no disk with the driver): the same as --set dist.storage=URI (default: $PREFMINE_STORAGE)")
     tr.add_argument("--keep-checkpoints", action="store_true",
                     help="publish each run's Ray Train checkpoint (DeepSpeed states) in the bundle's .train/ too")
     _add_verbose(tr)
