@@ -297,11 +297,18 @@ def run_round(bundles: Path, feedback: Path, server: Server, preset: str, sets: 
             "--rounds", "1", "--every", "1", "--serve-pid", str(server.proc.pid), "--preset", preset]
     if sets:
         argv += ["--set", *sets]
-    p = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, start_new_session=True)
-    for line in reversed(p.stdout.splitlines()):
+    proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:  # the bench is stopped: the round goes with it, its own Ray included
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
-    return {"decision": "error", "reason": f"exit {p.returncode}: {p.stderr[-2000:]}"}
+    return {"decision": "error", "reason": f"exit {proc.returncode}: {stderr[-2000:]}"}
 
 
 def rollout_seconds(serve_log: Path, version: str) -> float | None:
@@ -376,6 +383,7 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
     from prefmine.update.publish import read_log
     from serve.auth import hash_key
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped bench stops its server and round first
     t_start = time.time()
     load_at_start = os.getloadavg()
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="pm-closed-loop-"))

@@ -40,8 +40,10 @@ def _copy_version(serving: Path, out: Path, serve: str | None, version: str) -> 
     seal(out, {**manifest, "version": version, "parent_version": manifest["version"]})
 
 
-def _builder(serve: str | None):
-    def build(serving, feedback, out, cfg):
+def _builder(serve: str | None, given: list | None = None):
+    def build(serving, feedback, out, cfg, held):
+        if given is not None:
+            given.append(held)
         from cluster.update_policy import read_events
 
         last = read_events(feedback, 0)[-1][0]
@@ -87,8 +89,14 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     cfg = UpdateConfig(guard_n_boot=200)
 
     # 1. a candidate that orders by popularity: worse on the clicked first items; refused, current unchanged
-    r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity"))
+    given: list = []
+    r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity", given))
     assert r0["decision"] == "refused" and "worse than serving" in r0["reason"]
+    store = FeedbackLog(feedback)
+    clicks = store.read_since(0)  # (id, user, item, event, ts, rating), one click per user
+    store.close()
+    # each user's one click is their held-out event: the candidate is built without it
+    assert given == [frozenset(int(row[0]) for row in clicks)] and r0["held_out"] == N_USERS
     assert current_version(bundles) == (bundles / "v0").resolve()
     assert sorted(p.name for p in bundles.iterdir()) == ["current", "guard_log.jsonl", "v0"]  # refused: removed
     assert set(r0["figures"]) == {"serving", "candidate"} and r0["impressions"] == N_USERS
@@ -106,8 +114,12 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     u, item = log.read_since(0)[0][1], log.read_since(0)[0][2]
     last = log.append([FeedbackEvent(u, item, "buy", TS + 1000)])
     log.close()
-    r1 = run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None))
+    given.clear()
+    r1 = run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None, given))
     assert r1["decision"] == "rolled_in" and r1["new_events"] == 1 and r1["examined_id"] == last
+    # the user who bought what they clicked has no next-item event (a repeat); every other click is held out
+    held = [row for row in clicks if row[1] != u]
+    assert given == [frozenset(int(row[0]) for row in held)] and r1["held_out"] == N_USERS - 1
     assert all(d["value"] == 0.0 for d in r1["differences"].values())
     new = current_version(bundles)
     assert new.name == r1["candidate_version"] and (bundles / "current").readlink() == Path(new.name)
@@ -115,8 +127,14 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     assert lineage["parent_version"] == "v0" and lineage["feedback_consumed_id"] == last
     assert lineage["guard"]["differences"] == json.loads(json.dumps(r1["differences"]))
     assert [r["decision"] for r in read_log(bundles)] == ["refused", "rolled_in"]
-    np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"),
-                                  np.load(bundles / "v0" / "catalog" / "popularity.npy"))
+    # the held-out clicks joined the rolled-in version after the guard (the test's candidate learned nothing)
+    items = pd.read_parquet(new / "catalog" / "items.parquet")["item"].astype(str).tolist()
+    want = np.load(bundles / "v0" / "catalog" / "popularity.npy").astype(np.float64)
+    np.add.at(want, [items.index(str(row[2])) for row in held], 1.0)
+    np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"), want)
+    hist = pd.read_parquet(new / "catalog" / "histories.parquet").set_index("user")["items"]
+    assert all(items[int(hist[row[1]][-1])] == str(row[2]) for row in held)
+    assert lineage["held_out_learned_after_the_guard"] == N_USERS - 1
 
 
 def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
