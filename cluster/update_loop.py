@@ -6,14 +6,15 @@ One round (`run_round`):
    the last round examined (guard_log.jsonl's last line; the serving version's consumed id before any round).
    Fewer than `min_events` new events: nothing is written, not even a log line.
 2. A candidate version is built by `cluster.update_policy.update_policy` from the serving version and every
-   event it has not consumed (the policy continues training; the ranker is not retrained), written beside it.
+   event it has not consumed except the held-out ones (each user's last new interaction, which the guard judges
+   on), written beside it (the policy continues training; the ranker is not retrained).
 3. The guard (prefmine.update.guard) evaluates the candidate and the serving version on the SAME data: the
    impressions logged since the last round (SNIPS and DR of each version's slates) and each user's last new
    interaction (NDCG@k, Recall@k). Not worse on every judged metric (paired 95% interval's low >= -tolerance,
    UpdateConfig's guard_* keys): rolled in; otherwise refused and its directory removed (its events are read
    again next round, with the newer ones).
-4. Rolling in: the lineage (parent, consumed feedback id, guard figures) is written into the candidate's
-   manifest (resealed), `BUNDLES/current` is repointed atomically, and the serve process gets SIGHUP
+4. Rolling in: the held-out events join the candidate's histories and popularity (so none is lost), the lineage
+   (parent, consumed feedback id, guard figures) is written into the candidate's manifest (resealed), `BUNDLES/current` is repointed atomically, and the serve process gets SIGHUP
    (`--serve-pid`): serve.run's rollout loads the new version beside the old and switches replicas without a
    failed request, the path operators already use; a loop without --serve-pid only repoints the link.
 
@@ -78,6 +79,33 @@ def _erased(feedback: str) -> frozenset:
     return open_list(where).load() if where else frozenset()
 
 
+def _held_out(serving: Path, events: list[tuple]) -> frozenset[int]:
+    """The ids of the events the guard holds out (each user's last new interaction, prefmine.update.context)."""
+    from prefmine.bundle import load_catalog
+    from prefmine.update.context import held_out_ids
+
+    catalog = load_catalog(serving)
+    index = {str(it): i for i, it in enumerate(catalog.items["item"].to_numpy())}
+    return held_out_ids({u: [int(i) for i in s] for u, s in catalog.histories.items()}, events, index)
+
+
+def learn_held_out(version_dir: Path, held_events: list[tuple]) -> None:
+    """Add the held-out events to a version about to be rolled in (histories and popularity, as update_policy
+    applies events; its policy is not retrained on them), so that no event is lost: the version counts them as
+    consumed. The catalogue is rewritten from histories alone, as update_policy writes it; the caller reseals."""
+    from cluster.update_policy import apply_events
+    from prefmine.bundle import Catalog, load_catalog, save_catalog
+
+    if not held_events:
+        return
+    catalog = load_catalog(version_dir)
+    histories = {u: [int(i) for i in s] for u, s in catalog.histories.items()}
+    popularity = catalog.popularity.astype(np.float64)
+    apply_events(held_events, catalog.items["item"].to_numpy(), histories, popularity,
+                 np.full(len(catalog.items), 0.5), 1.0)
+    save_catalog(version_dir, Catalog(catalog.items, histories, popularity))
+
+
 def judge(serving: Path, candidate: Path, feedback: str, events: list[tuple], impressions, imp_feedback,
           cfg: UpdateConfig) -> dict:
     """The guard's verdict on candidate vs serving (prefmine.update.guard.compare) on the new data."""
@@ -112,14 +140,17 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
     if build is None:
         from cluster.update_policy import update_policy
 
-        def build(serving_dir, fb, out, c):
-            return update_policy(serving_dir, fb, out, c, verbose=verbose)
+        def build(serving_dir, fb, out, c, held):
+            return update_policy(serving_dir, fb, out, c, verbose=verbose, exclude_ids=held)
 
     from prefmine.bundle import new_version, read_manifest
 
     parent = read_manifest(serving)
+    consumed_from = int(parent.get("components", {}).get("policy", {}).get("feedback_consumed_id", 0))
+    events = read_events(feedback, consumed_from, cfg.page_size)  # everything the candidate learns from
+    held = _held_out(serving, [e for e in events if e[1] not in _erased(feedback)])
     out = bundles / f".candidate-r{round_no}-{new_version(parent.get('data_hash') or 'nodata')}"
-    summary = build(serving, feedback, out, cfg)
+    summary = build(serving, feedback, out, cfg, held)
     if summary.get("updated"):  # named by its manifest's version, as update_policy names versions
         out = out.rename(bundles / summary["version"])
     record = {"round": round_no, "serving_version": parent.get("version"), "examined_id": int(fresh[-1][0]),
@@ -129,8 +160,6 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
                        "seconds": round(time.time() - t0, 1)})
         publish.append_log(bundles, record)
         return record
-    consumed_from = int(parent.get("components", {}).get("policy", {}).get("feedback_consumed_id", 0))
-    events = read_events(feedback, consumed_from, cfg.page_size)  # everything the candidate learned from
     imps, imp_fb = _read_impressions(feedback, imp_seq, cfg.guard_max_impressions)
     erased = _erased(feedback)  # people erased since are judged on no more than they are learned from
     try:
@@ -144,9 +173,12 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
                    "decision": "rolled_in" if verdict["rolled_in"] else "refused", "reason": verdict["reason"],
                    "impressions": len(imps), "impression_seq": imps[-1].seq if imps else imp_seq,
                    "consumed_id": summary["consumed_id"]})
+    record["held_out"] = len(held)
     if verdict["rolled_in"]:
+        learn_held_out(out, [e for e in events if int(e[0]) in held and e[1] not in erased])
         publish.add_lineage(out, {"parent_version": parent.get("version"), "round": round_no,
-                                  "feedback_consumed_id": summary["consumed_id"], "guard": verdict})
+                                  "feedback_consumed_id": summary["consumed_id"], "guard": verdict,
+                                  "held_out_learned_after_the_guard": len(held)})
         publish.point_current(bundles, out)
         if serve_pid:
             os.kill(int(serve_pid), signal.SIGHUP)

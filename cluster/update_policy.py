@@ -127,10 +127,12 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
 
 
 def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | None = None,
-                  cfg: UpdateConfig | None = None, verbose: bool = True) -> dict:
+                  cfg: UpdateConfig | None = None, verbose: bool = True,
+                  exclude_ids: frozenset[int] = frozenset()) -> dict:
     """Run one incremental update (see the module docstring). Returns a summary with `updated`, `bundle` (the
     new version's path when updated), `version`, `consumed_id`, the event counts and, when updated, `serves`
-    (what the new version's gate chose) and `gate` (the decision with its figures)."""
+    (what the new version's gate chose) and `gate` (the decision with its figures). `exclude_ids`: feedback ids
+    not learned from (the update loop's held-out events); they still count as consumed."""
 
     from cluster.train_policy import gate_trained_policy, train_policy
     from prefmine.policy.response import fit_response_model, load_response
@@ -160,7 +162,8 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
 
     where = default_location(feedback)
     erased = open_list(where).load() if where else frozenset()  # a file, or a table beside PostgreSQL
-    events = [e for e in events if e[1] not in erased]
+    events = [e for e in events if e[1] not in erased and int(e[0]) not in exclude_ids]
+    summary["held_out"] = len(exclude_ids)
 
     # 2. what the events change
     catalog = load_catalog(bundle)

@@ -159,3 +159,22 @@ def test_fuzz_plans_10000_requests_per_rpc_and_checks_its_arguments(tmp_path):
     assert p.returncode != 0 and "'Teleport'" in p.stderr
     p = run("-m", "bench.fuzz", "--bundle", str(tmp_path / "b"), "--per-rpc", "0", "--plan")
     assert p.returncode != 0 and "--per-rpc" in p.stderr
+
+
+def test_closed_loop_plans_rounds_and_sessions_and_refuses_a_bundle_without_a_policy(tmp_path):
+    """bench.closed_loop: by default 4 rounds of 2,000 sessions on a tiny bundle trained from Magazine 5-core,
+    written to bench/results/closed_loop.json; --quick is one round of 30; a --bundle without the policy's
+    response model (the simulated users' answers) is refused naming --bundle."""
+    settings = plan("closed_loop")
+    assert settings["rounds"] == 4 and settings["sessions_per_round"] == 2000
+    assert settings["max_sessions"] == 5 * 2000 + 4 * 1000 and settings["learning_policy"] == "learned"
+    assert [Path(f).name for f in settings["inputs"]] == ["Magazine_Subscriptions_5.json.gz"]
+    (tmp_path / "b" / "policy").mkdir(parents=True)
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    p = run("-m", "bench.closed_loop", "--plan", "--bundle", str(tmp_path / "b"))
+    assert p.returncode != 0 and "--bundle" in p.stderr and "response_model.npz" in p.stderr
+    (tmp_path / "b" / "policy" / "response_model.npz").write_bytes(b"")
+    quick = plan("closed_loop", "--quick", "--bundle", str(tmp_path / "b"))
+    assert quick["rounds"] == 1 and quick["sessions_per_round"] == 30 and quick["inputs"] == []
+    assert Path(quick["bundle"]) == tmp_path / "b"
+    assert Path(quick["out"]) == ROOT / "runs" / "bench" / "closed_loop.quick.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,10 @@ def _copy_version(serving: Path, out: Path, serve: str | None, version: str) -> 
     seal(out, {**manifest, "version": version, "parent_version": manifest["version"]})
 
 
-def _builder(serve: str | None):
-    def build(serving, feedback, out, cfg):
+def _builder(serve: str | None, given: list | None = None):
+    def build(serving, feedback, out, cfg, held):
+        if given is not None:
+            given.append(held)
         from cluster.update_policy import read_events
 
         last = read_events(feedback, 0)[-1][0]
@@ -86,8 +89,14 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     cfg = UpdateConfig(guard_n_boot=200)
 
     # 1. a candidate that orders by popularity: worse on the clicked first items; refused, current unchanged
-    r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity"))
+    given: list = []
+    r0 = run_round(bundles, str(feedback), cfg, round_no=0, build=_builder("popularity", given))
     assert r0["decision"] == "refused" and "worse than serving" in r0["reason"]
+    store = FeedbackLog(feedback)
+    clicks = store.read_since(0)  # (id, user, item, event, ts, rating), one click per user
+    store.close()
+    # each user's one click is their held-out event: the candidate is built without it
+    assert given == [frozenset(int(row[0]) for row in clicks)] and r0["held_out"] == N_USERS
     assert current_version(bundles) == (bundles / "v0").resolve()
     assert sorted(p.name for p in bundles.iterdir()) == ["current", "guard_log.jsonl", "v0"]  # refused: removed
     assert set(r0["figures"]) == {"serving", "candidate"} and r0["impressions"] == N_USERS
@@ -105,8 +114,12 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     u, item = log.read_since(0)[0][1], log.read_since(0)[0][2]
     last = log.append([FeedbackEvent(u, item, "buy", TS + 1000)])
     log.close()
-    r1 = run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None))
+    given.clear()
+    r1 = run_round(bundles, str(feedback), cfg, round_no=1, build=_builder(None, given))
     assert r1["decision"] == "rolled_in" and r1["new_events"] == 1 and r1["examined_id"] == last
+    # the user who bought what they clicked has no next-item event (a repeat); every other click is held out
+    held = [row for row in clicks if row[1] != u]
+    assert given == [frozenset(int(row[0]) for row in held)] and r1["held_out"] == N_USERS - 1
     assert all(d["value"] == 0.0 for d in r1["differences"].values())
     new = current_version(bundles)
     assert new.name == r1["candidate_version"] and (bundles / "current").readlink() == Path(new.name)
@@ -114,8 +127,14 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     assert lineage["parent_version"] == "v0" and lineage["feedback_consumed_id"] == last
     assert lineage["guard"]["differences"] == json.loads(json.dumps(r1["differences"]))
     assert [r["decision"] for r in read_log(bundles)] == ["refused", "rolled_in"]
-    np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"),
-                                  np.load(bundles / "v0" / "catalog" / "popularity.npy"))
+    # the held-out clicks joined the rolled-in version after the guard (the test's candidate learned nothing)
+    items = pd.read_parquet(new / "catalog" / "items.parquet")["item"].astype(str).tolist()
+    want = np.load(bundles / "v0" / "catalog" / "popularity.npy").astype(np.float64)
+    np.add.at(want, [items.index(str(row[2])) for row in held], 1.0)
+    np.testing.assert_array_equal(np.load(new / "catalog" / "popularity.npy"), want)
+    hist = pd.read_parquet(new / "catalog" / "histories.parquet").set_index("user")["items"]
+    assert all(items[int(hist[row[1]][-1])] == str(row[2]) for row in held)
+    assert lineage["held_out_learned_after_the_guard"] == N_USERS - 1
 
 
 def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
@@ -148,3 +167,89 @@ def test_a_failed_round_is_reported_and_the_loop_goes_on(tmp_path):
     assert "FileNotFoundError" in records[0]["reason"] and not (tmp_path / "guard_log.jsonl").exists()
     with pytest.raises(FileNotFoundError):
         loop(str(tmp_path), str(tmp_path / "fb.sqlite"), 0.0001, 1, UpdateConfig(), out=io.StringIO())
+
+
+def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_path, tmp_path):
+    """A real server (`prefmine serve`'s code path, API key on) gets clicks over gRPC naming their impressions;
+    `prefmine update loop --rounds 1 --serve-pid` builds and judges a candidate from them while a client keeps
+    calling Recommend. The guard's tolerances are opened wide (1.0) so that the candidate rolls in whatever its
+    figures (refusals are tested above; on this little data the guard refuses most real candidates): the link
+    is repointed, the server gets SIGHUP, ModelInfo reports the candidate, and not one of the client's calls
+    failed before, during or after the switch."""
+    import subprocess
+    import sys
+    import threading
+
+    import grpc
+    from live_server import API_KEY, keys_file_for, raw_user_ids, server_env, start_server
+
+    from prefmine.bundle import Bundle, read_manifest
+    from prefmine.update.publish import read_log
+    from prefmine.v1 import recommender_pb2 as pb
+    from prefmine.v1 import recommender_pb2_grpc as pb_grpc
+
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    shutil.copytree(bundle_path, bundles / "v0")
+    (bundles / "current").symlink_to("v0")
+    old = read_manifest(bundles / "v0")["version"]
+    bundle = Bundle.load(bundle_path)
+    known = [r for r in dict.fromkeys(raw_user_ids(bundle)) if len(bundle.history(bundle.pseudonymise(r)))]
+    feedback = tmp_path / "feedback.sqlite"
+    server = start_server(bundles / "current", api_keys_file=keys_file_for(tmp_path / "keys"), feedback_db=feedback)
+    md = (("x-api-key", API_KEY),)
+    calls, failures, stop = [0], [], threading.Event()
+    try:
+        with grpc.insecure_channel(server.addr) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            for raw in known[:N_USERS]:  # each user clicks the top item of what they were shown
+                resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=10), timeout=30, metadata=md)
+                stub.RecordFeedback(pb.RecordFeedbackRequest(events=[pb.Event(
+                    user_id=raw, item_id=resp.items[0].item_id, type=pb.EVENT_TYPE_CLICK,
+                    timestamp=int(time.time()), impression_id=resp.impression_id)]), timeout=30, metadata=md)
+
+            def keep_calling():
+                n = 0
+                while not stop.is_set():
+                    try:
+                        stub.Recommend(pb.RecommendRequest(user_id=known[n % len(known)], k=5), timeout=30,
+                                       metadata=md)
+                        calls[0] += 1
+                    except grpc.RpcError as e:
+                        failures.append(f"{e.code().name}: {e.details()}")
+                    n += 1
+                    time.sleep(0.05)
+
+            client = threading.Thread(target=keep_calling, daemon=True)
+            client.start()
+            loop = subprocess.run(
+                [sys.executable, "-m", "cluster.update_loop", "--bundles", str(bundles), "--feedback",
+                 str(feedback), "--rounds", "1", "--every", "1", "--serve-pid", str(server.proc.pid),
+                 "--set", "max_iterations=1", "gate_sessions=20", "guard_n_boot=100", "guard_ope_tolerance=1",
+                 "guard_rank_tolerance=1"],
+                capture_output=True, text=True, timeout=600, env=server_env(), cwd=Path(__file__).parents[1])
+            assert loop.returncode == 0, loop.stderr[-3000:]
+            record = json.loads(loop.stdout.strip().splitlines()[-1])
+            assert record["decision"] == "rolled_in", record
+            want = record["candidate_version"]
+            t0, info = time.monotonic(), None
+            while time.monotonic() - t0 < 120:
+                info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=30, metadata=md).bundle_version
+                if info == want:
+                    break
+                time.sleep(0.5)
+            calls_at_end = calls[0]
+            time.sleep(1.0)  # the client goes on answering after the switch
+            stop.set()
+            client.join(timeout=60)
+    finally:
+        stop.set()
+        assert server.stop() == 0
+    assert record["new_events"] == N_USERS and record["impressions"] >= N_USERS  # the client's too
+    assert info == want != old
+    logged = read_log(bundles)[-1]
+    assert logged["decision"] == "rolled_in" and logged["signalled"] == server.proc.pid
+    assert (bundles / "current").resolve().name == want
+    lineage = read_manifest(bundles / want)["update_loop"]
+    assert lineage["parent_version"] == old and lineage["feedback_consumed_id"] == record["consumed_id"]
+    assert failures == [] and calls_at_end > 0 and calls[0] > calls_at_end

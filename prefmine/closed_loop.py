@@ -1,0 +1,189 @@
+"""The closed-loop benchmark's library side (bench/closed_loop.py wires it to a live server): a simulated
+population that answers served slates with clicks and purchases, and the per-arm tallies it reports.
+
+A simulated user is a user of the data: their history is the bundle's catalogue history, and their response is the
+calibrated simulator's (prefmine.policy.simulator, the response model fitted to the logged data,
+`policy/response_model.npz`), frozen for the whole run: the service learns, the users do not change. One
+session is up to `pages` slates (each one Recommend); a slate is examined top to bottom, slot by slot as in the
+simulator:
+
+    P(click)       = attract(item | history) * fatigue(item | recently shown) * 1 / log2(pos + 2)
+    P(buy | click) = the item's purchase rate
+    P(leave)       = leave_prob + leave_prob_skip * [no click]   after every slot
+
+A click joins the user's history at once (the service hears of it through RecordFeedback and uses it in the
+user's next Recommend). The service is reached only through the two callables a session is given, so this module
+knows nothing of gRPC or Ray.
+
+An impression counts as clicked when at least one of its items was clicked and as purchased when one was bought,
+the definition `prefmine experiments report` uses; rates are per impression with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prefmine.experiments import wilson
+from prefmine.policy.response import ResponseModel, position_bias
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """How simulated users browse (defaults: the simulator's, prefmine.policy.simulator.SimulatorConfig)."""
+
+    k: int = 10  # items per slate (Recommend's k)
+    pages: int = 3  # slates per session at most
+    leave_prob: float = 0.05
+    leave_prob_skip: float = 0.2
+    fatigue: float = 0.6
+    fatigue_window: int = 5
+
+    def __post_init__(self):
+        if self.k < 1 or self.pages < 1:
+            raise ValueError(f"PopulationConfig: k ({self.k}) and pages ({self.pages}) must be >= 1")
+        if not (0 <= self.leave_prob <= 1 and 0 <= self.leave_prob_skip <= 1 and 0 <= self.fatigue <= 1):
+            raise ValueError("PopulationConfig: leave_prob, leave_prob_skip and fatigue must lie in [0, 1]")
+
+
+@dataclass
+class Slate:
+    """One served answer as the population sees it: its impression id, arm and item ids (best first)."""
+
+    impression_id: str
+    arm: str
+    items: list[str]
+
+
+@dataclass
+class Outcome:
+    """What one impression got: clicked and bought item ids."""
+
+    impression_id: str
+    arm: str
+    clicks: list[str] = field(default_factory=list)
+    buys: list[str] = field(default_factory=list)
+
+
+class Population:
+    """Users of the data (raw id -> catalogue history as item indices) answering slates with the response model."""
+
+    def __init__(self, response: ResponseModel, item_ids, histories: dict[str, list[int]],
+                 cfg: PopulationConfig | None = None):
+        if not histories:
+            raise ValueError("Population: no users")
+        self.response = response
+        self.cfg = cfg or PopulationConfig()
+        self.item_ids = [str(i) for i in item_ids]
+        if len(self.item_ids) != response.n_items:
+            raise ValueError(f"Population: {len(self.item_ids)} items but the response model has {response.n_items}")
+        self.index = {it: i for i, it in enumerate(self.item_ids)}
+        self.users = sorted(histories)
+        self.histories = {u: [int(i) for i in h] for u, h in histories.items()}
+        self._unit = response.item_emb / np.maximum(np.linalg.norm(response.item_emb, axis=1, keepdims=True), 1e-8)
+
+    def draw(self, rng: np.random.Generator) -> str:
+        return self.users[int(rng.integers(len(self.users)))]
+
+    def examine(self, history: list[int], shown: list[int], items: list[str], rng: np.random.Generator,
+                outcome: Outcome) -> bool:
+        """Examine one slate top to bottom, appending clicks (also to `history`) and buys to `outcome` and every
+        shown item to `shown`; True when the user left during it. Items the catalogue does not know are skipped."""
+        cfg = self.cfg
+        for pos, item_id in enumerate(items):
+            i = self.index.get(item_id)
+            if i is None:
+                continue
+            p = float(self.response.attraction(np.asarray(history, dtype=np.int64), [i])[0])
+            recent = shown[-cfg.fatigue_window:]
+            if recent:
+                dup = float(np.max(self._unit[recent] @ self._unit[i]))
+                p *= 1.0 - cfg.fatigue * min(max(dup, 0.0), 1.0)
+            p *= float(position_bias(pos))
+            click = bool(rng.random() < p)
+            if click:
+                outcome.clicks.append(item_id)
+                history.append(i)
+                if rng.random() < float(self.response.buy_prob[i]):
+                    outcome.buys.append(item_id)
+            shown.append(i)
+            if rng.random() < cfg.leave_prob + (0.0 if click else cfg.leave_prob_skip):
+                return True
+        return False
+
+    def session(self, user: str, recommend: Callable[[str, int], Slate],
+                feedback: Callable[[str, Outcome], None], rng: np.random.Generator) -> list[Outcome]:
+        """One session of `user`: up to `pages` slates from `recommend(user, k)`, each examined, its clicks and
+        buys sent with `feedback(user, outcome)` before the next slate is asked for (when there were any)."""
+        history = list(self.histories.get(user, []))
+        shown: list[int] = []
+        out = []
+        for _ in range(self.cfg.pages):
+            slate = recommend(user, self.cfg.k)
+            outcome = Outcome(slate.impression_id, slate.arm)
+            left = self.examine(history, shown, slate.items, rng, outcome)
+            if outcome.clicks:
+                feedback(user, outcome)
+            out.append(outcome)
+            if left:
+                break
+        return out
+
+
+@dataclass
+class ArmTally:
+    """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round)."""
+
+    sessions: int = 0
+    impressions: int = 0
+    clicked: int = 0
+    purchased: int = 0
+
+    def add_session(self, outcomes: list[Outcome]) -> None:
+        self.sessions += 1
+        for o in outcomes:
+            self.impressions += 1
+            self.clicked += bool(o.clicks)
+            self.purchased += bool(o.buys)
+
+    def summary(self) -> dict:
+        n = self.impressions
+        return {"sessions": self.sessions, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
+                "ctr": self.clicked / n if n else 0.0, "ctr_ci95": list(wilson(self.clicked, n)),
+                "purchase_rate": self.purchased / n if n else 0.0,
+                "purchase_rate_ci95": list(wilson(self.purchased, n))}
+
+
+def separated(above: dict, below: dict, rate: str) -> bool:
+    """True when `above`'s 95% interval of `rate` lies wholly above `below`'s (the intervals do not overlap)."""
+    return above[f"{rate}_ci95"][0] > below[f"{rate}_ci95"][1]
+
+
+def verdict(arms: dict[str, dict], learning: str, control: str) -> dict:
+    """Whether the learning arm beats the control arm: its click-rate interval lies above the control's (the
+    purchase rate is reported beside it, and a lower learning interval is named too)."""
+    la, ca = arms[learning], arms[control]
+    return {"learning_arm": learning, "control_arm": control,
+            "learning_beats_control": separated(la, ca, "ctr"),
+            "learning_below_control": separated(ca, la, "ctr"),
+            "purchase_rate_separates_above": separated(la, ca, "purchase_rate"),
+            "rule": "the learning arm's CTR 95% interval lies wholly above the control's"}
+
+
+def percentiles(latencies_ms: list[float]) -> dict:
+    """n, p50, p90, p99 and max of a list of latencies in milliseconds (all None when it is empty)."""
+    if not latencies_ms:
+        return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    a = np.asarray(latencies_ms, dtype=np.float64)
+    return {"n": int(len(a)), **{f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 90, 99)},
+            "max": round(float(a.max()), 2)}
+
+
+def split_by_windows(samples: list[tuple[float, float]], windows: list[tuple[float, float]]):
+    """(latencies inside any [start, end] window, latencies outside) of (start time, latency) samples."""
+    inside, outside = [], []
+    for t, ms in samples:
+        (inside if any(a <= t <= b for a, b in windows) else outside).append(ms)
+    return inside, outside
