@@ -60,8 +60,9 @@ from prefmine.v1 import recommender_pb2 as pb
 from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, Unauthenticated
 from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
-from serve.live_catalog import blocked_items, drop_blocked, without
+from serve.live_catalog import blocked_items, drop_blocked, poll, without
 from serve.metrics import ServiceMetrics
+from serve.new_items import LiveItems
 from serve.served import BundleRef, ServedBundle
 from serve.validate import (
     EVENT_NAMES,
@@ -144,6 +145,12 @@ class RecommenderIngress:
         # retired / unavailable items (the store's catalogue change log, polled about every second)
         self.live_catalog = LiveCatalog(self.feedback, LiveCatalogConfig(**(live_catalog or {})),
                                         lock=self._feedback_lock)
+        self.new_items = LiveItems(ranker, encoder, self._call, self.live_catalog.config)  # items written since
+
+    async def _live(self):
+        """The served bundle with the catalogue's new items appended (serve.new_items); the log polled when due."""
+        await poll(self.live_catalog)
+        return self.new_items.view(self.served, self.live_catalog)
 
     async def check_health(self) -> None:
         """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log
@@ -345,7 +352,7 @@ class RecommenderIngress:
         return empty
 
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        s = self.served
+        s = await self._live()
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids) | await blocked_items(self.live_catalog, s)
         history = await self._history(s, request.user_id, request.recent_events)
@@ -358,7 +365,7 @@ class RecommenderIngress:
                 await self._explain(s, resp, items, history)
             return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
         exclude |= set(history.items.tolist())
-        n = candidate_count(k, self.n_candidates, s.bundle.n_items, len(exclude))
+        n = candidate_count(k, self.n_candidates, s.n_items, len(exclude))
         if n <= 0:
             resp = responses.recommend_response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
                                                 placement=request.placement)
@@ -472,11 +479,11 @@ class RecommenderIngress:
         return resp
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        s = self.served
+        s = await self._live()
         k = int(request.k)
         rules = self._rules(s, request.rules, exclude_seen=False) if request.HasField("rules") else None
         mask = allowed_mask(s.attributes, rules) if rules is not None else None
-        mask = without(mask, await blocked_items(self.live_catalog, s), s.bundle.n_items)
+        mask = without(mask, await blocked_items(self.live_catalog, s), s.n_items)
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if s.hybrid_search:  # BM25 + dense, fused, personalised (prefmine.search), with facets
@@ -523,8 +530,8 @@ class RecommenderIngress:
         return responses.rank_response(s, cands, probs, ev, order, cold)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        s = self.served
-        i = s.bundle.item_index(request.item_id)
+        s = await self._live()
+        i = s.item_index(request.item_id)
         if i is None:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
         if request.HasField("rules"):
@@ -540,7 +547,7 @@ class RecommenderIngress:
         rules = self._rules(s, request.rules, exclude_seen=False)
         blocked = await blocked_items(self.live_catalog, s)
         mask = allowed_mask(s.attributes, rules, exclude=[item, *blocked])
-        got = await self._call(self.ranker.similar, s.ref, item, int(s.bundle.n_items))
+        got = await self._call(self.ranker.similar, s.ref, item, int(s.n_items))
         idx, sims = np.asarray(got["idx"], np.int64), np.asarray(got["sims"], np.float64)
         keep = mask[idx]
         idx, sims = idx[keep], sims[keep]

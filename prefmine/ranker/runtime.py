@@ -21,7 +21,7 @@ import torch
 from prefmine.metrics import top_k
 from prefmine.ranker.blend import ScoreBlend
 from prefmine.ranker.model import FusedRanker, RankerConfig
-from prefmine.ranker.retrieval import RetrievalConfig, open_item_index
+from prefmine.ranker.retrieval import ItemIndex, RetrievalConfig, open_item_index
 from prefmine.ranker.task import user_states
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,27 @@ class RankerRuntime:
     @property
     def dim(self) -> int:
         return self.item_vectors.shape[1]
+
+    def cold_vectors(self, text: np.ndarray) -> np.ndarray:
+        """Ranker vectors of items the bundle was not trained on, from their text embeddings (the model's cold
+        item path, FusedRanker.cold_item_vectors) [m, dim]."""
+        with torch.no_grad():
+            return self.model.cold_item_vectors(np.asarray(text, np.float32)).float().numpy()
+
+    def extended(self, vectors: np.ndarray, unit_text: np.ndarray | None = None) -> RankerRuntime:
+        """A runtime over this catalogue plus items appended after training (their ranker vectors `vectors` and
+        unit text vectors): they are scored, retrieved and blended like every item (no popularity, no
+        co-occurrence), and the other items' scores do not change (ScoreBlend.extended). Shares the model; an
+        approximate index is rebuilt over the extended vectors."""
+        out = object.__new__(RankerRuntime)
+        out.__dict__.update(self.__dict__)
+        out.item_vectors = np.concatenate([self.item_vectors, np.asarray(vectors, np.float32)])
+        out.popularity = np.concatenate([self.popularity, np.zeros(len(vectors))])
+        if self.index is not None:
+            out.index = ItemIndex.build(out.item_vectors, self.index.cfg)
+        if self.blend is not None:
+            out.blend = self.blend.extended(len(vectors), unit_text)
+        return out
 
     def user_states(self, histories, times=None, events=None) -> np.ndarray:
         """`times`: event times in seconds aligned with each history (time-gap features; NaN or None: unknown);
