@@ -136,9 +136,10 @@ class LiveItems:
 
 
 class Extensions:
-    """A deployment's runtimes extended with new-item snapshots, by (base runtime, digest); the last `keep`."""
+    """A deployment's runtimes extended with new-item snapshots, by (base runtime, digest); the last `keep` (each
+    holds a copy of the version's item vectors with the new rows appended)."""
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, keep: int = 2):
         self.keep = keep
         self._items: OrderedDict[tuple, Any] = OrderedDict()
 

@@ -186,9 +186,10 @@ class ScoreBlend:
         n0 = self.n_stats or (self.sim.shape[0] if self.sim is not None else len(self.unit_text))
         n = n0 + int(n_new)
         out.n_stats = n0
-        if self.sim is not None:
-            out.sim = self.sim.copy()
-            out.sim.resize((n, n))
+        if self.sim is not None:  # zero rows appended (the arrays shared, not copied), columns widened
+            sim = self.sim
+            indptr = np.concatenate([sim.indptr[:n0 + 1], np.full(n - n0, sim.indptr[n0], sim.indptr.dtype)])
+            out.sim = sp.csr_matrix((sim.data, sim.indices, indptr), shape=(n, n), copy=False)
         if self.unit_text is not None:
             extra = np.zeros((n_new, self.unit_text.shape[1]), np.float32) if unit_text is None \
                 else np.asarray(unit_text, np.float32)

@@ -21,7 +21,7 @@ import torch
 from prefmine.metrics import top_k
 from prefmine.ranker.blend import ScoreBlend
 from prefmine.ranker.model import FusedRanker, RankerConfig
-from prefmine.ranker.retrieval import ItemIndex, RetrievalConfig, open_item_index
+from prefmine.ranker.retrieval import RetrievalConfig, open_item_index
 from prefmine.ranker.task import user_states
 
 logger = logging.getLogger(__name__)
@@ -90,14 +90,14 @@ class RankerRuntime:
     def extended(self, vectors: np.ndarray, unit_text: np.ndarray | None = None) -> RankerRuntime:
         """A runtime over this catalogue plus items appended after training (their ranker vectors `vectors` and
         unit text vectors): they are scored, retrieved and blended like every item (no popularity, no
-        co-occurrence), and the other items' scores do not change (ScoreBlend.extended). Shares the model; an
-        approximate index is rebuilt over the extended vectors."""
+        co-occurrence), and the other items' scores do not change (ScoreBlend.extended). Shares the model and the
+        approximate index, if any (AppendedIndex)."""
         out = object.__new__(RankerRuntime)
         out.__dict__.update(self.__dict__)
         out.item_vectors = np.concatenate([self.item_vectors, np.asarray(vectors, np.float32)])
         out.popularity = np.concatenate([self.popularity, np.zeros(len(vectors))])
-        if self.index is not None:
-            out.index = ItemIndex.build(out.item_vectors, self.index.cfg)
+        if self.index is not None:  # the index keeps its own items; the appended ones are scored exactly beside it
+            out.index = AppendedIndex(self.index, np.asarray(vectors, np.float32), len(self.item_vectors))
         if self.blend is not None:
             out.blend = self.blend.extended(len(vectors), unit_text)
         return out
@@ -158,3 +158,25 @@ class RankerRuntime:
             ok = np.ones(k, dtype=bool) if ex is None or ex[0] is None else ~np.isin(row, list(ex[0]))
             idx[i, ok], scores[i, ok] = row[ok], pop[0, row[ok]]
         return idx, scores
+
+
+class AppendedIndex:
+    """A trained catalogue's approximate item index with items appended after it (a runtime's `extended`): the
+    index searches its own items, the appended ones (few: new catalogue items) are scored exactly, and the two
+    answers are merged, so no index is rebuilt when an item is added. Same `search` contract as ItemIndex."""
+
+    def __init__(self, index, vectors: np.ndarray, base_n: int):
+        self.index, self.vectors, self.base_n = index, vectors, int(base_n)
+
+    def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = np.asarray(queries, np.float32)
+        ids, scores = self.index.search(q, min(int(k), self.base_n), exclude)
+        new_ids = np.broadcast_to(self.base_n + np.arange(len(self.vectors)), (len(q), len(self.vectors)))
+        new_scores = (q @ self.vectors.T).astype(np.float32)
+        for row, ex in enumerate(exclude or ()):
+            if ex:
+                new_scores[row, np.isin(new_ids[row], list(ex))] = -np.inf
+        new_ids = np.where(np.isfinite(new_scores), new_ids, -1)
+        ids, scores = np.concatenate([ids, new_ids], 1), np.concatenate([scores, new_scores], 1)
+        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), -scores), axis=1)[:, :int(k)]
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)

@@ -76,7 +76,9 @@ class _EncoderVersion:
         vectors searched densely, their titles in a side lexical index."""
         out = object.__new__(_EncoderVersion)
         out.runtime = self.runtime
-        out.unit_items = np.concatenate([self.unit_items, new.text_vectors])
         out.searcher = self.searcher.extended(new.search_catalog(), new.text_vectors) \
             if self.searcher is not None else None
+        # the searcher's unit rows are these same rows: one copy of them, not two
+        out.unit_items = out.searcher.unit if out.searcher is not None else \
+            np.concatenate([self.unit_items, new.text_vectors])
         return out
