@@ -56,6 +56,7 @@ from serve.auth import ApiKeyCheck, AuthConfig, PermissionDenied, RateLimited, U
 from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
 from serve.metrics import ServiceMetrics
+from serve.new_items import LiveItems
 from serve.rpc_common import REPLICA_RETRY_S, Erased, ImpressionNotLogged, NotFound
 from serve.rpc_recommend import RULES_POLICY, RecommendRpcs
 from serve.rpc_search import SEARCH_CANDIDATES, SearchRpcs
@@ -128,6 +129,7 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         # retired / unavailable items (the store's catalogue change log, polled about every second)
         self.live_catalog = LiveCatalog(self.feedback, LiveCatalogConfig(**(live_catalog or {})),
                                         lock=self._feedback_lock)
+        self.new_items = LiveItems(ranker, encoder, self._call, self.live_catalog.config)  # items written since
 
     async def check_health(self) -> None:
         """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log

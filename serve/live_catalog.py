@@ -14,15 +14,22 @@ from prefmine.serving.live_catalog import LiveCatalog
 logger = logging.getLogger("ray.serve")
 
 
-async def blocked_items(live: LiveCatalog, s) -> frozenset[int]:
-    """The served bundle's item indexes that must not be shown now; polls the change log when due (in a worker
-    thread, under the store's lock). A failed poll keeps the last state and is logged."""
+async def poll(live: LiveCatalog) -> None:
+    """Read the change log when due (in a worker thread, under the store's lock). A failed poll keeps the last
+    state and is logged."""
     if live.due():
         err = await asyncio.to_thread(live.refresh)
         if err is not None:
             logger.warning("catalogue change log not read (%s: %s); serving the last known catalogue",
                            type(err).__name__, err)
-    return live.blocked_indices(s.ref, s.bundle.item_index)
+
+
+async def blocked_items(live: LiveCatalog, s) -> frozenset[int]:
+    """The served item indexes that must not be shown now (`s`: a ServedBundle, or serve.new_items.LiveServed
+    with the new items appended); polls the change log when due."""
+    await poll(live)
+    item_index = getattr(s, "item_index", None) or s.bundle.item_index
+    return live.blocked_indices((s.ref, getattr(s, "digest", "")), item_index)
 
 
 def without(mask: np.ndarray | None, blocked: frozenset[int], n_items: int) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from prefmine.serving.history import History, history_end, logged_events, with_s
 from prefmine.serving.recommend import candidate_count
 from prefmine.serving.request_rules import ruled_top, rules_of, unanswerable
 from prefmine.v1 import recommender_pb2 as pb
+from serve.live_catalog import poll
 from serve.served import ServedBundle
 from serve.validate import BadRequest
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from prefmine.feedback.base import FeedbackStore
     from prefmine.serving.live_catalog import LiveCatalog
     from serve.metrics import ServiceMetrics
+    from serve.new_items import LiveItems
 
 logger = logging.getLogger("ray.serve")
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, encoder)
@@ -59,7 +61,13 @@ class IngressParts:
     erased: TombstoneWatcher
     metrics: ServiceMetrics
     live_catalog: LiveCatalog
+    new_items: LiveItems
     _feedback_lock: threading.Lock
+
+    async def _live(self):
+        """The served bundle with the catalogue's new items appended (serve.new_items); the log polled when due."""
+        await poll(self.live_catalog)
+        return self.new_items.view(self.served, self.live_catalog)
 
     async def _call(self, method, *args):
         """``await method.remote(*args)`` on a deployment handle, again when the replica it reached died under it

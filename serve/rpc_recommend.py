@@ -32,7 +32,7 @@ class RecommendRpcs(IngressParts):
     experiment: object  # prefmine.experiments.Experiment | None
 
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        s = self.served
+        s = await self._live()
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids) | await blocked_items(self.live_catalog, s)
         history = await self._history(s, request.user_id, request.recent_events)
@@ -45,7 +45,7 @@ class RecommendRpcs(IngressParts):
                 await self._explain(s, resp, items, history)
             return await self._log_impression(s, request, resp, np.ones(len(resp.items)), "popularity")
         exclude |= set(history.items.tolist())
-        n = candidate_count(k, self.n_candidates, s.bundle.n_items, len(exclude))
+        n = candidate_count(k, self.n_candidates, s.n_items, len(exclude))
         if n <= 0:
             resp = responses.recommend_response(s, np.zeros(0, np.int64), np.zeros(0), cold_start=False,
                                                 placement=request.placement)

@@ -23,11 +23,11 @@ class SearchRpcs(IngressParts):
     """Search, SimilarItems and Rank (RecommenderIngress validates and calls `_search`, `_similar`, `_rank`)."""
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
-        s = self.served
+        s = await self._live()
         k = int(request.k)
         rules = self._rules(s, request.rules, exclude_seen=False) if request.HasField("rules") else None
         mask = allowed_mask(s.attributes, rules) if rules is not None else None
-        mask = without(mask, await blocked_items(self.live_catalog, s), s.bundle.n_items)
+        mask = without(mask, await blocked_items(self.live_catalog, s), s.n_items)
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if s.hybrid_search:  # BM25 + dense, fused, personalised (prefmine.search), with facets
@@ -59,8 +59,8 @@ class SearchRpcs(IngressParts):
         return responses.search_response(s, scored, items, cold, facets, retrieval)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
-        s = self.served
-        i = s.bundle.item_index(request.item_id)
+        s = await self._live()
+        i = s.item_index(request.item_id)
         if i is None:
             raise NotFound(f"item_id {request.item_id[:64]!r} is not in the catalogue")
         if request.HasField("rules"):
@@ -76,7 +76,7 @@ class SearchRpcs(IngressParts):
         rules = self._rules(s, request.rules, exclude_seen=False)
         blocked = await blocked_items(self.live_catalog, s)
         mask = allowed_mask(s.attributes, rules, exclude=[item, *blocked])
-        got = await self._call(self.ranker.similar, s.ref, item, int(s.bundle.n_items))
+        got = await self._call(self.ranker.similar, s.ref, item, int(s.n_items))
         idx, sims = np.asarray(got["idx"], np.int64), np.asarray(got["sims"], np.float64)
         keep = mask[idx]
         idx, sims = idx[keep], sims[keep]

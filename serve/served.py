@@ -23,7 +23,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class BundleRef:
 
     path: str
     version: str
+    # new catalogue items a request is answered with (serve.new_items.ItemsRef); not part of the version's identity
+    items: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, config: dict) -> BundleRef:
@@ -90,6 +92,8 @@ class RuntimeCache:
         self._loading: dict[BundleRef, asyncio.Lock] = {}
 
     async def get(self, ref: BundleRef) -> Any:
+        if ref.items is not None:  # the version alone is the key (a request's new items are not kept here)
+            ref = replace(ref, items=None)
         rt = self._items.get(ref)
         if rt is not None:
             self._items.move_to_end(ref)

@@ -230,3 +230,48 @@ def test_a_replica_poller_follows_the_log_and_keeps_its_state_when_the_store_fai
     assert live.blocked_indices("v1", index) == {0} and live.written["b"] == {"available": True}
     store.close()  # the store goes away: the poll fails, the state stays
     assert isinstance(live.refresh(), Exception) and live.blocked_indices("v1", index) == {0}
+
+
+def test_new_items_become_served_item_vectors(bundle_path):
+    """prefmine.serving.new_items on a trained bundle's own encoder and ranker (no Ray): written items the bundle
+    does not hold get the encoder's embedding of their text and the ranker vector the fused ranker gives a cold
+    item with that text (the model's own item_vectors with the item marked cold); a retired one leaves the next
+    snapshot, an unchanged one keeps its vectors without being embedded again, and the cap holds."""
+    import numpy as np
+    import torch
+
+    from prefmine.bundle import Bundle
+    from prefmine.ranker.runtime import RankerRuntime
+    from prefmine.serving.new_items import NewItems, new_item_text, new_items_from
+    from prefmine.text.runtime import EncoderRuntime
+
+    bundle = Bundle.load(bundle_path)
+    ranker, encoder = RankerRuntime(bundle_path), EncoderRuntime(bundle_path)
+    written = {"new-a": {"title": "Garden Hose Reel", "brand": "Acme", "categories": ["Garden", "Hoses"]},
+               bundle.item_ids[0]: {"title": "an update of a bundle item"},  # held by the bundle: not new
+               "new-b": {"title": "Stainless Steel Water Bottle", "price": 12.0}}
+    new = new_items_from(NewItems(bundle.n_items), written, bundle.item_index, 10, encoder.embed, ranker.cold_vectors)
+    assert new.ids == ("new-a", "new-b") and new.index("new-b") == bundle.n_items + 1 and new.digest
+    assert new.texts[0] == "Garden Hose Reel . Acme . Garden / Hoses"
+    expected_text = encoder.embed([new_item_text(f) for f in (written["new-a"], written["new-b"])])
+    np.testing.assert_allclose(new.text_vectors, expected_text, atol=1e-5)
+    # the ranker vectors are the model's cold-item vectors: a bundle item given these texts and marked cold
+    model = ranker.model
+    with torch.no_grad():
+        text, warm = model.text[1:3].clone(), model.warm[1:3].clone()
+        model.text[1:3], model.warm[1:3] = torch.as_tensor(new.text_vectors), False
+        expected = model.item_vectors(torch.tensor([1, 2])).numpy()
+        model.text[1:3], model.warm[1:3] = text, warm
+    np.testing.assert_allclose(new.vectors, expected, atol=1e-5)
+    # retire new-a: it leaves the snapshot, new-b keeps its vectors (nothing to embed: embed must not be called)
+    del written["new-a"]
+
+    def no_embedding(texts):
+        raise AssertionError(f"embedded again: {texts}")
+
+    again = new_items_from(new, written, bundle.item_index, 10, no_embedding, ranker.cold_vectors)
+    assert again.ids == ("new-b",) and again.index("new-b") == bundle.n_items and again.digest != new.digest
+    np.testing.assert_array_equal(again.vectors[0], new.vectors[1])
+    assert new_items_from(again, written, bundle.item_index, 10, no_embedding, ranker.cold_vectors) is again
+    written["new-c"] = {"title": "Third"}
+    assert new_items_from(again, written, bundle.item_index, 1, encoder.embed, ranker.cold_vectors).ids == ("new-b",)

@@ -145,3 +145,23 @@ def test_more_candidates_than_items_left_pads(bundle_5k):
     for row in range(2):
         assert sorted(idx[row, :3].tolist()) == [10, 20, 30] and np.isfinite(scores[row, :3]).all()
         assert (idx[row, 3:] == -1).all() and np.isneginf(scores[row, 3:]).all()
+
+
+def test_appended_items_are_merged_beside_the_approximate_index(bundle_5k):
+    """RankerRuntime.extended over a catalogue served through an approximate index: items appended after training
+    (new catalogue items) are scored exactly beside the index, not by rebuilding it, and the merged top 10 is the
+    exact top 10 of the extended catalogue, exclusions of new items honoured."""
+    save_retrieval_index(bundle_5k / "ranker", RetrievalConfig(kind="hnsw", ef_search=512))
+    rt = RankerRuntime(bundle_5k)
+    assert rt.index is not None
+    histories, exclude = requests(5000)
+    top = rt.top_n_with_states(histories, 1, exclude)[0][:, 0]
+    new = 1.5 * rt.item_vectors[top[[0, 1, 2, 3]]]  # copies of some users' best items, scored higher still
+    ext = rt.extended(new)
+    assert ext.index.index is rt.index and len(ext.item_vectors) == 5004
+    exclude[1] = (exclude[1] or set()) | {5001}  # a new item excluded for user 1
+    idx, scores, _ = ext.top_n_with_states(histories, K, exclude)
+    want_idx, want_scores = matmul_top_k(ext, histories, K, exclude)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert idx[0, 0] == 5000 and 5001 not in idx[1] and (idx >= 5000).any(axis=1).sum() >= 3

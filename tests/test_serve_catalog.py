@@ -127,3 +127,70 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
     assert [(c.item, c.op) for c in log] == [("catalog-test-new-1", "upsert"), ("catalog-test-gone", "retire")]
     assert log[0].fields == {"title": "Catalogue test item", "brand": "Acme", "categories": ["Tests"], "price": 4.5,
                              "available": True, "kind": "product"} and log[-1].id == resp.last_id
+    # the new item is served from now on (test_new_item_is_served_within_a_minute): retired, so the session's other
+    # tests see the bundle's catalogue
+    write(server_proc, [{"item": "catalog-test-new-1", "op": "retire"}], set(), "catalog-rpc-test-cleanup")
+
+
+def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
+    """A new item (an id the bundle does not hold) written to the catalogue is served without a new bundle: its
+    fields copy a cold bundle item's (one without train interactions, whose ranker vector also comes from its
+    text alone). Recommend ranks it through the ranker (the rules path, in ranker order, and the policy's slate)
+    within a minute, and every other item keeps its place; SimilarItems of the item it copies returns it; Search
+    for its title finds it; a category filter keeps it or drops it; retiring it removes it from every answer."""
+    import numpy as np
+    import torch
+
+    from prefmine.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path)
+    warm = torch.load(bundle_path / "ranker" / "model.pt", weights_only=True)["warm"][1:].numpy() > 0
+    cold = np.flatnonzero(~warm)
+    assert len(cold), "the tiny bundle has no cold item (items met only in validation or test)"
+    c = int(cold[0])
+    item = bundle.items.iloc[c]
+    copied, new = str(bundle.item_ids[c]), "catalog-test-new-copy"
+    cats = [str(x) for x in item["categories"]]
+    fields = {"title": str(item["title"]), "brand": str(item["brand"] or ""), "categories": cats}
+    other = next(x for cs in bundle.items["categories"] for x in cs if x not in cats)  # a category it lacks
+    user = next(u for u in raw_user_ids(bundle) if len(bundle.history(bundle.pseudonymise(u))) > 0)
+    k_all = bundle.n_items + 1
+    with grpc.insecure_channel(server_proc.addr) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+
+        def ranked(**rules) -> list[str]:  # every item the user may get, in the ranker's order (rules path)
+            return [it.item_id for it in stub.Recommend(pb.RecommendRequest(
+                user_id=user, k=k_all, rules=pb.Rules(**rules)), timeout=30, metadata=KEY).items]
+
+        def searched(**rules) -> list[str]:
+            request = pb.SearchRequest(user_id=user, query=fields["title"], k=5)
+            if rules:
+                request.rules.CopyFrom(pb.Rules(**rules))
+            return [r.item_id for r in stub.Search(request, timeout=30, metadata=KEY).results]
+
+        before = ranked()
+        assert new not in before
+        t0 = write(server_proc, [{"item": new, **fields}], set(), "catalog-test-new-item")
+        try:
+            while new not in (after := ranked()):
+                assert time.monotonic() - t0 < 60, "a new item was not recommendable 60 s after its write"
+                time.sleep(0.2)
+            print(f"write-to-recommendable latency {time.monotonic() - t0:.2f} s")
+            assert [i for i in after if i != new] == before  # placed by its score; no other item moved
+            slate = [it.item_id for it in stub.Recommend(pb.RecommendRequest(user_id=user, k=k_all), timeout=30,
+                                                         metadata=KEY).items]
+            assert new in slate  # the policy's slate path too
+            similar = [it.item_id for it in stub.SimilarItems(pb.SimilarItemsRequest(item_id=copied, k=3),
+                                                              timeout=30, metadata=KEY).items]
+            assert new in similar, similar
+            assert new in searched()
+            assert new in ranked(categories=[cats[-1]]) and new not in ranked(categories=[other])
+            assert new not in searched(categories=[other])
+        finally:
+            t1 = write(server_proc, [{"item": new, "op": "retire"}], set(), "catalog-test-new-item-retire")
+        while new in ranked() or new in searched():
+            assert time.monotonic() - t1 < 30, "a retired new item was still shown 30 s after its write"
+            time.sleep(0.1)
+        time.sleep(1.5)  # every ingress replica rebuilds without it (its next poll) before the next test
+        for _ in range(4):
+            assert new not in ranked()

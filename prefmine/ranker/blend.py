@@ -28,6 +28,7 @@ sparse product of the user-item matrix.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from dataclasses import asdict, dataclass
@@ -103,18 +104,21 @@ def text_profiles(unit_text: np.ndarray, histories) -> np.ndarray:
     return np.asarray(hm @ unit_text) / counts[:, None]
 
 
-def zscore(s: np.ndarray) -> np.ndarray:
-    return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-9)
+def zscore(s: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Rows standardised by their own mean and std (of their first `n` columns when given)."""
+    ref = s if n is None else s[:, :n]
+    return (s - ref.mean(1, keepdims=True)) / (ref.std(1, keepdims=True) + 1e-9)
 
 
 def combine(ranker: np.ndarray, cooc: np.ndarray | None, text: np.ndarray | None, beta: float,
-            gamma: float) -> np.ndarray:
-    """z(ranker) + beta z(cooc) + gamma z(text) over full catalogue rows (a zero weight skips its term)."""
-    out = zscore(ranker)
+            gamma: float, n_stats: int | None = None) -> np.ndarray:
+    """z(ranker) + beta z(cooc) + gamma z(text) over full catalogue rows (a zero weight skips its term); `n_stats`:
+    standardise by the first n_stats columns (the trained catalogue, when items were appended)."""
+    out = zscore(ranker, n_stats)
     if beta and cooc is not None:
-        out += beta * zscore(cooc)
+        out += beta * zscore(cooc, n_stats)
     if gamma and text is not None:
-        out += gamma * zscore(text)
+        out += gamma * zscore(text, n_stats)
     return out
 
 
@@ -155,6 +159,7 @@ class ScoreBlend:
         self.unit_text = unit_text if gamma else None
         self.gamma = float(gamma) if unit_text is not None else 0.0
         self.item_moments = _moments(item_vectors)
+        self.n_stats: int | None = None  # standardise over the first n_stats items only (`extended`)
         self.text_moments = _moments(self.unit_text) if self.unit_text is not None else None
 
     @classmethod
@@ -172,21 +177,40 @@ class ScoreBlend:
             return None
         return cls(sim, beta if sim is not None else 0.0, item_vectors, text, gamma)
 
+    def extended(self, n_new: int, unit_text: np.ndarray | None) -> ScoreBlend:
+        """This blend over the catalogue with `n_new` items appended after training (`unit_text`: their unit text
+        vectors): the new items have no co-occurrence (zero rows and columns) and their own text term, and every
+        score is still standardised by the trained catalogue's statistics, so appending items moves no other
+        item's score."""
+        out = copy.copy(self)
+        n0 = self.n_stats or (self.sim.shape[0] if self.sim is not None else len(self.unit_text))
+        n = n0 + int(n_new)
+        out.n_stats = n0
+        if self.sim is not None:  # zero rows appended (the arrays shared, not copied), columns widened
+            sim = self.sim
+            indptr = np.concatenate([sim.indptr[:n0 + 1], np.full(n - n0, sim.indptr[n0], sim.indptr.dtype)])
+            out.sim = sp.csr_matrix((sim.data, sim.indices, indptr), shape=(n, n), copy=False)
+        if self.unit_text is not None:
+            extra = np.zeros((n_new, self.unit_text.shape[1]), np.float32) if unit_text is None \
+                else np.asarray(unit_text, np.float32)
+            out.unit_text = np.concatenate([self.unit_text[:n0], extra])
+        return out
+
     def _terms(self, histories):
         cooc = cooc_scores(self.sim, histories) if self.beta else None
         text = text_profiles(self.unit_text, histories) @ self.unit_text.T if self.gamma else None
         return cooc, text
 
     def full(self, ranker_scores: np.ndarray, histories) -> np.ndarray:
-        return combine(ranker_scores, *self._terms(histories), self.beta, self.gamma)
+        return combine(ranker_scores, *self._terms(histories), self.beta, self.gamma, self.n_stats)
 
     def rescore(self, states: np.ndarray, cand_scores: np.ndarray, cands: np.ndarray, histories) -> np.ndarray:
         """Blended scores of candidate subsets [B, k] (ids -1 = padding, left at -inf)."""
         safe = np.where(cands >= 0, cands, 0)
         out = _standardise(cand_scores, states, self.item_moments)
         if self.beta:
-            n = self.sim.shape[0]
-            hm = history_matrix(histories, n) @ self.sim  # sparse [B, n]
+            hm = history_matrix(histories, self.sim.shape[0]) @ self.sim  # sparse [B, n]
+            n = self.n_stats or self.sim.shape[0]  # appended items' columns are zero: the sums are the same
             mean = np.asarray(hm.sum(1)).ravel() / n
             std = np.sqrt(np.maximum(np.asarray(hm.multiply(hm).sum(1)).ravel() / n - mean ** 2, 0.0)) + 1e-9
             c = np.asarray(hm[np.arange(len(cands))[:, None], safe].todense()) if len(cands) else cand_scores * 0

@@ -124,11 +124,23 @@ class FusedRanker(nn.Module):
         e = self.item_emb(idx) * keep.unsqueeze(-1)
         if not self.use_text:
             return e
-        t = self.text_proj(self.text[idx])
+        return self._fuse(e, self.text[idx])
+
+    def _fuse(self, e: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """An item's representation from its ID term `e` (zeros for a cold item) and frozen text vector."""
+        t = self.text_proj(text)
         if self.cfg.fusion == "concat":
             return self.mix(torch.cat([e, t], -1))
         g = torch.sigmoid(self.mix(torch.cat([e, t], -1)))
         return e + g * t
+
+    def cold_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Representations of items outside the trained catalogue from their text vectors alone [m, text dim]:
+        the path of a cold item (no ID term), so a catalogue item written after training is scored like one."""
+        if not self.use_text:
+            raise ValueError("an ID-only ranker (fusion 'none' or no text) cannot score items it was not trained on")
+        text = torch.as_tensor(text, dtype=self.text.dtype, device=self.text.device)
+        return self._fuse(torch.zeros(len(text), self.cfg.dim, dtype=text.dtype, device=text.device), text)
 
     def forward(self, items: torch.Tensor, events: torch.Tensor, targets: torch.Tensor | None = None,
                 gaps: torch.Tensor | None = None):

@@ -81,6 +81,27 @@ class RankerRuntime:
     def dim(self) -> int:
         return self.item_vectors.shape[1]
 
+    def cold_vectors(self, text: np.ndarray) -> np.ndarray:
+        """Ranker vectors of items the bundle was not trained on, from their text embeddings (the model's cold
+        item path, FusedRanker.cold_item_vectors) [m, dim]."""
+        with torch.no_grad():
+            return self.model.cold_item_vectors(np.asarray(text, np.float32)).float().numpy()
+
+    def extended(self, vectors: np.ndarray, unit_text: np.ndarray | None = None) -> RankerRuntime:
+        """A runtime over this catalogue plus items appended after training (their ranker vectors `vectors` and
+        unit text vectors): they are scored, retrieved and blended like every item (no popularity, no
+        co-occurrence), and the other items' scores do not change (ScoreBlend.extended). Shares the model and the
+        approximate index, if any (AppendedIndex)."""
+        out = object.__new__(RankerRuntime)
+        out.__dict__.update(self.__dict__)
+        out.item_vectors = np.concatenate([self.item_vectors, np.asarray(vectors, np.float32)])
+        out.popularity = np.concatenate([self.popularity, np.zeros(len(vectors))])
+        if self.index is not None:  # the index keeps its own items; the appended ones are scored exactly beside it
+            out.index = AppendedIndex(self.index, np.asarray(vectors, np.float32), len(self.item_vectors))
+        if self.blend is not None:
+            out.blend = self.blend.extended(len(vectors), unit_text)
+        return out
+
     def user_states(self, histories, times=None, events=None) -> np.ndarray:
         """`times`: event times in seconds aligned with each history (time-gap features; NaN or None: unknown);
         `events`: event types (prefmine.data.dataset.EVENTS indices) aligned with each history (None: `rate`)."""
@@ -137,3 +158,25 @@ class RankerRuntime:
             ok = np.ones(k, dtype=bool) if ex is None or ex[0] is None else ~np.isin(row, list(ex[0]))
             idx[i, ok], scores[i, ok] = row[ok], pop[0, row[ok]]
         return idx, scores
+
+
+class AppendedIndex:
+    """A trained catalogue's approximate item index with items appended after it (a runtime's `extended`): the
+    index searches its own items, the appended ones (few: new catalogue items) are scored exactly, and the two
+    answers are merged, so no index is rebuilt when an item is added. Same `search` contract as ItemIndex."""
+
+    def __init__(self, index, vectors: np.ndarray, base_n: int):
+        self.index, self.vectors, self.base_n = index, vectors, int(base_n)
+
+    def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = np.asarray(queries, np.float32)
+        ids, scores = self.index.search(q, min(int(k), self.base_n), exclude)
+        new_ids = np.broadcast_to(self.base_n + np.arange(len(self.vectors)), (len(q), len(self.vectors)))
+        new_scores = (q @ self.vectors.T).astype(np.float32)
+        for row, ex in enumerate(exclude or ()):
+            if ex:
+                new_scores[row, np.isin(new_ids[row], list(ex))] = -np.inf
+        new_ids = np.where(np.isfinite(new_scores), new_ids, -1)
+        ids, scores = np.concatenate([ids, new_ids], 1), np.concatenate([scores, new_scores], 1)
+        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), -scores), axis=1)[:, :int(k)]
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)

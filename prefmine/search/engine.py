@@ -18,7 +18,7 @@ from prefmine.search.config import SearchConfig
 from prefmine.search.facets import facet_counts
 from prefmine.search.filters import SearchFilters
 from prefmine.search.fusion import fuse, personalise
-from prefmine.search.lexical import LexicalIndex
+from prefmine.search.lexical import LexicalIndex, SideIndex
 
 NO_FILTERS = SearchFilters()
 
@@ -84,6 +84,21 @@ class Searcher:
     def load(cls, d: Path, catalog: Catalog, item_vectors: np.ndarray) -> Searcher:
         """The searcher whose lexical index and config were saved in `d` (`save_index`)."""
         return cls(catalog, LexicalIndex.load(d), item_vectors, SearchConfig.load(d))
+
+    def extended(self, catalog: Catalog, item_vectors: np.ndarray) -> Searcher:
+        """This searcher with items appended (their catalogue fields and dense vectors; row i of `catalog` is item
+        len(self.catalog) + i): indexed lexically in a side index (lexical.SideIndex), searched and filtered like
+        every item."""
+        s = object.__new__(Searcher)
+        s.catalog = Catalog(self.catalog.titles + catalog.titles, self.catalog.brands + catalog.brands,
+                            self.catalog.categories + catalog.categories,
+                            np.concatenate([self.catalog.price, catalog.price]),
+                            np.concatenate([self.catalog.available, catalog.available]),
+                            self.catalog.kinds + catalog.kinds)
+        s.lexical = SideIndex(self.lexical, catalog.index_texts())
+        s.unit = np.concatenate([self.unit, unit_rows(item_vectors)]) if len(catalog) else self.unit
+        s.config = self.config
+        return s
 
     def with_config(self, config: SearchConfig) -> Searcher:
         s = object.__new__(Searcher)

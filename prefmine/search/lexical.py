@@ -54,3 +54,19 @@ class LexicalIndex:
         if not ids:
             return np.zeros(self.n_items, dtype=np.float32)
         return np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float32)
+
+
+class SideIndex:
+    """A lexical index with items appended after it was built: the appended items are indexed in a small BM25
+    index of their own (built at once; rebuilding the main one would take seconds at a million items) and their
+    scores follow the main index's. Their scores use their own index's term statistics, so a new item's BM25
+    score is on the same formula but not the same corpus as the others' (fusion ranks both)."""
+
+    def __init__(self, main, texts: list[str]):
+        self.main = main
+        self.side = LexicalIndex.build(texts) if texts else None
+        self.n_items = main.n_items + len(texts)
+
+    def scores(self, query: str) -> np.ndarray:
+        side = self.side.scores(query) if self.side is not None else np.zeros(0, np.float32)
+        return np.concatenate([self.main.scores(query), side])

@@ -20,10 +20,14 @@ from dataclasses import dataclass
 @dataclass
 class LiveCatalogConfig:
     """interval_s: how often a replica polls the change log (the upper bound, with the write's commit, on how
-    long a retired item can still be shown); page: changes read per query."""
+    long a retired item can still be shown); page: changes read per query; max_new_items: items the bundle
+    does not hold that a replica embeds and serves (prefmine.serving.new_items; later ones wait for the next
+    bundle), which bounds its memory; embed_batch: texts per encoder call when it embeds them."""
 
     interval_s: float = 1.0
     page: int = 10_000
+    max_new_items: int = 10_000
+    embed_batch: int = 64
 
 
 class LiveCatalog:
@@ -86,6 +90,8 @@ class LiveCatalog:
         """The blocked ids that one bundle holds, as its item indexes (cached per bundle key and log state)."""
         got = self._cache.get(key)
         if got is None:
+            if len(self._cache) >= 8:  # keys of earlier new-item snapshots: bounded
+                self._cache.clear()
             got = frozenset(int(i) for i in map(item_index, self._blocked) if i is not None)
             self._cache[key] = got
         return got

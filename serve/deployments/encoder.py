@@ -7,6 +7,7 @@ from ray import serve
 
 from prefmine.serving.vectors import nearest_rows, unit_rows
 from serve.deployments.common import MAX_QUEUED, one_thread, require_loaded
+from serve.new_items import Extensions
 from serve.served import BundleRef, RuntimeCache, adopt
 
 
@@ -20,6 +21,7 @@ class EncoderDeployment:
     def __init__(self):
         one_thread()
         self.runtimes = RuntimeCache(_EncoderVersion)
+        self.extended = Extensions()  # versions with new catalogue items appended (serve.new_items)
 
     async def reconfigure(self, config: dict) -> None:
         """A new bundle version (rollout): load it now, beside the one being served (serve.served.adopt)."""
@@ -44,7 +46,7 @@ class EncoderDeployment:
                      ) -> dict[str, np.ndarray]:
         """The n items whose text embedding is closest (cosine) to the query's: Search's dense retrieval;
         ``allowed``: a boolean mask over the catalogue (the request's rules) the items must pass."""
-        enc = await self.runtimes.get(ref)
+        enc = await self.extended.get(await self.runtimes.get(ref), ref, _EncoderVersion.extended)
         return nearest_rows(enc.unit_items, np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0], n,
                             allowed)
 
@@ -53,7 +55,7 @@ class EncoderDeployment:
         """Search's hybrid retrieval (prefmine.search.Searcher.retrieve: BM25 and dense candidates among the
         ``allowed`` items, fused, with facet counts): ``{"pool": Pool, "config": SearchConfig}`` for the ingress
         to personalise and finish; None when this version has no lexical index."""
-        enc = await self.runtimes.get(ref)
+        enc = await self.extended.get(await self.runtimes.get(ref), ref, _EncoderVersion.extended)
         if enc.searcher is None:
             return None
         q = np.asarray(enc.runtime.embed([query]), dtype=np.float32)[0]
@@ -68,3 +70,15 @@ class _EncoderVersion:
         self.runtime = EncoderRuntime(bundle)
         self.unit_items = unit_rows(self.runtime.item_embeddings)
         self.searcher = load_bundle_searcher(bundle, self.runtime.item_embeddings)  # None: dense Search only
+
+    def extended(self, new) -> _EncoderVersion:
+        """This version with new catalogue items appended (prefmine.serving.new_items.NewItems): their text
+        vectors searched densely, their titles in a side lexical index."""
+        out = object.__new__(_EncoderVersion)
+        out.runtime = self.runtime
+        out.searcher = self.searcher.extended(new.search_catalog(), new.text_vectors) \
+            if self.searcher is not None else None
+        # the searcher's unit rows are these same rows: one copy of them, not two
+        out.unit_items = out.searcher.unit if out.searcher is not None else \
+            np.concatenate([self.unit_items, new.text_vectors])
+        return out

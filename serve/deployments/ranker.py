@@ -13,6 +13,7 @@ from prefmine.serving.policy import PolicyVersion
 from prefmine.serving.ranking import candidates_for
 from prefmine.serving.vectors import unit_rows
 from serve.deployments.common import MAX_QUEUED, one_thread, require_loaded
+from serve.new_items import Extensions, digest_of, extended_policy
 from serve.served import BundleRef, RuntimeCache, adopt
 
 RANKER_BATCH = 16  # users per batched ranker call (max_ongoing_requests of the ranker is >= this)
@@ -36,6 +37,11 @@ class RankerDeployment:
         one_thread()
         self.runtimes = RuntimeCache(_RankerVersion)
         self.policies = RuntimeCache(PolicyVersion)  # the hot path's slate selection (``slate``)
+        self.extended = Extensions()  # versions with new catalogue items appended (serve.new_items)
+
+    async def _version(self, ref: BundleRef) -> _RankerVersion:
+        """The ranker of ``ref``'s version, with the new catalogue items its ref carries."""
+        return await self.extended.get(await self.runtimes.get(ref), ref, _RankerVersion.extended)
 
     async def reconfigure(self, config: dict) -> None:
         """A new bundle version (rollout): load it now (ranker and policy), beside the one being served
@@ -68,7 +74,7 @@ class RankerDeployment:
         return await self._select(ref, cand, k, policy)
 
     async def _select(self, ref: BundleRef, cand: dict, k: int, policy: str | None = None) -> dict:
-        version = await self.policies.get(ref)
+        version = await self.extended.get(await self.policies.get(ref), ref, extended_policy)
         slate, props = version.select(cand["state"], cand["idx"], cand["scores"], k, return_propensities=True,
                                       policy=policy)
         return {"idx": cand["idx"], "scores": cand["scores"], "slate": slate, "propensities": props,
@@ -95,15 +101,16 @@ class RankerDeployment:
     async def candidates_unbatched(self, ref: BundleRef,
                                    history: History | np.ndarray, n: int, exclude: set[int]) -> dict:
         """``candidates`` without @serve.batch, which needs a Serve replica (the benchmarks' in-process graph)."""
-        runtime = (await self.runtimes.get(ref)).runtime
+        runtime = (await self._version(ref)).runtime
         return candidates_for(runtime, [as_history(history)], [int(n)], [set(exclude)])[0]
 
     @serve.batch(max_batch_size=RANKER_BATCH, batch_wait_timeout_s=RANKER_BATCH_WAIT_S)
     async def _candidates_batch(self, calls: list[tuple[BundleRef, History, int, set[int]]]) -> list[dict]:
         out: list[dict | None] = [None] * len(calls)
-        for ref in dict.fromkeys(c[0] for c in calls):  # during a rollout a batch may hold two versions
-            rows = [j for j, c in enumerate(calls) if c[0] == ref]
-            runtime = (await self.runtimes.get(ref)).runtime
+        # during a rollout a batch may hold two versions, and replicas' new items may differ for a moment
+        for key in dict.fromkeys((c[0], digest_of(c[0])) for c in calls):
+            rows = [j for j, c in enumerate(calls) if (c[0], digest_of(c[0])) == key]
+            runtime = (await self._version(calls[rows[0]][0])).runtime
             got = candidates_for(runtime, [calls[j][1] for j in rows], [calls[j][2] for j in rows],
                                  [calls[j][3] for j in rows])
             for j, answer in zip(rows, got):
@@ -114,37 +121,49 @@ class RankerDeployment:
                           history: History | np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """Relevance of given items for one history, and the probability the next interaction is each of them
         (softmax of the relevance over the whole catalogue: what the ranker's cross-entropy trains)."""
-        runtime = (await self.runtimes.get(ref)).runtime
+        runtime = (await self._version(ref)).runtime
         return ranking.item_scores(runtime.scores(**ranker_inputs([history]))[0], items)
 
     async def similar(self, ref: BundleRef, item: int, k: int) -> dict[str, np.ndarray]:
         """The k items whose ranker vectors are closest (cosine) to one item's, the item itself left out."""
-        return ranking.similar_items((await self.runtimes.get(ref)).unit_vectors(), item, k)
+        return ranking.similar_items((await self._version(ref)).unit_vectors(), item, k)
 
     async def vectors(self, ref: BundleRef, items: np.ndarray) -> np.ndarray:
         """The unit ranker vectors of given items (the rows MMR diversity of a request's rules compares)."""
-        return (await self.runtimes.get(ref)).unit_vectors()[np.asarray(items, dtype=np.int64)]
+        return (await self._version(ref)).unit_vectors()[np.asarray(items, dtype=np.int64)]
 
     async def explain(self, ref: BundleRef,
                       history: History | np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
         """For each recommended item, the history item with the most similar ranker vector, and the similarity."""
-        src, sims = ranking.nearest_sources((await self.runtimes.get(ref)).runtime.item_vectors,
+        src, sims = ranking.nearest_sources((await self._version(ref)).runtime.item_vectors,
                                             as_history(history).items, items)
         return {"source": src, "sims": sims}
 
     async def preference(self, ref: BundleRef, history: History | np.ndarray, top: int = 5) -> dict[str, Any]:
         """The user's state vector summarised: dim, L2 norm, the top items it scores highest."""
-        runtime = (await self.runtimes.get(ref)).runtime
+        runtime = (await self._version(ref)).runtime
         state = runtime.user_states(**ranker_inputs([history]))[0]
         return ranking.preference(state, runtime.item_vectors, top)
 
 
+    async def cold_vectors(self, ref: BundleRef, text: np.ndarray) -> np.ndarray:
+        """Ranker vectors of items the bundle does not hold, from their text embeddings (the fused ranker's
+        cold-item path): what the ingress appends for new catalogue items (serve.new_items)."""
+        return (await self.runtimes.get(ref)).runtime.cold_vectors(text)
+
+
 class _RankerVersion:
-    def __init__(self, bundle: str):
+    def __init__(self, bundle: str | None):
         from prefmine.ranker.runtime import RankerRuntime
 
-        self.runtime = RankerRuntime(bundle)
+        self.runtime = RankerRuntime(bundle) if bundle is not None else None
         self._unit: np.ndarray | None = None
+
+    def extended(self, new) -> _RankerVersion:
+        """This version with new catalogue items appended (prefmine.serving.new_items.NewItems)."""
+        out = _RankerVersion(None)
+        out.runtime = self.runtime.extended(new.vectors, new.text_vectors)
+        return out
 
     def unit_vectors(self) -> np.ndarray:
         if self._unit is None:
