@@ -275,3 +275,37 @@ def test_new_items_become_served_item_vectors(bundle_path):
     assert new_items_from(again, written, bundle.item_index, 10, no_embedding, ranker.cold_vectors) is again
     written["new-c"] = {"title": "Third"}
     assert new_items_from(again, written, bundle.item_index, 1, encoder.embed, ranker.cold_vectors).ids == ("new-b",)
+
+
+def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, tmp_path):
+    """`data prepare --catalog-feedback STORE`: the store's catalogue changes reach the next bundle's data set. A
+    new item is appended with its text (and no interactions: the data set loads, the item cold), an upsert's
+    title replaces the catalogue's in the title and the text, a new item retired later is not there, and a
+    retired item with interactions stays (its events are in the histories)."""
+    from prefmine.data.dataset import load_dataset
+    from prefmine.data.prepare import prepare
+
+    plain = tmp_path / "plain"
+    prepare("amazon2018", raw_dir / "amazon2018", plain, "Gift_Cards")
+    base = pd.read_parquet(plain / "items.parquet")
+    renamed, retired = str(base["item"].iloc[0]), str(base["item"].iloc[1])
+    rows = [{"item": "fold-new", "title": "Folded Gift Card", "brand": "Acme", "categories": ["Gift Cards"]},
+            {"item": "fold-gone", "title": "Written then retired"},
+            {"item": renamed, "title": "A renamed card"},
+            {"item": "fold-gone", "op": "retire"}, {"item": retired, "op": "retire"}]
+    good, bad = validate_rows(rows, known={renamed, retired})
+    assert not bad
+    store = open_feedback_store(str(tmp_path / "feedback.sqlite"))
+    store.append_catalog(good, idempotency_key="fold-test")
+    store.close()
+    folded = tmp_path / "folded"
+    m = prepare("amazon2018", raw_dir / "amazon2018", folded, "Gift_Cards",
+                catalog_feedback=str(tmp_path / "feedback.sqlite"))
+    items = pd.read_parquet(folded / "items.parquet").set_index("item")
+    assert m["catalog"] == {"changes": 5, "last_id": 5, "items_added": 1} and m["counts"]["items"] == len(base) + 1
+    assert len(items) == len(base) + 1 and "fold-gone" not in items.index and retired in items.index
+    assert items.loc["fold-new", "text"] == "Folded Gift Card . Acme . Gift Cards"
+    assert list(items.loc["fold-new", "categories"]) == ["Gift Cards"]
+    assert items.loc[renamed, "title"] == "A renamed card" and items.loc[renamed, "text"].startswith("A renamed card")
+    ds = load_dataset(folded)
+    assert ds.item_index["fold-new"] == len(base) and ds.n_items == len(base) + 1

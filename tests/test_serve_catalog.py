@@ -191,6 +191,32 @@ def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
         while new in ranked() or new in searched():
             assert time.monotonic() - t1 < 30, "a retired new item was still shown 30 s after its write"
             time.sleep(0.1)
-        time.sleep(1.5)  # every ingress replica rebuilds without it (its next poll) before the next test
-        for _ in range(4):
+        for _ in range(4):  # and stays gone (replicas answer in turn)
             assert new not in ranked()
+
+
+def test_a_learned_slate_policy_reads_new_items(bundle_path):
+    """The ranker deployment's slate policy with new items among the candidates (serve.new_items.extended_policy,
+    no Ray): the bundle's learned policy reads per-item features by index, so a new item's index fails it; the
+    extended policy gives new items their features (no popularity, their ranker vector) and selects a slate."""
+    import numpy as np
+
+    from prefmine.bundle import Bundle
+    from prefmine.ranker.runtime import RankerRuntime
+    from prefmine.serving.new_items import NewItems
+    from prefmine.serving.policy import PolicyVersion
+    from serve.new_items import extended_policy
+
+    n = Bundle.load(bundle_path).n_items
+    policy, ranker = PolicyVersion(str(bundle_path)), RankerRuntime(bundle_path)
+    assert policy.runtime is not None
+    new = NewItems(n, ("new-a",), ({"title": "a"},), ("a",), np.zeros((1, 1), np.float32),
+                   2 * ranker.item_vectors[:1], "d")
+    state = ranker.user_states([np.arange(3)])[0]
+    cands = np.array([n, *range(3, 30)])
+    scores = np.linspace(2.0, 1.0, len(cands))
+    with pytest.raises(IndexError):
+        policy.select(state, cands, scores, 5, policy="learned")
+    slate = extended_policy(policy, new).select(state, cands, scores, 5, policy="learned")
+    assert len(slate) == 5 and set(slate) <= set(cands.tolist())
+    assert len(policy.runtime._unit) == n  # the bundle's policy is left as it was

@@ -25,7 +25,8 @@ def _data_prepare(a) -> int:
         runner, engine = ray_data_runner, "ray-data"
     m = prepare(a.source, a.raw, a.out, a.category, pseudonymiser=Pseudonymiser(allow_demo=a.demo_key),
                 on_bad_rows=a.on_bad_rows, rating_range=tuple(a.rating_range) if a.rating_range else None,
-                runner=runner, buckets=a.buckets, engine=engine, tombstones=a.tombstones, progress=sys.stderr)
+                runner=runner, buckets=a.buckets, engine=engine, tombstones=a.tombstones, progress=sys.stderr,
+                catalog_feedback=a.catalog_feedback)
     print(json.dumps({"out": a.out, **m["counts"], "bad_rows_skipped": m["bad_rows"]["skipped"],
                       "bad_rows": m["bad_rows"]["by_reason"], "pii_scrubbed": m["pii_scrubbed"],
                       "tombstoned_rows_dropped": m["tombstoned"]["rows_dropped"],
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--local", action="store_true", help="run the stages in this process instead of Ray Data")
     prep.add_argument("--tombstones", help="list of erased pseudonyms (`data forget`) whose rows are dropped "
                                            "(default: $PREFMINE_TOMBSTONES)")
+    prep.add_argument("--catalog-feedback", metavar="FILE|DSN",
+                      help="feedback store whose catalogue changes (WriteCatalog, catalog load) are folded into the "
+                           "items: new items added, upserted titles, brands and categories applied")
     _add_verbose(prep)
     prep.set_defaults(func=_data_prepare)
     syn = data.add_parser("synth", help="write a synthetic platform event log (for scale tests)")

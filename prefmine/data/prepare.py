@@ -316,6 +316,56 @@ def item_table(catalogue: pd.DataFrame, interacted: list[str], snippets: pd.Data
     return items[ITEM_COLUMNS + side]
 
 
+def fold_catalog(items: pd.DataFrame, changes) -> pd.DataFrame:
+    """The items table with the feedback store's catalogue changes (prefmine.catalog, in log order) folded in, so
+    the next bundle holds what the live catalogue served: the title, brand and categories an upsert gave replace
+    the catalogue's and the item's text is rebuilt from them; an item new to the catalogue is appended (it has no
+    interactions: the ranker trains it as a cold item, from its text); a retired item is never appended, and one
+    with interactions is kept, since its events stay in the users' histories (serving keeps it blocked through
+    the same change log)."""
+    given: dict[str, dict] = {}
+    for c in sorted(changes, key=lambda c: int(c.id)):
+        if c.op == "retire":
+            given.pop(c.item, None)
+        else:
+            given[c.item] = {**given.get(c.item, {}), **{k: v for k, v in c.fields.items()
+                                                         if k in ("title", "brand", "categories")}}
+    out = items.copy()
+    known = {it: i for i, it in enumerate(out["item"].astype(str))}
+    for item, f in given.items():
+        if item in known:
+            for name, value in f.items():
+                out.at[known[item], name] = list(value) if name == "categories" else value
+    new = [it for it in given if it not in known]
+    if new:
+        rows = pd.DataFrame({c: [[] if c == "categories" else "" for _ in new] for c in out.columns})
+        rows["item"] = new
+        rows["text_source"] = "catalogue"
+        for name in ("title", "brand", "categories"):
+            rows[name] = [given[it].get(name, [] if name == "categories" else "") for it in new]
+        out = pd.concat([out, rows], ignore_index=True)
+    touched = out["item"].astype(str).isin(set(given))
+    out.loc[touched, "text"] = [item_text(t, b, list(c), d) for t, b, c, d in zip(
+        out.loc[touched, "title"], out.loc[touched, "brand"], out.loc[touched, "categories"],
+        out.loc[touched, "description"])]
+    return out
+
+
+def read_catalog_changes(location: str) -> list:
+    """Every catalogue change in a feedback store (SQLite path or PostgreSQL DSN), in log order."""
+    from prefmine.feedback import open_feedback_store
+
+    store = open_feedback_store(str(location), create=False)
+    try:
+        changes, last = [], 0
+        while page := store.read_catalog_since(last, 100_000):
+            changes += page
+            last = int(page[-1].id)
+        return changes
+    finally:
+        store.close()
+
+
 def _failed(results: list[dict], key: str) -> None:
     errors = sorted((r[key], r["error"]) for r in results if "error" in r)
     if errors:
@@ -326,14 +376,17 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             pseudonymiser: Pseudonymiser | None = None, on_bad_rows: str = "error",
             rating_range: tuple[float, float] | None = None, runner: Runner | None = None,
             buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None,
-            progress: TextIO | None = None) -> dict:
+            progress: TextIO | None = None, catalog_feedback: str | None = None) -> dict:
     """Prepare a canonical dataset at `out` and return its manifest.
 
     `progress`: a stream (the CLI passes stderr) for one progress line per stage, tasks done with rate and ETA,
     and a closing line per stage with its row rate; None writes nothing.
 
     `tombstones`: the list of erased pseudonyms (default $PREFMINE_TOMBSTONES); their rows are dropped and
-    counted in the manifest's ``tombstoned`` (rows only, never who)."""
+    counted in the manifest's ``tombstoned`` (rows only, never who).
+
+    `catalog_feedback`: a feedback store (SQLite path or PostgreSQL DSN) whose catalogue change log (WriteCatalog,
+    `prefmine catalog load`) is folded into the items (`fold_catalog`), counted in the manifest's ``catalog``."""
     from prefmine.data.tombstones import default_location, open_list
 
     module = get_source(source)  # an unknown name fails here, naming the valid ones
@@ -395,7 +448,13 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
         snippets = pd.read_parquet(snippet_dir) if any(snippet_dir.iterdir()) else pd.DataFrame(
             columns=["item", "snippet", "reviews"])
         items = item_table(catalogue, interacted, snippets)
+        changes = read_catalog_changes(catalog_feedback) if catalog_feedback else []
+        if changes:
+            before = set(items["item"].astype(str))
+            items = fold_catalog(items, changes)
         items.to_parquet(work / "items.parquet", index=False)
+        catalog = {"changes": len(changes), "last_id": int(changes[-1].id) if changes else 0,
+                   "items_added": len(set(items["item"].astype(str)) - before) if changes else 0}
 
         split_counts: Counter = Counter()
         event_counts: Counter = Counter()
@@ -431,6 +490,7 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             "pseudonymisation": {"method": "hmac-sha256", "key_fingerprint": pseudo.fingerprint},
             "preparation": {"engine": engine, "chunks": len(chunks), "buckets": n_buckets,
                             "stage_rows_s": round(t2 - t1, 2), "split_users_s": round(t3 - t2, 2)},
+            "catalog": catalog,
             "erasures": [],
             "tombstoned": {"list": str(tomb_path) if tomb_path else None, "pseudonyms": len(erased),
                            "rows_dropped": sum(s["counts"].get("tombstoned", 0) for s in stage_stats)},
