@@ -46,11 +46,21 @@ class FailoverConfig:
 
 
 def free_port() -> int:
-    import socket
+    return free_ports(1)[0]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports. Bound all at once before any is released: ports asked for one at a time
+    can repeat (the kernel may hand a just-released port out again), and Ray refuses a start where two of its
+    components share a port."""
+    import socket
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def _wait(check, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -112,7 +122,10 @@ def start_head(workdir: Path, redis_port: int, redis_password: str, extra_env: d
     token = workdir / "ray_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    gcs = free_port()
+    flags = ("--ray-client-server-port", "--node-manager-port", "--object-manager-port", "--dashboard-port",
+             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+             "--runtime-env-agent-port")
+    gcs, *others = free_ports(1 + len(flags))
     temp_dir = workdir / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "OMP_NUM_THREADS": "1",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis_port}",
@@ -121,10 +134,8 @@ def start_head(workdir: Path, redis_port: int, redis_password: str, extra_env: d
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
     ports = ["--port", str(gcs)]  # every port its own: never Ray's defaults, which another Ray here may hold
-    for flag in ("--ray-client-server-port", "--node-manager-port", "--object-manager-port", "--dashboard-port",
-                 "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-                 "--runtime-env-agent-port"):
-        ports += [flag, str(free_port())]
+    for flag, port in zip(flags, others):
+        ports += [flag, str(port)]
     log = workdir / "ray_start.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--num-cpus", str(num_cpus),

@@ -57,6 +57,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (cluster.head_failover.free_ports: one at a time they can repeat, and Ray refuses a
+    node whose components share a port)."""
+    from cluster.head_failover import free_ports as distinct
+
+    return distinct(n)
+
+
 def session_pids(sid: int) -> list[int]:
     """Live (not zombie) processes of session `sid`."""
     out = []
@@ -201,10 +209,11 @@ def _ray_env(env: dict[str, str] | None) -> dict[str, str]:
     return full_env
 
 
-def _node_ports() -> list[str]:
+def _node_ports(ports: list[int] | None = None) -> list[str]:
     """Free ports for the per-node servers whose defaults are fixed (two nodes on one machine would collide)."""
-    return ["--dashboard-agent-listen-port", str(free_port()), "--node-manager-port", str(free_port()),
-            "--object-manager-port", str(free_port()), "--metrics-export-port", str(free_port())]
+    agent, manager, objects, metrics = ports or free_ports(4)
+    return ["--dashboard-agent-listen-port", str(agent), "--node-manager-port", str(manager),
+            "--object-manager-port", str(objects), "--metrics-export-port", str(metrics)]
 
 
 def _start_ray(args: list[str], env: dict[str, str] | None, cwd: Path | None) -> subprocess.Popen:
@@ -237,9 +246,9 @@ def ray_head_node(num_cpus: int = 2, env: dict[str, str] | None = None, ready_on
     (e.g. RAY_AUTH_MODE=token and its token path); ``ready_on_http_error``: a dashboard that answers with an
     HTTP error (an auth refusal) counts as up. `temp_dir` (Ray's default /tmp/ray if None) and `cwd`: the node's
     own temp and working directories."""
-    dash, gcs = free_port(), free_port()
-    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(free_port()),
-             *_node_ports()]
+    dash, gcs, client, *node = free_ports(7)
+    ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+             *_node_ports(node)]
     where = ["--temp-dir", str(temp_dir)] if temp_dir else []
     proc = _start_ray(["--head", "--num-cpus", str(num_cpus), "--include-dashboard", "true",
                        "--dashboard-host", "127.0.0.1", *ports, *where], env, cwd)
