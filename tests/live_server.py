@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import pytest
 from serve_keys import write_keys
+
+from cluster.head_failover import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,18 +52,6 @@ def keys_file_for(path: Path) -> Path:
     return write_keys(path, {"test": (API_KEY, "*"), "second": (SECOND_KEY, "*")})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports (cluster.head_failover.free_ports: one at a time they can repeat, and Ray refuses a
-    node whose components share a port)."""
-    from cluster.head_failover import free_ports as distinct
-
-    return distinct(n)
 
 
 def session_pids(sid: int) -> list[int]:
