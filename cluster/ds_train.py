@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -263,6 +264,8 @@ def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) 
     from prefmine.storage import is_uri, resolve
 
     dist = dist or DistConfig()
+    # read by the TrainController actor, which Ray Train starts with this process's value of the variable
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(dist.poll_interval_s)
     ensure_ray()
     remote = is_uri(storage)
     if remote:

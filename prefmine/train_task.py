@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prefmine.config import resource_map
+from prefmine.config import ConfigError, resource_map
 
 
 @dataclass
@@ -34,9 +34,14 @@ class DistConfig:
     # custom Ray resources each training worker asks for besides CPU/GPU, e.g. {worker_node: 1}: the workers then
     # run only on nodes started with that resource (`ray start --resources '{"worker_node": 2}'`)
     worker_resources: dict = field(default_factory=dict)
+    # how often Ray Train's controller polls the workers. A worker's `report` waits for the previous epoch's result
+    # to be taken (a queue of one), so with Ray's default (2 s) every epoch costs at least 2 s however small it is
+    poll_interval_s: float = 0.2
 
     def __post_init__(self):
         self.worker_resources = resource_map(self.worker_resources, "dist.worker_resources")
+        if not self.poll_interval_s > 0:
+            raise ConfigError(f"dist.poll_interval_s: must be > 0, got {self.poll_interval_s}")
 
 
 class TrainTask(Protocol):

@@ -124,13 +124,10 @@ class SubmittedPipeline:
     runtime_env: dict
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
+def train_tiny_bundle(magazine5: Path, tmp_path_factory) -> SubmittedPipeline:
     """The session's tiny bundle, trained the way a user trains on a cluster: `python -m cluster.pipeline`
     submitted with `prefmine jobs submit --wait` to a real `ray start --head` node of its own (stopped as soon as
-    the job's record has been read), the project shipped as the job's working_dir. tests/test_cluster.py checks
-    the job itself; every other test gets the bundle through `tiny_bundle`. One training run serves both, which
-    is most of the suite's budget saved."""
+    the job's record has been read), the project shipped as the job's working_dir."""
     from live_server import prefmine_cli, ray_head_node
     from ray.job_submission import JobSubmissionClient
 
@@ -150,6 +147,51 @@ def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
             logs = prefmine_cli("jobs", "logs", job_id, "--address", address)
             runtime_env = JobSubmissionClient(address).get_job_info(job_id).runtime_env or {}
     return SubmittedPipeline(out, submit, job_id, status, logs, runtime_env)
+
+
+_BUNDLE_FIXTURES = {"tiny_bundle", "tiny_bundle_job"}
+_BACKGROUND_JOB: dict = {}
+
+
+def needs_tiny_bundle(items) -> bool:
+    """Whether a selected test needs the session's tiny bundle (`bundle_path` does unless overridden)."""
+    wanted = _BUNDLE_FIXTURES | ({"bundle_path"} if not os.environ.get("PREFMINE_SERVE_TEST_BUNDLE") else set())
+    return any(wanted & set(getattr(it, "fixturenames", ())) for it in items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_bundle_in_background(request):
+    """Starts the tiny bundle's training job in a background thread at the session's first test when a selected
+    test needs it. The tests that do not need it run first (pytest_collection_modifyitems), the Ray-free ones
+    first of all, so that most of the job's minutes overlap with them instead of adding to the suite's time."""
+    import threading
+
+    if needs_tiny_bundle(request.session.items):
+        args = (request.getfixturevalue("magazine5"), request.getfixturevalue("tmp_path_factory"))
+
+        def run():
+            try:
+                _BACKGROUND_JOB["result"] = train_tiny_bundle(*args)
+            except BaseException as e:  # handed to the first test that needs the bundle
+                _BACKGROUND_JOB["error"] = e
+
+        thread = _BACKGROUND_JOB["thread"] = threading.Thread(target=run, name="tiny-bundle-job", daemon=True)
+        thread.start()
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
+    """The session's tiny bundle job (`train_tiny_bundle`), started in the background by
+    `tiny_bundle_in_background`. tests/test_cluster.py checks the job itself; every other test gets the bundle
+    through `tiny_bundle`. One training run serves both, which is most of the suite's budget saved."""
+    thread = _BACKGROUND_JOB.get("thread")
+    if thread is None:
+        return train_tiny_bundle(magazine5, tmp_path_factory)
+    thread.join()
+    if "error" in _BACKGROUND_JOB:
+        raise _BACKGROUND_JOB["error"]
+    return _BACKGROUND_JOB["result"]
 
 
 @pytest.fixture(scope="session")
@@ -396,7 +438,24 @@ def _group_modules(items, fixture: str) -> None:
     items[:] = kept + moved + items[last + 1:]
 
 
+def _fast_modules_first(items) -> None:
+    """Orders modules (each kept whole, so module fixtures start once) in three tiers: modules with no test that
+    is slow or needs the tiny bundle, then slow modules that do not need it, then those that need it. The bundle's
+    training job runs in the background meanwhile (`tiny_bundle_in_background`)."""
+    def tier(module: str) -> int:
+        tests = [it for it in items if it.module and it.module.__name__ == module]
+        if needs_tiny_bundle(tests):
+            return 2
+        slow = any(_SLOW_FIXTURES & set(getattr(it, "fixturenames", ())) or it.get_closest_marker("slow")
+                   or (it.module.__name__.rsplit(".", 1)[-1] in _SERVE_MODULES) for it in tests)
+        return 1 if slow else 0
+
+    tiers = {m: tier(m) for m in dict.fromkeys(it.module.__name__ if it.module else "" for it in items)}
+    items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
+
+
 def pytest_collection_modifyitems(config, items):
+    _fast_modules_first(items)
     for fixture in ("ray_head", "server_proc"):
         _group_modules(items, fixture)
     for item in items:

@@ -80,7 +80,8 @@ def test_custom_resources_from_a_file_or_an_override_and_bad_ones_named(tmp_path
     assert cfg.embed.actor_resources == {"worker_node": 0.5, "ssd": 1.0}
     for bad, match in (("dist.worker_resources=[1, 2]", "mapping"), ("dist.worker_resources={CPU: 2}", "CPU"),
                        ("embed.actor_resources={worker_node: -1}", "worker_node"),
-                       ("embed.actor_resources={worker_node: lots}", "worker_node")):
+                       ("embed.actor_resources={worker_node: lots}", "worker_node"),
+                       ("dist.poll_interval_s=0", "poll_interval_s")):
         with pytest.raises(C.ConfigError, match=match):
             T.load("tiny", None, [bad])
 
