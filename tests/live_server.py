@@ -100,10 +100,18 @@ class ServeProcess:
         assert not session_pids(sid), "processes of the killed server are still alive"
 
 
+# How often the test servers' Ray exports metrics (Ray's default: 10 s). A test that waits for the counters to stop
+# moving waits METRICS_SETTLE_S, a few report intervals.
+METRICS_REPORT_S = 1.0
+METRICS_SETTLE_S = 4 * METRICS_REPORT_S
+
+
 def server_env() -> dict[str, str]:
-    """The environment of a server subprocess: this tree first on the path, no cluster address, no key file."""
+    """The environment of a server subprocess: this tree first on the path, no cluster address, no key file, and
+    metrics exported every METRICS_REPORT_S."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               RAY_metrics_report_interval_ms=str(int(METRICS_REPORT_S * 1000)),
                PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return env
 

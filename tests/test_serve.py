@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from live_server import (  # noqa: F401  (re-exported: older imports from test_serve)
     API_KEY,
+    METRICS_REPORT_S,
+    METRICS_SETTLE_S,
     ROOT,
     SECOND_KEY,
     UNKNOWN_USER,
@@ -1054,7 +1056,7 @@ def _wait_for_metrics(port: int, done, timeout_s: float = 90.0) -> dict:
             samples = {}
         if done(samples):
             break
-        time.sleep(2)
+        time.sleep(METRICS_REPORT_S)
     return samples
 
 
@@ -1087,7 +1089,7 @@ def test_prometheus_metrics_count_calls_codes_latency_version_and_feedback(serve
     feedback = "ray_prefmine_feedback_events_total"
 
     # everything up to now has been reported once every call is in the latency histogram too and the counts have
-    # not moved for longer than Ray's metrics report interval (a few seconds; counters and histograms are
+    # not moved for a few of Ray's metrics report intervals (live_server.METRICS_SETTLE_S; counters and histograms are
     # exported separately, so two equal scrapes a moment apart prove nothing)
     last: list = [None, 0.0]
 
@@ -1095,7 +1097,7 @@ def test_prometheus_metrics_count_calls_codes_latency_version_and_feedback(serve
         now = (metric_sum(s, calls), metric_sum(s, latency), metric_sum(s, feedback))
         if now != last[0]:
             last[0], last[1] = now, time.monotonic()
-        return now[0] > 0 and now[0] == now[1] and time.monotonic() - last[1] >= 12.0
+        return now[0] > 0 and now[0] == now[1] and time.monotonic() - last[1] >= METRICS_SETTLE_S
 
     before = _wait_for_metrics(port, settled)
     assert metric_sum(before, calls) > 0, "no prefmine metrics on Ray's Prometheus endpoint"
@@ -1158,7 +1160,7 @@ def test_concurrent_recommends_are_batched_and_answer_as_alone(server_proc, stub
         def done(s):
             if batches(s) != last[0]:
                 last[0], last[1] = batches(s), time.monotonic()
-            return batches(s) > 0 and time.monotonic() - last[1] >= 12.0
+            return batches(s) > 0 and time.monotonic() - last[1] >= METRICS_SETTLE_S
         return done
 
     alone = {raw: slate(raw) for raw in users}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_server import API_KEY, raw_user_ids
+from live_server import API_KEY, METRICS_REPORT_S, METRICS_SETTLE_S, raw_user_ids
 
 from prefmine.experiments import assign, load_experiment
 from prefmine.v1 import recommender_pb2 as pb
@@ -105,7 +105,7 @@ def wait_for_counts(port: int, experiment, done, timeout_s: float = 90.0) -> dic
             counts = {}
         if counts and done(counts):
             break
-        time.sleep(2)
+        time.sleep(METRICS_REPORT_S)
     return counts
 
 
@@ -119,7 +119,7 @@ def test_arms_are_served_logged_counted_and_reported(server_proc, stub, bundle, 
     def settled(counts):
         if counts != last[0]:
             last[0], last[1] = counts, time.monotonic()
-        return time.monotonic() - last[1] >= 12.0
+        return time.monotonic() - last[1] >= METRICS_SETTLE_S
 
     before = wait_for_counts(server_proc.metrics_port, experiment, settled)
     users = [f"arm-user-{uuid.uuid4()}" for _ in range(24)]
