@@ -362,7 +362,8 @@ def test_published_is_checked_stored_and_folded():
 def test_new_items_take_their_slots_in_a_cold_start_slate():
     """prefmine.serving.recommend.with_fresh_slots: the newest new items outside the exclusions fill up to
     `slots` of the k, popular items the rest, ordered by popularity (a new item's prior); 0 slots is popularity
-    alone; prior_popularity is the bundle's quantile."""
+    alone; prior_popularity is the bundle's quantile; the config refuses a quantile outside [0, 1] and negative
+    slots."""
     import numpy as np
 
     from prefmine.serving.new_items import prior_popularity
@@ -378,3 +379,23 @@ def test_new_items_take_their_slots_in_a_cold_start_slate():
     assert with_fresh_slots(order, pop, 4, {0}, fresh, 2).tolist() == [4, 2, 6, 5]
     assert with_fresh_slots(order, pop, 4, set(), fresh, 0).tolist() == order[:4].tolist() == [0, 4, 2, 5]
     assert with_fresh_slots(order, pop, 1, set(), fresh, 3).tolist() == [6]
+    from prefmine.serving.live_catalog import LiveCatalogConfig
+
+    for bad in ({"new_item_popularity_quantile": 1.5}, {"cold_start_new_slots": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LiveCatalogConfig(**bad)
+
+
+def test_the_demo_folds_the_catalogue_its_server_logged(tmp_path, monkeypatch):
+    """`prefmine demo` prepares its next data set with the catalogue log of the store its server writes to (beside
+    the bundle, or $PREFMINE_FEEDBACK_DB) once one exists, and without it before (a first run)."""
+    from prefmine.cli.demo import catalog_store
+
+    monkeypatch.delenv("PREFMINE_FEEDBACK_DB", raising=False)
+    bundle = tmp_path / "bundles" / "magazine"
+    assert catalog_store(bundle) is None
+    bundle.parent.mkdir(parents=True)
+    open_feedback_store(str(bundle.parent / "feedback.sqlite")).close()
+    assert catalog_store(bundle) == str(bundle.parent / "feedback.sqlite")
+    monkeypatch.setenv("PREFMINE_FEEDBACK_DB", str(tmp_path / "elsewhere.sqlite"))
+    assert catalog_store(bundle) is None
