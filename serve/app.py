@@ -143,9 +143,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     (prefmine/data/tombstones.py) each ingress replica re-reads when it changes (default: $PREFMINE_TOMBSTONES,
     else beside a SQLite feedback db); ``experiment``: an A/B experiment ``{name, salt, arms: [{name, weight,
     policy}]}`` (prefmine.experiments) whose arms' policies order their users' slates (prefmine.serving.arms);
-    ``live_catalog``: ``{interval_s, page, max_new_items, embed_batch}``
-    (prefmine.serving.live_catalog.LiveCatalogConfig), how often each ingress replica polls the feedback store's
-    catalogue change log, and how many new items (not in the bundle) it embeds and serves.
+    ``live_catalog``: ``{interval_s, page, max_new_items, embed_batch, new_item_popularity_quantile,
+    cold_start_new_slots}`` (prefmine.serving.live_catalog.LiveCatalogConfig), how often each ingress replica
+    polls the feedback store's catalogue change log, how many new items (not in the bundle) it embeds and serves,
+    and where new items stand in popularity answers.
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.

@@ -14,7 +14,7 @@ def row_of(r: pb.CatalogRow) -> dict:
     if r.retire:
         row = {"item": r.item_id, "op": "retire"}
         extra = [f for f in ("title", "brand", "kind") if getattr(r, f)] + (["categories"] if r.categories else []) \
-            + [f for f in ("price", "available") if r.HasField(f)]
+            + [f for f in ("price", "available", "published") if r.HasField(f)]
         row.update({f: True for f in extra})  # refused by validation: a retire carries no fields
         return row
     row = {"item": r.item_id}
@@ -23,7 +23,7 @@ def row_of(r: pb.CatalogRow) -> dict:
             row[name] = getattr(r, name)
     if r.categories:
         row["categories"] = list(r.categories)
-    for name in ("price", "available"):
+    for name in ("price", "available", "published"):
         if r.HasField(name):
             row[name] = getattr(r, name)
     return row

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
-from prefmine.serving.new_items import NewItems, apply, plan
+from prefmine.serving.new_items import NewItems, apply, plan, prior_popularity
+from prefmine.serving.recommend import popularity_order, with_fresh_slots
 from prefmine.serving.vectors import unit_rows
 
 logger = logging.getLogger("ray.serve")
@@ -45,13 +46,25 @@ class ItemsRef:
 
 
 class LiveServed:
-    """A ServedBundle with new items appended after its own (the rest is the bundle's: histories, popularity,
-    pseudonyms; new items have no popularity and are in no stored history)."""
+    """A ServedBundle with new items appended after its own (the rest is the bundle's: histories, pseudonyms; new
+    items are in no stored history). New items count with a prior popularity (LiveCatalogConfig): the bundle
+    items' shares and order among themselves do not change, and a cold start's slate holds
+    `cold_start_new_slots` of the newest."""
 
-    def __init__(self, base, new: NewItems, items_ref: ItemsRef | None):
+    def __init__(self, base, new: NewItems, items_ref: ItemsRef | None, config: LiveCatalogConfig | None = None):
         from serve.profile import CatalogText
 
+        config = config or LiveCatalogConfig()
         self.base, self.new = base, new
+        self.slots = int(config.cold_start_new_slots)
+        self.fresh = np.arange(new.n_items - 1, new.base_n - 1, -1, dtype=np.int64)  # newest (last written) first
+        if len(new):
+            prior = prior_popularity(base.pop_scores, config.new_item_popularity_quantile)
+            total = float(np.sum(base.pop_scores))
+            self.pop_scores = np.concatenate([base.pop_scores, np.full(len(new), prior)])
+            self.pop_order = popularity_order(self.pop_scores)
+            self.pop_share = np.concatenate([base.pop_share, np.full(len(new), prior / total if total > 0 else
+                                                                     1.0 / new.n_items)])
         self.ref = replace(base.ref, items=items_ref) if items_ref is not None else base.ref
         self.digest = new.digest
         self.n_items = new.n_items
@@ -74,6 +87,13 @@ class LiveServed:
 
     def exclude_set(self, raw_ids) -> set[int]:
         return {int(i) for i in map(self.item_index, raw_ids) if i is not None}
+
+    def popular(self, k: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """A cold start's slate: popularity with the newest new items in their slots (with_fresh_slots)."""
+        if not len(self.new):
+            return self.base.popular(k, exclude)
+        items = with_fresh_slots(self.pop_order, self.pop_scores, k, exclude, self.fresh, self.slots)
+        return items, self.pop_scores[items]
 
 
 class LiveItems:
@@ -99,7 +119,7 @@ class LiveItems:
         if not running and live.last_id != self._built_at and time.monotonic() >= self._retry_at:
             self._task = asyncio.get_running_loop().create_task(self._build(served, live.last_id, dict(live.written)))
         if self._view is None or self._view.base is not served:
-            self._view = LiveServed(served, self._current, self._items_ref)
+            self._view = LiveServed(served, self._current, self._items_ref, self.config)
         return self._view
 
     async def _build(self, served, at: int, written: dict) -> None:

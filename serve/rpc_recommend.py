@@ -23,6 +23,7 @@ from serve.rpc_common import ImpressionNotLogged, IngressParts
 from serve.served import ServedBundle
 
 logger = logging.getLogger("ray.serve")
+NEW_ITEM_REASON = "new in the catalogue"  # a cold start's reason for a new item (serve.new_items)
 RULES_POLICY = "rules"  # the impression log's policy of a Recommend slate chosen by the request's rules
 
 
@@ -62,13 +63,15 @@ class RecommendRpcs(IngressParts):
         return await self._log_impression(s, request, resp, cand["propensities"], cand["policy"])
 
     async def _explain(self, s: ServedBundle, resp: pb.RecommendResponse, items, history: History) -> None:
-        """Each shown item's reason: for a cold start its popularity, else the history item it is most similar to
+        """Each shown item's reason: for a cold start its popularity (or that it is new), else the history item it is most similar to
         (the ranker's item vectors)."""
         if not len(items):
             return
         if len(history) == 0:
+            n_bundle = int(s.bundle.n_items)  # items after the bundle's are new catalogue items (no interactions)
             for it, i in zip(resp.items, items):
-                it.reason = s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
+                it.reason = NEW_ITEM_REASON if int(i) >= n_bundle else \
+                    s.catalog.reason(int(i), None, None, s.pop_scores[int(i)])
             return
         why = await self._call(self.ranker.explain, s.ref, history.items, items)
         for it, i, src, sim in zip(resp.items, items, why["source"], why["sims"]):

@@ -88,8 +88,16 @@ class SearchRpcs(IngressParts):
         return responses.similar_response(s, items, own_scores(items, idx, sims))
 
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:
-        s = self.served
-        cands = rank_candidates(request.candidate_item_ids, request.bids, s.bundle.item_index)
+        """New catalogue items are ranked like the bundle's (the ranker's extended runtime; their prior popularity
+        for a cold start); retired and unavailable items are answered as unknown ids."""
+        s = await self._live()
+        blocked = await blocked_items(self.live_catalog, s)
+
+        def item_index(raw: str) -> int | None:
+            i = s.item_index(raw)
+            return None if i is None or int(i) in blocked else i
+
+        cands = rank_candidates(request.candidate_item_ids, request.bids, item_index)
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if len(cands.items) == 0:

@@ -280,8 +280,9 @@ def test_new_items_become_served_item_vectors(bundle_path):
 def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, tmp_path):
     """`data prepare --catalog-feedback STORE`: the store's catalogue changes reach the next bundle's data set. A
     new item is appended with its text (and no interactions: the data set loads, the item cold), an upsert's
-    title replaces the catalogue's in the title and the text, a new item retired later is not there, and a
-    retired item with interactions stays (its events are in the histories)."""
+    title replaces the catalogue's in the title and the text, a written kind and publication time are kept, a new
+    item retired later is not there, and a retired item with interactions stays (its events are in the
+    histories)."""
     from prefmine.data.dataset import load_dataset
     from prefmine.data.prepare import prepare
 
@@ -289,7 +290,8 @@ def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, t
     prepare("amazon2018", raw_dir / "amazon2018", plain, "Gift_Cards")
     base = pd.read_parquet(plain / "items.parquet")
     renamed, retired = str(base["item"].iloc[0]), str(base["item"].iloc[1])
-    rows = [{"item": "fold-new", "title": "Folded Gift Card", "brand": "Acme", "categories": ["Gift Cards"]},
+    rows = [{"item": "fold-new", "title": "Folded Gift Card", "brand": "Acme", "categories": ["Gift Cards"],
+             "kind": "article", "published": 1_700_000_000},
             {"item": "fold-gone", "title": "Written then retired"},
             {"item": renamed, "title": "A renamed card"},
             {"item": "fold-gone", "op": "retire"}, {"item": retired, "op": "retire"}]
@@ -307,5 +309,93 @@ def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, t
     assert items.loc["fold-new", "text"] == "Folded Gift Card . Acme . Gift Cards"
     assert list(items.loc["fold-new", "categories"]) == ["Gift Cards"]
     assert items.loc[renamed, "title"] == "A renamed card" and items.loc[renamed, "text"].startswith("A renamed card")
+    # content fields: the catalogue had none, so the columns are added (empty kind, unknown publication time)
+    assert items.loc["fold-new", "kind"] == "article" and items.loc["fold-new", "published"] == 1.7e9
+    assert items.loc[renamed, "kind"] == "" and pd.isna(items.loc[renamed, "published"])
     ds = load_dataset(folded)
     assert ds.item_index["fold-new"] == len(base) and ds.n_items == len(base) + 1
+
+
+def test_published_is_checked_stored_and_folded():
+    """A write's publication time (content items): Unix seconds or ISO 8601 text, stored as seconds, refused when
+    negative, not finite, unreadable or on a retire; applied by CatalogState and folded into the items (a column
+    added where the catalogue had none); a new item's rule attributes carry it, so the freshness rule decays it."""
+    import math
+
+    import numpy as np
+
+    from prefmine.rules import ItemAttributes, Rules, select
+    from prefmine.serving.new_items import NewItems
+
+    rows = [{"item": "art-1", "title": "An article", "kind": "article", "published": "2026-12-01T00:00:00Z"},
+            {"item": "art-2", "title": "Another", "kind": "article", "published": 1_700_000_000},
+            {"item": "a", "published": "1764547200.5"},
+            {"item": "bad-1", "title": "x", "published": -1},
+            {"item": "bad-2", "title": "x", "published": "yesterday"},
+            {"item": "bad-3", "title": "x", "published": float("inf")},
+            {"item": "bad-4", "title": "x", "published": True},
+            {"item": "b", "op": "retire", "published": 5}]
+    good, bad = validate_rows(rows, known={"a", "b"})
+    assert [c.item for c in good] == ["art-1", "art-2", "a"]
+    assert good[0].fields["published"] == 1_796_083_200.0 and good[1].fields["published"] == 1.7e9
+    assert good[2].fields == {"published": 1_764_547_200.5}
+    assert [e.index for e in bad] == [3, 4, 5, 6, 7] and all("published" in e.reason for e in bad[:4])
+    items = pd.DataFrame({"item": ["a", "b"], "title": ["A", "B"], "brand": ["", ""], "categories": [[], []]})
+    folded = fold_into_items(items, good).set_index("item")
+    assert folded.loc["a", "published"] == 1_764_547_200.5 and folded.loc["art-1", "kind"] == "article"
+    assert math.isnan(folded.loc["b", "published"])
+    state = CatalogState(folded.reset_index())
+    assert state.items["art-2"]["published"] == 1.7e9 and math.isnan(state.items["b"]["published"])
+    # a new item's attributes: a week-old article under a one-day half-life falls below a product it outranked
+    base = ItemAttributes.from_items(pd.DataFrame({"item": ["p1", "p2"], "title": ["P1", "P2"]}))
+    now = 1_800_000_000.0
+    new = NewItems(2, ("art",), ({"title": "Art", "kind": "article", "published": now - 7 * 86400},), ("Art",),
+                   np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), "d")
+    attrs = new.attributes(base)
+    assert attrs.published[2] == now - 7 * 86400 and attrs.kind[2] == "article" and np.isnan(attrs.published[:2]).all()
+    scores = np.array([1.0, 0.0, 2.0])
+    assert select(scores, attrs, Rules(), 3, now=now)[0].tolist() == [2, 0, 1]
+    assert select(scores, attrs, Rules(freshness_half_life_s=86400.0), 3, now=now)[0].tolist() == [0, 1, 2]
+    assert new.frame()["published"].tolist() == [now - 7 * 86400]
+
+
+def test_new_items_take_their_slots_in_a_cold_start_slate():
+    """prefmine.serving.recommend.with_fresh_slots: the newest new items outside the exclusions fill up to
+    `slots` of the k, popular items the rest, ordered by popularity (a new item's prior); 0 slots is popularity
+    alone; prior_popularity is the bundle's quantile; the config refuses a quantile outside [0, 1] and negative
+    slots."""
+    import numpy as np
+
+    from prefmine.serving.new_items import prior_popularity
+    from prefmine.serving.recommend import popularity_order, with_fresh_slots
+
+    bundle_pop = np.array([9.0, 1.0, 5.0, 3.0, 7.0])
+    prior = prior_popularity(bundle_pop, 0.5)
+    assert prior == 5.0 and prior_popularity(bundle_pop, 1.0) == 9.0
+    pop = np.concatenate([bundle_pop, [prior, prior]])  # items 5 and 6 are new; 6 is the newest
+    order, fresh = popularity_order(pop), np.array([6, 5])
+    assert with_fresh_slots(order, pop, 4, set(), fresh, 1).tolist() == [0, 4, 2, 6]
+    assert with_fresh_slots(order, pop, 4, {6}, fresh, 1).tolist() == [0, 4, 2, 5]  # a blocked new item
+    assert with_fresh_slots(order, pop, 4, {0}, fresh, 2).tolist() == [4, 2, 6, 5]
+    assert with_fresh_slots(order, pop, 4, set(), fresh, 0).tolist() == order[:4].tolist() == [0, 4, 2, 5]
+    assert with_fresh_slots(order, pop, 1, set(), fresh, 3).tolist() == [6]
+    from prefmine.serving.live_catalog import LiveCatalogConfig
+
+    for bad in ({"new_item_popularity_quantile": 1.5}, {"cold_start_new_slots": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LiveCatalogConfig(**bad)
+
+
+def test_the_demo_folds_the_catalogue_its_server_logged(tmp_path, monkeypatch):
+    """`prefmine demo` prepares its next data set with the catalogue log of the store its server writes to (beside
+    the bundle, or $PREFMINE_FEEDBACK_DB) once one exists, and without it before (a first run)."""
+    from prefmine.cli.demo import catalog_store
+
+    monkeypatch.delenv("PREFMINE_FEEDBACK_DB", raising=False)
+    bundle = tmp_path / "bundles" / "magazine"
+    assert catalog_store(bundle) is None
+    bundle.parent.mkdir(parents=True)
+    open_feedback_store(str(bundle.parent / "feedback.sqlite")).close()
+    assert catalog_store(bundle) == str(bundle.parent / "feedback.sqlite")
+    monkeypatch.setenv("PREFMINE_FEEDBACK_DB", str(tmp_path / "elsewhere.sqlite"))
+    assert catalog_store(bundle) is None

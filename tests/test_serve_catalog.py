@@ -97,10 +97,11 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
     keys = server_proc.feedback_db.parent / "api_keys"  # tests/conftest.py server_proc: keys_file_for(base / ...)
     writer, reader = add_key(keys, "catalog-writer", "WriteCatalog"), add_key(keys, "catalog-reader", "Recommend")
     rows = [pb.CatalogRow(item_id="catalog-test-new-1", title="Catalogue test item", brand="Acme",
-                          categories=["Tests"], price=4.5, available=True, kind="product"),
+                          categories=["Tests"], price=4.5, available=True, kind="article", published=1.7e9),
             pb.CatalogRow(item_id="catalog-test-new-2"),  # new, no title
             pb.CatalogRow(item_id="catalog-test-new-3", title="x", price=-1.0),
-            pb.CatalogRow(item_id="catalog-test-gone", retire=True)]
+            pb.CatalogRow(item_id="catalog-test-gone", retire=True),
+            pb.CatalogRow(item_id="catalog-test-new-4", title="x", published=-1.0)]
     request = pb.WriteCatalogRequest(rows=rows, idempotency_key="catalog-rpc-test-1")
     with grpc.insecure_channel(server_proc.addr) as channel:
         stub = pb_grpc.RecommenderStub(channel)
@@ -117,8 +118,10 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         again = stub.WriteCatalog(request, timeout=30, metadata=[("x-api-key", writer)])
     assert resp.stored == 2 and again == resp
-    assert [(e.index, e.item_id) for e in resp.refused] == [(1, "catalog-test-new-2"), (2, "catalog-test-new-3")]
+    assert [(e.index, e.item_id) for e in resp.refused] == [(1, "catalog-test-new-2"), (2, "catalog-test-new-3"),
+                                                             (4, "catalog-test-new-4")]
     assert "title is required" in resp.refused[0].reason and "price" in resp.refused[1].reason
+    assert "published" in resp.refused[2].reason
     store = open_feedback_store(str(server_proc.feedback_db), create=False)
     try:
         log = [c for c in store.read_catalog_since(0) if c.item.startswith("catalog-test-")]
@@ -126,7 +129,7 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
         store.close()
     assert [(c.item, c.op) for c in log] == [("catalog-test-new-1", "upsert"), ("catalog-test-gone", "retire")]
     assert log[0].fields == {"title": "Catalogue test item", "brand": "Acme", "categories": ["Tests"], "price": 4.5,
-                             "available": True, "kind": "product"} and log[-1].id == resp.last_id
+                             "available": True, "kind": "article", "published": 1.7e9} and log[-1].id == resp.last_id
     # the new item is served from now on (test_new_item_is_served_within_a_minute): retired, so the session's other
     # tests see the bundle's catalogue
     write(server_proc, [{"item": "catalog-test-new-1", "op": "retire"}], set(), "catalog-rpc-test-cleanup")
@@ -136,8 +139,11 @@ def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
     """A new item (an id the bundle does not hold) written to the catalogue is served without a new bundle: its
     fields copy a cold bundle item's (one without train interactions, whose ranker vector also comes from its
     text alone). Recommend ranks it through the ranker (the rules path, in ranker order, and the policy's slate)
-    within a minute, and every other item keeps its place; SimilarItems of the item it copies returns it; Search
-    for its title finds it; a category filter keeps it or drops it; retiring it removes it from every answer."""
+    within a minute, and every other item keeps its place; its publication time drives the freshness rule;
+    a cold start's slate holds it in its new-item slot (the popular items before it unchanged); Rank scores it
+    (for a cold start, with the median item's popularity share); SimilarItems of the item it copies returns it;
+    Search for its title finds it; a category filter keeps it or drops it; retiring it removes it from every
+    answer, Rank's included."""
     import numpy as np
     import torch
 
@@ -151,7 +157,8 @@ def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
     item = bundle.items.iloc[c]
     copied, new = str(bundle.item_ids[c]), "catalog-test-new-copy"
     cats = [str(x) for x in item["categories"]]
-    fields = {"title": str(item["title"]), "brand": str(item["brand"] or ""), "categories": cats}
+    fields = {"title": str(item["title"]), "brand": str(item["brand"] or ""), "categories": cats,
+              "published": time.time() - 30 * 86400}  # a month old
     other = next(x for cs in bundle.items["categories"] for x in cs if x not in cats)  # a category it lacks
     user = next(u for u in raw_user_ids(bundle) if len(bundle.history(bundle.pseudonymise(u))) > 0)
     k_all = bundle.n_items + 1
@@ -168,8 +175,16 @@ def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
                 request.rules.CopyFrom(pb.Rules(**rules))
             return [r.item_id for r in stub.Search(request, timeout=30, metadata=KEY).results]
 
-        before = ranked()
-        assert new not in before
+        def cold_start(k: int = K) -> list:
+            return list(stub.Recommend(pb.RecommendRequest(user_id="catalog-test-cold-user", k=k, explain=True),
+                                       timeout=30, metadata=KEY).items)
+
+        def rank(u: str) -> pb.RankResponse:
+            return stub.Rank(pb.RankRequest(user_id=u, candidate_item_ids=[new, *map(str, bundle.item_ids[:3])]),
+                             timeout=30, metadata=KEY)
+
+        before, cold_before = ranked(), [it.item_id for it in cold_start()]
+        assert new not in before and new not in cold_before and list(rank(user).unknown_item_ids) == [new]
         t0 = write(server_proc, [{"item": new, **fields}], set(), "catalog-test-new-item")
         try:
             while new not in (after := ranked()):
@@ -186,13 +201,25 @@ def test_new_item_is_served_within_a_minute(server_proc, bundle_path):
             assert new in searched()
             assert new in ranked(categories=[cats[-1]]) and new not in ranked(categories=[other])
             assert new not in searched(categories=[other])
+            boost = {f"item:{new}": 100.0}  # first by far; a month of one-hour half-lives sinks it to the last place
+            assert ranked(boosts=boost)[0] == new and ranked(boosts=boost, freshness_half_life_s=3600.0)[-1] == new
+            cold = cold_start()  # one new-item slot (LiveCatalogConfig.cold_start_new_slots), popularity the rest
+            assert [it.item_id for it in cold] == cold_before[:K - 1] + [new]
+            assert cold[-1].reason == "new in the catalogue" and cold[-1].score <= cold[-2].score
+            warm_rank, cold_rank = rank(user), rank("catalog-test-cold-user")
+            assert not warm_rank.unknown_item_ids and not cold_rank.unknown_item_ids and cold_rank.cold_start
+            p_warm = {it.item_id: it.click_probability for it in warm_rank.items}
+            p_cold = {it.item_id: it.click_probability for it in cold_rank.items}
+            assert 0 < p_warm[new] < 1
+            assert p_cold[new] == pytest.approx(np.median(bundle.popularity) / bundle.popularity.sum())
         finally:
             t1 = write(server_proc, [{"item": new, "op": "retire"}], set(), "catalog-test-new-item-retire")
         while new in ranked() or new in searched():
             assert time.monotonic() - t1 < 30, "a retired new item was still shown 30 s after its write"
             time.sleep(0.1)
         for _ in range(4):  # and stays gone (replicas answer in turn)
-            assert new not in ranked()
+            assert new not in ranked() and new not in [it.item_id for it in cold_start()]
+            assert list(rank(user).unknown_item_ids) == [new]
 
 
 def test_a_learned_slate_policy_reads_new_items(bundle_path):

@@ -1,9 +1,9 @@
 """The bulk path of the live catalogue: rows read from a JSON-lines or CSV file, validated like the write RPC's
 rows and logged in the feedback store in batches (`prefmine catalog load`).
 
-CSV columns are the row fields (`item`, `op`, `title`, `brand`, `categories`, `price`, `available`, `kind`);
-`categories` there is one cell of names separated by "|". Empty cells are left out of the row, so an upsert of a
-known item keeps its earlier value for them.
+CSV columns are the row fields (`item`, `op`, `title`, `brand`, `categories`, `price`, `available`, `kind`,
+`published`); `categories` there is one cell of names separated by "|". Empty cells are left out of the row, so an
+upsert of a known item keeps its earlier value for them.
 """
 
 from __future__ import annotations

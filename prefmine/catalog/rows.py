@@ -2,8 +2,9 @@
 
 A row is a mapping with `item` (the item id) and `op` ("upsert", the default, or "retire"). An upsert carries the
 item's fields: `title` (required for an item the catalogue does not hold yet: the encoder embeds it), `brand`,
-`categories` (a list of names, or one name), `price` (finite, >= 0), `available` (bool) and `kind`; a field left
-out of an upsert keeps its earlier value. A retire carries nothing else. `validate_rows` checks each row on its
+`categories` (a list of names, or one name), `price` (finite, >= 0), `available` (bool), `kind` and `published`
+(when a content item was published: Unix seconds, finite and >= 0, or ISO 8601 text, stored as seconds; what the
+freshness rule decays by); a field left out of an upsert keeps its earlier value. A retire carries nothing else. `validate_rows` checks each row on its
 own: a bad row is named (its index and item id) with the reason and refused, the good rows are kept, so one typo
 does not drop a whole batch and no bad value reaches the store.
 """
@@ -15,9 +16,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 OPS = ("upsert", "retire")
-FIELDS = ("title", "brand", "categories", "price", "available", "kind")
+FIELDS = ("title", "brand", "categories", "price", "available", "kind", "published")
 MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 4000
 MAX_NAME_CHARS = 200
@@ -94,6 +96,32 @@ def _price(value) -> float | None:
     return price
 
 
+def _published(value) -> float:
+    if isinstance(value, bool):
+        raise ValueError("published must be Unix seconds or ISO 8601 text, got bool")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"published must be Unix seconds or ISO 8601 text, got {text[:30]!r}") from None
+            if stamp.tzinfo is None:  # a time without a zone is UTC, as the events source reads it
+                stamp = stamp.replace(tzinfo=timezone.utc)
+            seconds = stamp.timestamp()
+    else:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"published must be Unix seconds or ISO 8601 text, got {type(value).__name__}") \
+                from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"published must be finite and >= 0 (Unix seconds), got {seconds!r}")
+    return seconds
+
+
 def _available(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -135,6 +163,8 @@ def check_row(row, known: bool = False) -> CatalogChange:
         fields["price"] = _price(row["price"])
     if row.get("available") not in (None, ""):
         fields["available"] = _available(row["available"])
+    if row.get("published") not in (None, ""):
+        fields["published"] = _published(row["published"])
     return CatalogChange(item=item, op="upsert", fields=fields)
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 
 from prefmine.catalog.rows import CatalogChange
 
-DEFAULTS = {"title": "", "brand": "", "categories": [], "price": math.nan, "available": True, "kind": ""}
+DEFAULTS = {"title": "", "brand": "", "categories": [], "price": math.nan, "available": True, "kind": "",
+            "published": math.nan}
 
 
 def _row_fields(row: dict) -> dict:
@@ -26,14 +27,22 @@ def _row_fields(row: dict) -> dict:
         value = row[name]
         if name == "categories":
             value = [] if value is None or (isinstance(value, float) and math.isnan(value)) else [str(v) for v in value]
-        elif name == "price":
-            value = math.nan if value is None else float(value)
+        elif name in ("price", "published"):
+            value = _number(value)
         elif name == "available":
             value = True if value is None or (isinstance(value, float) and math.isnan(value)) else bool(value)
         elif not isinstance(value, str):
             value = ""
         out[name] = value
     return out
+
+
+def _number(value) -> float:
+    """A price or publication time as a float; NaN (unknown) for a missing or unreadable one."""
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 class CatalogState:

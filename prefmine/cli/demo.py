@@ -42,6 +42,19 @@ def _raw_users(dataset: str, raw_root: Path, n: int = 3) -> list[str]:
     return [str(u) for u in inter["user"].value_counts().index[:n]]
 
 
+def catalog_store(bundle: Path) -> str | None:
+    """The feedback store the demo's server writes to (serve.app.default_feedback_db: beside the bundle, or
+    $PREFMINE_FEEDBACK_DB), when an earlier run (or an operator's `prefmine catalog load`) left one: its catalogue
+    changes are folded into the data set the bundle is trained from (`prepare --catalog-feedback`), so the next
+    bundle holds the items written while the last one served. None when there is no store yet."""
+    from serve.app import default_feedback_db
+
+    location = default_feedback_db(bundle)
+    if "://" in location:  # a PostgreSQL DSN: the server's store exists wherever it is configured
+        return location
+    return location if Path(location).is_file() else None
+
+
 def _start_server(bundle: Path, port: int, log_path: Path, timeout_s: float = 420.0):
     # --insecure: a throwaway server for the demo's own client, started and stopped here, without API keys
     cmd = [sys.executable, "-m", "prefmine.cli", "serve", "--bundle", str(bundle), "--grpc-port", str(port),
@@ -114,17 +127,20 @@ def run_demo(dataset: str = "magazine", workdir: str | Path = "runs/demo", raw: 
     t = time.time()
     raw_root = _raw_root(dataset, raw, workdir)
     data_dir = workdir / "data" / dataset
+    bundle = workdir / "bundles" / dataset
+    changes = catalog_store(bundle)  # catalogue writes an earlier run's server logged: the next bundle holds them
     ray = ensure_ray()
     manifest = prepare(spec["source"], raw_root, data_dir, spec["category"],
                        pseudonymiser=Pseudonymiser(allow_demo=True), runner=ray_data_runner, engine="ray-data",
-                       progress=sys.stderr)
+                       progress=sys.stderr, catalog_feedback=changes)
     print(f"   {manifest['counts']}", flush=True)
+    if changes:
+        print(f"   catalogue changes folded from {changes}: {manifest['catalog']}", flush=True)
     timings["prepare"] = time.time() - t
     done("prepare")
 
     print("== 2/5 train encoder -> ranker -> policy (Ray Train + DeepSpeed, RLlib)", flush=True)
     t = time.time()
-    bundle = workdir / "bundles" / dataset
     train_bundle(data_dir, bundle, preset=preset)
     ray.shutdown()
     timings["train"] = time.time() - t

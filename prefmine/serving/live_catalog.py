@@ -22,12 +22,28 @@ class LiveCatalogConfig:
     """interval_s: how often a replica polls the change log (the upper bound, with the write's commit, on how
     long a retired item can still be shown); page: changes read per query; max_new_items: items the bundle
     does not hold that a replica embeds and serves (prefmine.serving.new_items; later ones wait for the next
-    bundle), which bounds its memory; embed_batch: texts per encoder call when it embeds them."""
+    bundle), which bounds its memory; embed_batch: texts per encoder call when it embeds them.
+
+    New items have no interactions, so no popularity of their own until the next bundle counts them.
+    new_item_popularity_quantile: the popularity they are given meanwhile, that quantile of the bundle items'
+    popularity (0.5: a median item's), which orders them among popular items (a cold start's rules path) and is
+    their click probability in Rank for a user without history; cold_start_new_slots: slots of a cold start's
+    Recommend slate (no rules) held for the newest new items, a shop's "new arrivals", since a median popularity
+    would rarely reach a top k (0: popularity alone)."""
 
     interval_s: float = 1.0
     page: int = 10_000
     max_new_items: int = 10_000
     embed_batch: int = 64
+    new_item_popularity_quantile: float = 0.5
+    cold_start_new_slots: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.new_item_popularity_quantile) <= 1.0:
+            raise ValueError(f"live_catalog.new_item_popularity_quantile must be in [0, 1], got "
+                             f"{self.new_item_popularity_quantile!r}")
+        if int(self.cold_start_new_slots) < 0:
+            raise ValueError(f"live_catalog.cold_start_new_slots must be >= 0, got {self.cold_start_new_slots!r}")
 
 
 class LiveCatalog:

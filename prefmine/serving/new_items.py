@@ -82,23 +82,26 @@ class NewItems:
             item_ids=np.concatenate([base.item_ids, np.asarray(self.ids, dtype=base.item_ids.dtype)]),
             categories=[*base.categories, *(frozenset(x.get("categories") or ()) for x in f)],
             brand=np.concatenate([base.brand, np.array([str(x.get("brand") or "") for x in f], dtype=object)]),
-            price=np.concatenate([base.price, np.array([_price(x.get("price")) for x in f], dtype=np.float64)]),
+            price=np.concatenate([base.price, np.array([_number(x.get("price")) for x in f], dtype=np.float64)]),
             available=np.concatenate([base.available, np.array([x.get("available", True) is not False for x in f],
                                                                dtype=bool)]),
-            kind=np.concatenate([base.kind, np.array([str(x.get("kind") or "product") for x in f], dtype=object)]))
+            kind=np.concatenate([base.kind, np.array([str(x.get("kind") or "product") for x in f], dtype=object)]),
+            published=np.concatenate([base.published, np.array([_number(x.get("published")) for x in f],
+                                                                dtype=np.float64)]))
 
 
     def frame(self):
-        """The new items as an items table (item, title, brand, categories, price, available, kind)."""
+        """The new items as an items table (item, title, brand, categories, price, available, kind, published)."""
         import pandas as pd
 
         f = self.fields
         return pd.DataFrame({"item": list(self.ids), "title": [str(x.get("title") or "") for x in f],
                              "brand": [str(x.get("brand") or "") for x in f],
                              "categories": [list(x.get("categories") or ()) for x in f],
-                             "price": [_price(x.get("price")) for x in f],
+                             "price": [_number(x.get("price")) for x in f],
                              "available": [x.get("available", True) is not False for x in f],
-                             "kind": [str(x.get("kind") or "") for x in f]})
+                             "kind": [str(x.get("kind") or "") for x in f],
+                             "published": [_number(x.get("published")) for x in f]})
 
     def search_catalog(self):
         """The new items as a search catalogue (prefmine.search.Catalog) to append to the bundle's."""
@@ -107,7 +110,15 @@ class NewItems:
         return Catalog.from_items(self.frame())
 
 
-def _price(value) -> float:
+def prior_popularity(popularity: np.ndarray, quantile: float) -> float:
+    """The popularity a new item counts with until a bundle counts its interactions: the `quantile` of the bundle
+    items' popularity (0 for an empty bundle)."""
+    pop = np.asarray(popularity, dtype=np.float64)
+    return float(np.quantile(pop, float(quantile))) if len(pop) else 0.0
+
+
+def _number(value) -> float:
+    """A price or publication time as a float, NaN when unknown."""
     try:
         return float(value) if value is not None else float("nan")
     except (TypeError, ValueError):

@@ -64,6 +64,18 @@ def first_outside(order: np.ndarray, k: int, exclude: set[int]) -> np.ndarray:
     return order[:k]
 
 
+def with_fresh_slots(order: np.ndarray, popularity: np.ndarray, k: int, exclude: set[int], fresh: np.ndarray,
+                     slots: int) -> np.ndarray:
+    """A cold start's answer with new items in it: up to ``slots`` of ``fresh`` (new items, newest first) outside
+    ``exclude``, the rest of the k from ``order`` (popularity) outside both, the slate in order of ``popularity``
+    (new items carry their prior; ties keep the popular items first), so its scores never increase down the list."""
+    fresh = [int(i) for i in np.asarray(fresh, dtype=np.int64).tolist() if int(i) not in exclude]
+    fresh = fresh[:max(0, min(int(slots), int(k)))]
+    head = first_outside(order, int(k) - len(fresh), exclude | set(fresh))
+    slate = np.concatenate([head, np.asarray(fresh, dtype=np.int64)])
+    return slate[np.argsort(-np.asarray(popularity, dtype=np.float64)[slate], kind="stable")]
+
+
 def popular_items(popularity: np.ndarray, k: int, exclude: set[int]) -> np.ndarray:
     """A cold start's answer: the k most popular items outside ``exclude`` (ties to the lower index)."""
     return first_outside(popularity_order(popularity), k, exclude)

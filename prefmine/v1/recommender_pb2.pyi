@@ -340,7 +340,7 @@ class RecordFeedbackResponse(_message.Message):
     def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ...) -> None: ...
 
 class CatalogRow(_message.Message):
-    __slots__ = ("item_id", "retire", "title", "brand", "categories", "price", "available", "kind")
+    __slots__ = ("item_id", "retire", "title", "brand", "categories", "price", "available", "kind", "published")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     RETIRE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +349,7 @@ class CatalogRow(_message.Message):
     PRICE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     retire: bool
     title: str
@@ -357,7 +358,8 @@ class CatalogRow(_message.Message):
     price: float
     available: bool
     kind: str
-    def __init__(self, item_id: _Optional[str] = ..., retire: _Optional[bool] = ..., title: _Optional[str] = ..., brand: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., available: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
+    published: float
+    def __init__(self, item_id: _Optional[str] = ..., retire: _Optional[bool] = ..., title: _Optional[str] = ..., brand: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., available: _Optional[bool] = ..., kind: _Optional[str] = ..., published: _Optional[float] = ...) -> None: ...
 
 class WriteCatalogRequest(_message.Message):
     __slots__ = ("rows", "idempotency_key")
