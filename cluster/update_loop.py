@@ -7,7 +7,7 @@ One round (`run_round`):
    Fewer than `min_events` new events: nothing is written, not even a log line.
 2. A candidate version is built by `cluster.update_policy.update_policy` from the serving version and every
    event it has not consumed except the held-out ones (each user's last new interaction, which the guard judges
-   on), written beside it (the policy continues training; the ranker is not retrained).
+   on), written beside it (the ranker is fine-tuned and the policy continues training, both on those events).
 3. The guard (prefmine.update.guard) evaluates the candidate and the serving version on the SAME data: the
    impressions logged since the last round (SNIPS and DR of each version's slates) and each user's last new
    interaction (NDCG@k, Recall@k). Not worse on every judged metric (paired 95% interval's low >= -tolerance,

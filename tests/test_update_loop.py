@@ -343,7 +343,6 @@ def test_loop_updates_the_ranker_and_refuses_a_diverged_one(ranker_loop_setup, r
     assert comp["update"]["loss_after"] < comp["update"]["loss_before"]
     assert comp["config"] == read_manifest(v0)["components"]["ranker"]["config"]
     assert _tree_digest(v0) == before  # the serving version is untouched
-    print("normal candidate:", r1["decision"], r1["reason"], json.dumps(r1["figures"]))
     if r1["decision"] == "rolled_in":
         assert torch.equal(torch.load(current_version(bundles) / "ranker" / "model.pt", weights_only=True)
                            ["item_emb.weight"], new["item_emb.weight"])
