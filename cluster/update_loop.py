@@ -172,7 +172,7 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
                    "differences": verdict["differences"], "skipped": verdict["skipped"],
                    "decision": "rolled_in" if verdict["rolled_in"] else "refused", "reason": verdict["reason"],
                    "impressions": len(imps), "impression_seq": imps[-1].seq if imps else imp_seq,
-                   "consumed_id": summary["consumed_id"]})
+                   "consumed_id": summary["consumed_id"], "ranker": summary.get("ranker")})
     record["held_out"] = len(held)
     if verdict["rolled_in"]:
         learn_held_out(out, [e for e in events if int(e[0]) in held and e[1] not in erased])

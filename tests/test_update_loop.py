@@ -341,8 +341,42 @@ def test_loop_updates_the_ranker_and_refuses_a_diverged_one(ranker_loop_setup, r
     comp = built[-1]["manifest"]["components"]["ranker"]
     assert comp["parent_version"] == "v0" and comp["update"]["steps"] == 30
     assert comp["update"]["loss_after"] < comp["update"]["loss_before"]
+    assert read_log(bundles)[-1]["ranker"]["loss_after"] == comp["update"]["loss_after"]
     assert comp["config"] == read_manifest(v0)["components"]["ranker"]["config"]
     assert _tree_digest(v0) == before  # the serving version is untouched
     if r1["decision"] == "rolled_in":
         assert torch.equal(torch.load(current_version(bundles) / "ranker" / "model.pt", weights_only=True)
                            ["item_emb.weight"], new["item_emb.weight"])
+
+
+def test_ranker_update_replaces_linked_weights_and_rebuilds_the_index(bundle_path, tmp_path):
+    """prefmine.update.ranker on a copy of a real ranker whose model.pt is a hard link to the parent's (as the
+    update job links it) and which holds an index of the parent's vectors: the parent's file keeps its bytes, the
+    new weights are what the directory loads, an item cold at training time that now has an interaction is warm,
+    and the index is rebuilt for the new vectors (the stale one would no longer match)."""
+    import os
+
+    from prefmine.ranker.retrieval import SERVING_INDEX, ItemIndex, RetrievalConfig, write_item_index
+    from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
+    from prefmine.update.ranker import RankerUpdate, update_ranker_dir
+
+    parent = tmp_path / "parent"
+    shutil.copytree(bundle_path / "ranker", parent)
+    d = tmp_path / "candidate"
+    shutil.copytree(parent, d, copy_function=os.link)
+    parent_bytes = (parent / "model.pt").read_bytes()
+    old = load_ranker(parent)
+    ivf = RetrievalConfig(kind="ivf", nlist=4, nprobe=4)
+    write_item_index(d, ranker_item_vectors(old), ivf)
+    cold = np.flatnonzero(~old.warm[1:].numpy())
+    assert len(cold), "the tiny bundle has items without train interactions"
+    hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")["items"]
+    histories = [list(map(int, h)) for h in hist] + [[int(cold[0]), int(hist.iloc[0][0])]]
+
+    rec = update_ranker_dir(d, histories, RankerUpdate(steps=20, lr=3e-4), ivf)
+    assert (parent / "model.pt").read_bytes() == parent_bytes and not (d / "model.pt").samefile(parent / "model.pt")
+    new = load_ranker(d)
+    vectors = ranker_item_vectors(new)
+    assert not np.allclose(vectors, ranker_item_vectors(old)) and bool(new.warm[int(cold[0]) + 1])
+    assert rec["steps"] == 20 and rec["retrieval"]["kind"] == "ivf" and rec["newly_warm_items"] >= 1
+    assert ItemIndex.load(d, SERVING_INDEX).matches(vectors)
