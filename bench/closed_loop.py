@@ -5,8 +5,8 @@
 Serves a copy of BUNDLE (default: the tiny preset trained on Magazine 5-core here) as `BUNDLES/current` with the
 `prefmine serve` code path (its own local Ray, API key required, loopback only, a SQLite feedback store) and an
 A/B experiment of two arms split by the user hash: `control` serves the ranker's order (greedy), which no round
-changes (the loop never retrains the ranker: the bench checks that every rolled-in version's ranker files are
-byte-identical to the first), and `learning` serves the learned policy each round trains further (or, with
+changes (the bench runs the loop with `ranker=false`, so no round retrains the ranker: it checks that every
+rolled-in version's ranker files are byte-identical to the first), and `learning` serves the learned policy each round trains further (or, with
 `--learning-policy bundle`, whatever each version's gate chose). Users of the data, with the calibrated
 simulator's response model (prefmine/closed_loop.py), run sessions from `--concurrency` client threads: every
 Recommend, click and purchase goes through the API, each event naming its impression. After each
@@ -295,8 +295,7 @@ def run_round(bundles: Path, feedback: Path, server: Server, preset: str, sets: 
     """One update-loop round as a subprocess (`--rounds 1 --serve-pid`); its JSON record (or an error record)."""
     argv = [sys.executable, "-m", "cluster.update_loop", "--bundles", str(bundles), "--feedback", str(feedback),
             "--rounds", "1", "--every", "1", "--serve-pid", str(server.proc.pid), "--preset", preset]
-    if sets:
-        argv += ["--set", *sets]
+    argv += ["--set", "ranker=false", *sets]  # the control arm is the ranker's order: frozen unless --set ranker=true
     proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

@@ -7,7 +7,7 @@ One round (`run_round`):
    Fewer than `min_events` new events: nothing is written, not even a log line.
 2. A candidate version is built by `cluster.update_policy.update_policy` from the serving version and every
    event it has not consumed except the held-out ones (each user's last new interaction, which the guard judges
-   on), written beside it (the policy continues training; the ranker is not retrained).
+   on), written beside it (the ranker is fine-tuned and the policy continues training, both on those events).
 3. The guard (prefmine.update.guard) evaluates the candidate and the serving version on the SAME data: the
    impressions logged since the last round (SNIPS and DR of each version's slates) and each user's last new
    interaction (NDCG@k, Recall@k). Not worse on every judged metric (paired 95% interval's low >= -tolerance,
@@ -172,7 +172,7 @@ def run_round(bundles: str | Path, feedback: str, cfg: UpdateConfig, round_no: i
                    "differences": verdict["differences"], "skipped": verdict["skipped"],
                    "decision": "rolled_in" if verdict["rolled_in"] else "refused", "reason": verdict["reason"],
                    "impressions": len(imps), "impression_seq": imps[-1].seq if imps else imp_seq,
-                   "consumed_id": summary["consumed_id"]})
+                   "consumed_id": summary["consumed_id"], "ranker": summary.get("ranker")})
     record["held_out"] = len(held)
     if verdict["rolled_in"]:
         learn_held_out(out, [e for e in events if int(e[0]) in held and e[1] not in erased])

@@ -11,8 +11,11 @@ What it does, in order:
    skipped and counted. Purchase given click is updated per item as a Beta posterior: the serving policy's
    simulator purchase rate (`policy/response_model.npz`) weighs `buy_prior` pseudo-counts against the events
    (a buy, or a rating >= 4, is a purchase; any interaction is a click), the same definition as at first fit.
-3. Refits the response model on the updated histories (each user's last item is the next-item target) and
-   rebuilds the simulator's user states with the bundle's ranker (the ranker itself is not retrained here).
+3. Refits the response model on the updated histories (each user's last item is the next-item target). With
+   `ranker` on (UpdateConfig), fine-tunes the serving ranker's weights on the updated histories for
+   `ranker_steps` steps at `ranker_lr` (prefmine.update.ranker, in process) into the new version's own `ranker/`
+   and rebuilds its retrieval index; `components.ranker` records the parent version, the steps and the loss
+   before and after. The simulator's user states and item vectors come from the new version's ranker.
 4. Continues training from the serving policy's exported weights (`train_policy(..., warm_start=...)`: same
    algorithm, network and observation normalisation; DQN starts at a lower epsilon) for a short budget.
 5. Writes a new bundle version directory beside the old one (or `--out`): model files hard-linked where the
@@ -138,6 +141,7 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     from prefmine.policy.response import fit_response_model, load_response
     from prefmine.policy.simulator import SimulatorConfig, SimulatorInputs
     from prefmine.ranker.runtime import RankerRuntime
+    from prefmine.update.ranker import update_ranker_dir
 
     cfg = cfg or UpdateConfig()
     bundle = Path(bundle)
@@ -184,11 +188,6 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     nxt = np.asarray([s[-1] if len(s) >= 2 else -1 for s in seqs], dtype=np.int64)
     response = fit_response_model(fit_seqs, nxt, len(items), seed=int(pol_conf["train"].get("seed", 0)))
     response.buy_prob = buy_prob
-    ranker = RankerRuntime(bundle)
-    inputs = SimulatorInputs(user_states=ranker.user_states(seqs).astype(np.float32),
-                             item_vectors=np.asarray(ranker.item_vectors, dtype=np.float32),
-                             item_popularity=popularity, user_histories=seqs, response=response,
-                             blend=ranker.blend)  # candidates scored as serving scores them
 
     # 4. continue training the serving policy
     train = dict(pol_conf["train"])
@@ -219,6 +218,15 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                 shutil.copy2(entry, tmp / entry.name)
         shutil.copytree(bundle / "catalog", tmp / "catalog")  # real copies: rewritten below
         save_catalog(tmp, Catalog(items, histories, popularity))
+        ranker_update = None
+        if cfg.ranker:  # the ranker fine-tuned on the updated histories; its model.pt replaced, never written through
+            ranker_update = update_ranker_dir(tmp / "ranker", seqs, cfg.ranker_update(),
+                                              _retrieval_config(manifest))
+        ranker = RankerRuntime(tmp)  # the simulator sees the candidate's own ranker, as serving will
+        inputs = SimulatorInputs(user_states=ranker.user_states(seqs).astype(np.float32),
+                                 item_vectors=np.asarray(ranker.item_vectors, dtype=np.float32),
+                                 item_popularity=popularity, user_histories=seqs, response=response,
+                                 blend=ranker.blend)  # candidates scored as serving scores them
         metrics = train_policy(inputs, tmp / "policy", pcfg, sim_cfg, verbose=verbose, warm_start=pol_dir)
         # the gate, as after training: on the refitted simulator, on the serving policy's seed (its own sessions)
         gate_seed = int(pol_conf["train"].get("seed", 0))
@@ -233,9 +241,12 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
                      "update": {"parent_version": manifest.get("version"), "consumed_from": after,
                                 "counts": counts, "config": vars_of(cfg), "seconds": round(time.time() - t0, 1)},
                      "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+        components = {**manifest.get("components", {}), "policy": comp}
+        if ranker_update is not None:
+            components["ranker"] = ranker_lineage(components.get("ranker", {}), manifest.get("version"),
+                                                  ranker_update)
         new_manifest = {**manifest, "version": version, "parent_version": manifest.get("version"),
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "components": {**manifest.get("components", {}), "policy": comp}}
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "components": components}
         new_manifest.pop("metrics", None)  # the parent's evaluation does not describe this version
         seal(tmp, new_manifest)  # the new files' digests (and signature); written last: now a finished bundle
         tmp.rename(out)
@@ -245,9 +256,28 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
     summary.update({"updated": True, "bundle": str(out), "version": version, "consumed_id": last_id,
                     "seconds": round(time.time() - t0, 1), "train": {k: v for k, v in metrics.items()
                                                                      if k != "history"},
-                    "serves": gate["decision"]["served"],
+                    "serves": gate["decision"]["served"], "ranker": ranker_update,
                     "gate": {**gate["decision"], "sessions": gate["sessions"], "lineage": lineage}})
     return summary
+
+
+def _retrieval_config(manifest: dict):
+    """The retrieval settings the bundle was trained with (its manifest's config tree), else the defaults."""
+    from dataclasses import fields
+
+    from prefmine.ranker.retrieval import RetrievalConfig
+
+    saved = (manifest.get("config") or {}).get("retrieval") or {}
+    known = {f.name for f in fields(RetrievalConfig)}
+    return RetrievalConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def ranker_lineage(parent_comp: dict, parent_version: str | None, record: dict) -> dict:
+    """The candidate's `components.ranker`: the parent's entry without its training metrics (they describe the
+    parent's weights), the parent version and the fine-tune's record (steps, loss before and after, index)."""
+    comp = {k: v for k, v in parent_comp.items() if k not in ("metrics", "update")}
+    comp.update({"parent_version": parent_version, "update": {"by": "update_policy", **record}})
+    return comp
 
 
 def vars_of(cfg) -> dict:

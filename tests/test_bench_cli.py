@@ -33,6 +33,7 @@ NO_PLAN = {
     "head_failover": "needs a trained --bundle to serve (planned below with a stand-in manifest)",
     "catalog_latency": "needs a trained --bundle to serve",
     "seqrec_check": "scores one already trained ranker: --bundle is required, and there is nothing to plan",
+    "ranker_update": "fine-tunes an already trained ranker: --bundle is required",
 }
 
 

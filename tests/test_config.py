@@ -53,6 +53,9 @@ def test_unknown_sections_keys_and_bad_values_are_named(tmp_path):
         T.load("tiny", None, ["ranker.epochs=many"])
     with pytest.raises(C.ConfigError, match="SECTION.KEY"):
         T.load("tiny", None, ["epochs=3"])
+    for item, key in (("update.ranker_steps=-1", "ranker_steps"), ("update.ranker_lr=0", "ranker_lr")):
+        with pytest.raises(C.ConfigError, match=key):
+            T.load("tiny", None, [item])
     with pytest.raises(C.ConfigError, match="preset"):
         T.load("huge")
     with pytest.raises(C.ConfigError, match="key=value"):

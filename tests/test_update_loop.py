@@ -253,3 +253,130 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
     lineage = read_manifest(bundles / want)["update_loop"]
     assert lineage["parent_version"] == old and lineage["feedback_consumed_id"] == record["consumed_id"]
     assert failures == [] and calls_at_end > 0 and calls[0] > calls_at_end
+
+
+@pytest.fixture(scope="module")
+def ranker_loop_setup(bundle_path, tmp_path_factory):
+    """Like `loop_setup`, but each user clicks the first two items the serving version showed: the second click
+    is the user's held-out event, the first one is what the candidate's ranker learns from."""
+    from prefmine.ranker.runtime import RankerRuntime
+
+    root = tmp_path_factory.mktemp("ranker-loop")
+    bundles = root / "bundles"
+    bundles.mkdir()
+    _copy_version(bundle_path, bundles / "v0", "greedy", "v0")
+    (bundles / "current").symlink_to("v0")
+    hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")
+    items = pd.read_parquet(bundle_path / "catalog" / "items.parquet")["item"].astype(str).tolist()
+    users = [u for u, s in zip(hist["user"], hist["items"]) if len(s) >= 2][:N_USERS]
+    seqs = [list(map(int, s)) for s in hist.set_index("user").loc[users, "items"]]
+    top, _ = RankerRuntime(bundle_path).top_n(seqs, 10, [list(s) for s in seqs])
+    log = FeedbackLog(root / "feedback.sqlite")
+    for n, (u, row) in enumerate(zip(users, top)):
+        shown = [items[int(i)] for i in row]
+        log.append_impression(Impression(f"imp-{n}", u, TS + 10 * n, shown, list(range(10)), [1.0] * 10, "greedy",
+                                         "v0"))
+        log.append([FeedbackEvent(u, shown[0], "click", TS + 10 * n + 1, impression_id=f"imp-{n}"),
+                    FeedbackEvent(u, shown[1], "click", TS + 10 * n + 2, impression_id=f"imp-{n}")])
+    log.close()
+    return bundles, root / "feedback.sqlite"
+
+
+def _tree_digest(d: Path) -> dict:
+    import hashlib
+
+    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*"))
+            if f.is_file()}
+
+
+def test_loop_updates_the_ranker_and_refuses_a_diverged_one(ranker_loop_setup, ray_session):
+    """Real candidates (update_policy: the ranker fine-tuned, the policy warm-started and exported as it was, so
+    the ranker is what differs). One fine-tuned at an absurd learning rate (set as the command line sets it) is
+    refused on the held-out events, which the guard ranks with the candidate's own ranker; one fine-tuned with
+    the defaults has new weights, its lineage in the manifest, and is rolled in or refused with the figures
+    logged. The serving version is never modified."""
+    import torch
+
+    from cluster.update_loop import run_round
+    from cluster.update_policy import update_policy
+    from prefmine import train_config
+    from prefmine.bundle import read_manifest
+    from prefmine.update.publish import current_version, read_log
+
+    bundles, feedback = ranker_loop_setup
+    v0 = bundles / "v0"
+    before = _tree_digest(v0)
+    cheap = ["max_iterations=0", "gate_sessions=2", "guard_n_boot=200", "ranker_steps=30"]
+
+    def config(*sets):
+        return train_config.load("tiny", None, train_config.in_section("update", [*cheap, *sets])).update
+
+    built: list[dict] = []
+
+    def build(serving, fb, out, cfg, held):  # update_policy itself; what it wrote is read before the guard
+        summary = update_policy(serving, fb, out, cfg, verbose=False, exclude_ids=held)
+        built.append({"manifest": read_manifest(out),
+                      "weights": torch.load(Path(out) / "ranker" / "model.pt", weights_only=True)})
+        return summary
+
+    r0 = run_round(bundles, str(feedback), config("ranker_lr=10"), round_no=0, build=build)
+    assert r0["decision"] == "refused" and r0["held_out"] == N_USERS
+    fig = r0["figures"]
+    assert fig["candidate"]["ndcg@10"] < fig["serving"]["ndcg@10"] and "ndcg@10" in r0["reason"]
+    assert current_version(bundles) == v0.resolve() and _tree_digest(v0) == before
+
+    log = FeedbackLog(feedback)  # one more event: the next round reads the refused round's events again
+    first = log.read_since(0)[0]
+    log.append([FeedbackEvent(first[1], first[2], "buy", TS + 5000)])
+    log.close()
+    r1 = run_round(bundles, str(feedback), config(), round_no=1, build=build)
+    # the user who bought what they clicked first has no next-item event (a repeat); every other is held out
+    assert r1["decision"] in ("rolled_in", "refused") and r1["held_out"] == N_USERS - 1
+    assert {"ndcg@10", "recall@10"} <= set(r1["differences"]) and set(r1["figures"]) == {"serving", "candidate"}
+    assert read_log(bundles)[-1]["figures"] == json.loads(json.dumps(r1["figures"]))
+    parent = torch.load(v0 / "ranker" / "model.pt", weights_only=True)
+    new = built[-1]["weights"]
+    assert not torch.equal(parent["item_emb.weight"], new["item_emb.weight"])
+    assert all(torch.isfinite(t).all() for t in new.values() if t.is_floating_point())
+    comp = built[-1]["manifest"]["components"]["ranker"]
+    assert comp["parent_version"] == "v0" and comp["update"]["steps"] == 30
+    assert comp["update"]["loss_after"] < comp["update"]["loss_before"]
+    assert read_log(bundles)[-1]["ranker"]["loss_after"] == comp["update"]["loss_after"]
+    assert comp["config"] == read_manifest(v0)["components"]["ranker"]["config"]
+    assert _tree_digest(v0) == before  # the serving version is untouched
+    if r1["decision"] == "rolled_in":
+        assert torch.equal(torch.load(current_version(bundles) / "ranker" / "model.pt", weights_only=True)
+                           ["item_emb.weight"], new["item_emb.weight"])
+
+
+def test_ranker_update_replaces_linked_weights_and_rebuilds_the_index(bundle_path, tmp_path):
+    """prefmine.update.ranker on a copy of a real ranker whose model.pt is a hard link to the parent's (as the
+    update job links it) and which holds an index of the parent's vectors: the parent's file keeps its bytes, the
+    new weights are what the directory loads, an item cold at training time that now has an interaction is warm,
+    and the index is rebuilt for the new vectors (the stale one would no longer match)."""
+    import os
+
+    from prefmine.ranker.retrieval import SERVING_INDEX, ItemIndex, RetrievalConfig, write_item_index
+    from prefmine.ranker.runtime import load_ranker, ranker_item_vectors
+    from prefmine.update.ranker import RankerUpdate, update_ranker_dir
+
+    parent = tmp_path / "parent"
+    shutil.copytree(bundle_path / "ranker", parent)
+    d = tmp_path / "candidate"
+    shutil.copytree(parent, d, copy_function=os.link)
+    parent_bytes = (parent / "model.pt").read_bytes()
+    old = load_ranker(parent)
+    ivf = RetrievalConfig(kind="ivf", nlist=4, nprobe=4)
+    write_item_index(d, ranker_item_vectors(old), ivf)
+    cold = np.flatnonzero(~old.warm[1:].numpy())
+    assert len(cold), "the tiny bundle has items without train interactions"
+    hist = pd.read_parquet(bundle_path / "catalog" / "histories.parquet")["items"]
+    histories = [list(map(int, h)) for h in hist] + [[int(cold[0]), int(hist.iloc[0][0])]]
+
+    rec = update_ranker_dir(d, histories, RankerUpdate(steps=20, lr=3e-4), ivf)
+    assert (parent / "model.pt").read_bytes() == parent_bytes and not (d / "model.pt").samefile(parent / "model.pt")
+    new = load_ranker(d)
+    vectors = ranker_item_vectors(new)
+    assert not np.allclose(vectors, ranker_item_vectors(old)) and bool(new.warm[int(cold[0]) + 1])
+    assert rec["steps"] == 20 and rec["retrieval"]["kind"] == "ivf" and rec["newly_warm_items"] >= 1
+    assert ItemIndex.load(d, SERVING_INDEX).matches(vectors)

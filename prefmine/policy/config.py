@@ -66,7 +66,8 @@ ALGORITHMS = ("DQN", "PPO")
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    """The incremental policy update job's settings (cluster/update_policy.py); presets in prefmine.train_config."""
+    """The incremental update job's settings (cluster/update_policy.py: policy, ranker, and the update loop's
+    guard); presets in prefmine.train_config."""
 
     max_iterations: int = 4  # policy train() calls after the warm start (0: re-export the warm-started module)
     time_budget_s: float = 120.0
@@ -78,6 +79,11 @@ class UpdateConfig:
     page_size: int = 50_000  # feedback rows read per query
     seed_offset: int = 1  # the update's RL seed = the serving policy's seed + this
     gate_sessions: int = 0  # simulator sessions per policy for the new version's gate; 0: the serving policy's
+    # the ranker's incremental update (prefmine.update.ranker): the serving weights fine-tuned on the updated
+    # histories (never the guard's held-out events), the retrieval index rebuilt
+    ranker: bool = True  # False: the new version keeps the serving ranker's files
+    ranker_steps: int = 100  # optimizer steps (batches of the ranker's own batch size)
+    ranker_lr: float = 3e-4  # Adam, a fresh optimizer state
     # the update loop's guard (prefmine.update.guard): a candidate rolls in when, on the impressions and held-out
     # events since the last round, every paired difference candidate - serving has a 95% low >= -tolerance
     guard_ope_tolerance: float = 0.01  # per-slot click rate (SNIPS, DR)
@@ -95,7 +101,16 @@ class UpdateConfig:
                          min_units=self.guard_min_units, k=self.guard_k, candidates=self.guard_candidates,
                          n_boot=self.guard_n_boot)
 
+    def ranker_update(self):
+        from prefmine.update.ranker import RankerUpdate
+
+        return RankerUpdate(steps=self.ranker_steps, lr=self.ranker_lr, seed=self.seed_offset)
+
     def __post_init__(self):
+        if not isinstance(self.ranker_steps, int) or isinstance(self.ranker_steps, bool) or self.ranker_steps < 0:
+            raise ConfigError(f"update config key 'ranker_steps': {self.ranker_steps!r}; an int >= 0")
+        if not float(self.ranker_lr) > 0:
+            raise ConfigError(f"update config key 'ranker_lr': {self.ranker_lr!r}; a number > 0")
         if not isinstance(self.gate_sessions, int) or not (self.gate_sessions == 0 or self.gate_sessions >= 2):
             raise ConfigError(f"update config key 'gate_sessions': {self.gate_sessions!r}; 0 (the serving "
                               "policy's) or an int >= 2")
