@@ -306,7 +306,7 @@ def test_loop_updates_the_ranker_and_refuses_a_diverged_one(ranker_loop_setup, r
     bundles, feedback = ranker_loop_setup
     v0 = bundles / "v0"
     before = _tree_digest(v0)
-    cheap = ["max_iterations=0", "gate_sessions=2", "guard_n_boot=200", "ranker_steps=30"]
+    cheap = ["max_iterations=0", "gate_sessions=2", "guard_n_boot=200", "ranker=true", "ranker_steps=30"]
 
     def config(*sets):
         return train_config.load("tiny", None, train_config.in_section("update", [*cheap, *sets])).update

@@ -81,7 +81,10 @@ class UpdateConfig:
     gate_sessions: int = 0  # simulator sessions per policy for the new version's gate; 0: the serving policy's
     # the ranker's incremental update (prefmine.update.ranker): the serving weights fine-tuned on the updated
     # histories (never the guard's held-out events), the retrieval index rebuilt
-    ranker: bool = True  # False: the new version keeps the serving ranker's files
+    # True: the candidate fine-tunes the serving ranker on the new events. Off by default: on the tiny Magazine loop
+    # the fine-tuned ranker loses on the guard's held-out clicks, which the serving ranker's own slates selected
+    # (bench/results/ranker_update.json), so every candidate, its policy update included, would be refused
+    ranker: bool = False
     ranker_steps: int = 100  # optimizer steps (batches of the ranker's own batch size)
     ranker_lr: float = 3e-4  # Adam, a fresh optimizer state
     # the update loop's guard (prefmine.update.guard): a candidate rolls in when, on the impressions and held-out
