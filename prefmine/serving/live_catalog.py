@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prefmine.catalog.state import CatalogState
+
 
 @dataclass
 class LiveCatalogConfig:
@@ -52,10 +54,9 @@ class LiveCatalog:
     def __init__(self, store, config: LiveCatalogConfig | None = None, lock: threading.Lock | None = None):
         self.store, self.config = store, config or LiveCatalogConfig()
         self._lock = lock or threading.Lock()  # the store's connection, shared with the caller's other reads
-        self.last_id = 0
         self.generation = 0  # bumped whenever the blocked set changes
         self._blocked: set[str] = set()
-        self.written: dict[str, dict] = {}  # id -> fields of items upserted (and not retired) through the log
+        self._state = CatalogState()  # the log alone folded, by the same rules as the next bundle's prepare
         self._checked = -float("inf")
         self._cache: dict = {}
 
@@ -79,20 +80,22 @@ class LiveCatalog:
         except Exception as e:  # noqa: BLE001 - the store away: keep the last state, the caller logs it
             return e
 
+    @property
+    def written(self) -> dict[str, dict]:
+        """id -> fields of the items upserted (and not retired since) through the log."""
+        return self._state.items
+
+    @property
+    def last_id(self) -> int:
+        return self._state.last_id
+
     def _apply(self, changes) -> None:
         blocked = set(self._blocked)
-        for c in changes:
-            if c.op == "retire":
-                blocked.add(c.item)
-                self.written.pop(c.item, None)
-            else:
-                fields = {**self.written.get(c.item, {}), **c.fields}
-                self.written[c.item] = fields
-                if fields.get("available", True) is False:
-                    blocked.add(c.item)
-                else:
-                    blocked.discard(c.item)
-            self.last_id = max(self.last_id, int(c.id))
+        for item in self._state.apply(changes):
+            if self._state.servable(item):
+                blocked.discard(item)
+            else:  # retired, or upserted with available=false
+                blocked.add(item)
         if blocked != self._blocked:
             self._blocked = blocked
             self.generation += 1
