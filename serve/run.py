@@ -173,7 +173,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
               direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
               tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None,
-              tombstones: str | None = None, experiment: str | None = None) -> int:
+              tombstones: str | None = None, experiment: str | None = None, placement: str | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
     there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
 
@@ -235,6 +235,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
                 experiment_config = servable_experiment(load_experiment(experiment)).to_dict()
             except (ValueError, yaml.YAMLError) as e:
                 raise ValueError(f"--experiment {experiment}: {e}") from None
+        from prefmine.serving.placement import load_placement
+
+        try:
+            placed = load_placement(placement)
+        except ValueError as e:
+            raise ValueError(f"--placement {placement}: {e}") from None
     except (OSError, ValueError) as e:
         msg = str(e)
         if "api_keys_file is required" in msg:
@@ -264,6 +270,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         app_args["tls"] = tls_config.as_dict()
     if experiment:
         app_args["experiment"] = experiment_config
+    if placed.deployments:
+        app_args["placement"] = placed.deployments_dict()
 
     stop = threading.Event()
     ready = threading.Event()
@@ -292,6 +300,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         started_ray = _connect_or_start_ray(address, metrics_port, direct_port)
         _install()  # ray.init replaces the SIGTERM handler with its own
         serve.start(
+            proxy_location=placed.proxy_location,
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
             logging_config=LOGGING,  # the proxy's and controller's: no access log line per request
             grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],

@@ -306,6 +306,7 @@ class RayCluster:
     base: Path
     env: dict[str, str]
     workers: list[WorkerNode] = field(default_factory=list)
+    head_temp_dir: Path | None = None  # the head's --temp-dir (Prometheus service discovery file, logs)
 
     def add_worker(self, num_cpus: int, resources: dict[str, float], timeout: float = 180) -> WorkerNode:
         """Start a worker node with its own temp dir (under a short path: Ray's socket paths must stay under
@@ -345,7 +346,7 @@ def ray_cluster(base: Path, head_cpus: int = 2, workers: tuple[tuple[int, dict[s
     cluster = None
     try:
         with ray_head_node(num_cpus=head_cpus, env=env, temp_dir=head_tmp, cwd=base / "head") as (address, gcs):
-            cluster = RayCluster(address, gcs, base, dict(env or {}))
+            cluster = RayCluster(address, gcs, base, dict(env or {}), head_temp_dir=head_tmp)
             try:
                 for num_cpus, resources in workers:
                     cluster.add_worker(num_cpus, resources)
