@@ -112,6 +112,8 @@ def _connect_or_start_ray(address: str | None, metrics_port: int | None = None,
         print("prefmine serve: on an existing cluster, start every node's Ray with "
               + " ".join(f"{k}={v}" for k, v in SERVE_ENV.items())
               + " in its environment (Serve's proxy reads them when it starts)", flush=True)
+        print("prefmine serve: where Serve already runs on the cluster, its proxies keep the gRPC port and "
+              "proxy_location they were started with (serve shutdown first to change them)", flush=True)
         if direct_port:
             print("prefmine serve: --direct-port on an existing cluster needs the nodes started with "
                   + " ".join(f"{k}={v}" for k, v in direct_ingress_env(direct_port).items()), flush=True)
