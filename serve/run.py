@@ -237,11 +237,13 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
                 experiment_config = servable_experiment(load_experiment(experiment)).to_dict()
             except (ValueError, yaml.YAMLError) as e:
                 raise ValueError(f"--experiment {experiment}: {e}") from None
+        import yaml
+
         from prefmine.serving.placement import load_placement
 
         try:
             placed = load_placement(placement)
-        except ValueError as e:
+        except (ValueError, yaml.YAMLError) as e:
             raise ValueError(f"--placement {placement}: {e}") from None
     except (OSError, ValueError) as e:
         msg = str(e)
