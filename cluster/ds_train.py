@@ -189,8 +189,11 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
 
         mean_loss, n_steps = train_epoch(engine, task, epoch, rank, world, progress)
         seconds = time.time() - t_epoch
+        # ended_at (wall clock): consecutive epochs' difference is the time per epoch with evaluation and
+        # checkpointing (to the run storage) included, which epoch_seconds leaves out (bench.cluster_scale)
         metrics = {"epoch": epoch, "loss": mean_loss, "epoch_seconds": round(seconds, 3), "restarts": restarts,
-                   "samples_per_s": round(n_steps * task.batch_size / max(seconds, 1e-9), 2)}
+                   "samples_per_s": round(n_steps * task.batch_size / max(seconds, 1e-9), 2),
+                   "ended_at": round(time.time(), 3)}
         t_eval = time.time()
         metrics.update(evaluate(engine, task, rank))
         metrics["eval_seconds"] = round(time.time() - t_eval, 3)
@@ -204,7 +207,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
             log.write(metrics)
         if rank == 0:
             print(f"[{config['name']}] epoch {epoch + 1} " +
-                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch", "epoch_seconds")),
+                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                           if k not in ("epoch", "epoch_seconds", "ended_at")),
                   flush=True)
         # rank 0 alone evaluates (except under ZeRO-3): it decides, and tells the others, whether to keep/stop
         flags = torch.tensor([float(improved), float(patience > 0 and best["epoch"] >= 0

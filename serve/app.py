@@ -100,7 +100,7 @@ def _same_code(deployment):
 # still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
-              "tls", "extra_keys", "tombstones", "experiment", "live_catalog"}
+              "tls", "extra_keys", "tombstones", "experiment", "live_catalog", "placement"}
 
 
 def check_bundle(bundle: Path) -> None:
@@ -146,7 +146,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     ``live_catalog``: ``{interval_s, page, max_new_items, embed_batch, new_item_popularity_quantile,
     cold_start_new_slots}`` (prefmine.serving.live_catalog.LiveCatalogConfig), how often each ingress replica
     polls the feedback store's catalogue change log, how many new items (not in the bundle) it embeds and serves,
-    and where new items stand in popularity answers.
+    and where new items stand in popularity answers; ``placement``:
+    ``{DEPLOYMENT: {num_replicas, max_replicas_per_node, resources}}`` (prefmine.serving.placement), where each
+    deployment's replicas run on a multi-node cluster (`prefmine serve --placement`).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -192,9 +194,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
     version = BundleRef.of({"bundle": str(bundle)}).config()
+    from prefmine.serving.placement import placement_from
+
+    placement = placement_from({"deployments": args.get("placement") or {}})  # checked before any replica
 
     def versioned(deployment):
-        return _same_code(deployment.options(user_config=version, logging_config=LOGGING))
+        placed = placement.options_for(deployment.name, deployment.ray_actor_options)
+        return _same_code(deployment.options(user_config=version, logging_config=LOGGING, **placed))
 
     return versioned(RecommenderIngress).bind(
         versioned(RankerDeployment).bind(),

@@ -112,6 +112,8 @@ def _connect_or_start_ray(address: str | None, metrics_port: int | None = None,
         print("prefmine serve: on an existing cluster, start every node's Ray with "
               + " ".join(f"{k}={v}" for k, v in SERVE_ENV.items())
               + " in its environment (Serve's proxy reads them when it starts)", flush=True)
+        print("prefmine serve: where Serve already runs on the cluster, its proxies keep the gRPC port and "
+              "proxy_location they were started with (serve shutdown first to change them)", flush=True)
         if direct_port:
             print("prefmine serve: --direct-port on an existing cluster needs the nodes started with "
                   + " ".join(f"{k}={v}" for k, v in direct_ingress_env(direct_port).items()), flush=True)
@@ -173,7 +175,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
               direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
               tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None,
-              tombstones: str | None = None, experiment: str | None = None) -> int:
+              tombstones: str | None = None, experiment: str | None = None, placement: str | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
     there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
 
@@ -235,6 +237,14 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
                 experiment_config = servable_experiment(load_experiment(experiment)).to_dict()
             except (ValueError, yaml.YAMLError) as e:
                 raise ValueError(f"--experiment {experiment}: {e}") from None
+        import yaml
+
+        from prefmine.serving.placement import load_placement
+
+        try:
+            placed = load_placement(placement)
+        except (ValueError, yaml.YAMLError) as e:
+            raise ValueError(f"--placement {placement}: {e}") from None
     except (OSError, ValueError) as e:
         msg = str(e)
         if "api_keys_file is required" in msg:
@@ -264,6 +274,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         app_args["tls"] = tls_config.as_dict()
     if experiment:
         app_args["experiment"] = experiment_config
+    if placed.deployments:
+        app_args["placement"] = placed.deployments_dict()
 
     stop = threading.Event()
     ready = threading.Event()
@@ -292,6 +304,7 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         started_ray = _connect_or_start_ray(address, metrics_port, direct_port)
         _install()  # ray.init replaces the SIGTERM handler with its own
         serve.start(
+            proxy_location=placed.proxy_location,
             http_options={"host": "127.0.0.1", "port": http_port or free_port()},
             logging_config=LOGGING,  # the proxy's and controller's: no access log line per request
             grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER],

@@ -179,3 +179,23 @@ def test_closed_loop_plans_rounds_and_sessions_and_refuses_a_bundle_without_a_po
     assert quick["rounds"] == 1 and quick["sessions_per_round"] == 30 and quick["inputs"] == []
     assert Path(quick["bundle"]) == tmp_path / "b"
     assert Path(quick["out"]) == ROOT / "runs" / "bench" / "closed_loop.quick.json"
+
+
+def test_cluster_scale_summaries_leave_out_the_first_epoch_and_compare_with_the_baseline():
+    """prefmine.scaling, what bench.cluster_scale reports: rates after the start-up epoch, ratios to a baseline."""
+    from prefmine.scaling import compare, training_summary
+
+    history = [{"samples_per_s": 10.0, "epoch_seconds": 9.0, "ended_at": 100.0},
+               {"samples_per_s": 40.0, "epoch_seconds": 2.0, "ended_at": 103.0},
+               {"samples_per_s": 60.0, "epoch_seconds": 1.0, "ended_at": 107.5}]
+    assert training_summary(history) == {"samples_per_s": 50.0, "epoch_seconds": 1.5, "epoch_period_s": 4.5,
+                                         "timed_epochs": 2}
+    assert training_summary(history[:2])["epoch_period_s"] is None  # 100 -> 103 holds the first epoch's end
+    assert training_summary(history[:1])["samples_per_s"] == 10.0
+    with pytest.raises(ValueError):
+        training_summary([])
+    results = [{"phase": "one", "qps": 80.0}, {"phase": "two", "qps": 60.0}]
+    assert compare(results, "two", "one", "qps") == {"phase": "two", "baseline": "one", "metric": "qps",
+                                                     "value": 60.0, "baseline_value": 80.0, "ratio": 0.75}
+    with pytest.raises(KeyError, match="three"):
+        compare(results, "three", "one", "qps")

@@ -98,3 +98,29 @@ def test_embedding_actor_count_follows_cpus_and_custom_resources():
     assert EmbedConfig(batch_size=10, actor_resources={"gpu_box": 1}).max_actors_on(cluster, 1000) == 1
     assert EmbedConfig(batch_size=500).max_actors_on(cluster, 1000) == 2  # never more actors than batches
     assert EmbedConfig(batch_size=10, max_actors=3, actor_resources={"worker_node": 1}).max_actors_on(cluster, 99) == 3
+
+
+def test_serve_placement_file_gives_deployment_options_and_bad_ones_named(tmp_path):
+    """`prefmine serve --placement`: the proxy's location and each deployment's Deployment.options, its own CPUs
+    kept beside the custom resources; unknown deployments, keys and bad values named."""
+    from prefmine.serving.placement import load_placement, placement_from
+
+    f = tmp_path / "placement.yaml"
+    f.write_text("proxy_location: HeadOnly\ndeployments:\n  RankerDeployment: {num_replicas: 2, "
+                 "max_replicas_per_node: 1, resources: {worker_node: 1}}\n")
+    p = load_placement(f)
+    assert p.proxy_location == "HeadOnly"
+    assert p.options_for("RankerDeployment", {"num_cpus": 0.25, "resources": {"ssd": 1}}) == {
+        "num_replicas": 2, "max_replicas_per_node": 1,
+        "ray_actor_options": {"num_cpus": 0.25, "resources": {"ssd": 1, "worker_node": 1.0}}}
+    assert p.options_for("EncoderDeployment", {"num_cpus": 0.25}) == {}
+    assert placement_from({"deployments": p.deployments_dict()}).deployments == p.deployments  # build_app's form
+    assert load_placement(None).proxy_location == "EveryNode"
+    for bad, match in (({"proxy_location": "Everywhere"}, "proxy_location"),
+                       ({"deployments": {"Ranker": {}}}, "Ranker"),
+                       ({"deployments": {"RankerDeployment": {"replicas": 2}}}, "replicas"),
+                       ({"deployments": {"RankerDeployment": {"num_replicas": 0}}}, "num_replicas"),
+                       ({"deployments": {"EncoderDeployment": {"resources": {"CPU": 1}}}}, "CPU"),
+                       ({"nodes": 2}, "nodes")):
+        with pytest.raises(C.ConfigError, match=match):
+            placement_from(bad)

@@ -201,3 +201,101 @@ def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_o
     for k in a:  # as tests/test_resume.py: the same data order and optimizer state after the restart
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     assert abs(history[-1]["loss"] - clean_history[-1]["loss"]) < 1e-4
+
+
+# `prefmine serve --placement`: one proxy (both nodes share 127.0.0.1, so a second proxy could not bind the gRPC
+# port), two ranker replicas at most one a node (so one on each), the encoder only where RESOURCE is
+SERVE_PLACEMENT = f"""
+proxy_location: HeadOnly
+deployments:
+  RankerDeployment: {{num_replicas: 2, max_replicas_per_node: 1}}
+  EncoderDeployment: {{resources: {{{RESOURCE}: 1}}}}
+"""
+
+
+def serve_replicas(address: str, deployment: str) -> list[dict]:
+    """The RUNNING replicas of the prefmine application's `deployment` (Serve's REST API on the head's
+    dashboard: replica id, node id, actor id)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{address}/api/serve/applications/", timeout=30) as r:
+        apps = json.load(r)["applications"]
+    replicas = apps["prefmine"]["deployments"][deployment]["replicas"]
+    return [x for x in replicas if x["state"] == "RUNNING"]
+
+
+def requests_by_replica(head_temp_dir, deployment: str) -> dict[str, float]:
+    """{replica id: requests it processed} for `deployment`, summed from Serve's own per-replica counter on every
+    node's Prometheus endpoint (the head's service-discovery file lists them, as Prometheus reads it)."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    targets = json.loads((head_temp_dir / "prom_metrics_service_discovery.json").read_text())[0]["targets"]
+    counts: dict[str, float] = {}
+    for target in targets:
+        try:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except OSError:
+            continue  # a node that left (the node-loss test's killed worker) has no endpoint any more
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if (s.name == "ray_serve_deployment_request_counter_total"
+                        and s.labels.get("deployment") == deployment):
+                    counts[s.labels["replica"]] = counts.get(s.labels["replica"], 0.0) + s.value
+    return counts
+
+
+def test_serve_replicas_on_both_nodes_answer_grpc_through_one_proxy(two_nodes, bundle_path, tmp_path):
+    """`prefmine serve --placement` on the two-node cluster, API keys on, loopback: Ray's state shows the ranker's
+    replicas on both nodes and the encoder's where RESOURCE is, one proxy on the head, and Serve's per-replica
+    request counters (every node's metrics endpoint) show Recommend calls answered by the replica on each node."""
+    import sys
+    import time
+
+    from live_server import API_KEY, keys_file_for, launch
+    from ray.util.state import list_nodes
+    from test_serve_faults import known_users
+
+    from serve.client import recommend
+    from serve.run import free_port
+
+    placement = tmp_path / "placement.yaml"
+    placement.write_text(SERVE_PLACEMENT)
+    port = free_port()
+    code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle_path)!r}, {port}, "
+            f"address='127.0.0.1:{two_nodes.gcs}', api_keys_file={str(keys_file_for(tmp_path / 'keys'))!r}, "
+            f"feedback_db={str(tmp_path / 'feedback.sqlite')!r}, placement={str(placement)!r}, rate_limit=0))")
+    server = launch([sys.executable, "-c", code], f"127.0.0.1:{port}")
+    try:
+        head = next(n.node_id for n in list_nodes(address=two_nodes.address, raise_on_missing_output=False,
+                                                  filters=[("is_head_node", "=", True)]))
+        rankers = serve_replicas(two_nodes.address, "RankerDeployment")
+        nodes = {r["node_id"]: r["replica_id"] for r in rankers}
+        assert len(rankers) == 2 and len(nodes) == 2 and head in nodes, rankers
+        encoders = serve_replicas(two_nodes.address, "EncoderDeployment")
+        workers = {w.node_id for w in two_nodes.workers}
+        assert encoders and {e["node_id"] for e in encoders} <= workers, encoders
+        encoder_actors = actors_by_class(two_nodes.address, "EncoderDeployment")
+        assert all(asked_for_the_resource(a) for a in encoder_actors if a.state == "ALIVE"), encoder_actors
+        proxies = [a for a in actors_by_class(two_nodes.address, "ProxyActor") if a.state == "ALIVE"]
+        assert [p.node_id for p in proxies] == [head], proxies
+
+        calls = 0
+        for user in known_users(bundle_path, 20) * 2:
+            assert recommend(server.addr, user, 5, api_key=API_KEY, timeout=30.0).items
+            calls += 1
+        deadline = time.monotonic() + 90  # Ray's metrics agents report every few seconds
+        while True:
+            counts = requests_by_replica(two_nodes.head_temp_dir, "RankerDeployment")
+            per_node = {node: counts.get(replica, 0.0) for node, replica in nodes.items()}
+            if all(v > 0 for v in per_node.values()) and sum(per_node.values()) >= calls:
+                break
+            assert time.monotonic() < deadline, (per_node, counts, calls)
+            time.sleep(2)
+        print(f"ranker requests per node after {calls} Recommend calls through the head's proxy: {per_node}")
+    finally:
+        assert server.stop() == 0, "".join(server.lines[-40:])

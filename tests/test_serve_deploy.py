@@ -128,3 +128,22 @@ def test_serve_deploy_of_the_repository_config_then_a_rollout_by_redeploying(ray
     assert not [c for c in calls if c[0] > t_done and c[4] != new_version], "old version answered after the switch"
     assert model_info(addr).bundle_version == new_version
     assert replica_ids(address) == before, "replicas were replaced: the rollout was not a lightweight update"
+
+
+def test_serve_refuses_a_bad_placement_before_starting_ray(bundle_path, tmp_path, capsys):
+    """`prefmine serve --placement` and the `placement` application arg are checked before anything is deployed:
+    an unknown deployment or a file that does not parse is refused naming it, exit status 2 (each key's checks:
+    tests/test_config.py)."""
+    from prefmine.config import ConfigError
+    from serve.app import build_app
+    from serve.run import run_serve
+
+    path = tmp_path / "placement.yaml"
+    for text, named in (("deployments: {Ranker: {num_replicas: 2}}", "Ranker"),
+                        ("deployments: [unclosed", "--placement")):
+        path.write_text(text)
+        assert run_serve(str(bundle_path), 50999, insecure=True, placement=str(path)) == 2
+        assert named in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="EncoderDeployment.resources"):
+        build_app({"bundle": str(bundle_path), "require_api_key": False,
+                   "placement": {"EncoderDeployment": {"resources": {"GPU": 1}}}})

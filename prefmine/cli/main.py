@@ -127,7 +127,7 @@ def _serve(a) -> int:
     return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
                      metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
                      reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst,
-                     tombstones=a.tombstones, experiment=a.experiment)
+                     tombstones=a.tombstones, experiment=a.experiment, placement=a.placement)
 
 
 def _serve_keys(a) -> int:
@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--experiment", default=None,
                     help="A/B experiment file (YAML/JSON: name, salt, arms with weight and policy): each user's "
                          "arm orders their slates; `prefmine experiments report --config` reads the same file")
+    sv.add_argument("--placement", default=None,
+                    help="YAML/JSON file placing the replicas on a multi-node cluster: proxy_location (EveryNode "
+                         "or HeadOnly) and per deployment num_replicas, max_replicas_per_node and custom resources "
+                         "(docs/cluster.md)")
     sv.set_defaults(func=_serve, parser=sv, serve_command=None)
     keys = sv.add_subparsers(dest="serve_command").add_parser(
         "keys", help="manage the hashed API-key file").add_subparsers(dest="keys_command", required=True)
