@@ -15,7 +15,7 @@ import os
 import signal
 
 import pytest
-from live_server import prefmine_cli, ray_cluster, s3_bucket
+from live_server import METRICS_REPORT_S, prefmine_cli, ray_cluster, s3_bucket
 
 from prefmine import storage
 from prefmine.bundle import is_published
@@ -47,9 +47,10 @@ def bucket():
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory, bucket):
     """A head (2 CPUs: room for the training workers, were they not told to go elsewhere) and one worker node
-    (2 CPUs, `worker_node: 2`)."""
+    (2 CPUs, `worker_node: 2`); metrics exported every second (the serve test reads per-replica counters)."""
+    env = {**CREDENTIALS, "RAY_metrics_report_interval_ms": str(int(METRICS_REPORT_S * 1000))}
     with ray_cluster(tmp_path_factory.mktemp("cluster"), head_cpus=2, workers=((2, {RESOURCE: 2}),),
-                     env=CREDENTIALS) as cluster:
+                     env=env) as cluster:
         yield cluster
 
 
