@@ -4,8 +4,8 @@
 dir and working directory; the worker node advertises the custom resource `worker_node`, and the training config
 asks for it (`dist.worker_resources`, `embed.actor_resources`), so training workers and embedding actors can run
 only there. The only storage the nodes share for training artefacts is an S3 server on loopback (moto, as in
-tests/test_storage.py): run storage and checkpoints (`--storage`), the encoder the actors load, the bundle
-(`--out`). Each node has the (fake) credentials in the environment it was started with, as a real node has its
+tests/test_storage.py): the prepared dataset (`--data`), run storage and checkpoints (`--storage`), the encoder
+the actors load, the bundle (`--out`). Each node has the (fake) credentials in the environment it was started with, as a real node has its
 own; none travel through Ray or the URI.
 """
 
@@ -73,8 +73,10 @@ def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object
     cfg = tmp_path / "encoder.yaml"
     cfg.write_text(ENCODER_ON_WORKER_NODE)
     run_storage, out = storage.join(bucket, "runs"), storage.join(bucket, "bundles", "magazine5")
+    data = storage.join(bucket, "datasets", "magazine5")  # the job reads its data from the store, not this disk
+    storage.put_dir(magazine5, data)
     submit = prefmine_cli("jobs", "submit", "--address", two_nodes.address, "--wait", "--timeout", "900", "--",
-                          "python", "-m", "cluster.pipeline", "encoder", "--data", str(magazine5), "--out", out,
+                          "python", "-m", "cluster.pipeline", "encoder", "--data", data, "--out", out,
                           "--storage", run_storage, "--preset", "tiny", "--config", str(cfg), timeout=960)
     assert submit.returncode == 0 and "SUCCEEDED" in submit.stdout, submit.stdout[-2000:] + submit.stderr[-4000:]
 

@@ -85,6 +85,31 @@ def test_object_store_download_once_per_content_and_checked(tmp_path, s3_uri):
     assert [p.name for p in (tmp_path / "cache2").iterdir()] == []
 
 
+def test_a_dataset_prepared_into_the_object_store_loads_from_it(tmp_path, s3_uri, raw_dir):
+    """`prepare --out URI` uploads the dataset with its content index, and `load_dataset(URI)` (what `--data URI`
+    gives every training job) reads it back on a node that shares no disk with the one that prepared it: the same
+    files, hash and histories as a local preparation of the same raw files."""
+    import numpy as np
+
+    from prefmine.data.dataset import load_dataset
+    from prefmine.data.prepare import prepare
+
+    raw = tmp_path / "raw" / "amazon2018"
+    (raw / "Magazine_Subscriptions").mkdir(parents=True)
+    for name in ("Magazine_Subscriptions_5.json.gz", "meta_Magazine_Subscriptions.json.gz"):
+        os.symlink(raw_dir / "amazon2018" / "Magazine_Subscriptions" / name, raw / "Magazine_Subscriptions" / name)
+    uri = join(s3_uri, "datasets", "magazine5")
+    remote = prepare("amazon2018", raw, uri, "Magazine_Subscriptions")
+    local = prepare("amazon2018", raw, tmp_path / "local", "Magazine_Subscriptions")
+    assert remote["data_hash"] == local["data_hash"]
+    assert set(read_index(uri)["files"]) == set(_read(tmp_path / "local"))
+    a, b = load_dataset(uri), load_dataset(tmp_path / "local")
+    assert a.path != b.path and a.manifest["data_hash"] == b.manifest["data_hash"]
+    assert np.array_equal(a.item_ids, b.item_ids) and len(a.train_seqs) == len(b.train_seqs) > 0
+    assert all(np.array_equal(x, y) for x, y in zip(a.train_seqs, b.train_seqs))
+    assert np.array_equal(a.test_item, b.test_item)
+
+
 def test_index_naming_a_path_outside_is_refused(tmp_path, s3_uri):
     src = tmp_path / "src"
     src.mkdir()

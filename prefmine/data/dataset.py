@@ -100,11 +100,14 @@ class Dataset:
 
 
 def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str | Path | None = None) -> Dataset:
-    """The dataset at `path` in index form. Rows of people on the tombstone list (`tombstones`, default
+    """The dataset at `path` (a directory, or a URI `prepare` wrote to: prefmine.storage) in index form. Rows of people on the tombstone list (`tombstones`, default
     $PREFMINE_TOMBSTONES; prefmine/data/tombstones.py) are dropped, so no training job learns from a copy of the
     data made before their erasure."""
     from prefmine.data.tombstones import default_location, open_list
+    from prefmine.storage import get_dir, is_uri
 
+    if is_uri(path):  # an object store (prepare --out URI): downloaded once per node and content, each file checked
+        path = get_dir(path)
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():

@@ -391,7 +391,8 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
             rating_range: tuple[float, float] | None = None, runner: Runner | None = None,
             buckets: int | None = None, engine: str = "local", tombstones: str | os.PathLike | None = None,
             progress: TextIO | None = None, catalog_feedback: str | None = None) -> dict:
-    """Prepare a canonical dataset at `out` and return its manifest.
+    """Prepare a canonical dataset at `out` (a directory, or a URI: prefmine.storage, where every node can read
+    it and `load_dataset` downloads it) and return its manifest.
 
     `progress`: a stream (the CLI passes stderr) for one progress line per stage, tasks done with rate and ETA,
     and a closing line per stage with its row rate; None writes nothing.
@@ -402,7 +403,14 @@ def prepare(source: str, raw: str | os.PathLike | None, out: str | os.PathLike, 
     `catalog_feedback`: a feedback store (SQLite path or PostgreSQL DSN) whose catalogue change log (WriteCatalog,
     `prefmine catalog load`) is folded into the items (`fold_catalog`), counted in the manifest's ``catalog``."""
     from prefmine.data.tombstones import default_location, open_list
+    from prefmine.storage import is_uri, put_dir
 
+    if is_uri(out):  # an object store: prepared in a local temp dir, then uploaded with its content index
+        with tempfile.TemporaryDirectory(prefix="prefmine-prepare-") as tmp:
+            manifest = prepare(source, raw, Path(tmp) / "dataset", category, pseudonymiser, on_bad_rows,
+                               rating_range, runner, buckets, engine, tombstones, progress, catalog_feedback)
+            put_dir(Path(tmp) / "dataset", out)
+        return manifest
     module = get_source(source)  # an unknown name fails here, naming the valid ones
     runner = runner or local_runner
     t0 = time.time()
