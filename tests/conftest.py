@@ -149,39 +149,6 @@ def train_tiny_bundle(magazine5: Path, tmp_path_factory) -> SubmittedPipeline:
     return SubmittedPipeline(out, submit, job_id, status, logs, runtime_env)
 
 
-def _completed(d: dict | None) -> subprocess.CompletedProcess | None:
-    return None if d is None else subprocess.CompletedProcess(d["args"], d["returncode"], d["stdout"], d["stderr"])
-
-
-def _record(p: subprocess.CompletedProcess | None) -> dict | None:
-    return None if p is None else {"args": p.args, "returncode": p.returncode, "stdout": p.stdout,
-                                   "stderr": p.stderr}
-
-
-def shared_tiny_bundle(magazine5: Path, tmp_path_factory) -> SubmittedPipeline:
-    """One training job per test run. Under pytest-xdist (the README's test command runs two worker processes)
-    each worker asks; the first to take a lock in the run's shared temp folder trains, and the others wait for it
-    and read its record (the bundle's path and what `prefmine jobs` said) instead of training again."""
-    import fcntl
-    import json
-
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return train_tiny_bundle(magazine5, tmp_path_factory)
-    shared = tmp_path_factory.getbasetemp().parent
-    record = shared / "tiny_bundle_job.json"
-    with open(shared / "tiny_bundle_job.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if record.is_file():
-            r = json.loads(record.read_text())
-            return SubmittedPipeline(Path(r["bundle"]), _completed(r["submit"]), r["job_id"],
-                                     _completed(r["status"]), _completed(r["logs"]), r["runtime_env"])
-        job = train_tiny_bundle(magazine5, tmp_path_factory)
-        record.write_text(json.dumps({"bundle": str(job.bundle), "submit": _record(job.submit),
-                                      "job_id": job.job_id, "status": _record(job.status),
-                                      "logs": _record(job.logs), "runtime_env": job.runtime_env}))
-        return job
-
-
 _BUNDLE_FIXTURES = {"tiny_bundle", "tiny_bundle_job"}
 _BACKGROUND_JOB: dict = {}
 
@@ -204,7 +171,7 @@ def tiny_bundle_in_background(request):
 
         def run():
             try:
-                _BACKGROUND_JOB["result"] = shared_tiny_bundle(*args)
+                _BACKGROUND_JOB["result"] = train_tiny_bundle(*args)
             except BaseException as e:  # handed to the first test that needs the bundle
                 _BACKGROUND_JOB["error"] = e
 
@@ -220,7 +187,7 @@ def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
     through `tiny_bundle`. One training run serves both, which is most of the suite's budget saved."""
     thread = _BACKGROUND_JOB.get("thread")
     if thread is None:
-        return shared_tiny_bundle(magazine5, tmp_path_factory)
+        return train_tiny_bundle(magazine5, tmp_path_factory)
     thread.join()
     if "error" in _BACKGROUND_JOB:
         raise _BACKGROUND_JOB["error"]
@@ -473,24 +440,17 @@ def _group_modules(items, fixture: str) -> None:
 
 def _fast_modules_first(items) -> None:
     """Orders modules (each kept whole, so module fixtures start once) in three tiers: modules with no test that
-    is slow or needs the tiny bundle, then slow modules that do not need it, then those that need it. The bundle's
-    training job runs in the background meanwhile (`tiny_bundle_in_background`)."""
-    def tier(module: str) -> int:
-        tests = [it for it in items if it.module and it.module.__name__ == module]
-        if needs_tiny_bundle(tests):
-            return 2
-        slow = any(_SLOW_FIXTURES & set(getattr(it, "fixturenames", ())) or it.get_closest_marker("slow")
-                   or (it.module.__name__.rsplit(".", 1)[-1] in _SERVE_MODULES) for it in tests)
-        return 1 if slow else 0
-
-    tiers = {m: tier(m) for m in dict.fromkeys(it.module.__name__ if it.module else "" for it in items)}
+    is marked slow or needs the tiny bundle, then slow modules that do not need it, then those that need it. The
+    bundle's training job runs in the background meanwhile (`tiny_bundle_in_background`). Needs the markers set."""
+    by_module: dict[str, list] = {}
+    for it in items:
+        by_module.setdefault(it.module.__name__ if it.module else "", []).append(it)
+    tiers = {m: 2 if needs_tiny_bundle(tests) else 1 if any(it.get_closest_marker("slow") for it in tests) else 0
+             for m, tests in by_module.items()}
     items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
 
 
 def pytest_collection_modifyitems(config, items):
-    _fast_modules_first(items)
-    for fixture in ("ray_head", "server_proc"):
-        _group_modules(items, fixture)
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
@@ -502,3 +462,6 @@ def pytest_collection_modifyitems(config, items):
         if fixtures & _CLUSTER_FIXTURES:
             item.add_marker(pytest.mark.cluster)
             item.add_marker(pytest.mark.slow)
+    _fast_modules_first(items)
+    for fixture in ("ray_head", "server_proc"):
+        _group_modules(items, fixture)

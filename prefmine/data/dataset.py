@@ -100,9 +100,9 @@ class Dataset:
 
 
 def load_dataset(path: str | Path, with_reviews: bool = False, tombstones: str | Path | None = None) -> Dataset:
-    """The dataset at `path` (a directory, or a URI `prepare` wrote to: prefmine.storage) in index form. Rows of people on the tombstone list (`tombstones`, default
-    $PREFMINE_TOMBSTONES; prefmine/data/tombstones.py) are dropped, so no training job learns from a copy of the
-    data made before their erasure."""
+    """The dataset at `path` (a directory, or a URI `prepare` wrote to: prefmine.storage) in index form. Rows of
+    people on the tombstone list (`tombstones`, default $PREFMINE_TOMBSTONES; prefmine/data/tombstones.py) are
+    dropped, so no training job learns from a copy of the data made before their erasure."""
     from prefmine.data.tombstones import default_location, open_list
     from prefmine.storage import get_dir, is_uri
 
