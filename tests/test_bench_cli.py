@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = {"__init__", "common"}  # not benchmarks
+HELPERS = {"__init__", "common", "loop_service"}  # not benchmarks (loop_service: bench.closed_loop's server)
 BENCHES = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in HELPERS)
 NO_PLAN = {
     "quality": "plans nothing cheaply: its data discovery is prepare() itself (tests/test_recbole_anchor.py)",
