@@ -145,8 +145,11 @@ class FeedbackStore(Protocol):
     per impression id, the stored events that name it (rows as `read_since`, oldest first). `forget` erases a
     user's impressions with their events. `append_catalog(changes, key)` logs live-catalogue changes
     (`prefmine.catalog`), durable on return, idempotent per key like `append`; `read_catalog_since(id)` pages them
-    in commit order.
+    in commit order. `ads` holds the ad tables (prefmine.feedback.ads_ledger.AdLedger: campaigns, daily spend, ad
+    impressions with their budget holds), the same interface on both backends.
     """
+
+    ads: object  # prefmine.feedback.ads_ledger.AdLedger
 
     def append(self, events: list[FeedbackEvent], idempotency_key: str | None = None) -> int: ...
 

@@ -1,7 +1,7 @@
 """The shared feedback store: PostgreSQL, for several ingress replicas on several nodes writing one log.
 
 Same tables and behaviour as the SQLite store (`feedback`, `feedback_requests`, `impressions`, the impression
-lists as JSONB, and the live catalogue's `catalog_changes` and `catalog_requests`), created on first use; a store from before impressions gains `feedback.impression_id`, one from
+lists as JSONB, and the live catalogue's `catalog_changes` and `catalog_requests`, the ad tables of prefmine.feedback.ads_ledger), created on first use; a store from before impressions gains `feedback.impression_id`, one from
 before A/B arms `impressions.arm`. Every
 connection of the psycopg pool runs with synchronous_commit=on, and each append is one transaction, so an
 acknowledged append is in the server's flushed WAL and survives a crash of the writer or of the server.
@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefmine.catalog.rows import CatalogChange, change_from_row, change_row, changes_digest
+from prefmine.feedback.ads_ledger import AdLedger
+from prefmine.feedback.ads_ledger import schema as ads_schema
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
@@ -43,6 +45,7 @@ SCHEMA_LOCK = 0x7072_6566_0001
 APPEND_LOCK = 0x7072_6566_0002
 IMPRESSION_LOCK = 0x7072_6566_0003
 CATALOG_LOCK = 0x7072_6566_0004
+AD_PAIR_LOCK = 0x7072_6605  # the first key of the two-key (int4, int4) advisory locks of ad holds
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS feedback (
@@ -95,6 +98,8 @@ SCHEMA = [
         last_id BIGINT NOT NULL,
         received DOUBLE PRECISION NOT NULL
     )""",
+    # the ad tables (prefmine.feedback.ads_ledger); a store from before them gains them
+    *ads_schema("DOUBLE PRECISION"),
 ]
 
 
@@ -119,6 +124,24 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
     from psycopg import errors
 
     return (psycopg.OperationalError, errors.ReadOnlySqlTransaction)
+
+
+class _Run:
+    """A transaction's connection that is also the ad ledger's execute function (``run(sql, params)``)."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __call__(self, sql: str, params: tuple = ()):
+        return self._conn.execute(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def _lock_pair(run, user: str, campaign: str) -> None:
+    """Holds of one (user, campaign) take turns (the frequency cap's count and insert are then one step)."""
+    run("SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))", (AD_PAIR_LOCK, f"{user}\x1f{campaign}"))
 
 
 def _configure(conn) -> None:
@@ -147,6 +170,7 @@ class PostgresFeedbackStore:
                                   f"{cfg.pool_timeout_s:g} s") from e
         self._keyed = 0
         self._unavailable = unavailable_errors()
+        self.ads = AdLedger(self._write, self._ads_read, mark="%s", lock_pair=_lock_pair)
         try:
             with self._pool.connection() as conn, conn.transaction():
                 if not create:
@@ -162,12 +186,17 @@ class PostgresFeedbackStore:
             raise
 
     @contextmanager
+    def _ads_read(self) -> Iterator:
+        with self._pool.connection() as conn:
+            yield conn.execute
+
+    @contextmanager
     def _write(self) -> Iterator:
         """A pooled connection in one transaction, committed on exit; a failure to write (the transaction is then
         rolled back, or never committed) raises StoreUnavailable."""
         try:
             with self._pool.connection() as conn, conn.transaction():
-                yield conn
+                yield _Run(conn)
         except self._unavailable as e:
             raise StoreUnavailable(f"feedback store {self.location} cannot be written "
                                    f"({type(e).__name__}: {str(e).strip()[:200]}); nothing was stored, retry later") from e
@@ -316,6 +345,7 @@ class PostgresFeedbackStore:
             with conn.transaction():
                 n = conn.execute('DELETE FROM feedback WHERE "user" = %s', (user,)).rowcount
                 conn.execute('DELETE FROM impressions WHERE "user" = %s', (user,))
+                self.ads.forget(conn.execute, user)
             conn.commit()
             conn.autocommit = True  # VACUUM cannot run inside a transaction block
             try:

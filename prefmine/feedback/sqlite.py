@@ -5,7 +5,8 @@ the log), `feedback_requests(key, digest, last_id, received)` (idempotency keys)
 impression_id, user, ts, items, positions, propensities, policy, bundle_version, arm, received)` (lists as JSON
 text; what Recommend showed), `catalog_changes(id, item, op, fields, received)` with `catalog_requests` (the live
 catalogue's change log and its idempotency keys, `prefmine.catalog`; a file from before them gains both tables
-when opened). A file from before impressions gains the `impression_id` column when opened (NULL
+when opened), and the ad tables of `prefmine.feedback.ads_ledger` (campaigns, spend, ad impressions with their
+budget holds: `store.ads`). A file from before impressions gains the `impression_id` column when opened (NULL
 for its old rows), one from before A/B arms `impressions.arm` ('' for its old rows). `append` runs in one
 BEGIN IMMEDIATE transaction committed with synchronous=FULL, so an acknowledged event survives a crash, and
 writers of several processes on the same file take turns; `read_since` pages through events by id for
@@ -24,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prefmine.catalog.rows import CatalogChange, change_from_row, change_row, changes_digest
+from prefmine.feedback.ads_ledger import AdLedger
+from prefmine.feedback.ads_ledger import schema as ads_schema
 from prefmine.feedback.base import (
     FeedbackEvent,
     FeedbackStoreConfig,
@@ -128,7 +131,19 @@ class SqliteFeedbackStore:
             self._db.execute("BEGIN IMMEDIATE")  # two processes opening an old file: one migrates
             migrate(self._db)
         self._db.executescript(INDEXES)
+        for stmt in ads_schema("REAL"):  # the ad tables (prefmine.feedback.ads_ledger); an older file gains them
+            self._db.execute(stmt)
+        self.ads = AdLedger(self._ads_write, self._ads_read)
         self._keyed = 0
+
+    @contextmanager
+    def _ads_write(self) -> Iterator:
+        with self._write():
+            yield self._db.execute
+
+    @contextmanager
+    def _ads_read(self) -> Iterator:
+        yield self._db.execute
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -270,6 +285,7 @@ class SqliteFeedbackStore:
         with self._db:
             n = self._db.execute("DELETE FROM feedback WHERE user = ?", (user,)).rowcount
             self._db.execute("DELETE FROM impressions WHERE user = ?", (user,))
+            self.ads.forget(self._db.execute, user)
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.execute("VACUUM")
         return int(n)

@@ -1,0 +1,110 @@
+"""The ad ledger in the feedback store (prefmine.feedback.ads_ledger) on both backends, a SQLite file and the
+session's real PostgreSQL server: campaigns written and read back, hold / commit / release with a click charged
+once, frequency caps counted from the logged ad impressions, and two OS processes holding one campaign's budget
+at once never pushing committed + held over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefmine.ads.campaigns import Campaign, validate_campaigns
+from prefmine.feedback import open_feedback_store
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = "2026-12-04"
+
+HOLDER = r"""
+import json, sys
+from prefmine.feedback import open_feedback_store
+loc, name, n, amount = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+store = open_feedback_store(loc)
+print("ready", flush=True)
+sys.stdin.readline()  # the start signal: both processes hold together
+got = [store.ads.hold(f"{name}-{i}", "shared", f"{name}-user-{i}", "item", amount, "2026-12-04", 1000, 86400.0)
+       for i in range(n)]
+print(json.dumps(got), flush=True)
+store.close()
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.sqlite")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def test_campaign_rows_refused_by_name():
+    good, bad = validate_campaigns([Campaign("ok-1", 5.0), Campaign("bad id", 1.0), Campaign("neg", -1.0),
+                                    Campaign("cap", 1.0, freq_cap=0), Campaign("nan", float("nan"))])
+    assert [c.campaign for c in good] == ["ok-1"]
+    assert [(e.index, e.reason.split()[0]) for e in bad] == [(1, "campaign_id"), (2, "daily_budget"),
+                                                            (3, "freq_cap"), (4, "daily_budget")]
+
+
+def test_hold_commit_release_and_caps(location):
+    store = open_feedback_store(location)
+    ads = store.ads
+    ads.put_campaigns([Campaign("c1", 1.0, freq_cap=2), Campaign("c2", 0.5), Campaign("off", 9.0, active=False)])
+    assert ads.campaigns(["c1", "off", "nope"]) == {"c1": Campaign("c1", 1.0, 2, True),
+                                                    "off": Campaign("off", 9.0, None, False)}
+    # the campaign's own cap (2) overrides the default (5); another user is not capped by the first's views
+    assert [ads.hold(f"a{i}", "c1", "u1", "i1", 0.2, DAY, 5, 3600.0, now=1000.0 + i) for i in range(3)] == \
+        ["ok", "ok", "frequency_cap"]
+    assert ads.impressions("u1", ["c1", "c2"], since=0.0) == {"c1": 2, "c2": 0}
+    assert ads.impressions("u1", ["c1"], since=1000.5) == {"c1": 1}  # the window slides
+    assert ads.hold("late", "c1", "u1", "i1", 0.2, DAY, 5, 3600.0, now=1000.0 + 3601) == "ok"  # first one left it
+    assert ads.hold("x", "off", "u1", "i1", 0.1, DAY, 5, 3600.0) == "inactive"
+    assert ads.hold("y", "nope", "u1", "i1", 0.1, DAY, 5, 3600.0) == "inactive"
+    # budget 1.0: 0.6 held by u1, 0.4 more fits, then nothing
+    assert ads.hold("b1", "c1", "u2", "i1", 0.4, DAY, 5, 3600.0, now=2000.0) == "ok"
+    assert ads.hold("b2", "c1", "u3", "i1", 0.01, DAY, 5, 3600.0, now=2000.0) == "budget"
+    assert ads.spend(["c1"], DAY)["c1"] == pytest.approx((0.0, 1.0))
+    # a click commits its hold once; another user's or item's click on it charges nothing
+    assert ads.commit("a0", "u2", "i1") == 0.0 and ads.commit("a0", "u1", "other") == 0.0
+    assert ads.commit("a0", "u1", "i1") == pytest.approx(0.2)
+    assert ads.commit("a0", "u1", "i1") == 0.0  # the retried click
+    assert ads.spend(["c1"], DAY)["c1"] == pytest.approx((0.2, 0.8))
+    # holds older than the TTL are released (not the committed one), and a click after that charges nothing
+    assert ads.release_expired(100.0, now=1101.5) == 1  # a1 (ts 1001)
+    assert ads.commit("a1", "u1", "i1") == 0.0
+    assert ads.release_expired(100.0, now=1e9) == 2  # late, b1
+    assert ads.spend(["c1"], DAY)["c1"] == pytest.approx((0.2, 0.0))
+    assert ads.spend(["c2"], DAY)["c2"] == (0.0, 0.0)
+    # forget erases the user from the ad log; the spend stays
+    store.forget("u1")
+    assert ads.impressions("u1", ["c1"], since=0.0) == {"c1": 0}
+    assert ads.spend(["c1"], DAY)["c1"] == pytest.approx((0.2, 0.0))
+    store.close()
+
+
+def test_two_processes_never_overspend(location):
+    """Budget 2.0, holds of 0.1 from two processes at once (25 each): exactly 20 succeed, and committed + held
+    is the budget, never above."""
+    store = open_feedback_store(location)
+    store.ads.put_campaigns([Campaign("shared", 2.0)])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, location, name, "25", "0.1"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for name in ("p", "q")]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out))
+    oks = sum(r.count("ok") for r in results)
+    assert oks == 20 and all(set(r) <= {"ok", "budget"} for r in results)
+    committed, held = store.ads.spend(["shared"], DAY)["shared"]
+    assert committed == 0.0 and held == pytest.approx(2.0) and held <= 2.0 + 1e-9
+    store.close()
