@@ -100,7 +100,7 @@ def _same_code(deployment):
 # still logged
 LOGGING = {"enable_access_log": False}
 BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
-              "tls", "extra_keys", "tombstones", "experiment", "live_catalog", "placement"}
+              "tls", "extra_keys", "tombstones", "experiment", "live_catalog", "placement", "ads"}
 
 
 def check_bundle(bundle: Path) -> None:
@@ -148,7 +148,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     polls the feedback store's catalogue change log, how many new items (not in the bundle) it embeds and serves,
     and where new items stand in popularity answers; ``placement``:
     ``{DEPLOYMENT: {num_replicas, max_replicas_per_node, resources}}`` (prefmine.serving.placement), where each
-    deployment's replicas run on a multi-node cluster (`prefmine serve --placement`).
+    deployment's replicas run on a multi-node cluster (`prefmine serve --placement`); ``ads``: Rank's ad
+    auction (prefmine.ads.config.AdsConfig: ``reserves`` per slot, ``pacing_tolerance``, ``freq_cap``,
+    ``freq_window_s``, ``hold_ttl_s``).
 
     Used by ``serve.run(build_app({...}))`` and by ``serve deploy serve/config.yaml`` (import_path
     ``serve.app:build_app``). Unknown keys are an error.
@@ -178,6 +180,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         load_keys(auth.keys_file)  # fail here, naming the file and line, rather than in every ingress replica
     from dataclasses import asdict
 
+    from prefmine.ads.config import AdsConfig
     from prefmine.feedback import resolve_location
     from prefmine.serving.live_catalog import LiveCatalogConfig
     from serve.tls import TlsConfig
@@ -213,4 +216,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         tls=tls.as_dict(),
         experiment=experiment,
         live_catalog=asdict(LiveCatalogConfig(**(args.get("live_catalog") or {}))),  # checked before any replica
+        ads=asdict(AdsConfig.of(args.get("ads"))),  # checked before any replica
     )

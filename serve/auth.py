@@ -45,7 +45,7 @@ HASH_PREFIX = "sha256:"
 ALL_RPCS = "*"
 # the RPCs of prefmine.v1.Recommender a key's scope may name
 RPCS = ("Recommend", "Search", "Rank", "SimilarItems", "GetUserProfile", "RecordFeedback", "ModelInfo",
-        "WriteCatalog")
+        "WriteCatalog", "WriteCampaigns")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 KEY_BYTES = 32  # a fresh key: 32 random bytes, URL-safe base64 (43 characters)

@@ -26,7 +26,7 @@ history alone.
 
 The RPCs' work lives in groups, each a mixin over serve/rpc_common.py's `IngressParts`: serve/rpc_recommend.py
 (Recommend and its impression log), serve/rpc_search.py (Search, SimilarItems, Rank), serve/rpc_user.py
-(GetUserProfile, RecordFeedback). This class holds the replica's state, the common path and the thin RPC methods.
+(GetUserProfile, RecordFeedback), serve/rpc_ads.py (WriteCampaigns, Rank's ad auction, clicks that charge). This class holds the replica's state, the common path and the thin RPC methods.
 
 A/B arms: with an ``experiment`` (prefmine.experiments, checked by prefmine.serving.arms), every Recommend is
 served by its user's arm (a stable hash of the pseudonym): the arm's policy orders the slate, the answer and its
@@ -57,6 +57,7 @@ from serve.catalog_rpc import KnownItems, write_catalog
 from serve.deployments.common import MAX_QUEUED, one_thread
 from serve.metrics import ServiceMetrics
 from serve.new_items import LiveItems
+from serve.rpc_ads import AdServing, write_campaigns
 from serve.rpc_common import REPLICA_RETRY_S, Erased, ImpressionNotLogged, NotFound
 from serve.rpc_recommend import RULES_POLICY, RecommendRpcs
 from serve.rpc_search import SEARCH_CANDIDATES, SearchRpcs
@@ -96,6 +97,7 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         tombstones: str | None = None,
         experiment: dict | None = None,
         live_catalog: dict | None = None,
+        ads: dict | None = None,
     ):
         one_thread()
         from prefmine.feedback import open_feedback_store
@@ -130,6 +132,7 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         self.live_catalog = LiveCatalog(self.feedback, LiveCatalogConfig(**(live_catalog or {})),
                                         lock=self._feedback_lock)
         self.new_items = LiveItems(ranker, encoder, self._call, self.live_catalog.config)  # items written since
+        self.ads = AdServing(ads)  # Rank's ad auction on the store's shared ledger (serve/rpc_ads.py)
 
     async def check_health(self) -> None:
         """Serve's periodic probe: unhealthy (and replaced) while no bundle version is served or the feedback log
@@ -179,7 +182,8 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
                                  self._search)
 
     async def Rank(self, request, grpc_context) -> pb.RankResponse:
-        """Client-supplied candidates by expected value (next-interaction probability x bid)."""
+        """Client-supplied candidates by expected value (next-interaction probability x bid); sponsored ones
+        (with a campaign) through the ad auction on the shared budget ledger."""
         return await self._serve("Rank", request, grpc_context, pb.RankResponse, validate_rank, self._rank)
 
     async def SimilarItems(self, request, grpc_context) -> pb.SimilarItemsResponse:
@@ -208,6 +212,18 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
                 return write_catalog(self.feedback, request, known=KnownItems(s.bundle.item_index, live.written))
 
         return await asyncio.shield(asyncio.to_thread(write))  # as RecordFeedback: never cancelled half-way
+
+    async def WriteCampaigns(self, request, grpc_context) -> pb.WriteCampaignsResponse:
+        """Stores advertisers' campaigns durably in the shared store (serve/rpc_ads.py) before answering."""
+        return await self._serve("WriteCampaigns", request, grpc_context, pb.WriteCampaignsResponse, None,
+                                 self._write_campaigns)
+
+    async def _write_campaigns(self, request: pb.WriteCampaignsRequest) -> pb.WriteCampaignsResponse:
+        def write() -> pb.WriteCampaignsResponse:
+            with self._feedback_lock:
+                return write_campaigns(self.feedback, request)
+
+        return await asyncio.shield(asyncio.to_thread(write))
 
     async def ModelInfo(self, request, grpc_context) -> pb.ModelInfoResponse:
         """Versions of the served bundle and its components."""

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from prefmine.serving.live_catalog import LiveCatalog
     from serve.metrics import ServiceMetrics
     from serve.new_items import LiveItems
+    from serve.rpc_ads import AdServing
 
 logger = logging.getLogger("ray.serve")
 REPLICA_RETRY_S = 20.0  # how long the ingress retries a call whose replica died (ranker, encoder)
@@ -62,6 +63,7 @@ class IngressParts:
     metrics: ServiceMetrics
     live_catalog: LiveCatalog
     new_items: LiveItems
+    ads: AdServing
     _feedback_lock: threading.Lock
 
     async def _live(self):

@@ -4,6 +4,8 @@ honours the live catalogue (retired and unavailable items never come back) and t
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from prefmine.search.engine import finish as finish_search
@@ -97,7 +99,7 @@ class SearchRpcs(IngressParts):
             i = s.item_index(raw)
             return None if i is None or int(i) in blocked else i
 
-        cands = rank_candidates(request.candidate_item_ids, request.bids, item_index)
+        cands = rank_candidates(request.candidate_item_ids, request.bids, item_index, request.campaign_ids)
         history = await self._history(s, request.user_id)
         cold = len(history) == 0
         if len(cands.items) == 0:
@@ -108,4 +110,14 @@ class SearchRpcs(IngressParts):
             got = await self._call(self.ranker.score_items, s.ref, history, cands.items)
             probs = np.asarray(got["probs"], np.float64)
         ev, order = expected_value_order(probs, cands.bids, cands.positions)
-        return responses.rank_response(s, cands, probs, ev, order, cold)
+        ads = None
+        if request.campaign_ids:  # sponsored candidates: the ad auction on the store's shared ledger
+            user = s.bundle.pseudonymise(request.user_id)
+            user = "" if user in self.erased else user  # nothing is logged about an erased person
+
+            def run():
+                with self._feedback_lock:
+                    return self.ads.run(self.feedback, user, cands.raw_ids, cands.campaigns, cands.bids, probs)
+
+            ads = await asyncio.shield(asyncio.to_thread(run))  # holds are taken whole, like RecordFeedback
+        return responses.rank_response(s, cands, probs, ev, order, cold, ads)

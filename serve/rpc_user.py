@@ -1,6 +1,6 @@
 """GetUserProfile and RecordFeedback: what the service knows of a user (history, categories, brands, keywords, the
 ranker's preference vector), and the user's events appended durably (answered only after the commit), with the
-idempotency key, refused for an erased person."""
+idempotency key, refused for an erased person; a click naming an ad impression charges its held price."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 
 from prefmine.serving.arms import arm_of
 from prefmine.v1 import recommender_pb2 as pb
+from serve.rpc_ads import charge_clicks
 from serve.rpc_common import Erased, IngressParts, NotFound
 from serve.validate import EVENT_NAMES, BadRequest
 
@@ -54,9 +55,11 @@ class UserRpcs(IngressParts):
         def append() -> int:
             with self._feedback_lock:
                 try:
-                    return self.feedback.append(events, idempotency_key=request.idempotency_key or None)
+                    last = self.feedback.append(events, idempotency_key=request.idempotency_key or None)
                 except IdempotencyConflict as e:
                     raise BadRequest(str(e)) from e
+                charge_clicks(self.feedback, events)  # after the append: a retry finds the hold charged already
+                return last
 
         # shielded: once the write has started, a client that goes away does not cancel it half-way (the
         # transaction commits or rolls back as a whole either way; the answer is then simply not delivered)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 
+from prefmine.ads.campaigns import check_campaign_id
 from prefmine.feedback.base import check_impression_id
 from prefmine.v1 import recommender_pb2 as pb
 
@@ -203,6 +204,16 @@ def validate_rank(request: pb.RankRequest) -> None:
         for i, bid in enumerate(request.bids):
             if not (math.isfinite(bid) and bid >= 0):
                 raise BadRequest(f"bids[{i}] must be a finite number >= 0, got {bid}")
+    if request.campaign_ids:
+        if len(request.campaign_ids) != n:
+            raise BadRequest(f"campaign_ids has {len(request.campaign_ids)} entries; it must be empty or have one "
+                             f"per candidate_item_ids entry ({n})")
+        for i, c in enumerate(request.campaign_ids):
+            if c:  # "" is an organic candidate
+                try:
+                    check_campaign_id(c, f"campaign_ids[{i}]")
+                except ValueError as e:
+                    raise BadRequest(str(e)) from None
 
 
 def validate_similar(request: pb.SimilarItemsRequest) -> None:

@@ -836,6 +836,7 @@ ALL_RPCS = [
                                                                  timestamp=1_600_000_000)])),
     ("ModelInfo", pb.ModelInfoRequest()),
     ("WriteCatalog", pb.WriteCatalogRequest(rows=[pb.CatalogRow(item_id="x", retire=True)])),
+    ("WriteCampaigns", pb.WriteCampaignsRequest(rows=[pb.CampaignRow(campaign_id="x", daily_budget=1.0)])),
 ]
 
 

@@ -12,13 +12,23 @@ auctions: with `ahead = spent_share - elapsed_share`, it takes part with probabi
 budget ahead). Spend therefore tracks the elapsed share of the day instead of running out in the morning, and
 the campaign keeps reaching the afternoon's users.
 
-State is in process memory (one ledger per serving replica for now; a shared store is a later step).
+State is in process memory (simulations and benchmarks); serving keeps the same two-phase ledger in the shared
+store (prefmine.feedback.ads_ledger), so every replica sees one budget.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+
+def pacing_probability(spent: float, budget: float, elapsed: float, tolerance: float) -> float:
+    """Probability that a campaign with `spent` (committed + held) of `budget` takes part in an auction at
+    `elapsed` (share of the day, 0..1): see the module docstring. 0 for a budget of 0."""
+    if budget <= 0:
+        return 0.0
+    ahead = spent / budget - min(max(elapsed, 0.0), 1.0)
+    return float(min(1.0, max(0.0, 1.0 - ahead / tolerance)))
 
 
 @dataclass
@@ -71,10 +81,7 @@ class BudgetLedger:
         """Pacing: probability that the campaign takes part in an auction at `elapsed` (share of the day, 0..1)."""
         with self._lock:
             a = self._account(campaign, day)
-            if a.budget <= 0:
-                return 0.0
-            ahead = (a.committed + a.held) / a.budget - min(max(elapsed, 0.0), 1.0)
-        return float(min(1.0, max(0.0, 1.0 - ahead / self._tolerance)))
+            return pacing_probability(a.committed + a.held, a.budget, elapsed, self._tolerance)
 
     def hold(self, campaign: str, amount: float, day=None) -> bool:
         """Reserve `amount` if it fits in what is left of the budget (atomic); False: nothing reserved."""

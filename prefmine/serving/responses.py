@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from prefmine.ads.auction import position_prices
+from prefmine.serving.ad_auction import AdOutcome
 from prefmine.serving.rank import RankCandidates
 from prefmine.serving.search import SearchScores
 from prefmine.v1 import recommender_pb2 as pb
@@ -38,16 +39,28 @@ def search_response(catalogue, scored: SearchScores, items: np.ndarray, cold_sta
 
 
 def rank_response(catalogue, cands: RankCandidates, probs: np.ndarray, ev: np.ndarray, order: np.ndarray,
-                  cold_start: bool) -> pb.RankResponse:
+                  cold_start: bool, ads: AdOutcome | None = None, calibrated: bool = False) -> pb.RankResponse:
     """The candidates in ``order`` (positions into cands) with their probability, bid, expected value and the
     generalised second price each pays per click (prefmine.ads.auction); each item under the raw id the request
-    gave it."""
-    price = position_prices(np.asarray(cands.bids, dtype=np.float64), np.asarray(probs, dtype=np.float64))
-    return pb.RankResponse(
-        items=[pb.RankedItem(item_id=cands.raw_ids[j], click_probability=float(probs[j]),
-                             bid=float(cands.bids[j]), expected_value=float(ev[j]), price=float(price[j]))
-               for j in order],
-        unknown_item_ids=cands.unknown, bundle_version=str(catalogue.version), cold_start=cold_start)
+    gave it. With ``ads`` (a request with campaigns: prefmine.serving.ad_auction) sponsored winners carry their
+    auction price, slot and hold id, organic candidates pay nothing, and the other sponsored candidates are
+    answered in ``unplaced`` with their reason instead of among the items."""
+    if ads is None:
+        price = position_prices(np.asarray(cands.bids, dtype=np.float64), np.asarray(probs, dtype=np.float64))
+        items = [pb.RankedItem(item_id=cands.raw_ids[j], click_probability=float(probs[j]),
+                               bid=float(cands.bids[j]), expected_value=float(ev[j]), price=float(price[j]))
+                 for j in order]
+        unplaced = []
+    else:
+        items = [pb.RankedItem(item_id=cands.raw_ids[j], click_probability=float(probs[j]), bid=float(cands.bids[j]),
+                               expected_value=float(ev[j]), price=ads.price.get(int(j), 0.0),
+                               campaign_id=cands.campaigns[j], ad_slot=ads.slot.get(int(j), 0),
+                               ad_impression_id=ads.hold_id.get(int(j), ""))
+                 for j in order if int(j) not in ads.unplaced]
+        unplaced = [pb.UnplacedAd(item_id=cands.raw_ids[j], campaign_id=cands.campaigns[j], reason=why)
+                    for j, why in sorted(ads.unplaced.items(), key=lambda kv: cands.positions[kv[0]])]
+    return pb.RankResponse(items=items, unknown_item_ids=cands.unknown, bundle_version=str(catalogue.version),
+                           cold_start=cold_start, unplaced=unplaced, calibrated=calibrated)
 
 
 def similar_response(catalogue, idx: np.ndarray, sims: np.ndarray) -> pb.SimilarItemsResponse:

@@ -209,40 +209,62 @@ class SearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., facets: _Optional[_Iterable[_Union[Facet, _Mapping]]] = ..., retrieval: _Optional[str] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_id", "candidate_item_ids", "bids")
+    __slots__ = ("user_id", "candidate_item_ids", "bids", "campaign_ids")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     BIDS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     candidate_item_ids: _containers.RepeatedScalarFieldContainer[str]
     bids: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, user_id: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., bids: _Optional[_Iterable[float]] = ...) -> None: ...
+    campaign_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., bids: _Optional[_Iterable[float]] = ..., campaign_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("item_id", "click_probability", "bid", "expected_value", "price")
+    __slots__ = ("item_id", "click_probability", "bid", "expected_value", "price", "campaign_id", "ad_slot", "ad_impression_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CLICK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     BID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VALUE_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    AD_SLOT_FIELD_NUMBER: _ClassVar[int]
+    AD_IMPRESSION_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     click_probability: float
     bid: float
     expected_value: float
     price: float
-    def __init__(self, item_id: _Optional[str] = ..., click_probability: _Optional[float] = ..., bid: _Optional[float] = ..., expected_value: _Optional[float] = ..., price: _Optional[float] = ...) -> None: ...
+    campaign_id: str
+    ad_slot: int
+    ad_impression_id: str
+    def __init__(self, item_id: _Optional[str] = ..., click_probability: _Optional[float] = ..., bid: _Optional[float] = ..., expected_value: _Optional[float] = ..., price: _Optional[float] = ..., campaign_id: _Optional[str] = ..., ad_slot: _Optional[int] = ..., ad_impression_id: _Optional[str] = ...) -> None: ...
+
+class UnplacedAd(_message.Message):
+    __slots__ = ("item_id", "campaign_id", "reason")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    campaign_id: str
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("items", "unknown_item_ids", "bundle_version", "cold_start")
+    __slots__ = ("items", "unknown_item_ids", "bundle_version", "cold_start", "unplaced", "calibrated")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
     unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
     bundle_version: str
     cold_start: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ...) -> None: ...
+    unplaced: _containers.RepeatedCompositeFieldContainer[UnplacedAd]
+    calibrated: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., unplaced: _Optional[_Iterable[_Union[UnplacedAd, _Mapping]]] = ..., calibrated: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "rules")
@@ -388,6 +410,42 @@ class WriteCatalogResponse(_message.Message):
     last_id: int
     refused: _containers.RepeatedCompositeFieldContainer[CatalogRowError]
     def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[CatalogRowError, _Mapping]]] = ...) -> None: ...
+
+class CampaignRow(_message.Message):
+    __slots__ = ("campaign_id", "daily_budget", "freq_cap", "active")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    DAILY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    FREQ_CAP_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    daily_budget: float
+    freq_cap: int
+    active: bool
+    def __init__(self, campaign_id: _Optional[str] = ..., daily_budget: _Optional[float] = ..., freq_cap: _Optional[int] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class WriteCampaignsRequest(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[CampaignRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[CampaignRow, _Mapping]]] = ...) -> None: ...
+
+class CampaignRowError(_message.Message):
+    __slots__ = ("index", "campaign_id", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    campaign_id: str
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., campaign_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WriteCampaignsResponse(_message.Message):
+    __slots__ = ("stored", "refused")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    refused: _containers.RepeatedCompositeFieldContainer[CampaignRowError]
+    def __init__(self, stored: _Optional[int] = ..., refused: _Optional[_Iterable[_Union[CampaignRowError, _Mapping]]] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

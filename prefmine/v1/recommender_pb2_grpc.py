@@ -75,6 +75,11 @@ class RecommenderStub:
                 request_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.SerializeToString,
                 response_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.FromString,
                 _registered_method=True)
+        self.WriteCampaigns = channel.unary_unary(
+                '/prefmine.v1.Recommender/WriteCampaigns',
+                request_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsRequest.SerializeToString,
+                response_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -138,6 +143,15 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteCampaigns(self, request, context):
+        """Creates, updates and pauses advertisers' campaigns (daily budget, frequency cap; docs/shop.md); a key needs
+        this RPC in its scope. Answers once the good rows are durably stored in the shared store; bad rows are
+        refused by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +194,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.WriteCatalog,
                     request_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.FromString,
                     response_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.SerializeToString,
+            ),
+            'WriteCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteCampaigns,
+                    request_deserializer=prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsRequest.FromString,
+                    response_serializer=prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +418,33 @@ class Recommender:
             '/prefmine.v1.Recommender/WriteCatalog',
             prefmine_dot_v1_dot_recommender__pb2.WriteCatalogRequest.SerializeToString,
             prefmine_dot_v1_dot_recommender__pb2.WriteCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prefmine.v1.Recommender/WriteCampaigns',
+            prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsRequest.SerializeToString,
+            prefmine_dot_v1_dot_recommender__pb2.WriteCampaignsResponse.FromString,
             options,
             channel_credentials,
             insecure,

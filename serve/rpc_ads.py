@@ -1,0 +1,61 @@
+"""The ads wiring of the ingress: WriteCampaigns (campaign rows checked one by one, the good ones stored in the
+shared feedback store), Rank's ad auction on the store's ledger (prefmine.serving.ad_auction) with holds past
+their TTL released now and then, and the clicks of RecordFeedback that charge a held price."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from prefmine.ads.campaigns import Campaign, validate_campaigns
+from prefmine.ads.config import AdsConfig
+from prefmine.serving.ad_auction import AdOutcome, auction
+from prefmine.v1 import recommender_pb2 as pb
+from serve.validate import BadRequest
+
+RELEASE_EVERY_S = 5.0  # how often one ingress replica frees the holds past their TTL (any replica may)
+
+
+def campaign_of(row: pb.CampaignRow) -> Campaign:
+    return Campaign(campaign=row.campaign_id, daily_budget=row.daily_budget,
+                    freq_cap=int(row.freq_cap) if row.HasField("freq_cap") else None,
+                    active=bool(row.active) if row.HasField("active") else True)
+
+
+def write_campaigns(store, request: pb.WriteCampaignsRequest) -> pb.WriteCampaignsResponse:
+    """Check the rows and store the good ones durably before answering. Blocking: a worker thread, under the
+    store's lock."""
+    if not request.rows:
+        raise BadRequest("rows: at least one row is required")
+    try:
+        good, bad = validate_campaigns([campaign_of(r) for r in request.rows])
+    except ValueError as e:  # too many rows
+        raise BadRequest(f"rows: {e}") from e
+    stored = store.ads.put_campaigns(good) if good else 0
+    return pb.WriteCampaignsResponse(stored=stored, refused=[
+        pb.CampaignRowError(index=e.index, campaign_id=e.campaign, reason=e.reason) for e in bad])
+
+
+class AdServing:
+    """One ingress replica's ad settings and pacing randomness."""
+
+    def __init__(self, config: dict | None):
+        self.config = AdsConfig.of(config)
+        self.rng = np.random.default_rng()
+        self._released = 0.0
+
+    def run(self, store, user: str, items: list[str], campaigns: list[str], bids, pctr) -> AdOutcome:
+        """Rank's auction (blocking: a worker thread, under the store's lock)."""
+        now = time.time()
+        if now - self._released >= RELEASE_EVERY_S:
+            self._released = now
+            store.ads.release_expired(self.config.hold_ttl_s, now)
+        return auction(store.ads, user, items, campaigns, bids, pctr, self.config, self.rng, now)
+
+
+def charge_clicks(store, events) -> float:
+    """Charge the held price of every click that names an ad impression (a retry charges nothing more); events
+    naming no hold, or another user's or item's, charge nothing. Blocking, under the store's lock."""
+    return sum(store.ads.commit(e.impression_id, e.user, e.item) for e in events
+               if e.event == "click" and e.impression_id)
