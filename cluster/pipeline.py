@@ -5,6 +5,7 @@ joins or starts (`cluster.ray_env.ensure_ray`), with the config tree of `prefmin
 YAML file of sections, ``section.key=value`` overrides; unknown keys are errors). Each stage records its config and metrics in the
 bundle manifest; the manifest is rewritten atomically after each stage.
 
+The ranker stage also fits the click-probability calibration of Rank's ad auction (``ads/``).
 The bundle is built in a local staging directory (a copy of the bundle already at `out`, if any, so one stage can
 be retrained) and published to `out` at the end through `prefmine.store` with the manifest written last: `out`
 may be a local path or a cloud URI (s3://, gs://, ...), and serving never picks up a half-written bundle. Just
@@ -76,6 +77,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         metrics["encoder"] = train_encoder(ds, bundle, enc_cfg, dist, tree.embed)
     if "ranker" in stages:
         metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist, retrieval=tree.retrieval)
+        metrics["ads"] = calibrate_clicks(ds, bundle)
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)
         # Algorithm checkpoints beside the Ray Train runs; a driver restarted on this staging resumes from them.
@@ -99,6 +101,21 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     metrics["published"] = store.publish(bundle, out)
     shutil.rmtree(bundle, ignore_errors=True)
     return metrics
+
+
+def calibrate_clicks(ds, bundle: Path) -> dict:
+    """The ranker's click-probability calibration for Rank's ad auction (prefmine.ads.bundle_calibration: fitted
+    and judged on held-out validation users, the optional part ``ads/``), its figures in the manifest. A data set
+    too small to fit one (no clicks in a half) leaves the part out: Rank then serves raw probabilities."""
+    from prefmine.ads.bundle_calibration import PART, fit_bundle_calibration
+
+    shutil.rmtree(bundle / PART, ignore_errors=True)  # a retrained ranker: the old calibration no longer applies
+    try:
+        report = fit_bundle_calibration(ds, bundle)
+    except ValueError as e:
+        report = {"kind": "calibration", "skipped": str(e)}
+    update_manifest(bundle, components={PART: report})
+    return report
 
 
 def staging_dir(out: str | Path) -> Path:

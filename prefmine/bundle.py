@@ -17,6 +17,8 @@ Each part's files are written and read by one save/load pair beside its model, i
     policy/           the policy network as safetensors + JSON and its config:
                       `prefmine.policy.runtime.save_policy` / `PolicyRuntime` (optional: serving falls back to
                       the ranker's order without it)
+    ads/              the ranker's click-probability calibration, JSON + .npz:
+                      `prefmine.ads.bundle_calibration` (optional: Rank's auction uses raw probabilities without it)
     reports/          evaluation reports (optional, written after the manifest was sealed)
     .train/           the training runs' logs (optional)
 
@@ -58,6 +60,7 @@ PARTS = (
     Part("ranker", True, "fused sequential ranker"),
     Part("ranker_id_only", False, "ID-only ranker (evaluation baseline)"),
     Part("policy", False, "policy network (serving is greedy without it)"),
+    Part("ads", False, "click-probability calibration of Rank's ad auction (JSON + .npz)"),
     Part("reports", False, "evaluation reports"),
     Part(".train", False, "training runs' logs"),
 )

@@ -38,12 +38,24 @@ def write_campaigns(store, request: pb.WriteCampaignsRequest) -> pb.WriteCampaig
 
 
 class AdServing:
-    """One ingress replica's ad settings and pacing randomness."""
+    """One ingress replica's ad settings, pacing randomness and each served version's calibrator."""
 
     def __init__(self, config: dict | None):
         self.config = AdsConfig.of(config)
         self.rng = np.random.default_rng()
         self._released = 0.0
+        self._calibrators: dict = {}  # bundle ref -> Calibrator | None
+
+    def calibrator(self, ref):
+        """The calibrator of a served bundle version (its ``ads/`` part, checked against the manifest first),
+        None without one. Blocking on first use of a version."""
+        if ref not in self._calibrators:
+            from prefmine.ads.bundle_calibration import PART, load_bundle_calibrator
+            from prefmine.integrity import verify
+
+            verify(ref.path, only=PART)
+            self._calibrators = {ref: load_bundle_calibrator(ref.path)}  # the version served now only
+        return self._calibrators[ref]
 
     def run(self, store, user: str, items: list[str], campaigns: list[str], bids, pctr) -> AdOutcome:
         """Rank's auction (blocking: a worker thread, under the store's lock)."""

@@ -109,9 +109,11 @@ class SearchRpcs(IngressParts):
         else:
             got = await self._call(self.ranker.score_items, s.ref, history, cands.items)
             probs = np.asarray(got["probs"], np.float64)
-        ev, order = expected_value_order(probs, cands.bids, cands.positions)
-        ads = None
+        ads, calibrated = None, False
         if request.campaign_ids:  # sponsored candidates: the ad auction on the store's shared ledger
+            cal = await asyncio.to_thread(self.ads.calibrator, s.ref)
+            if cal is not None and not cold and len(probs):  # the ranker's probabilities (not popularity shares)
+                probs, calibrated = cal(probs), True
             user = s.bundle.pseudonymise(request.user_id)
             user = "" if user in self.erased else user  # nothing is logged about an erased person
 
@@ -120,4 +122,5 @@ class SearchRpcs(IngressParts):
                     return self.ads.run(self.feedback, user, cands.raw_ids, cands.campaigns, cands.bids, probs)
 
             ads = await asyncio.shield(asyncio.to_thread(run))  # holds are taken whole, like RecordFeedback
-        return responses.rank_response(s, cands, probs, ev, order, cold, ads)
+        ev, order = expected_value_order(probs, cands.bids, cands.positions)
+        return responses.rank_response(s, cands, probs, ev, order, cold, ads, calibrated)

@@ -13,7 +13,7 @@ import uuid
 
 import grpc
 import pytest
-from live_server import API_KEY
+from live_server import API_KEY, raw_user_ids
 
 from prefmine.feedback import open_feedback_store
 from prefmine.serving.ad_auction import utc_day
@@ -144,3 +144,43 @@ def test_rank_refuses_misaligned_campaign_ids(ads_stub, popular):
         with pytest.raises(grpc.RpcError) as info:
             rank(ads_stub, "u", popular[:2], [], campaigns)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in info.value.details()
+
+
+def test_bundle_calibration_fit_and_served(server_proc, ads_stub, bundle_path, magazine5, tmp_path, popular):
+    """The calibration part: fitted on held-out validation users of the bundle's data (one half fits, the other
+    judges), saved as JSON + .npz (no pickle) and read back; and Rank serves the bundle's own calibration, if it
+    has one, on a known user's probabilities in a request with campaigns (raw ones without campaigns)."""
+    import json
+
+    from prefmine.ads.bundle_calibration import PART, fit_bundle_calibration, load_bundle_calibrator
+    from prefmine.bundle import Bundle, read_manifest
+    from prefmine.data.dataset import load_dataset
+
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    (copy / "ranker").symlink_to(bundle_path / "ranker")  # what the fit reads
+    report = fit_bundle_calibration(load_dataset(magazine5), copy)
+    assert sorted(p.name for p in (copy / PART).iterdir()) == ["calibrator.json", "calibrator.npz"]
+    json.loads((copy / PART / "calibrator.json").read_text())
+    assert report["judged_rows"] > 0 and report["fit_rows"] > 0
+    assert report["ece_calibrated"] < report["ece_raw"] and report["log_loss_calibrated"] < report["log_loss_raw"]
+    assert load_bundle_calibrator(copy).method == report["method"]
+
+    bundle = Bundle.load(bundle_path)
+    user = next(u for u in raw_user_ids(bundle) if len(bundle.history(bundle.pseudonymise(u))))
+    served_cal = load_bundle_calibrator(bundle_path)
+    tag = uuid.uuid4().hex[:8]
+    ads_stub.WriteCampaigns(pb.WriteCampaignsRequest(rows=[pb.CampaignRow(campaign_id=f"adtest-cal-{tag}",
+                                                                          daily_budget=1000.0)]),
+                            timeout=30, metadata=KEY)
+    raw = rank(ads_stub, user, popular[:3], [], [])
+    sponsored = rank(ads_stub, user, popular[:3], [], [f"adtest-cal-{tag}", "", ""])
+    assert not raw.calibrated and not raw.cold_start
+    assert sponsored.calibrated == (served_cal is not None)
+    raw_p = {it.item_id: it.click_probability for it in raw.items}
+    shown = {it.item_id: it.click_probability for it in sponsored.items}  # the organic two, the ad if it won
+    assert len(shown) >= 2
+    want = {i: float(served_cal(raw_p[i])) if served_cal is not None else raw_p[i] for i in shown}
+    assert shown == pytest.approx(want)
+    components = read_manifest(bundle_path).get("components", {})
+    assert (PART in components and "ece_calibrated" in components[PART]) == (served_cal is not None)
