@@ -30,7 +30,7 @@ from prefmine.integrity import seal
 
 def test_required_parts_are_the_ones_serving_cannot_do_without():
     assert REQUIRED_PARTS == ("manifest.json", "catalog", "encoder", "ranker")
-    assert {p.name for p in PARTS if not p.required} == {"ranker_id_only", "policy", "reports", ".train"}
+    assert {p.name for p in PARTS if not p.required} == {"ranker_id_only", "policy", "ads", "reports", ".train"}
 
 
 def test_published_and_complete_grow_part_by_part(tmp_path):

@@ -194,3 +194,15 @@ def test_serve_refuses_another_pseudonymisation_key(tiny_bundle):
     r = subprocess.run([sys.executable, "-m", "prefmine.cli", "serve", "--bundle", str(tiny_bundle), "--grpc-port",
                         "50999"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "PREFMINE_PSEUDONYM_KEY" in r.stderr
+
+
+def test_the_ranker_stage_saves_a_sealed_click_calibration(tiny_bundle):
+    """Rank's calibration (prefmine.ads.bundle_calibration) lies in ads/ as JSON + .npz, sealed with the rest,
+    with its out-of-sample figures in the manifest's ads component."""
+    from prefmine.ads.bundle_calibration import load_bundle_calibrator
+
+    m = read_manifest(tiny_bundle)
+    ads = m["components"]["ads"]
+    assert {"ads/calibrator.json", "ads/calibrator.npz"} <= set(m["files"])
+    assert ads["judged_rows"] > 0 and 0 <= ads["ece_calibrated"] <= 1 and 0 <= ads["ece_raw"] <= 1
+    assert load_bundle_calibrator(tiny_bundle).method == ads["method"]
