@@ -2,7 +2,8 @@
 
 Ranking: popularity, item-kNN, the ID-only ranker and the full ranker (prefmine.evaluate). Policy: mean simulated
 session return, CTR and 95% intervals of the learned policy against greedy top-1 from the ranker, popularity and
-random, on the same seeded sessions. The report is printed as tables, written as JSON (`--json`), rendered by
+random, on the same seeded sessions. Rank's click calibration (the bundle's ads/ part): ECE and log loss on
+the test users, raw and calibrated, with a reliability diagram (`calibration_reliability.png`). The report is printed as tables, written as JSON (`--json`), rendered by
 prefmine.report into `evaluation.json`, `evaluation.md` and `evaluation_ndcg_at_k.png` in the output folder
 (default `<bundle>/reports/`), and recorded in the bundle manifest under `metrics`.
 """
@@ -41,10 +42,20 @@ def run_evaluation(data: str | Path, bundle: str | Path, json_path: str | Path |
                                      n_sessions=policy_sessions, seed=1)
         report["policy"] = policies
         print(format_policy_table(policies), flush=True)
+    out = Path(out_dir) if out_dir else Path(bundle) / "reports"
+    from prefmine.ads.bundle_calibration import judge_bundle_calibration
+
+    png = out / "calibration_reliability.png"
+    calibration = judge_bundle_calibration(ds, bundle, png=png)
+    if calibration is not None:  # Rank's click calibration on the test users (reliability diagram beside)
+        report["ads_calibration"] = calibration
+        print("ads calibration ({method}, test users): ECE {ece_raw:.4f} raw, {ece_calibrated:.4f} calibrated"
+              .format(**calibration) + f"; reliability {png}", flush=True)
     if json_path:
         write_report(report, json_path)
-    paths = write_reports(report, Path(out_dir) if out_dir else Path(bundle) / "reports")
+    paths = write_reports(report, out)
     print("report: " + ", ".join(f"{kind} {path}" for kind, path in paths.items()), flush=True)
     if record:
-        update_manifest(Path(bundle), metrics={"test": report["models"], "policy": report.get("policy", {})})
+        update_manifest(Path(bundle), metrics={"test": report["models"], "policy": report.get("policy", {}),
+                                               **({"ads_calibration": calibration} if calibration else {})})
     return report

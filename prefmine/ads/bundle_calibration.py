@@ -75,3 +75,23 @@ def load_bundle_calibrator(bundle: str | Path) -> Calibrator | None:
     """The bundle's calibrator, None for a bundle without the ``ads/`` part (raw probabilities are served)."""
     d = Path(bundle) / PART
     return Calibrator.load(d) if (d / JSON_NAME).is_file() else None
+
+
+def judge_bundle_calibration(ds, bundle: str | Path, phase: str = "test", n_neg: int = 19, max_users: int = 4000,
+                             bins: int = 15, png: str | Path | None = None) -> dict | None:
+    """The bundle's calibration judged on `phase` (the evaluation's test users): ECE and log loss of the raw and
+    calibrated probabilities, and a reliability diagram at `png` when given; None without a calibration."""
+    from prefmine.ads.calibration import reliability_png
+    from prefmine.ranker.runtime import RankerRuntime
+
+    cal = load_bundle_calibrator(bundle)
+    if cal is None:
+        return None
+    p, y, _ = heldout_probabilities(ds, RankerRuntime(bundle).scores, phase, n_neg, max_users)
+    q = cal(p)
+    if png is not None:
+        reliability_png(png, {"raw": (p, y), f"calibrated ({cal.method})": (q, y)}, bins,
+                        title=f"Rank click probabilities, {phase} users")
+    return {"method": cal.method, "phase": phase, "rows": int(len(y)), "negatives_per_positive": n_neg,
+            "ece_raw": ece(p, y, bins), "ece_calibrated": ece(q, y, bins),
+            "log_loss_raw": log_loss(p, y), "log_loss_calibrated": log_loss(q, y)}
