@@ -101,7 +101,8 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rank(self, request, context):
-        """Personalised ranking of a client-supplied candidate set (e.g. sponsored products with bids).
+        """Personalised ranking of a client-supplied candidate set (e.g. sponsored products with bids); with
+        campaign_ids, an ad auction with reserve prices, budgets, pacing and frequency caps (see RankRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
