@@ -23,8 +23,11 @@ Strategies, on identical requests and identical click draws (common random numbe
   gsp_raw             rank by bid x uncalibrated pCTR, GSP prices
   gsp_calibrated      rank by bid x calibrated pCTR, GSP prices (what prefmine.ads serves)
   gsp_calibrated_unpaced  the same without pacing (throttling only once a budget is spent)
+  served              gsp_calibrated through what Rank serves (prefmine.serving.ad_auction on the feedback
+                      store's shared ledger, a SQLite file): holds until a click commits them or the TTL
+                      (--hold-ttl-s of the simulated 86,400 s day) releases them, the cap over the day
 
-    python -m bench.ads [--out bench/results/ads.json] [--quick] [--plan]
+    python -m bench.ads [--out bench/results/ads.json] [--quick] [--plan] [--no-served]
 """
 
 from __future__ import annotations
@@ -91,49 +94,103 @@ def _pairs_prob(model, histories, users, cands):
     return np.stack([model.attraction(histories[u], c) for u, c in zip(users, cands)])
 
 
-def simulate(name, auction, pctr_rank, paced, day, camp_ids, bids, budgets, cfg, truth_p, unif) -> dict:
-    """One day of requests under one strategy; truth_p[r, j] = top-slot click probability of candidate j."""
+def _day(n: int, slots: int, place_one, settle_one, spent_of, budgets, truth_p, unif) -> dict:
+    """One day of n requests: place_one(r) -> [(candidate column, slot, placement)], settle_one(placement,
+    clicked) -> amount charged; spent_of() -> spend per campaign at the end. truth_p[r, j] = top-slot click
+    probability of candidate j."""
     from prefmine.policy.response import position_bias
 
-    users, cands = day["users"], day["cands"]
-    n = len(users)
-    ledger = BudgetLedger({c: float(b) for c, b in zip(camp_ids, budgets)},
-                          tolerance=cfg.pacing_tolerance if paced else 1.0)
-    freq = FrequencyCap(cfg.freq_cap, cfg.freq_window_s)
-    rng = np.random.default_rng(7)
     imps = clicks = 0
     revenue = 0.0
-    slot_clicks = np.zeros(cfg.slots)
-    slot_imps = np.zeros(cfg.slots)
+    slot_clicks = np.zeros(slots)
+    slot_imps = np.zeros(slots)
     by_quarter = np.zeros(4)
-    pos = {c: j for j, c in enumerate(camp_ids)}
     t0 = time.perf_counter()
     for r in range(n):
-        ids = [camp_ids[j] for j in cands[r]]
-        got = place(f"u{users[r]}", ids, bids[cands[r]], pctr_rank[r], cfg.reserves, ledger, freq,
-                    elapsed=r / n, now=float(r), rng=rng, auction=auction)
-        col = {c: k for k, c in enumerate(ids)}
-        for p in got:
-            k = col[p.campaign]
-            clicked = bool(unif[r, k] < truth_p[r, k] * position_bias(p.slot))
-            charge = settle(ledger, p, clicked)
+        for k, slot, p in place_one(r):
+            clicked = bool(unif[r, k] < truth_p[r, k] * position_bias(slot))
+            charge = settle_one(p, clicked)
             imps += 1
             clicks += clicked
             revenue += charge
-            slot_imps[p.slot] += 1
-            slot_clicks[p.slot] += clicked
+            slot_imps[slot] += 1
+            slot_clicks[slot] += clicked
             by_quarter[min(3, 4 * r // n)] += charge
-    spent = np.array([ledger.spent(c) for c in camp_ids])
-    del pos
+    spent = spent_of()
     return {"revenue": round(float(revenue), 4), "clicks": int(clicks), "impressions": int(imps),
             "ctr": round(clicks / max(imps, 1), 5), "revenue_per_1000_requests": round(1000 * revenue / n, 4),
-            "fill_rate": round(imps / (n * cfg.slots), 4),
+            "fill_rate": round(imps / (n * slots), 4),
             "ctr_by_slot": [round(float(c / max(i, 1)), 5) for c, i in zip(slot_clicks, slot_imps)],
             "budget_utilisation": round(float(spent.sum() / budgets.sum()), 4),
             "campaigns_exhausted_share": round(float(np.mean(spent >= budgets - 1e-9)), 4),
             "max_spend_over_budget": round(float(np.max(spent / np.maximum(budgets, 1e-12))), 6),
             "revenue_share_by_quarter_of_day": [round(float(x / max(revenue, 1e-12)), 4) for x in by_quarter],
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def simulate(name, auction, pctr_rank, paced, day, camp_ids, bids, budgets, cfg, truth_p, unif) -> dict:
+    """One day of requests under one strategy, on the in-process ledger (prefmine.ads.placement)."""
+    users, cands = day["users"], day["cands"]
+    n = len(users)
+    ledger = BudgetLedger({c: float(b) for c, b in zip(camp_ids, budgets)},
+                          tolerance=cfg.pacing_tolerance if paced else 1.0)
+    freq = FrequencyCap(cfg.freq_cap, cfg.freq_window_s)
+    rng = np.random.default_rng(7)
+
+    def place_one(r):
+        ids = [camp_ids[j] for j in cands[r]]
+        col = {c: k for k, c in enumerate(ids)}
+        return [(col[p.campaign], p.slot, p) for p in place(f"u{users[r]}", ids, bids[cands[r]], pctr_rank[r],
+                                                             cfg.reserves, ledger, freq, elapsed=r / n,
+                                                             now=float(r), rng=rng, auction=auction)]
+
+    return _day(n, cfg.slots, place_one, lambda p, clicked: settle(ledger, p, clicked),
+                lambda: np.array([ledger.spent(c) for c in camp_ids]), budgets, truth_p, unif)
+
+
+DAY0 = 1_796_083_200.0  # a UTC midnight (2026-12-01): the served path's day and pacing follow the clock
+
+
+def simulate_served(pctr_rank, day, camp_ids, camp_item_ids, bids, budgets, cfg, truth_p, unif, store_dir,
+                    hold_ttl_s: float) -> dict:
+    """gsp_calibrated through what Rank serves: prefmine.serving.ad_auction.auction on the feedback store's
+    shared ledger (a SQLite file, durable commits), request r at DAY0 + r/n of a day, winners' prices held,
+    a click committing its hold, holds released after `hold_ttl_s` (serving's TTL) otherwise."""
+    from dataclasses import replace
+
+    from prefmine.ads.campaigns import Campaign
+    from prefmine.feedback import open_feedback_store
+    from prefmine.serving.ad_auction import auction, utc_day
+
+    users, cands = day["users"], day["cands"]
+    n = len(users)
+    served_cfg = replace(cfg, freq_window_s=86_400.0, hold_ttl_s=hold_ttl_s)  # the day is 86,400 s here
+    store = open_feedback_store(Path(store_dir) / "ads.sqlite")
+    store.ads.put_campaigns([Campaign(c, float(b)) for c, b in zip(camp_ids, budgets)])
+    rng = np.random.default_rng(7)
+    ids_made = iter(range(1 << 62))
+
+    def place_one(r):
+        now = DAY0 + 86_400.0 * r / n
+        store.ads.release_expired(served_cfg.hold_ttl_s, now)
+        user = f"u{users[r]}"
+        ids = [camp_ids[j] for j in cands[r]]
+        items = [camp_item_ids[j] for j in cands[r]]
+        got = auction(store.ads, user, items, ids, bids[cands[r]], pctr_rank[r], served_cfg, rng, now,
+                      new_id=lambda: f"h{next(ids_made)}")
+        return [(k, got.slot[k] - 1, (got.hold_id[k], user, items[k])) for k in sorted(got.slot)]
+
+    def settle_one(hold, clicked):
+        return store.ads.commit(*hold) if clicked else 0.0
+
+    def spent_of():
+        spend = store.ads.spend(camp_ids, utc_day(DAY0)[0])
+        return np.array([spend[c][0] for c in camp_ids])
+
+    try:
+        return _day(n, cfg.slots, place_one, settle_one, spent_of, budgets, truth_p, unif)
+    finally:
+        store.close()
 
 
 def run(a, seq_path: Path, png: Path) -> dict:
@@ -209,6 +266,14 @@ def run(a, seq_path: Path, png: Path) -> dict:
                                     camp_ids, bids, budgets, cfg, truth_p, unif)
         print(name, json.dumps({k: strategies[name][k] for k in ("revenue", "clicks", "ctr", "impressions")}),
               flush=True)
+    if not a.no_served:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="prefmine-bench-ads-") as store_dir:
+            strategies["served"] = simulate_served(cal_p, day, camp_ids, [str(items[i]) for i in camp_items], bids,
+                                                   budgets, cfg, truth_p, unif, store_dir, a.hold_ttl_s)
+        print("served", json.dumps({k: strategies["served"][k] for k in ("revenue", "clicks", "ctr", "impressions")}),
+              flush=True)
     return {"data": {"sequences": str(seq_path), "users": len(full), "items": n_items, "bad_rows": bad},
             "settings": {k: v for k, v in vars(a).items() if k not in ("plan", "out")},
             "config": {"reserves": list(cfg.reserves), "pacing_tolerance": cfg.pacing_tolerance,
@@ -237,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-impressions", type=int, default=40_000)
     ap.add_argument("--target-ctr", type=float, default=0.03, help="mean top-slot CTR of a random campaign")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hold-ttl-s", type=float, default=1800.0, help="served path: a hold's TTL (of an 86,400 s day)")
+    ap.add_argument("--no-served", action="store_true", help="leave out the served path (store-backed ledger)")
     a = ap.parse_args(argv)
     if a.quick:
         a.requests, a.cal_impressions = 2000, 5000
