@@ -5,7 +5,9 @@ winner. Ray-free: the ingress calls `auction` in a worker thread with the store'
 Eligibility, per sponsored candidate: its campaign is known and active ("unknown_campaign", "inactive"), has at
 least the lowest reserve left of today's budget ("budget"), the user saw fewer of its ads within the window than
 its cap ("frequency_cap"; the campaign's own cap, else AdsConfig.freq_cap), and pacing lets it in
-("paced": prefmine.ads.budget.pacing_probability on committed + held against the elapsed share of the UTC day).
+("paced": prefmine.ads.budget.pacing_probability on today's committed spend against the elapsed share of the UTC
+day; holds are left out: most are released unclicked, and counting them at full price made a campaign look far
+ahead of its day and sit out auctions it could pay for, bench/README.md).
 The eligible run the GSP auction on bid (capped at what their campaign has left) x click probability. Each winner
 then takes its hold in one store transaction that re-checks cap and budget, so a race another replica won leaves
 the slot empty ("budget" / "frequency_cap") rather than overspending; losers are "reserve" (bid below every
@@ -77,8 +79,7 @@ def auction(ledger, user: str, items: list[str], campaigns: list[str], bids: np.
             out.unplaced[j] = "budget"
         elif user and seen.get(c, 0) >= cap:
             out.unplaced[j] = "frequency_cap"
-        elif rng.random() >= pacing_probability(committed + held, camp.daily_budget, elapsed,
-                                                config.pacing_tolerance):
+        elif rng.random() >= pacing_probability(committed, camp.daily_budget, elapsed, config.pacing_tolerance):
             out.unplaced[j] = "paced"
         else:
             eligible.append(j)
