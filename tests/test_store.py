@@ -212,11 +212,16 @@ def test_a_replica_refuses_a_version_its_location_no_longer_holds(local_bundle, 
     assert Path(check_bundle_files(BundleRef(uri, "v-test-2"))).name.endswith("v-test-2")
 
 
-def test_the_driver_checks_a_location_without_downloading_it(local_bundle, tmp_path, monkeypatch):
-    """store.check_published (what `prefmine serve --bundle URI` runs): the manifest and a listing; a file
-    missing or of another size is refused, and nothing is written to the cache."""
+def test_the_driver_checks_a_location_without_downloading_it(local_bundle, tmp_path, monkeypatch, capsys):
+    """`prefmine serve --bundle URI` checks the bundle there before Ray starts (serve.app.check_location, with
+    store.check_published): the manifest and a listing; a bundle lacking required parts, a file missing or of
+    another size is refused, and nothing is written to the cache."""
+    from serve.run import run_serve
+
     monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "cache"))
     uri, fs, root = _uri_bundle(local_bundle, "checked")
+    assert run_serve(uri, grpc_port=1) == 2  # this bundle has a ranker and a policy only
+    assert "lacks catalog, encoder" in capsys.readouterr().err
     assert store.check_published(uri)["version"] == "v-test-1"
     _rewrite(fs, f"{root}/ranker/model.pt", b"short")
     with pytest.raises(IntegrityError, match=r"ranker/model\.pt has 5 bytes"):
