@@ -24,8 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.head_failover import free_ports
+from prefmine.store import CACHE_ENV
 
 BIN = Path(sys.executable).parent
+# each node's own bundle cache, in its working directory (prefmine.store: $PREFMINE_BUNDLE_CACHE), as a real node
+# caches on its own disk: a Serve replica fetches a bundle URI into its node's cache, never into another's
+BUNDLE_CACHE = "bundle-cache"
 
 
 def session_pids(sid: int) -> list[int]:
@@ -171,7 +175,8 @@ class RayCluster:
         cwd.mkdir(parents=True, exist_ok=True)
         before = set(alive_nodes(self.address))
         proc = _start_ray(["--address", f"127.0.0.1:{self.gcs}", "--num-cpus", str(num_cpus), "--resources",
-                           json.dumps(resources), "--temp-dir", str(temp_dir), *_node_ports()], self.env, cwd)
+                           json.dumps(resources), "--temp-dir", str(temp_dir), *_node_ports()],
+                          {**self.env, CACHE_ENV: str(cwd / BUNDLE_CACHE)}, cwd)
         deadline = time.time() + timeout
         while True:
             new = [n for n, res in alive_nodes(self.address).items()
@@ -192,7 +197,8 @@ def ray_cluster(base: Path, head_cpus: int = 2, workers: tuple[tuple[int, dict[s
                 head_resources: dict[str, float] | None = None) -> Iterator[RayCluster]:
     """A real multi-node Ray cluster on this machine: `ray_head_node` (its own temp and working directories) plus
     one `ray start --address` node per (num_cpus, custom resources) in `workers`, each with its own temp and
-    working directories (Ray allows a temp dir per node: `--temp-dir` "can be specified per node"). `env` goes
+    working directories (Ray allows a temp dir per node: `--temp-dir` "can be specified per node") and bundle cache
+    (`BUNDLE_CACHE` in its working directory). `env` goes
     to every node (what a real node has in its environment, e.g. object store credentials); `head_resources`:
     custom resources the head advertises. Every node is
     stopped by its own process group at the end, the head last; nothing else on the machine is touched."""
@@ -201,7 +207,8 @@ def ray_cluster(base: Path, head_cpus: int = 2, workers: tuple[tuple[int, dict[s
     head_tmp = Path(tempfile.mkdtemp(prefix="pm-head-", dir="/tmp"))
     cluster = None
     try:
-        with ray_head_node(num_cpus=head_cpus, env=env, temp_dir=head_tmp, cwd=base / "head",
+        with ray_head_node(num_cpus=head_cpus, env={**(env or {}), CACHE_ENV: str(base / "head" / BUNDLE_CACHE)},
+                           temp_dir=head_tmp, cwd=base / "head",
                            resources=head_resources) as (address, gcs):
             cluster = RayCluster(address, gcs, base, dict(env or {}), head_temp_dir=head_tmp)
             try:

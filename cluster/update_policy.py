@@ -263,13 +263,10 @@ def update_policy(bundle: str | Path, feedback: str | Path, out: str | Path | No
 
 def _retrieval_config(manifest: dict):
     """The retrieval settings the bundle was trained with (its manifest's config tree), else the defaults."""
-    from dataclasses import fields
-
     from prefmine.ranker.retrieval import RetrievalConfig
 
     saved = (manifest.get("config") or {}).get("retrieval") or {}
-    known = {f.name for f in fields(RetrievalConfig)}
-    return RetrievalConfig(**{k: v for k, v in saved.items() if k in known})
+    return RetrievalConfig.from_dict(saved, "the bundle's config.retrieval", ignore_unknown=True)
 
 
 def ranker_lineage(parent_comp: dict, parent_version: str | None, record: dict) -> dict:

@@ -233,16 +233,19 @@ def quota_short(items: np.ndarray, attrs: ItemAttributes, rules: Rules, eligible
 
 def select(scores: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int, candidates: np.ndarray | None = None,
            item_vectors: np.ndarray | None = None, history: Sequence[int] = (), history_ts: Sequence[float] = (),
-           now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+           now: float | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(items, scores): up to k item indices that satisfy `rules`, best first, and their boosted scores.
 
     scores: one per candidate (candidates: item indices; None = the whole catalogue, scores per item). k items
-    come back whenever k candidates are eligible. item_vectors [n_items, d] are needed for `mmr`."""
+    come back whenever k candidates are eligible. item_vectors [n_items, d] are needed for `mmr`. `mask`:
+    `eligible(attrs, rules, history, history_ts, now)` when the caller has it already (it is computed here
+    otherwise)."""
     cands = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     if len(cands) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(cands)} candidates")
-    mask = eligible(attrs, rules, history, history_ts, now)
+    if mask is None:
+        mask = eligible(attrs, rules, history, history_ts, now)
     keep = mask[cands] & np.isfinite(scores)
     _, first = np.unique(cands, return_index=True)
     unique = np.zeros(len(cands), dtype=bool)

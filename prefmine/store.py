@@ -23,7 +23,8 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -34,10 +35,18 @@ from prefmine.storage import copy_file as _copy
 from prefmine.storage import is_uri, resolve  # noqa: F401  (is_uri: callers import it from here)
 from prefmine.storage import list_files as _files
 
+CACHE_ENV = "PREFMINE_BUNDLE_CACHE"  # a node's own bundle cache folder (set in the environment of its `ray start`)
+
+
+def default_cache_dir() -> str:
+    """$PREFMINE_BUNDLE_CACHE, else ~/.cache/prefmine/bundles: read when a StoreConfig is made, so a Serve replica
+    takes its node's setting."""
+    return os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "prefmine" / "bundles")
+
 
 @dataclass(frozen=True)
 class StoreConfig:
-    cache_dir: str = str(Path.home() / ".cache" / "prefmine" / "bundles")  # fetched remote bundles
+    cache_dir: str = field(default_factory=default_cache_dir)  # fetched remote bundles, one folder per version
     chunk_bytes: int = 8 << 20
 
 
@@ -47,7 +56,7 @@ def read_manifest(location: str | Path) -> dict:
         return json.loads(f.read().decode())
 
 
-def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig = StoreConfig(),
+def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig | None = None,
             on_file=None) -> dict:
     """Copy a finished local bundle to `location` (path or URI), manifest last. Returns what was written.
 
@@ -56,6 +65,7 @@ def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig = S
     src = Path(local_bundle)
     if not (src / MANIFEST).is_file():
         raise FileNotFoundError(f"{src} is not a finished bundle (no {MANIFEST})")
+    cfg = cfg or StoreConfig()
     dst_fs, root = resolve(location)
     if not is_uri(location) and Path(root) == src.resolve():
         return {"location": str(location), "files": 0, "bytes": 0, "in_place": True}
@@ -85,9 +95,9 @@ def publish(local_bundle: str | Path, location: str | Path, cfg: StoreConfig = S
     return {"location": str(location), "files": len(files) + 1, "bytes": written + len(manifest), "in_place": False}
 
 
-def cache_path(location: str | Path, version: str, cfg: StoreConfig = StoreConfig()) -> Path:
+def cache_path(location: str | Path, version: str, cfg: StoreConfig | None = None) -> Path:
     """Where a remote bundle version is cached: cache_dir/<location as one plain name>-<hash>-<version>."""
-    cache = Path(cfg.cache_dir).resolve()
+    cache = Path((cfg or StoreConfig()).cache_dir).resolve()
     loc = str(location).split("://", 1)[-1].strip("/")
     slug = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9._-]+", "_", loc))[-80:].lstrip(".") or "bundle"
     digest = hashlib.sha256(str(location).encode()).hexdigest()[:8]
@@ -97,9 +107,55 @@ def cache_path(location: str | Path, version: str, cfg: StoreConfig = StoreConfi
     return dest
 
 
-def fetch(location: str | Path, cfg: StoreConfig = StoreConfig(), integrity: IntegrityConfig | None = None) -> Path:
+def check_published(location: str | Path, integrity: IntegrityConfig | None = None) -> dict:
+    """The manifest at a remote `location`, checked without downloading the bundle: its version, file names and
+    signature (prefmine.integrity.check_manifest), and every file it lists present there with the listed size
+    (one listing; the contents are hashed where the bundle is fetched). Raises FileNotFoundError for a location
+    without a manifest or missing a file, IntegrityError for a manifest or file that does not match."""
+    integrity = integrity if integrity is not None else IntegrityConfig.from_env()
+    if not is_published(location):
+        raise FileNotFoundError(f"{location} holds no complete bundle ({MANIFEST} missing: not written yet, "
+                                "or a publish did not finish)")
+    _raw, manifest, files = _remote_manifest(location, integrity)
+    fs, root = resolve(location)
+    infos = fs.get_file_info([f"{root}/{rel}" for rel in sorted(files)])
+    for rel, info in zip(sorted(files), infos):
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(f"{location}: {rel} is listed in the manifest but missing")
+        if info.size != files[rel]["bytes"]:
+            raise IntegrityError(f"{location}: {rel} has {info.size} bytes, the manifest says {files[rel]['bytes']}")
+    return manifest
+
+
+def _remote_manifest(location: str | Path, integrity: IntegrityConfig) -> tuple[bytes, dict, dict]:
+    """(raw bytes, manifest, checked file list) of the manifest at a remote location, read once."""
+    src_fs, root = resolve(location)
+    with src_fs.open_input_stream(f"{root}/{MANIFEST}") as f:
+        raw = f.read()
+    try:
+        manifest = json.loads(raw.decode())
+    except ValueError as e:
+        raise IntegrityError(f"{location}: {MANIFEST} is not valid JSON: {e}") from e
+    return raw, manifest, check_manifest(manifest, integrity, where=str(location))
+
+
+def _cached(dest: Path, raw: bytes, integrity: IntegrityConfig) -> bool:
+    """Whether `dest` holds a complete, verified copy of the version whose manifest is `raw`."""
+    try:
+        return (dest / MANIFEST).read_bytes() == raw and bool(verify(dest, integrity))
+    except (OSError, IntegrityError):
+        return False
+
+
+def fetch(location: str | Path, cfg: StoreConfig | None = None, integrity: IntegrityConfig | None = None) -> Path:
     """A local directory holding the complete, verified bundle at `location` (downloaded once per version if
-    remote). Raises IntegrityError naming the file or field that does not match its manifest."""
+    remote). Raises IntegrityError naming the file or field that does not match its manifest.
+
+    Several processes may fetch into one cache at once (the Serve replicas of a node): each downloads into a
+    folder of its own (a unique ``.partial-`` name) and renames it into place; a complete copy already there
+    wins and the later download is dropped, so no process ever removes a copy another one is reading (only a
+    damaged one is moved aside, itself by a rename)."""
+    cfg = cfg or StoreConfig()
     integrity = integrity if integrity is not None else IntegrityConfig.from_env()
     if not is_published(location):
         raise FileNotFoundError(f"{location} holds no complete bundle ({MANIFEST} missing: not written yet, "
@@ -108,40 +164,45 @@ def fetch(location: str | Path, cfg: StoreConfig = StoreConfig(), integrity: Int
         path = Path(resolve(location)[1])
         verify(path, integrity)
         return path
-    src_fs, root = resolve(location)
-    with src_fs.open_input_stream(f"{root}/{MANIFEST}") as f:
-        raw = f.read()
-    try:
-        manifest = json.loads(raw.decode())
-    except ValueError as e:
-        raise IntegrityError(f"{location}: {MANIFEST} is not valid JSON: {e}") from e
-    files = check_manifest(manifest, integrity, where=str(location))  # version, names, signature: before any write
+    raw, manifest, files = _remote_manifest(location, integrity)  # version, names, signature: before any write
     dest = cache_path(location, manifest["version"], cfg)
-    if (dest / MANIFEST).is_file():
-        try:
-            if (dest / MANIFEST).read_bytes() == raw:
-                verify(dest, integrity)
-                return dest
-        except IntegrityError:
-            pass  # a damaged cached copy: downloaded again below
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if _cached(dest, raw, integrity):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         download(location, tmp, cfg, files=sorted(files), manifest_bytes=raw)
         verify(tmp, integrity)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+        _install(tmp, dest, raw, integrity)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
     return dest
 
 
-def download(location: str | Path, local_dir: Path, cfg: StoreConfig = StoreConfig(), files: list[str] | None = None,
+def _install(tmp: Path, dest: Path, raw: bytes, integrity: IntegrityConfig) -> None:
+    """Rename the verified download `tmp` to `dest`, unless a complete copy is there by now (then it stays)."""
+    for _ in range(3):
+        try:
+            os.rename(tmp, dest)  # atomic; fails while dest exists (a non-empty folder)
+            return
+        except OSError:
+            if _cached(dest, raw, integrity):
+                return  # another process got there first: theirs is used, this download dropped
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.damaged-", dir=dest.parent))
+        try:
+            os.replace(dest, aside / "copy")  # a damaged copy: out of the way in one rename, then removed
+        except FileNotFoundError:
+            pass  # someone else moved it first
+        shutil.rmtree(aside, ignore_errors=True)
+    raise IntegrityError(f"{dest}: could not install the downloaded bundle (the cached copy kept changing)")
+
+
+def download(location: str | Path, local_dir: Path, cfg: StoreConfig | None = None, files: list[str] | None = None,
              manifest_bytes: bytes | None = None) -> None:
     """Download a remote bundle into `local_dir`, manifest last: `files` (names the manifest lists, default every
     file there), each refused if its name would land outside `local_dir`; `manifest_bytes` the manifest as
     already read (default: read it again)."""
+    cfg = cfg or StoreConfig()
     src_fs, root = resolve(location)
     local_dir.mkdir(parents=True, exist_ok=True)
     if files is None:

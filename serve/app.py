@@ -72,8 +72,16 @@ __all__ = [
 
 def default_feedback_db(bundle: str | Path) -> str:
     """Where feedback goes when no path is configured: $PREFMINE_FEEDBACK_DB, else feedback.sqlite beside the
-    bundle directory (shared by the bundle versions rolled in there, so a rollout keeps the log)."""
-    return os.environ.get("PREFMINE_FEEDBACK_DB") or str(Path(bundle).resolve().parent / "feedback.sqlite")
+    bundle directory (shared by the bundle versions rolled in there, so a rollout keeps the log); for a bundle
+    URI, in the bundle cache folder of the node that deploys (where `prefmine serve` fetched bundles to before
+    the replicas fetched them themselves). Several nodes need a shared store: a postgresql:// DSN."""
+    from prefmine.store import StoreConfig, is_uri
+
+    if os.environ.get("PREFMINE_FEEDBACK_DB"):
+        return os.environ["PREFMINE_FEEDBACK_DB"]
+    if is_uri(bundle):
+        return str(Path(StoreConfig().cache_dir).resolve() / "feedback.sqlite")
+    return str(Path(bundle).resolve().parent / "feedback.sqlite")
 
 
 def code_version() -> str:
@@ -99,7 +107,7 @@ def _same_code(deployment):
 # each hop, it is a measurable part of a request's time (bench/README.md, serving latency); errors and warnings are
 # still logged
 LOGGING = {"enable_access_log": False}
-BUILD_ARGS = {"bundle", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
+BUILD_ARGS = {"bundle", "version", "candidates", "feedback_db", "api_keys_file", "require_api_key", "rate_limit", "rate_burst",
               "tls", "extra_keys", "tombstones", "experiment", "live_catalog", "placement", "ads"}
 
 
@@ -116,13 +124,28 @@ def check_bundle(bundle: Path) -> None:
     check_pseudonym_key(bundle)
 
 
-def check_pseudonym_key(bundle: Path) -> None:
+def check_location(location: str) -> str:
+    """``check_bundle`` for a bundle URI, without downloading it (the replicas fetch it, each into its node's
+    cache): finished (every required part), the manifest's version, names and signature, every listed file
+    there with its size, the pseudonymisation key. Returns the version the location holds."""
+    from prefmine.store import check_published
+
+    manifest = check_published(location)
+    missing = missing_parts(location)
+    if missing:
+        raise FileNotFoundError(f"bundle: {location} lacks {', '.join(missing)} (not a finished model bundle)")
+    check_pseudonym_key(manifest=manifest)
+    return str(manifest["version"])
+
+
+def check_pseudonym_key(bundle: Path | None = None, manifest: dict | None = None) -> None:
     """Refuse to serve with another pseudonymisation key than the data was prepared with: every user would
-    silently look unknown and get cold-start answers."""
+    silently look unknown and get cold-start answers. Reads the manifest of ``bundle``, or ``manifest``."""
     from prefmine.bundle import read_manifest
     from prefmine.data.privacy import DEMO_FINGERPRINT, key_fingerprint, load_key
 
-    expected = read_manifest(bundle).get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
+    manifest = read_manifest(bundle) if manifest is None else manifest
+    expected = manifest.get("dataset", {}).get("pseudonymisation", {}).get("key_fingerprint")
     actual = key_fingerprint(load_key(allow_demo=expected == DEMO_FINGERPRINT))
     if expected and expected != actual:
         raise ValueError(f"PREFMINE_PSEUDONYM_KEY: its fingerprint {actual} differs from the key the bundle's data "
@@ -132,7 +155,10 @@ def check_pseudonym_key(bundle: Path) -> None:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder. Args:
 
-    ``bundle`` (required): model bundle directory; ``candidates``: ranker candidates the policy chooses from
+    ``bundle`` (required): model bundle directory, or a URI (``s3://...``, any pyarrow filesystem) every replica
+    fetches into its own node's bundle cache (prefmine.store.fetch); ``version``: the version ``bundle`` must hold
+    (``prefmine serve`` passes the one it checked; a replica that finds another refuses to start);
+    ``candidates``: ranker candidates the policy chooses from
     (default 100); ``feedback_db``: SQLite file or postgresql:// DSN RecordFeedback appends to (default:
     ``default_feedback_db``);
     ``api_keys_file``: the server's hashed API keys (serve/auth.py; required unless ``require_api_key: false``,
@@ -159,9 +185,19 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if unknown:
         raise ValueError(f"unknown application args: {sorted(unknown)} (allowed: {sorted(BUILD_ARGS)})")
     if "bundle" not in args:
-        raise ValueError("application args: 'bundle' (path of a model bundle dir) is required")
-    bundle = Path(str(args["bundle"])).expanduser().resolve()
-    check_bundle(bundle)
+        raise ValueError("application args: 'bundle' (a model bundle directory or URI) is required")
+    from prefmine.store import is_uri
+
+    pinned = args.get("version")
+    if is_uri(args["bundle"]):  # each replica fetches it into its own node's cache (serve.served)
+        bundle = str(args["bundle"])
+        found = pinned = check_location(bundle)
+        if args.get("version") and str(args["version"]) != found:
+            raise ValueError(f"bundle: {bundle} holds version {found}, not {args['version']} (the location moved "
+                             "on): deploy the version it holds")
+    else:
+        bundle = Path(str(args["bundle"])).expanduser().resolve()
+        check_bundle(bundle)
     candidates = int(args.get("candidates", DEFAULT_CANDIDATES))
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
@@ -196,7 +232,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     experiment = servable_experiment(args["experiment"]).to_dict() if args.get("experiment") else None
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
     # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
-    version = BundleRef.of({"bundle": str(bundle)}).config()
+    version = BundleRef.of({"bundle": str(bundle), "version": pinned}).config()
     from prefmine.serving.placement import placement_from
 
     placement = placement_from({"deployments": args.get("placement") or {}})  # checked before any replica

@@ -47,15 +47,18 @@ class AdServing:
         self._calibrators: dict = {}  # bundle ref -> Calibrator | None
 
     def calibrator(self, ref):
-        """The calibrator of a served bundle version (its ``ads/`` part, checked against the manifest first),
-        None without one. Blocking on first use of a version."""
-        if ref not in self._calibrators:
+        """The calibrator of a served bundle version (its ``ads/`` part, checked against the manifest first; a
+        URI's copy in this node's cache), None without one. Blocking on first use of a version."""
+        key = (ref.path, ref.version)
+        if key not in self._calibrators:
             from prefmine.ads.bundle_calibration import PART, load_bundle_calibrator
             from prefmine.integrity import verify
+            from prefmine.store import fetch, is_uri
 
-            verify(ref.path, only=PART)
-            self._calibrators = {ref: load_bundle_calibrator(ref.path)}  # the version served now only
-        return self._calibrators[ref]
+            local = str(fetch(ref.path)) if is_uri(ref.path) else ref.path  # fetched already by ServedBundle
+            verify(local, only=PART)
+            self._calibrators = {key: load_bundle_calibrator(local)}  # the version served now only
+        return self._calibrators[key]
 
     def run(self, store, user: str, items: list[str], campaigns: list[str], bids, pctr) -> AdOutcome:
         """Rank's auction (blocking: a worker thread, under the store's lock)."""

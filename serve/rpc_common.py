@@ -126,11 +126,12 @@ class IngressParts:
         return rules_of(msg, exclude_seen)
 
     async def _ruled(self, s: ServedBundle, rules: Rules, k: int, available: int, fetch, history=(),
-                     exclude=(), history_ts=(), now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     exclude=(), history_ts=(), now: float | None = None,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prefmine.serving.request_rules.ruled_top from Recommend's candidate count on, MMR's vectors from the
         ranker."""
         async def vectors_of(items):
             return await self._call(self.ranker.vectors, s.ref, items)
 
         return await ruled_top(s.attributes, rules, k, available, candidate_count(k, self.n_candidates, available, 0),
-                               fetch, vectors_of, history, exclude, history_ts, now)
+                               fetch, vectors_of, history, exclude, history_ts, now, allowed)

@@ -99,7 +99,7 @@ class RecommendRpcs(IngressParts):
                 return np.asarray(cand["idx"], np.int64), np.asarray(cand["scores"], np.float64)
 
         items, scores = await self._ruled(s, rules, k, int(mask.sum()), fetch, history.items, exclude,
-                                          history.times, now)
+                                          history.times, now, allowed=mask)
         resp = responses.recommend_response(s, items, slate_scores(scores), cold_start=cold,
                                             placement=request.placement)
         if request.explain:

@@ -57,7 +57,7 @@ class SearchRpcs(IngressParts):
             async def fetch(n: int):
                 return scored.idx[:n], scored.score[:n]
 
-            items, _ = await self._ruled(s, rules, k, len(scored.idx), fetch)
+            items, _ = await self._ruled(s, rules, k, len(scored.idx), fetch, allowed=mask)  # no retired pin
         return responses.search_response(s, scored, items, cold, facets, retrieval)
 
     async def _similar(self, request: pb.SimilarItemsRequest) -> pb.SimilarItemsResponse:
@@ -86,7 +86,7 @@ class SearchRpcs(IngressParts):
         async def fetch(n: int):
             return idx[:n], sims[:n]
 
-        items, _ = await self._ruled(s, rules, int(request.k), len(idx), fetch, exclude=[item])
+        items, _ = await self._ruled(s, rules, int(request.k), len(idx), fetch, exclude=[item], allowed=mask)
         return responses.similar_response(s, items, own_scores(items, idx, sims))
 
     async def _rank(self, request: pb.RankRequest) -> pb.RankResponse:

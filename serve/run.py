@@ -5,7 +5,10 @@ an address is given or a cluster started with ``ray start`` is found, deploys ``
 until a real Recommend call over gRPC on 127.0.0.1:PORT answers, prints one line containing ``ready``, and on
 SIGINT/SIGTERM shuts Serve (and the Ray it started) down and returns 0. SIGHUP rolls in the bundle that
 ``bundle`` names by then (``rollout``: point a symlink at a new version's directory, then ``kill -HUP``) without
-downtime. ``metrics_port`` fixes the port where
+downtime. ``bundle`` may be a URI (``s3://bucket/prefix``, any pyarrow filesystem): it is checked here from its
+manifest and a listing, not downloaded; the app args carry the URI and the version checked, and every replica
+fetches the bundle into its own node's cache (serve.served), so no node needs the driver's disk; SIGHUP then
+rolls in the version published there by then. ``metrics_port`` fixes the port where
 the Ray it starts serves Prometheus metrics (serve/metrics.py lists prefmine's own).
 
 Direct ingress (``direct_port``, ``prefmine serve --direct-port``): Ray Serve's own RAY_SERVE_ENABLE_DIRECT_INGRESS
@@ -32,7 +35,6 @@ run longer than ``request_timeout_s`` (30 s) get DEADLINE_EXCEEDED from the prox
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -170,6 +172,36 @@ def wait_listening(host: str, port: int, timeout_s: float = READY_TIMEOUT_S) -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
 
 
+def _location(bundle: str) -> str:
+    """The bundle as the replicas are told it: a URI as given, a directory resolved (symlinks followed)."""
+    from prefmine.store import is_uri
+
+    return str(bundle) if is_uri(bundle) else str(Path(bundle).resolve())
+
+
+def _checked_version(bundle: str) -> str:
+    """Check the bundle ``bundle`` names now (serve.app.check_bundle, or check_location for a URI: the manifest
+    and a listing, not a download) and return its version."""
+    from prefmine.store import is_uri
+    from serve.app import check_bundle, check_location
+    from serve.served import manifest_version
+
+    if is_uri(bundle):
+        return check_location(str(bundle))
+    check_bundle(Path(bundle).resolve())
+    return manifest_version(Path(bundle).resolve())
+
+
+def _bundle_args(bundle: str, version: str) -> dict:
+    """The app args naming the bundle: a directory as today; a URI with the version checked here, which every
+    replica must find there when it fetches the bundle into its node's cache (serve.served.check_bundle_files)."""
+    from prefmine.store import is_uri
+
+    if is_uri(bundle):
+        return {"bundle": str(bundle), "version": version}
+    return {"bundle": _location(bundle)}
+
+
 def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address: str | None = None,
               api_keys_file: str | None = None, feedback_db: str | None = None,
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
@@ -186,10 +218,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     ``experiment``: a YAML/JSON file with the A/B experiment to run (prefmine.experiments.load_experiment: the
     experiment itself or a Serve config carrying it); `prefmine experiments report --config` takes the same file."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serve.app import check_bundle
-
     try:
-        check_bundle(Path(bundle).resolve())
+        version = _checked_version(bundle)
     except FileNotFoundError as e:
         print(f"prefmine serve: --{e}", file=sys.stderr)
         return 2
@@ -205,7 +235,6 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         print(f"prefmine serve: --direct-port must leave {DIRECT_INGRESS_REPLICA_PORTS} ports below 65536 and "
               f"not overlap --grpc-port, got {direct_port}", file=sys.stderr)
         return 2
-    version = json.loads((Path(bundle) / "manifest.json").read_text()).get("version", "?")
     import os
     import secrets
 
@@ -258,8 +287,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     from serve.app import default_feedback_db
 
     # the feedback log stays where it is across rollouts (the default: beside the first bundle's directory)
-    app_args = {"bundle": str(Path(bundle).resolve()), "require_api_key": auth.required,
-                "feedback_db": resolve_location(feedback_db or default_feedback_db(Path(bundle).resolve())),
+    app_args = {**_bundle_args(bundle, version), "require_api_key": auth.required,
+                "feedback_db": resolve_location(feedback_db or default_feedback_db(_location(bundle))),
                 "rate_limit": auth.rate_per_s, "rate_burst": auth.burst}
     if tombstones:  # a file, or a postgresql:// DSN (the table), as given
         from prefmine.data.tombstones import resolve as resolve_tombstones
@@ -362,7 +391,7 @@ def _app_settled() -> bool:
 
 def rollout(bundle: str, app_args: dict, addr: str, api_key: str | None) -> dict:
     """Roll in the bundle ``bundle`` names now (SIGHUP): a symlink that was pointed at a new version's directory,
-    or a directory that now holds another version. Redeploys the application with the new version as every
+    a directory that now holds another version, or a URI where another version was published. Redeploys the application with the new version as every
     deployment's user_config (a lightweight update: replicas load it beside the old one and switch, no restart,
     no failed request; serve/served.py), waits until ModelInfo reports it, and returns the new app args.
 
@@ -374,17 +403,15 @@ def rollout(bundle: str, app_args: dict, addr: str, api_key: str | None) -> dict
     version that is actually served. Either way the line printed names the version ModelInfo reports."""
     from ray import serve
 
-    from serve.app import APP_NAME, build_app, check_bundle
+    from serve.app import APP_NAME, build_app
     from serve.client import model_info
-    from serve.served import manifest_version
 
     t0 = time.monotonic()
-    target = Path(bundle).resolve()
+    target = _location(bundle)
     deployed = False
     try:
-        check_bundle(target)
-        version = manifest_version(target)
-        new_args = {**app_args, "bundle": str(target)}
+        version = _checked_version(bundle)
+        new_args = {**app_args, **_bundle_args(bundle, version)}
         serve.run(build_app(new_args), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
         deployed, t_deploy, settled = True, time.monotonic(), 0
         while (got := model_info(addr, timeout=30.0, api_key=api_key).bundle_version) != version:

@@ -11,7 +11,9 @@ during the switch some requests are answered by the old version and some by the 
 A version is read from its own directory, which must stay as it is while any replica may still load it:
 publish each version to a new path (``prefmine train ... --out bundles/V``) and roll it in by pointing the server
 there. A directory rewritten in place under a running version is detected (the manifest's version no longer
-matches) and refused with a clear error, not served inconsistently. Before a replica loads a version it checks
+matches) and refused with a clear error, not served inconsistently. A version may also be named by a URI
+(``s3://...``): each replica fetches it into its own node's cache (``check_bundle_files``), and a replica that
+finds another version published there by then refuses to start with it, the same way. Before a replica loads a version it checks
 the bundle against its manifest (prefmine.integrity.verify: every file's sha256, and the signature when the
 server holds a bundle key), so a changed or unsigned file is refused before anything deserialises it.
 """
@@ -38,7 +40,8 @@ logger = logging.getLogger("ray.serve")
 
 @dataclass(frozen=True)
 class BundleRef:
-    """One bundle version: its directory and the version its manifest names."""
+    """One bundle version: its location (a directory, or a URI each replica fetches from: ``local_dir``) and the
+    version its manifest names."""
 
     path: str
     version: str
@@ -49,7 +52,7 @@ class BundleRef:
     def of(cls, config: dict) -> BundleRef:
         """From a deployment's user_config ``{"bundle": PATH, "version": V}``."""
         if not isinstance(config, dict) or not config.get("bundle"):
-            raise ValueError(f"user_config: needs 'bundle' (a bundle directory), got {config!r}")
+            raise ValueError(f"user_config: needs 'bundle' (a bundle directory or URI), got {config!r}")
         return cls(str(config["bundle"]), str(config.get("version") or manifest_version(config["bundle"])))
 
     def config(self) -> dict:
@@ -57,26 +60,51 @@ class BundleRef:
 
 
 def manifest_version(path: str | Path) -> str:
+    """The version the manifest at `path` (a directory or a URI) names."""
+    from prefmine.store import is_uri, read_manifest
+
+    if is_uri(path):
+        return str(read_manifest(path).get("version", ""))
     return str(json.loads((Path(path) / "manifest.json").read_text()).get("version", ""))
 
 
 class StaleBundle(RuntimeError):
-    """The directory of a version now holds another version (rewritten in place during a rollout)."""
+    """The directory of a version now holds another version (rewritten in place during a rollout), or the URI of
+    one another version (published over since the deploy)."""
 
 
-def check_version(ref: BundleRef) -> None:
-    found = manifest_version(ref.path)
-    if found != ref.version:
-        raise StaleBundle(f"bundle {ref.path} now holds version {found!r}, not {ref.version!r}: publish each "
-                          f"version to its own directory to roll it in")
+def check_version(ref: BundleRef, found: str | None = None) -> None:
+    """Raise StaleBundle unless the bundle at ``ref.path`` (or ``found``, the version read from its copy) is
+    ``ref.version``."""
+    found = manifest_version(ref.path) if found is None else found
+    if found == ref.version:
+        return
+    from prefmine.store import is_uri
+
+    why = ("the location moved on since the deploy: roll the new version in (SIGHUP / redeploy)" if is_uri(ref.path)
+           else "publish each version to its own directory to roll it in")
+    raise StaleBundle(f"bundle {ref.path} now holds version {found!r}, not {ref.version!r}: {why}")
 
 
-def check_bundle_files(ref: BundleRef) -> None:
-    """The version is the one named, and every file is as its manifest lists it (IntegrityError otherwise)."""
+def check_bundle_files(ref: BundleRef) -> str:
+    """The local directory to read ``ref``'s files from, once its version is the one named and every file is as
+    its manifest lists it (IntegrityError otherwise).
+
+    A directory is read in place. A URI is fetched by this replica itself into its node's cache
+    (prefmine.store.fetch: StoreConfig.cache_dir, $PREFMINE_BUNDLE_CACHE), downloaded by the first replica of
+    the node that needs the version, so nothing a replica reads depends on the driver's disk. A location that
+    holds another version by now (published over since the deploy) is refused: the replica must serve the
+    version the application names, or none."""
     from prefmine.integrity import verify
+    from prefmine.store import fetch, is_uri
 
-    check_version(ref)
-    verify(ref.path)
+    if not is_uri(ref.path):
+        check_version(ref)
+        verify(ref.path)
+        return ref.path
+    local = fetch(ref.path)
+    check_version(ref, manifest_version(local))
+    return str(local)
 
 
 class RuntimeCache:
@@ -102,8 +130,7 @@ class RuntimeCache:
         try:
             async with lock:
                 rt = self._items.get(ref)
-                if rt is None:
-                    check_version(ref)
+                if rt is None:  # the version and files are checked in the worker thread (check_bundle_files)
                     rt = self._items[ref] = await asyncio.to_thread(self._load, ref)
                     logger.info("loaded bundle %s (%s)", ref.version, ref.path)
                     while len(self._items) > self.keep:
@@ -115,8 +142,7 @@ class RuntimeCache:
         return rt
 
     def _load(self, ref: BundleRef) -> Any:
-        check_bundle_files(ref)
-        return self.load(ref.path)
+        return self.load(check_bundle_files(ref))
 
     def versions(self) -> list[str]:
         return [r.version for r in self._items]
@@ -150,9 +176,9 @@ class ServedBundle:
         from prefmine.bundle import Bundle
         from serve.profile import CatalogText
 
-        check_bundle_files(ref)
+        path = check_bundle_files(ref)  # a local directory (this node's cached copy of a URI)
         self.ref = ref
-        self.bundle = Bundle.load(ref.path)
+        self.bundle = Bundle.load(path)
         if str(self.bundle.version) != ref.version:
             raise StaleBundle(f"bundle {ref.path}: loaded version {self.bundle.version!r}, not {ref.version!r}")
         if not getattr(self.bundle, "key_matches", True):
@@ -167,7 +193,7 @@ class ServedBundle:
         self.pop_share = pop / pop.sum() if pop.sum() > 0 else np.full(len(pop), 1.0 / max(1, len(pop)))
         self.catalog = CatalogText(self.bundle.items)
         self.attributes = ItemAttributes.from_items(self.bundle.items)  # what request-time rules filter on
-        self.hybrid_search = has_index(ref.path)  # a lexical index: Search is hybrid (else dense only)
+        self.hybrid_search = has_index(path)  # a lexical index: Search is hybrid (else dense only)
 
     def exclude_set(self, raw_ids) -> set[int]:
         out = set()

@@ -5,16 +5,20 @@ load (JSONL and CSV, `prefmine catalog load`) and folding the log into a dataset
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from prefmine.catalog import CatalogState, fold_into_items, validate_rows
+from prefmine.catalog import CatalogState, validate_rows
 from prefmine.catalog.load import load_file
+from prefmine.data.catalog_fold import fold_catalog
 from prefmine.feedback import IdempotencyConflict, open_feedback_store
 
 
@@ -190,22 +194,35 @@ def test_bulk_load_of_jsonl_and_csv_through_the_command_line(tmp_path):
     assert [(e.index, e.item) for e in res.errors] == [(1, ""), (2, "j2")] and "not JSON" in res.errors[0].reason
 
 
-def test_the_next_bundle_items_hold_new_items_and_not_retired_ones():
-    """fold_into_items: what data prepare / the update job hands to the next training run."""
+def test_the_next_bundle_items_hold_new_items_and_mark_retired_ones_unavailable():
+    """fold_catalog: what `data prepare --catalog-feedback` hands to the next training run. Every upserted field
+    reaches the items (price and availability too, with columns the catalogue did not have), a retired item
+    that has interactions stays (its events stay in the histories) but unavailable, one new and retired again
+    is never appended, and a new row's side columns are empty of their kind (NaN for a number)."""
     items = pd.DataFrame({"item": ["a", "b", "c"], "title": ["A", "B", "C"], "brand": ["x", "y", "z"],
-                          "categories": [["k"], [], ["k", "m"]], "extra": [1, 2, 3]})
+                          "categories": [["k"], [], ["k", "m"]], "description": ["", "", "about c"],
+                          "text": ["A", "B", "C"], "text_source": ["catalogue"] * 3, "extra": [1.0, 2.0, 3.0],
+                          "colour": ["red", "", "blue"]})
     good, bad = validate_rows([{"item": "d", "title": "D", "price": 4}, {"item": "b", "op": "retire"},
                                {"item": "c", "title": "C2", "available": False}, {"item": "e", "title": "E"},
-                               {"item": "e", "op": "retire"}], known={"a", "b", "c"})
+                               {"item": "e", "op": "retire"}, {"item": "a", "price": 2.5, "kind": "article"}],
+                              known={"a", "b", "c"})
     assert not bad
-    folded = fold_into_items(items, good)
-    assert folded["item"].tolist() == ["a", "c", "d"]
+    folded = fold_catalog(items, good)
+    assert folded["item"].tolist() == ["a", "b", "c", "d"]
     row = folded.set_index("item")
-    assert row.loc["c", "title"] == "C2" and not row.loc["c", "available"] and row.loc["c", "categories"] == ["k", "m"]
-    assert row.loc["d", "price"] == 4.0 and row.loc["a", "extra"] == 1 and pd.isna(row.loc["d", "extra"])
+    assert row["available"].tolist() == [True, False, False, True]
+    assert row.loc["c", "title"] == "C2" and row.loc["c", "categories"] == ["k", "m"] and "C2" in row.loc["c", "text"]
+    assert row.loc["d", "price"] == 4.0 and row.loc["a", "price"] == 2.5 and math.isnan(row.loc["b", "price"])
+    assert row["kind"].tolist() == ["article", "", "", ""] and row.loc["d", "text_source"] == "catalogue"
+    assert row.loc["a", "extra"] == 1 and math.isnan(row.loc["d", "extra"]) and row.loc["d", "colour"] == ""
+    path = Path(tempfile.mkdtemp()) / "items.parquet"
+    folded.to_parquet(path, index=False)  # what prepare writes: every column one type
+    assert pd.read_parquet(path)["price"].tolist()[:1] == [2.5]
     state = CatalogState(items)
     state.apply(good)
     assert state.servable("a") and not state.servable("b") and not state.servable("c") and state.servable("d")
+    assert CatalogState(folded).servable("a") and not CatalogState(folded).servable("b")  # without the log too
 
 
 def test_a_replica_poller_follows_the_log_and_keeps_its_state_when_the_store_fails(tmp_path):
@@ -341,8 +358,9 @@ def test_published_is_checked_stored_and_folded():
     assert good[0].fields["published"] == 1_796_083_200.0 and good[1].fields["published"] == 1.7e9
     assert good[2].fields == {"published": 1_764_547_200.5}
     assert [e.index for e in bad] == [3, 4, 5, 6, 7] and all("published" in e.reason for e in bad[:4])
-    items = pd.DataFrame({"item": ["a", "b"], "title": ["A", "B"], "brand": ["", ""], "categories": [[], []]})
-    folded = fold_into_items(items, good).set_index("item")
+    items = pd.DataFrame({"item": ["a", "b"], "title": ["A", "B"], "brand": ["", ""], "categories": [[], []],
+                          "description": ["", ""], "text": ["A", "B"], "text_source": ["catalogue"] * 2})
+    folded = fold_catalog(items, good).set_index("item")
     assert folded.loc["a", "published"] == 1_764_547_200.5 and folded.loc["art-1", "kind"] == "article"
     assert math.isnan(folded.loc["b", "published"])
     state = CatalogState(folded.reset_index())

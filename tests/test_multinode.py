@@ -252,33 +252,57 @@ def requests_by_replica(head_temp_dir, deployment: str) -> dict[str, float]:
     return counts
 
 
-def test_serve_replicas_on_both_nodes_answer_grpc_through_one_proxy(two_nodes, bundle_path, tmp_path):
-    """`prefmine serve --placement` on the two-node cluster, API keys on, loopback: Ray's state shows the ranker's
-    replicas on both nodes and the encoder's where RESOURCE is, one proxy on the head, and Serve's per-replica
-    request counters (every node's metrics endpoint) show Recommend calls answered by the replica on each node."""
+def test_serve_replicas_on_both_nodes_answer_grpc_through_one_proxy(two_nodes, bundle_path, bucket, tmp_path):
+    """`prefmine serve --placement --bundle s3://...` on the two-node cluster, API keys on, loopback: the bundle is
+    published to the bucket from a staging folder that is deleted before serving, and the driver checks it there
+    without downloading it (its own cache stays empty); every node's replicas fetch it into that node's cache.
+    Ray's state shows the ranker's replicas on both nodes and the encoder's where RESOURCE is, one proxy on the
+    head, and Serve's per-replica request counters (every node's metrics endpoint) show Recommend calls answered
+    by the replica on each node. Then a new version is published at the URI and SIGHUP rolls it in: ModelInfo
+    reports it and every node's cache holds it too."""
+    import shutil
     import sys
     import time
 
+    from conftest import bundle_versions
     from live_server import API_KEY, keys_file_for, launch
     from ray.util.state import list_nodes
     from test_serve_faults import known_users
 
-    from serve.client import recommend
+    from cluster.local_cluster import BUNDLE_CACHE
+    from prefmine import store
+    from serve.client import model_info, recommend
     from serve.run import free_port
 
+    staging = tmp_path / "staging"
+    shutil.copytree(bundle_path, staging)
+    location = storage.join(bucket, "serve", "bundle")
+    store.publish(staging, location)
+    shutil.rmtree(staging)  # nothing on the driver's disk is left to read the bundle from
+    version = store.read_manifest(location)["version"]
     placement = tmp_path / "placement.yaml"
     placement.write_text(SERVE_PLACEMENT)
     port = free_port()
-    code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle_path)!r}, {port}, "
+    driver_cache = tmp_path / "driver-cache"
+    code = (f"import os, sys; os.environ[{store.CACHE_ENV!r}] = {str(driver_cache)!r}; "
+            f"from serve.run import run_serve; sys.exit(run_serve({location!r}, {port}, "
             f"address='127.0.0.1:{two_nodes.gcs}', api_keys_file={str(keys_file_for(tmp_path / 'keys'))!r}, "
             f"feedback_db={str(tmp_path / 'feedback.sqlite')!r}, placement={str(placement)!r}, rate_limit=0))")
-    server = launch([sys.executable, "-c", code], f"127.0.0.1:{port}")
+    server = launch([sys.executable, "-c", code], f"127.0.0.1:{port}", ready_text=f"bundle {version}")
     try:
         head = next(n.node_id for n in list_nodes(address=two_nodes.address, raise_on_missing_output=False,
                                                   filters=[("is_head_node", "=", True)]))
         rankers = serve_replicas(two_nodes.address, "RankerDeployment")
         nodes = {r["node_id"]: r["replica_id"] for r in rankers}
         assert len(rankers) == 2 and len(nodes) == 2 and head in nodes, rankers
+        # each node's replicas fetched the version into that node's own cache, whole; the driver fetched nothing
+        caches = {head: two_nodes.base / "head" / BUNDLE_CACHE,
+                  **{w.node_id: w.cwd / BUNDLE_CACHE for w in two_nodes.workers}}
+        for node in nodes:
+            copies = sorted(p.name for p in caches[node].iterdir())
+            assert len(copies) == 1 and copies[0].endswith(f"-{version}"), (node, copies)
+            copy = (caches[node] / copies[0]).resolve()
+            assert store.fetch(copy) == copy  # whole: every file as its manifest lists it
         encoders = serve_replicas(two_nodes.address, "EncoderDeployment")
         workers = {w.node_id for w in two_nodes.workers}
         assert encoders and {e["node_id"] for e in encoders} <= workers, encoders
@@ -300,5 +324,22 @@ def test_serve_replicas_on_both_nodes_answer_grpc_through_one_proxy(two_nodes, b
             assert time.monotonic() < deadline, (per_node, counts, calls)
             time.sleep(2)
         print(f"ranker requests per node after {calls} Recommend calls through the head's proxy: {per_node}")
+
+        # SIGHUP rolls in the version published at the URI by now; each node fetches it into its own cache
+        dirs, names = bundle_versions(bundle_path, tmp_path / "next", {"next": "-next"})
+        store.publish(dirs["next"], location)
+        shutil.rmtree(tmp_path / "next")
+        t_hup = time.monotonic()
+        server.proc.send_signal(signal.SIGHUP)
+        while not any("prefmine serve: rolled out" in x or "rollout of" in x for x in server.lines):
+            assert time.monotonic() - t_hup < 300, "no rollout within 300 s:\n" + "".join(server.lines[-40:])
+            time.sleep(0.2)
+        line = next(x for x in server.lines if "prefmine serve: rolled out" in x or "rollout of" in x)
+        print(line.strip())
+        assert f"rolled out bundle {names['next']}" in line, line
+        assert model_info(server.addr, api_key=API_KEY, timeout=30.0).bundle_version == names["next"]
+        for node in nodes:
+            assert any(p.name.endswith(f"-{names['next']}") for p in caches[node].iterdir()), node
+        assert not driver_cache.exists()
     finally:
         assert server.stop() == 0, "".join(server.lines[-40:])

@@ -115,6 +115,27 @@ def test_a_kind_quota_makes_the_candidate_loop_reach_down_to_that_kind():
     assert plain.tolist() == list(range(10))
 
 
+def test_a_pin_the_callers_mask_refuses_is_not_shown():
+    """Search and SimilarItems pass their mask, with the live catalogue's retired items off, to the selection:
+    a client's pin of a retired item must not bring it back, though the bundle's attributes still allow it."""
+    n = 30
+    attrs = ItemAttributes(item_ids=np.array([f"i{j}" for j in range(n)]), categories=[frozenset()] * n,
+                           brand=np.array([""] * n, dtype=object), price=np.full(n, np.nan),
+                           available=np.ones(n, dtype=bool), kind=np.array(["product"] * n, dtype=object))
+    allowed = np.ones(n, dtype=bool)
+    allowed[7] = False  # retired since the bundle
+
+    async def fetch(m):
+        keep = np.flatnonzero(allowed)[:m]
+        return keep, -keep.astype(np.float64)
+
+    rules = rules_of(pb.Rules(pins=[pb.Pin(item_id="i7", position=0), pb.Pin(item_id="i9", position=1)]))
+    items, _ = asyncio.run(ruled_top(attrs, rules, 5, int(allowed.sum()), 5, fetch, allowed=allowed))
+    assert items.tolist() == [0, 9, 1, 2, 3]
+    unmasked, _ = asyncio.run(ruled_top(attrs, rules, 5, int(allowed.sum()), 5, fetch))
+    assert unmasked.tolist()[:2] == [7, 9]  # without the mask the pin is honoured: the mask is what refuses it
+
+
 def test_repurchase_is_refused_where_there_is_no_user_history():
     from serve.validate import validate_search, validate_similar
 

@@ -212,6 +212,16 @@ def test_bad_config_names_the_field(field, value):
         RetrievalConfig(**{field: value})
 
 
+def test_config_from_a_dict_names_unknown_fields_unless_told_to_leave_them_out():
+    with pytest.raises(ValueError, match=r"unknown retrieval field\(s\) \['efsearch'\]"):
+        RetrievalConfig.from_dict({"kind": "hnsw", "efsearch": 5})
+    # a bundle's recorded config (update_policy): a field this version does not know is left out, the rest kept
+    got = RetrievalConfig.from_dict({"kind": "hnsw", "ef_search": 7, "from_a_later_version": 1}, ignore_unknown=True)
+    assert got == RetrievalConfig(kind="hnsw", ef_search=7)
+    with pytest.raises(ValueError, match="ef_search"):  # known fields are still checked
+        RetrievalConfig.from_dict({"ef_search": 0}, ignore_unknown=True)
+
+
 def test_bad_inputs(indexes, data):
     items, queries = data
     with pytest.raises(ValueError, match="nlist"):

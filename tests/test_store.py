@@ -4,11 +4,12 @@ a publish that dies half-way leaves no manifest (so serving refuses it), and fet
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from prefmine import store
+from prefmine import storage, store
 from prefmine.integrity import IntegrityError, seal
 
 
@@ -141,3 +142,91 @@ def test_cache_path_is_one_plain_folder_inside_the_cache(tmp_path):
     p = store.cache_path("s3://bucket/../../x/..", "v1", cfg)
     assert p.parent == (tmp_path / "c").resolve() and p.name.endswith("-v1") and ".." not in p.name
     assert store.cache_path("s3://b/x", "v1", cfg) != store.cache_path("s3://b_x", "v1", cfg)
+
+
+# Each process fetching from the S3 server reads its credentials from its own environment (tests/test_storage.py)
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+_FETCHER = """
+import sys, time
+from pathlib import Path
+from prefmine import storage, store
+uri, cache, ready, go = sys.argv[1:5]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.005)
+print(store.fetch(uri, store.StoreConfig(cache_dir=cache, chunk_bytes=64 << 10)))
+"""
+
+
+def test_two_processes_fetching_one_version_into_one_cache_both_get_a_whole_copy(local_bundle, tmp_path,
+                                                                               monkeypatch):
+    """Two Serve replicas of one node fetch the same version at the same moment (released together, a bundle of
+    several MB read in 64 KiB chunks so the downloads overlap): each downloads into a folder of its own, one
+    copy is renamed into place, and both get it, verified, with nothing left behind."""
+    import subprocess
+    import sys
+    import time
+
+    from live_server import s3_bucket
+
+    for k, v in _CREDENTIALS.items():
+        monkeypatch.setenv(k, v)
+    (local_bundle / "ranker" / "model.pt").write_bytes(np.random.default_rng(0).bytes(2 << 20))
+    seal(local_bundle, {"format": "prefmine-bundle/2", "version": "v-test-1"})
+    with s3_bucket("prefmine-fetch", "bundles") as bucket:
+        uri = storage.join(bucket, "v1")
+        store.publish(local_bundle, uri)
+        cache, go = tmp_path / "cache", tmp_path / "go"
+        ready = [tmp_path / f"ready-{i}" for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-c", _FETCHER, uri, str(cache), str(r), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in ready):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate() for p in procs if p.poll() is not None]
+            time.sleep(0.01)
+        go.touch()
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(paths) == 1, outs
+    local = paths.pop()
+    assert tree(Path(local)) == tree(local_bundle)
+    assert [p.name for p in cache.iterdir()] == [Path(local).name]  # no download folder left behind
+
+
+def test_a_replica_refuses_a_version_its_location_no_longer_holds(local_bundle, tmp_path, monkeypatch):
+    """serve.served.check_bundle_files, what every replica runs before it loads a version: a URI is fetched into
+    the node's cache ($PREFMINE_BUNDLE_CACHE); once another version is published there, a replica asked for the
+    old one refuses it instead of serving what the location holds now."""
+    from serve.served import BundleRef, StaleBundle, check_bundle_files
+
+    monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "node-cache"))
+    uri, _fs, _root = _uri_bundle(local_bundle, "moving")
+    local = check_bundle_files(BundleRef(uri, "v-test-1"))
+    assert Path(local).parent == (tmp_path / "node-cache").resolve() and tree(Path(local)) == tree(local_bundle)
+    seal(local_bundle, {"format": "prefmine-bundle/2", "version": "v-test-2"})
+    store.publish(local_bundle, uri)
+    with pytest.raises(StaleBundle, match="'v-test-2', not 'v-test-1'.*moved on"):
+        check_bundle_files(BundleRef(uri, "v-test-1"))
+    assert Path(check_bundle_files(BundleRef(uri, "v-test-2"))).name.endswith("v-test-2")
+
+
+def test_the_driver_checks_a_location_without_downloading_it(local_bundle, tmp_path, monkeypatch, capsys):
+    """`prefmine serve --bundle URI` checks the bundle there before Ray starts (serve.app.check_location, with
+    store.check_published): the manifest and a listing; a bundle lacking required parts, a file missing or of
+    another size is refused, and nothing is written to the cache."""
+    from serve.run import run_serve
+
+    monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "cache"))
+    uri, fs, root = _uri_bundle(local_bundle, "checked")
+    assert run_serve(uri, grpc_port=1) == 2  # this bundle has a ranker and a policy only
+    assert "lacks catalog, encoder" in capsys.readouterr().err
+    assert store.check_published(uri)["version"] == "v-test-1"
+    _rewrite(fs, f"{root}/ranker/model.pt", b"short")
+    with pytest.raises(IntegrityError, match=r"ranker/model\.pt has 5 bytes"):
+        store.check_published(uri)
+    fs.delete_file(f"{root}/policy/policy.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"policy/policy\.safetensors is listed in the manifest but missing"):
+        store.check_published(uri)
+    assert not (tmp_path / "cache").exists()

@@ -12,6 +12,6 @@ the changes into its dataset's items.
 from __future__ import annotations
 
 from prefmine.catalog.rows import CatalogChange, RowError, changes_digest, validate_rows
-from prefmine.catalog.state import CatalogState, fold_into_items
+from prefmine.catalog.state import CatalogState
 
-__all__ = ["CatalogChange", "CatalogState", "RowError", "changes_digest", "fold_into_items", "validate_rows"]
+__all__ = ["CatalogChange", "CatalogState", "RowError", "changes_digest", "validate_rows"]

@@ -80,16 +80,3 @@ class CatalogState:
         """The items table (`item` plus the catalogue fields), one row per held item."""
         rows = [{"item": item, **fields} for item, fields in self.items.items()]
         return pd.DataFrame(rows, columns=["item", *DEFAULTS])
-
-
-def fold_into_items(items: pd.DataFrame, changes: Iterable[CatalogChange]) -> pd.DataFrame:
-    """A dataset's items table with the logged changes folded in: upserted items updated or appended, retired
-    items dropped. The next bundle trained from it holds the new items and not the retired ones. Columns of
-    `items` that are not catalogue fields are kept for the items they describe (missing for new items)."""
-    state = CatalogState(items)
-    state.apply(changes)
-    folded = state.to_frame()
-    extra = [c for c in items.columns if c not in folded.columns]
-    if extra:
-        folded = folded.merge(items[["item", *extra]].astype({"item": str}), on="item", how="left")
-    return folded.reset_index(drop=True)

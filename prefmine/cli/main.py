@@ -119,12 +119,11 @@ def _serve(a) -> int:
     missing = [opt for opt, v in (("--bundle", a.bundle), ("--grpc-port", a.grpc_port)) if v is None]
     if missing:
         a.parser.error(f"the following arguments are required: {', '.join(missing)}")
-    from prefmine.store import fetch, is_uri
     from serve.run import run_serve
 
-    bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle  # a cloud URI: downloaded once per version
+    # a URI is checked here from its manifest; every replica fetches it into its own node's cache (serve.served)
     tls = {"cert_file": a.tls_cert, "key_file": a.tls_key, "client_ca_file": a.tls_client_ca}
-    return run_serve(bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
+    return run_serve(a.bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
                      metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
                      reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst,
                      tombstones=a.tombstones, experiment=a.experiment, placement=a.placement)
@@ -306,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
 
     sv = sub.add_parser("serve", help="serve a bundle over gRPC with Ray Serve")
-    sv.add_argument("--bundle", help="model bundle directory or URI (required to serve)")
+    sv.add_argument("--bundle", help="model bundle directory, or URI (s3://bucket/prefix, gs://, hdfs://: every "
+                                     "replica fetches it into its node's cache, $PREFMINE_BUNDLE_CACHE or "
+                                     "~/.cache/prefmine/bundles; no disk shared with this machine) (required to "
+                                     "serve)")
     sv.add_argument("--grpc-port", type=int, help="port of Serve's gRPC proxy (required to serve)")
     sv.add_argument("--api-keys-file", default=None,
                     help="hashed API keys, `name scopes sha256:<hex>` a line (`prefmine serve keys add`); clients "
@@ -322,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tls-key", help="PEM private key of --tls-cert")
     sv.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
     sv.add_argument("--feedback-db", default=None,
-                    help="SQLite file or postgresql:// DSN RecordFeedback appends to (default: feedback.sqlite beside the bundle)")
+                    help="SQLite file or postgresql:// DSN RecordFeedback appends to (default: feedback.sqlite beside the bundle; several nodes: a postgresql:// DSN)")
     sv.add_argument("--tombstones", default=None,
                     help="list of erased pseudonyms (`data forget`) the server stops answering for within seconds "
                          "(default: $PREFMINE_TOMBSTONES, else FEEDBACK_DB.tombstones beside a SQLite feedback db)")

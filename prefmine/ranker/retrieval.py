@@ -78,12 +78,14 @@ class RetrievalConfig:
                 raise ValueError(f"retrieval {name} must be below 2**31, got {value!r}")
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "retrieval config") -> RetrievalConfig:
+    def from_dict(cls, d: dict, where: str = "retrieval config", ignore_unknown: bool = False) -> RetrievalConfig:
+        """The config a dict names; an unknown field is an error, or, with ``ignore_unknown`` (a bundle's
+        recorded config, which another version of this code may have written), left out."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
-        if unknown:
+        if unknown and not ignore_unknown:
             raise ValueError(f"{where}: unknown retrieval field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def resolve_kind(cfg: RetrievalConfig, n: int) -> str:

@@ -9,6 +9,7 @@ popularity or similarity, Search's pool), with the item vectors MMR needs given 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -73,10 +74,10 @@ def allowed_mask(attrs: ItemAttributes, rules: Rules, history: Sequence[int] = (
 def ruled_selection(scores: np.ndarray, candidates: np.ndarray, attrs: ItemAttributes, rules: Rules, k: int,
                     vectors: CandidateVectors | None = None, history: Sequence[int] = (),
                     exclude: Sequence[int] = (), history_ts: Sequence[float] = (),
-                    now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    now: float | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(items, rule scores): ``prefmine.rules.select`` over ``candidates`` (item indices) with ``scores``, the
     candidates in ``exclude`` left out first (pinned ones included). ``vectors`` must hold every candidate's
-    vector when the rules ask for MMR."""
+    vector when the rules ask for MMR; ``mask``, select's, when the caller has it."""
     candidates = np.asarray(candidates, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)
     if len(exclude):
@@ -87,21 +88,27 @@ def ruled_selection(scores: np.ndarray, candidates: np.ndarray, attrs: ItemAttri
         if len(pins) != len(rules.pins):
             rules = replace(rules, pins=pins)
     return select(scores, attrs, rules, k, candidates=candidates, item_vectors=vectors, history=history,
-                  history_ts=history_ts, now=now)
+                  history_ts=history_ts, now=now, mask=mask)
 
 
 async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int, first: int, fetch,
                     vectors_of=None, history: Sequence[int] = (), exclude: Sequence[int] = (),
-                    history_ts: Sequence[float] = (), now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    history_ts: Sequence[float] = (), now: float | None = None,
+                    allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(items, rule scores): ``ruled_selection`` over the best candidates ``await fetch(n)`` gives (item indices
     and scores, best first, only items the rules allow, of which ``available`` exist). n starts at ``first``
     (what Recommend asks the ranker for) and grows fourfold while a category cap leaves fewer than k and more
     items qualify, so k come back whenever k qualify, and while a kind's quota is short of items of that kind
-    that qualify. ``await vectors_of(items)``: the candidates' item vectors, asked only for MMR."""
+    that qualify. ``await vectors_of(items)``: the candidates' item vectors, asked only for MMR. ``allowed``:
+    ``allowed_mask`` of these arguments when the caller has it; computed once here otherwise, and used by every
+    round's selection (the excluded items it leaves out are never candidates there either)."""
     n = min(int(first), int(available))
+    if allowed is None:
+        now = time.time() if now is None else float(now)  # the same time for the mask and the freshness
+        allowed = allowed_mask(attrs, rules, history, exclude, history_ts, now)
     by_kind: dict[str, int] = {}
     if rules.kind_quota:
-        kinds = attrs.kind[allowed_mask(attrs, rules, history, exclude, history_ts, now)]
+        kinds = attrs.kind[allowed]
         by_kind = {kind: int((kinds == kind).sum()) for kind in rules.kind_quota}
     while True:
         if n > 0:
@@ -114,7 +121,8 @@ async def ruled_top(attrs: ItemAttributes, rules: Rules, k: int, available: int,
             if vectors_of is None:
                 raise ValueError("diversity 'mmr' needs vectors_of")
             vectors = CandidateVectors(idx, await vectors_of(idx))
-        items, picked = ruled_selection(scores, idx, attrs, rules, k, vectors, history, exclude, history_ts, now)
+        items, picked = ruled_selection(scores, idx, attrs, rules, k, vectors, history, exclude, history_ts, now,
+                                        allowed)
         if (len(items) >= k and not quota_short(items, attrs, rules, by_kind)) or n >= available:
             return items, picked
         n = min(int(available), 4 * max(n, 1))
