@@ -1,0 +1,88 @@
+"""The suite on two pytest-xdist workers (`pytest -n 2 --dist loadgroup`, the README's test command).
+
+Each test module goes whole, in collection order, to one of two groups, and xdist's `loadgroup` gives each
+group to one worker:
+
+- "bundle": the worker that trains the session's tiny bundle (in the background, tests/conftest.py), with the
+  fast modules, which run while it trains, and every module that shares a session server with others
+  (`server_proc`, `ray_head`, `ray_head_token`) or reads the training job's record (`tiny_bundle_job`): a
+  session server lives in one process, and stopping it after its last user needs that user's worker to know it.
+- "solo": the other slow modules. Each brings its own Ray, servers or cluster; those that serve the tiny
+  bundle wait for it to be handed over by the "bundle" worker through a file (`write_handoff` / `wait_for_handoff`)
+  instead of training one of their own.
+
+Without xdist (a plain `pytest`, or `-p no:xdist`) the groups mean nothing: one process runs every module and
+trains the bundle itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+BUNDLE, SOLO = "bundle", "solo"
+# fixtures whose state lives in the process that started them: their users stay on the "bundle" worker
+SHARED_FIXTURES = {"server_proc", "ray_head", "ray_head_token", "tiny_bundle_job"}
+# slow modules moved to the "bundle" worker to even out the two workers' times: by the rules above it would get
+# about a third of the suite's time (docs/testing.md has the durations these were chosen from)
+BUNDLE_WORKER_MODULES = {"test_resume", "test_serve_feedback", "test_update_loop"}
+
+
+def under_xdist() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def module_of(item) -> str:
+    return item.module.__name__ if item.module else ""
+
+
+def assign_groups(items, is_slow) -> dict[str, str]:
+    """module name -> group (see the module docstring); `is_slow(module_items)` says whether a module is slow."""
+    by_module: dict[str, list] = {}
+    for it in items:
+        by_module.setdefault(module_of(it), []).append(it)
+    groups = {}
+    for module, tests in by_module.items():
+        shared = any(SHARED_FIXTURES & set(getattr(it, "fixturenames", ())) for it in tests)
+        moved = module.rsplit(".", 1)[-1] in BUNDLE_WORKER_MODULES
+        groups[module] = BUNDLE if shared or moved or not is_slow(tests) else SOLO
+    return groups
+
+
+def group_of(item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark and mark.args else None
+
+
+def trainer_group(items) -> str:
+    """The group whose worker trains the tiny bundle: "bundle" when any of its tests is selected, else "solo"
+    (then that worker trains for itself, as a single process would)."""
+    return BUNDLE if any(group_of(it) == BUNDLE for it in items) else SOLO
+
+
+def handoff_path(tmp_path_factory, config) -> Path:
+    """The file through which the trainer hands the tiny bundle to the other worker: beside both workers' temp
+    roots (xdist gives each worker <root>/popen-gwN), named by the run's xdist id so a reused root is never read."""
+    run = getattr(config, "workerinput", {}).get("testrunuid", "local")
+    return tmp_path_factory.getbasetemp().parent / f"tiny-bundle-{run}.json"
+
+
+def write_handoff(path: Path, bundle: Path | None, error: str | None) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"bundle": str(bundle) if bundle else None, "error": error}))
+    os.replace(tmp, path)
+
+
+def wait_for_handoff(path: Path, timeout_s: float = 3600.0) -> Path:
+    """The bundle the trainer handed over; raises its error, or after `timeout_s` without a handoff."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no tiny bundle handed over in {path} after {timeout_s:.0f} s")
+        time.sleep(2.0)
+    got = json.loads(path.read_text())
+    if got.get("error"):
+        raise RuntimeError("the tiny bundle's training on the other worker failed:\n" + got["error"])
+    return Path(got["bundle"])
