@@ -163,6 +163,11 @@ def needs_tiny_bundle(items) -> bool:
 _WORKER: dict = {}  # "group": the xdist group of this worker's first test (tests/workers.py)
 
 
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and not workers.under_xdist():  # the controller (or a plain run)
+        config.pluginmanager.register(workers.SchedulerPlugin(), "prefmine-group-scheduling")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     _WORKER.setdefault("group", workers.group_of(item))
@@ -488,6 +493,7 @@ def _fast_modules_first(items) -> None:
     items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which names each test's group from these markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -508,3 +514,5 @@ def pytest_collection_modifyitems(config, items):
             items, lambda tests: needs_tiny_bundle(tests) or any(it.get_closest_marker("slow") for it in tests))
         for item in items:
             item.add_marker(pytest.mark.xdist_group(groups[workers.module_of(item)]))
+        if workers.under_xdist():  # for the controller's scheduler (workers.GroupScheduling)
+            workers.write_groups(workers.groups_path(config._tmp_path_factory.getbasetemp()), items)

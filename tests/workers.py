@@ -1,7 +1,7 @@
-"""The suite on two pytest-xdist workers (`pytest -n 2 --dist loadgroup`, the README's test command).
+"""The suite on two pytest-xdist workers (`pytest -n 2`, the README's test command).
 
-Each test module goes whole, in collection order, to one of two groups, and xdist's `loadgroup` gives each
-group to one worker:
+Each test module goes whole, in collection order, to one of two groups, and `group_scheduling` gives each group
+to one worker:
 
 - "bundle": the worker that trains the session's tiny bundle (in the background, tests/conftest.py), with the
   fast modules, which run while it trains, and every module that shares a session server with others
@@ -13,6 +13,11 @@ group to one worker:
 
 Without xdist (a plain `pytest`, or `-p no:xdist`) the groups mean nothing: one process runs every module and
 trains the bundle itself.
+
+The groups are decided where the tests are collected, in the workers (they depend on the fixtures each module
+uses), and written to a file the controller's scheduler reads (`write_groups`, `group_scheduling`). xdist's own
+`--dist loadgroup` would do this with `xdist_group` markers, but it renames test ids in a way pytest 9 no longer
+allows, and then silently spreads every test over both workers.
 """
 
 from __future__ import annotations
@@ -60,6 +65,49 @@ def trainer_group(items) -> str:
     """The group whose worker trains the tiny bundle: "bundle" when any of its tests is selected, else "solo"
     (then that worker trains for itself, as a single process would)."""
     return BUNDLE if any(group_of(it) == BUNDLE for it in items) else SOLO
+
+
+GROUPS_FILE = "xdist-groups.json"
+
+
+def groups_path(worker_basetemp: Path) -> Path:
+    """Beside the workers' temp roots: the controller's basetemp (xdist gives each worker <it>/popen-gwN)."""
+    return Path(worker_basetemp).parent / GROUPS_FILE
+
+
+def write_groups(path: Path, items) -> None:
+    """Module file -> group of the collected items, written atomically (every worker writes the same)."""
+    groups = {it.nodeid.split("::", 1)[0]: group_of(it) for it in items}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(groups, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class SchedulerPlugin:
+    """Registered on the xdist controller: its scheduler is `group_scheduling`'s, whatever --dist says."""
+
+    @staticmethod
+    def pytest_xdist_make_scheduler(config, log):
+        return group_scheduling(config, log)
+
+
+def group_scheduling(config, log):
+    """xdist's LoadScopeScheduling with one scope per group (written by the workers at collection): each group
+    goes whole, in collection order, to one worker. A module the file does not name is a scope of its own.
+    (Built here, not at import, so that the suite still imports where xdist is not installed.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    path = Path(config._tmp_path_factory.getbasetemp()) / GROUPS_FILE
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if getattr(self, "_groups", None) is None:
+                self._groups = json.loads(path.read_text()) if path.is_file() else {}
+            module = nodeid.split("::", 1)[0]
+            group = self._groups.get(module)
+            return f"group:{group}" if group else module
+
+    return GroupScheduling(config, log)
 
 
 def handoff_path(tmp_path_factory, config) -> Path:
