@@ -233,12 +233,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def free_direct_port(avoid: int) -> int:
-    """The start of a run of free ports for direct ingress replicas (serve.run.DIRECT_INGRESS_REPLICA_PORTS)."""
+    """The start of a run of free ports for direct ingress replicas (serve.run.DIRECT_INGRESS_REPLICA_PORTS),
+    scanning up from $PREFMINE_DIRECT_PORT_FIRST (default 42000) to 60000. Processes that start servers at the
+    same time (the test suite's two workers) scan from different places: a run found free is only bound once the
+    server is up, so two scans from the same start could both pick it."""
     import socket
 
     from serve.run import DIRECT_INGRESS_REPLICA_PORTS
 
-    for start in range(42000, 60000, DIRECT_INGRESS_REPLICA_PORTS):
+    first = int(os.environ.get("PREFMINE_DIRECT_PORT_FIRST", "42000"))
+    for start in range(first, 60000, DIRECT_INGRESS_REPLICA_PORTS):
         if start <= avoid < start + DIRECT_INGRESS_REPLICA_PORTS:
             continue
         try:

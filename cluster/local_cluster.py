@@ -90,12 +90,17 @@ def ray_head_node(num_cpus: int = 2, env: dict[str, str] | None = None, ready_on
     as a group at the end so that the session's other Ray instances are left alone (`ray stop` would stop every
     Ray on the machine). Yields (dashboard address, GCS port). `env` is added to this process's environment
     (e.g. RAY_AUTH_MODE=token and its token path); ``ready_on_http_error``: a dashboard that answers with an
-    HTTP error (an auth refusal) counts as up. `temp_dir` (Ray's default /tmp/ray if None) and `cwd`: the node's
-    own temp and working directories; `resources`: custom resources the head advertises."""
+    HTTP error (an auth refusal) counts as up. `temp_dir` and `cwd`: the node's own temp and working directories
+    (temp_dir None: a new one under /tmp, removed at the end; never Ray's default /tmp/ray, where `ray start`
+    records the machine's "current cluster", which a plain ray.init() or `prefmine serve` without an address
+    elsewhere on the machine would then join); `resources`: custom resources the head advertises."""
+    own_temp = temp_dir is None
+    if own_temp:
+        temp_dir = Path(tempfile.mkdtemp(prefix="pm-head-", dir="/tmp"))  # short: Ray's socket paths live in it
     dash, gcs, client, *node = free_ports(7)
     ports = ["--port", str(gcs), "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
              *_node_ports(node)]
-    where = ["--temp-dir", str(temp_dir)] if temp_dir else []
+    where = ["--temp-dir", str(temp_dir)]
     where += ["--resources", json.dumps(resources)] if resources else []
     proc = _start_ray(["--head", "--num-cpus", str(num_cpus), "--include-dashboard", "true",
                        "--dashboard-host", "127.0.0.1", *ports, *where], env, cwd)
@@ -118,11 +123,13 @@ def ray_head_node(num_cpus: int = 2, env: dict[str, str] | None = None, ready_on
         yield address, gcs
     finally:
         stop_node(proc)
-        # `ray start` recorded this head as the machine's current cluster; `ray stop` would remove the record, a
-        # group kill does not, and a later plain ray.init() would try to join the dead head
-        current = Path(temp_dir or "/tmp/ray") / "ray_current_cluster"
+        # `ray start` recorded this head as its temp dir's current cluster; `ray stop` would remove the record, a
+        # group kill does not, and a later ray.init() reading it would try to join the dead head
+        current = Path(temp_dir) / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
             current.unlink()
+        if own_temp:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def alive_nodes(address: str) -> dict[str, dict[str, float]]:

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-test-key")
+# each xdist worker looks for direct-ingress ports in its own half of 42000-60000 (bench.serve_latency)
+os.environ.setdefault("PREFMINE_DIRECT_PORT_FIRST", str(workers.direct_port_first()))
 
 
 def data_root() -> Path:

@@ -39,6 +39,14 @@ def under_xdist() -> bool:
     return bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
 
+def direct_port_first() -> int:
+    """Where this worker's search for free direct-ingress ports starts: gw0 at 42000, gw1 at 51008 (two halves of
+    bench.serve_latency.free_direct_port's range, so servers the two workers start at once never pick the same)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    return 42000 + 9008 * (n % 2)
+
+
 def module_of(item) -> str:
     return item.module.__name__ if item.module else ""
 
