@@ -241,8 +241,13 @@ def tiny_bundle(request) -> Path:
     chose), on Magazine 5-core; trained once per session by `tiny_bundle_job`, or under xdist taken from the
     worker that trained it."""
     if not trains_bundle_here(request.session.items):
-        return workers.wait_for_handoff(workers.handoff_path(request.getfixturevalue("tmp_path_factory"),
-                                                             request.config))
+        import shutil
+
+        factory = request.getfixturevalue("tmp_path_factory")
+        handed = workers.wait_for_handoff(workers.handoff_path(factory, request.config))
+        own = factory.mktemp("bundles") / handed.name  # a copy of its own: a test here that writes into the
+        shutil.copytree(handed, own, symlinks=True)  # bundle (evaluate's reports) never changes the other's
+        return own
     job = request.getfixturevalue("tiny_bundle_job")
     failure = job_failure(job)
     assert failure is None, failure
