@@ -1,4 +1,4 @@
-"""The suite on two pytest-xdist workers, optional (`pytest -q -n 2`; the README.s test command runs one process).
+"""The suite on two pytest-xdist workers, optional (`pytest -q -n 2`; the README's test command runs one process).
 
 Each test module goes whole, in collection order, to one of two groups, and `group_scheduling` gives each group
 to one worker:
