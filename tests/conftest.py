@@ -500,7 +500,7 @@ def _fast_modules_first(items) -> None:
     items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which names each test's group from these markers
+@pytest.hookimpl(tryfirst=True)  # markers first: any later hook (xdist's own) sees the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -521,5 +521,5 @@ def pytest_collection_modifyitems(config, items):
             items, lambda tests: needs_tiny_bundle(tests) or any(it.get_closest_marker("slow") for it in tests))
         for item in items:
             item.add_marker(pytest.mark.xdist_group(groups[workers.module_of(item)]))
-        if workers.under_xdist():  # for the controller's scheduler (workers.GroupScheduling)
+        if workers.under_xdist():  # for the controller's scheduler (workers.group_scheduling)
             workers.write_groups(workers.groups_path(config._tmp_path_factory.getbasetemp()), items)
