@@ -23,6 +23,8 @@ from prefmine.bundle import is_published
 pytestmark = pytest.mark.slow
 
 RESOURCE = "worker_node"
+HEAD_RESOURCE = "head_node"  # the node-loss test's uninterrupted run goes there, away from the node it kills
+NODE_LOSS_EPOCHS = 4
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 for _k, _v in CREDENTIALS.items():  # this process reads the bucket too (see tests/test_storage.py)
     os.environ.setdefault(_k, _v)
@@ -46,11 +48,11 @@ def bucket():
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory, bucket):
-    """A head (2 CPUs: room for the training workers, were they not told to go elsewhere) and one worker node
-    (2 CPUs, `worker_node: 2`); metrics exported every second (the serve test reads per-replica counters)."""
+    """A head (2 CPUs: room for the training workers, were they not told to go elsewhere; `head_node: 1`) and one
+    worker node (2 CPUs, `worker_node: 2`); metrics exported every second (the serve test reads per-replica counters)."""
     env = {**CREDENTIALS, "RAY_metrics_report_interval_ms": str(int(METRICS_REPORT_S * 1000))}
     with ray_cluster(tmp_path_factory.mktemp("cluster"), head_cpus=2, workers=((2, {RESOURCE: 2}),),
-                     env=env) as cluster:
+                     env=env, head_resources={HEAD_RESOURCE: 1}) as cluster:
         yield cluster
 
 
@@ -98,16 +100,16 @@ def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object
     assert is_published(out)
 
 
-# tests/test_resume.py's run (its task, 6 epochs, a checkpoint every epoch), as a job whose workers need RESOURCE
-# and whose run storage is the bucket; run from the job's working_dir (this tree, tests/ included)
+# tests/test_resume.py's run (its task, a checkpoint every epoch) as a job whose workers need the custom resource
+# argv[3] and whose run storage is the bucket; run from the job's working_dir (this tree, tests/ included)
 RESUME_DRIVER = f"""
 import sys
 sys.path.insert(0, "tests")
 from test_resume import _task
 from cluster.ds_train import DistConfig, train
 dist = DistConfig(num_workers=1, checkpoint_every=1, max_failures=2, log_every=1000,
-                  worker_resources={{"{RESOURCE}": 1}})
-train(_task(), sys.argv[1], sys.argv[2], dist)
+                  worker_resources={{sys.argv[3]: 1}})
+train(_task({NODE_LOSS_EPOCHS}), sys.argv[1], sys.argv[2], dist)
 """
 
 
@@ -149,27 +151,41 @@ def final_checkpoint(uri: str, name: str) -> tuple[dict, list]:
         return state, json.loads(f.read().decode())["history"]
 
 
-def run_job(cluster, name: str, uri: str, wait: bool = True):
-    """Submit RESUME_DRIVER for run `name` through `prefmine jobs submit`; the job id (waited for if `wait`)."""
-    r = prefmine_cli("jobs", "submit", "--address", cluster.address, *(["--wait", "--timeout", "900"] if wait
-                     else []), "--", "python", "-c", RESUME_DRIVER, name, uri, timeout=960)
+def run_job(cluster, name: str, uri: str, resource: str) -> str:
+    """Submit RESUME_DRIVER for run `name`, its worker on a node with `resource`, through `prefmine jobs submit`
+    without waiting; the job id."""
+    r = prefmine_cli("jobs", "submit", "--address", cluster.address, "--", "python", "-c", RESUME_DRIVER, name, uri,
+                     resource, timeout=960)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r.stdout.split()[1]
+
+
+def wait_job(client, job: str, started: float, timeout_s: float = 900) -> None:
+    """Wait until `job` ends and assert it succeeded."""
+    import time
+
+    while str(client.get_job_status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() - started < timeout_s, f"job {job} did not end in {timeout_s:.0f} s"
+        time.sleep(2)
+    assert str(client.get_job_status(job)) == "SUCCEEDED", client.get_job_logs(job)[-4000:]
 
 
 def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_object_store(two_nodes, bucket):
     """Kill the worker node's raylet after the first registered checkpoint, start a replacement node with the
     same resource: Ray Train restarts the worker group there from the checkpoint in the bucket and ends on the
-    weights of an uninterrupted run."""
+    weights of an uninterrupted run (the same task on the head node at the same time, so the test waits for one
+    run, not two in a row)."""
     import time
 
     import torch
     from ray.job_submission import JobSubmissionClient
-    from test_resume import EPOCHS, registered_checkpoint
+    from test_resume import registered_checkpoint
 
     uri = storage.join(bucket, "resume")
-    run_job(two_nodes, "uninterrupted", uri)
-    job = run_job(two_nodes, "node-lost", uri, wait=False)
+    client = JobSubmissionClient(two_nodes.address)
+    started = time.monotonic()
+    clean_job = run_job(two_nodes, "uninterrupted", uri, HEAD_RESOURCE)
+    job = run_job(two_nodes, "node-lost", uri, RESOURCE)
     snapshot = StoredFile(storage.join(uri, "node-lost", "checkpoint_manager_snapshot.json"))
     deadline = time.time() + 600
     while not registered_checkpoint(snapshot):
@@ -187,11 +203,8 @@ def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_o
         assert time.monotonic() - t_kill < 600, "no checkpoint after the kill in 600 s"
         time.sleep(0.5)
     recovered = time.monotonic() - t_kill
-    client = JobSubmissionClient(two_nodes.address)
-    while str(client.get_job_status(job)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        assert time.monotonic() - t_kill < 900, "the job did not end in 900 s after the kill"
-        time.sleep(2)
-    assert str(client.get_job_status(job)) == "SUCCEEDED", client.get_job_logs(job)[-4000:]
+    wait_job(client, job, t_kill)
+    wait_job(client, clean_job, started)
 
     trainers = actors_by_class(two_nodes.address, "RayTrainWorker")
     assert replacement.node_id in {a.node_id for a in trainers}, trainers  # the group restarted there
@@ -199,7 +212,7 @@ def test_losing_the_worker_node_mid_training_resumes_on_a_replacement_from_the_o
     b, history = final_checkpoint(uri, "node-lost")
     print(f"node lost: replacement joined {joined:.1f} s after the kill, first checkpoint after the kill "
           f"{recovered:.1f} s after it (the last epoch took {history[-1]['epoch_seconds']:.1f} s)")
-    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert [h["epoch"] for h in history] == list(range(NODE_LOSS_EPOCHS))
     assert history[-1]["restarts"] >= 1 and clean_history[-1]["restarts"] == 0
     for k in a:  # as tests/test_resume.py: the same data order and optimizer state after the restart
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -25,8 +25,8 @@ from prefmine.text.tasks import RatingTask
 EPOCHS = 6
 
 
-def _task() -> RatingTask:
-    cfg = EncoderConfig(finetune_epochs=EPOCHS, batch_size=16, finetune_lr=1e-3, seed=11)
+def _task(epochs: int = EPOCHS) -> RatingTask:
+    cfg = EncoderConfig(finetune_epochs=epochs, batch_size=16, finetune_lr=1e-3, seed=11)
     rng = np.random.default_rng(1)
     ids = rng.integers(5, 200, size=(1024, 24))
     ratings = (ids[:, 0] % 5 + 1).astype(np.float32)

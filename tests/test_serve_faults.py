@@ -1,18 +1,11 @@
-"""The server under load: a replica killed, a new bundle version rolled in, while clients keep calling.
+"""The server under load: a broken version rolled in and refused, a good one rolled in, a replica killed, while
+clients keep calling.
 
-Each test has its own server (tests/test_serve.py's start_server: `run_serve` in a subprocess with its own Ray)
-and eight client threads calling Recommend for known users in a loop (``Load``).
-
-* Fault: the ranker replica's process (Ray names it ``ServeReplica:prefmine:RankerDeployment``) is killed with
-  SIGKILL mid-load; the load goes on until the controller's replacement has answered for a while. The ingress
-  retries a call whose replica died (serve.app.RecommenderIngress._call), so no client request may fail; the
-  test prints the requests during the outage, the slowest answer and the time to recover.
-* Rollout: the server's ``--bundle`` is a symlink; it is pointed at a second version and the server gets SIGHUP
-  (serve.run.rollout). No request may fail, every answer names one of the two versions, none after the switch
-  the old one, ModelInfo reports the new version, and no replica was restarted (a lightweight update).
-* Refused rollout: the same with a version whose ranker weights are garbage (it passes the checks, it does not
-  load): refused by the replicas, the old version answers throughout, then a good version goes in normally.
-"""
+One server (tests/test_serve.py's start_server: `run_serve` in a subprocess with its own Ray) and eight client
+threads calling Recommend for known users in a loop (``Load``) through the whole scenario, so the server's start
+and its steady state are paid once. Rollouts: the server's ``--bundle`` is a symlink pointed at another version
+before a SIGHUP (serve.run.rollout). The test prints the requests during each event, the latency of the switch
+and the time the replacement replica took to answer."""
 
 from __future__ import annotations
 
@@ -108,103 +101,62 @@ def _latency_ms(calls, q: float) -> float:
     return float(np.percentile([1e3 * (c[1] - c[0]) for c in calls], q)) if calls else float("nan")
 
 
-@pytest.mark.slow
-def test_killing_a_ranker_replica_under_load_fails_no_request(bundle_path, tmp_path):
-    users = known_users(bundle_path)
-    sp = start_server(bundle_path, _keys(tmp_path), tmp_path / "feedback.sqlite")
-    try:
-        (victim,) = replica_pids(sp.proc.pid, RANKER_TITLE)
-        with Load(sp.addr, users) as load:
-            time.sleep(5)  # steady state first
-            t_kill = time.monotonic()
-            os.kill(victim, signal.SIGKILL)
-            replacement, t_up = None, None
-            while time.monotonic() - t_kill < 120:
-                pids = [p for p in replica_pids(sp.proc.pid, RANKER_TITLE) if p != victim]
-                if pids:
-                    replacement = pids[0]
-                    break
-                time.sleep(0.2)
-            assert replacement, "no replacement ranker replica within 120 s:\n" + "".join(sp.lines[-40:])
-            # the replacement is up once a request that started after it appeared has succeeded, then more load
-            t_seen = time.monotonic()
-            while time.monotonic() - t_seen < 60:
-                with load.lock:
-                    done = [c for c in load.calls if c[0] > t_seen and c[2]]
-                if len(done) >= 20:
-                    t_up = min(c[1] for c in done)
-                    break
-                time.sleep(0.2)
-            time.sleep(3)
-        calls = load.calls
-        failed = [c for c in calls if not c[2]]
-        during = [c for c in calls if c[0] <= (t_up or t_kill) and c[1] >= t_kill]
-        slowest = max((c[1] - c[0] for c in during), default=0.0)
-        print(f"replica kill: {len(calls)} requests, {len(failed)} failed "
-              f"({sorted({c[3] for c in failed})}), {len(during)} in flight or sent during the outage, slowest "
-              f"{slowest:.2f} s; replacement process after {t_seen - t_kill:.1f} s, answering after "
-              f"{(t_up - t_kill) if t_up else float('nan'):.1f} s")
-        assert t_up is not None, "the replacement never answered"
-        assert not failed, f"{len(failed)} of {len(calls)} requests failed: {sorted({c[3] for c in failed})}"
-        assert victim not in _session_pids(sp.proc.pid)
-    finally:
-        assert sp.stop() == 0, "".join(sp.lines[-40:])
+def roll_to(sp, current: Path, target: Path) -> str:
+    """Point the `current` symlink at `target` atomically (the server sees the old or the new version, never
+    neither), send SIGHUP, and return the server's line with the outcome of that rollout."""
+    markers = len(_rollout_lines(sp))
+    flip = current.with_name(current.name + ".next")
+    flip.symlink_to(target)
+    os.replace(flip, current)
+    t0 = time.monotonic()
+    sp.proc.send_signal(signal.SIGHUP)
+    while len(done := _rollout_lines(sp)) <= markers:
+        assert time.monotonic() - t0 < 300, "no rollout outcome within 300 s:\n" + "".join(sp.lines[-40:])
+        time.sleep(0.2)
+    return done[-1].strip()
+
+
+def _rollout_lines(sp) -> list[str]:
+    return [x for x in sp.lines if "prefmine serve: rolled out" in x or "rollout of" in x]
+
+
+def kill_a_ranker_replica(sp, load: Load) -> tuple[float, float]:
+    """SIGKILL the ranker replica under `load`; wait for the controller's replacement and for 20 requests sent
+    after it appeared to succeed. Returns (seconds to the replacement process, seconds to its first answer)."""
+    (victim,) = replica_pids(sp.proc.pid, RANKER_TITLE)
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    replacement = None
+    while time.monotonic() - t_kill < 120:
+        if pids := [p for p in replica_pids(sp.proc.pid, RANKER_TITLE) if p != victim]:
+            replacement = pids[0]
+            break
+        time.sleep(0.2)
+    assert replacement, "no replacement ranker replica within 120 s:\n" + "".join(sp.lines[-40:])
+    t_seen = time.monotonic()
+    while time.monotonic() - t_seen < 60:
+        with load.lock:
+            done = [c for c in load.calls if c[0] > t_seen and c[2]]
+        if len(done) >= 20:
+            assert victim not in _session_pids(sp.proc.pid)
+            return t_seen - t_kill, min(c[1] for c in done) - t_kill
+        time.sleep(0.2)
+    raise AssertionError("the replacement ranker replica never answered:\n" + "".join(sp.lines[-40:]))
 
 
 @pytest.mark.slow
-def test_rollout_of_a_new_bundle_version_under_load_fails_no_request(bundle_path, tmp_path):
+def test_under_load_a_broken_version_is_refused_a_good_one_rolls_in_and_a_killed_replica_is_replaced(
+        bundle_path, tmp_path):
+    """One server under eight client threads for the whole scenario, no request may fail:
 
-    from test_serve import replicas_started
-
-    from serve.client import model_info
-
-    dirs, names = bundle_versions(bundle_path, tmp_path / "bundles", {"old": "", "new": "-next"})
-    (old_dir, new_dir), (old_version, new_version) = dirs.values(), names.values()
-    current = tmp_path / "current"
-    current.symlink_to(old_dir)
-    users = known_users(bundle_path)
-
-    sp = start_server(current, _keys(tmp_path), tmp_path / "feedback.sqlite")
-    try:
-        replicas_before = replicas_started(sp)
-        with Load(sp.addr, users) as load:
-            time.sleep(5)
-            flip = tmp_path / "current.next"
-            flip.symlink_to(new_dir)
-            os.replace(flip, current)  # atomic: the server sees the old or the new version, never neither
-            t_hup = time.monotonic()
-            sp.proc.send_signal(signal.SIGHUP)
-            while not any("prefmine serve: rolled out" in x or "rollout of" in x for x in sp.lines):
-                assert time.monotonic() - t_hup < 300, "no rollout within 300 s:\n" + "".join(sp.lines[-40:])
-                time.sleep(0.2)
-            t_done = time.monotonic()
-            time.sleep(5)
-        line = next(x for x in sp.lines if "prefmine serve: rolled out" in x or "rollout of" in x)
-        print(line.strip())
-        assert "rolled out bundle " + new_version in line
-        calls = load.calls
-        failed = [c for c in calls if not c[2]]
-        during = [c for c in calls if c[1] >= t_hup and c[0] <= t_done]
-        print(f"rollout: {len(calls)} requests, {len(failed)} failed, {len(during)} during the {t_done - t_hup:.1f} s "
-              f"switch (p50 {_latency_ms(during, 50):.0f} ms, p99 {_latency_ms(during, 99):.0f} ms; before: p50 "
-              f"{_latency_ms([c for c in calls if c[1] < t_hup], 50):.0f} ms); answered by the new version "
-              f"{sum(c[4] == new_version for c in during)} of them")
-        assert not failed, f"{len(failed)} of {len(calls)} requests failed: {sorted({c[3] for c in failed})}"
-        assert {c[4] for c in calls} == {old_version, new_version}
-        assert all(c[4] == new_version for c in calls if c[0] > t_done), "the old version answered after the switch"
-        assert model_info(sp.addr, timeout=30, api_key=API_KEY).bundle_version == new_version
-        assert replicas_started(sp) == replicas_before, "the rollout restarted replicas"
-    finally:
-        assert sp.stop() == 0, "".join(sp.lines[-40:])
-
-
-@pytest.mark.slow
-def test_rollout_of_a_version_that_does_not_load_is_refused_and_the_old_one_serves_on(bundle_path, tmp_path):
-    """A version that passes the checks but whose ranker weights are garbage, rolled in under load: the ranker
-    replicas refuse it (serve.served.adopt), the ingress does not switch (it waits for every part to load the
-    version first), no request fails, none is answered by the broken version, no replica is restarted, and the
-    server says the rollout failed and what still serves. A good version rolled in afterwards then goes in
-    normally (the config was rolled back, nothing is stuck)."""
+    1. a version that passes the checks but whose ranker weights are garbage is rolled in: the ranker replicas
+       refuse it (serve.served.adopt), the ingress does not switch (it waits for every part to load the version
+       first), none is answered by it, and the server says the rollout failed and what still serves;
+    2. a good version is then rolled in normally (the config was rolled back, nothing is stuck): every answer
+       after the switch names it, ModelInfo reports it, and no replica was restarted (a lightweight update);
+    3. the ranker replica is SIGKILLed: the ingress retries calls whose replica died
+       (serve.app.RecommenderIngress._call), and the controller's replacement serves the rolled-in version (the
+       application's config follows each rollout, so a replica started later loads what is served)."""
 
     from test_serve import replicas_started
 
@@ -220,43 +172,39 @@ def test_rollout_of_a_version_that_does_not_load_is_refused_and_the_old_one_serv
     current.symlink_to(dirs["v1"])
     users = known_users(bundle_path)
 
-    def roll_to(name: str, marker_count: int) -> str:
-        flip = tmp_path / "current.next"
-        flip.symlink_to(dirs[name])
-        os.replace(flip, current)
-        t0 = time.monotonic()
-        sp.proc.send_signal(signal.SIGHUP)
-        while True:
-            done = [x for x in sp.lines if "prefmine serve: rolled out" in x or "rollout of" in x]
-            if len(done) > marker_count:
-                return done[-1].strip()
-            assert time.monotonic() - t0 < 300, "no rollout outcome within 300 s:\n" + "".join(sp.lines[-40:])
-            time.sleep(0.2)
-
     sp = start_server(current, _keys(tmp_path), tmp_path / "feedback.sqlite")
     try:
         replicas_before = replicas_started(sp)
         with Load(sp.addr, users) as load:
-            time.sleep(5)
-            refused = roll_to("broken", 0)
+            time.sleep(5)  # steady state first
+            refused = roll_to(sp, current, dirs["broken"])
             t_refused = time.monotonic()
-            time.sleep(5)
+            time.sleep(2)
             assert model_info(sp.addr, timeout=30, api_key=API_KEY).bundle_version == old_version
-            good = roll_to("v2", 1)
+            t_hup = time.monotonic()
+            good = roll_to(sp, current, dirs["v2"])
             t_good = time.monotonic()
-            time.sleep(3)
-        print(refused)
-        print(good)
-        assert "rollout of" in refused and "still serving" in refused and f"ModelInfo: {old_version}" in refused
-        assert "rolled out bundle " + names["v2"] in good
+            time.sleep(2)
+            assert model_info(sp.addr, timeout=30, api_key=API_KEY).bundle_version == names["v2"]
+            assert replicas_started(sp) == replicas_before, "a rollout restarted a replica"
+            to_process, to_answer = kill_a_ranker_replica(sp, load)
+            time.sleep(2)
         calls = load.calls
         failed = [c for c in calls if not c[2]]
-        print(f"refused rollout: {len(calls)} requests, {len(failed)} failed, "
-              f"{sum(1 for c in calls if c[0] <= t_refused)} before the refusal was reported")
+        switch = [c for c in calls if c[1] >= t_hup and c[0] <= t_good]
+        print(refused)
+        print(good)
+        print(f"{len(calls)} requests, {len(failed)} failed ({sorted({c[3] for c in failed})}); "
+              f"{sum(1 for c in calls if c[0] <= t_refused)} before the refusal was reported; {len(switch)} during "
+              f"the {t_good - t_hup:.1f} s switch to the good version (p50 {_latency_ms(switch, 50):.0f} ms, p99 "
+              f"{_latency_ms(switch, 99):.0f} ms; before: p50 {_latency_ms([c for c in calls if c[1] < t_hup], 50):.0f}"
+              f" ms); ranker replica killed: replacement process after {to_process:.1f} s, answering after "
+              f"{to_answer:.1f} s")
+        assert "rollout of" in refused and "still serving" in refused and f"ModelInfo: {old_version}" in refused
+        assert "rolled out bundle " + names["v2"] in good
         assert not failed, f"{len(failed)} of {len(calls)} requests failed: {sorted({c[3] for c in failed})}"
-        assert names["broken"] not in {c[4] for c in calls}
+        assert {c[4] for c in calls} == {old_version, names["v2"]}, "the broken version answered"
         assert {c[4] for c in calls if c[1] < t_refused} == {old_version}
-        assert all(c[4] == names["v2"] for c in calls if c[0] > t_good)
-        assert replicas_started(sp) == replicas_before, "a replica was restarted"
+        assert all(c[4] == names["v2"] for c in calls if c[0] > t_good), "the old version answered after the switch"
     finally:
         assert sp.stop() == 0, "".join(sp.lines[-40:])
