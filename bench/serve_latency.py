@@ -235,7 +235,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def free_direct_port(avoid: int) -> int:
     """The start of a run of free ports for direct ingress replicas (serve.run.DIRECT_INGRESS_REPLICA_PORTS),
     scanning up from $PREFMINE_DIRECT_PORT_FIRST (default 42000) to 60000. Processes that start servers at the
-    same time (the test suite's two workers) scan from different places: a run found free is only bound once the
+    same time should scan from different places: a run found free is only bound once the
     server is up, so two scans from the same start could both pick it."""
     import socket
 

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import workers
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-test-key")
-# each xdist worker looks for direct-ingress ports in its own half of 42000-60000 (bench.serve_latency)
-os.environ.setdefault("PREFMINE_DIRECT_PORT_FIRST", str(workers.direct_port_first()))
 
 
 def data_root() -> Path:
@@ -162,56 +159,25 @@ def needs_tiny_bundle(items) -> bool:
     return any(wanted & set(getattr(it, "fixturenames", ())) for it in items)
 
 
-_WORKER: dict = {}  # "group": the xdist group of this worker's first test (tests/workers.py)
-
-
-def pytest_configure(config):
-    if config.pluginmanager.hasplugin("xdist") and not workers.under_xdist():  # the controller (or a plain run)
-        config.pluginmanager.register(workers.SchedulerPlugin(), "prefmine-group-scheduling")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    _WORKER.setdefault("group", workers.group_of(item))
-
-
-def trains_bundle_here(items) -> bool:
-    """Whether this process trains the tiny bundle: always in a single process; under xdist, the worker of
-    workers.trainer_group (the other worker takes the bundle from the handoff file)."""
-    return not workers.under_xdist() or _WORKER.get("group") == workers.trainer_group(items)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def tiny_bundle_in_background(request):
     """Starts the tiny bundle's training job in a background thread at the session's first test when a selected
     test needs it. The tests that do not need it run first (pytest_collection_modifyitems), the Ray-free ones
-    first of all, so that most of the job's minutes overlap with them instead of adding to the suite's time.
-    Under xdist the job's outcome is also handed to the other worker (tests/workers.py)."""
+    first of all, so that most of the job's minutes overlap with them instead of adding to the suite's time."""
     import threading
-    import traceback
 
-    items = request.session.items
-    if needs_tiny_bundle(items) and trains_bundle_here(items):
+    if needs_tiny_bundle(request.session.items):
         args = (request.getfixturevalue("magazine5"), request.getfixturevalue("tmp_path_factory"))
-        handoff = workers.handoff_path(args[1], request.config) if workers.under_xdist() else None
 
         def run():
-            error = None
             try:
-                job = _BACKGROUND_JOB["result"] = train_tiny_bundle(*args)
-                error = job_failure(job)
+                _BACKGROUND_JOB["result"] = train_tiny_bundle(*args)
             except BaseException as e:  # handed to the first test that needs the bundle
                 _BACKGROUND_JOB["error"] = e
-                error = "".join(traceback.format_exception(e))
-            if handoff is not None:
-                workers.write_handoff(handoff, None if error else _BACKGROUND_JOB["result"].bundle, error)
 
         thread = _BACKGROUND_JOB["thread"] = threading.Thread(target=run, name="tiny-bundle-job", daemon=True)
         thread.start()
     yield
-    thread = _BACKGROUND_JOB.get("thread")
-    if thread is not None and workers.under_xdist():
-        thread.join()  # the other worker may still wait for the handoff after this worker's own tests are done
 
 
 def job_failure(job: SubmittedPipeline) -> str | None:
@@ -236,19 +202,10 @@ def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(request) -> Path:
+def tiny_bundle(tiny_bundle_job) -> Path:
     """A real bundle: encoder (MLM + rating), fused and ID-only rankers, DQN policy (or the heuristic its gate
-    chose), on Magazine 5-core; trained once per session by `tiny_bundle_job`, or under xdist taken from the
-    worker that trained it."""
-    if not trains_bundle_here(request.session.items):
-        import shutil
-
-        factory = request.getfixturevalue("tmp_path_factory")
-        handed = workers.wait_for_handoff(workers.handoff_path(factory, request.config))
-        own = factory.mktemp("bundles") / handed.name  # a copy of its own: a test here that writes into the
-        shutil.copytree(handed, own, symlinks=True)  # bundle (evaluate's reports) never changes the other's
-        return own
-    job = request.getfixturevalue("tiny_bundle_job")
+    chose), on Magazine 5-core; trained once per session by `tiny_bundle_job`."""
+    job = tiny_bundle_job
     failure = job_failure(job)
     assert failure is None, failure
     return job.bundle
@@ -500,7 +457,6 @@ def _fast_modules_first(items) -> None:
     items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
 
 
-@pytest.hookimpl(tryfirst=True)  # markers first: any later hook (xdist's own) sees the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -516,10 +472,3 @@ def pytest_collection_modifyitems(config, items):
     _fast_modules_first(items)
     for fixture in ("ray_head", "server_proc"):
         _group_modules(items, fixture)
-    if config.pluginmanager.hasplugin("xdist"):
-        groups = workers.assign_groups(
-            items, lambda tests: needs_tiny_bundle(tests) or any(it.get_closest_marker("slow") for it in tests))
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(groups[workers.module_of(item)]))
-        if workers.under_xdist():  # for the controller's scheduler (workers.group_scheduling)
-            workers.write_groups(workers.groups_path(config._tmp_path_factory.getbasetemp()), items)
