@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefmine.text.runtime import EmbedConfig
+from prefmine.text.config import EmbedConfig
 
 
 class TextEmbedder:

@@ -30,9 +30,10 @@ from prefmine.bundle import update_manifest
 from prefmine.data.dataset import Dataset, load_dataset
 from prefmine.storage import join, put_dir
 from prefmine.text.checkpoint import load_bert_config, load_bert_state, load_tokenizer, resolve_init
+from prefmine.text.config import EmbedConfig
 from prefmine.text.corpus import corpus
 from prefmine.text.encoder import EncoderConfig, bert_config
-from prefmine.text.runtime import EmbedConfig, save_encoder
+from prefmine.text.runtime import save_encoder
 from prefmine.text.tasks import ContrastiveTask, MLMTask, RatingTask, save_adapter, tokenize
 from prefmine.text.tokenizer import train_wordpiece
 from prefmine.text.user_text import HistoryWriter, contrastive_pairs, user_histories

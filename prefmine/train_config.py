@@ -29,10 +29,9 @@ from typing import Any
 from prefmine import config as C
 from prefmine.policy.config import PolicyTrainConfig, UpdateConfig
 from prefmine.policy.simulator import SimulatorConfig
-from prefmine.ranker.model import RankerConfig
+from prefmine.ranker.config import RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig
-from prefmine.text.encoder import EncoderConfig
-from prefmine.text.runtime import EmbedConfig
+from prefmine.text.config import EmbedConfig, EncoderConfig
 from prefmine.train_task import DistConfig
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from prefmine.config import ConfigError, resource_map
+
+if TYPE_CHECKING:  # annotations only: the config tree reads DistConfig without importing torch
+    import torch
+    from torch import nn
 
 
 @dataclass

@@ -99,14 +99,14 @@ METRICS_SETTLE_S = 4 * METRICS_REPORT_S
 
 
 def server_env() -> dict[str, str]:
-    """The environment of a server subprocess: this tree first on the path, a Ray of its own (RAY_ADDRESS=local:
-    `prefmine serve` without --address would otherwise join any cluster a `ray start` on this machine recorded as
-    current, such as one the other test worker runs), no key file, and metrics exported every METRICS_REPORT_S."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PREFMINE_API_KEYS_FILE")}
-    env.update(RAY_ADDRESS="local", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               RAY_metrics_report_interval_ms=str(int(METRICS_REPORT_S * 1000)),
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return env
+    """The environment of a server subprocess: the benchmarks' child environment (bench.loop_service.child_env:
+    this tree first on the path, no key file, one thread), a Ray of its own (RAY_ADDRESS=local: `prefmine serve`
+    without --address would otherwise join any cluster a `ray start` on this machine recorded as current), and
+    metrics exported every METRICS_REPORT_S."""
+    from bench.loop_service import child_env
+
+    return {**child_env(), "RAY_ADDRESS": "local",
+            "RAY_metrics_report_interval_ms": str(int(METRICS_REPORT_S * 1000))}
 
 
 def launch(argv: list[str], addr: str, direct_addr: str | None = None, metrics_port: int | None = None,

@@ -90,7 +90,7 @@ def test_custom_resources_from_a_file_or_an_override_and_bad_ones_named(tmp_path
 
 
 def test_embedding_actor_count_follows_cpus_and_custom_resources():
-    from prefmine.text.runtime import EmbedConfig
+    from prefmine.text.config import EmbedConfig
 
     cluster = {"CPU": 6.0, "worker_node": 2.0}
     assert EmbedConfig(batch_size=10).max_actors_on(cluster, 1000) == 6
@@ -124,3 +124,13 @@ def test_serve_placement_file_gives_deployment_options_and_bad_ones_named(tmp_pa
                        ({"nodes": 2}, "nodes")):
         with pytest.raises(C.ConfigError, match=match):
             placement_from(bad)
+
+
+def test_the_command_line_and_the_config_tree_load_without_torch():
+    """`prefmine --help`, an argument error or a config check must not pay for torch and transformers (seconds of
+    CPU in every such call): the configs live in modules of their own (prefmine/ranker/config.py,
+    prefmine/text/config.py)."""
+    code = ("import sys; from prefmine.cli.main import build_parser; build_parser(); import prefmine.train_config; "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"

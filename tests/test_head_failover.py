@@ -72,7 +72,7 @@ def test_serving_survives_the_head_gcs_dying(bundle_path):
             assert server.poll() is None, f"the server exited before it answered:\n{_tail(tmp_path / 'serve.log')}"
             assert time.time() < deadline, "the served app did not answer within 600 s"
             time.sleep(2)
-        result = Drill(head, targets, FailoverConfig(warmup_s=5, outage_s=10, settle_s=5,
+        result = Drill(head, targets, FailoverConfig(warmup_s=3, outage_s=6, settle_s=3,
                                                      recover_timeout_s=120)).run()
         answering = {name: answers(t, md) for name, (t, md) in targets.items()}
     finally:

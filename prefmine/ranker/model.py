@@ -1,4 +1,4 @@
-"""Fused sequential ranker (SASRec-style), one self-contained file with its config.
+"""Fused sequential ranker (SASRec-style), one self-contained file; its config is `prefmine/ranker/config.py`.
 
 A user's behaviour history (item ids, event types and the time gaps between events, oldest first) runs through
 causal self-attention; the hidden state at each position scores every catalogue item by a dot product with the
@@ -26,41 +26,12 @@ for catalogues too large for a full softmax per step. Index 0 is padding; item i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class RankerConfig:
-    max_len: int = 50
-    dim: int = 64
-    heads: int = 2
-    layers: int = 2
-    dropout: float = 0.2
-    fusion: str = "gate"  # "gate" | "concat" (ID + text) or "none" (ID only)
-    history_pool: bool = True  # add the running mean of history item vectors to each state
-    time_gaps: bool = True  # time-gap embeddings between consecutive events
-    gap_dropout: float = 0.1  # share of gaps replaced by "unknown" in training (clients may send no times)
-    id_dropout: float = 0.0  # share of warm items whose ID term is dropped in training (text-only robustness)
-    softmax: str = "full"  # "full" or "sampled"
-    negatives: int = 2048  # shared uniform negatives per step when softmax="sampled"
-    epochs: int = 20
-    min_steps: int = 0  # train at least this many optimizer steps (more epochs on small data)
-    max_epochs: int = 200
-    patience: int = 0  # stop after this many epochs without a better `select_metric` (0: never)
-    select_metric: str = "NDCG@10"  # validation metric that picks the best epoch and drives early stopping
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 2020
-    eval_users: int = 2000  # validation users scored after each epoch
-    blend: bool = True  # after training, blend co-occurrence and text similarity in (weights chosen on validation)
-    blend_neighbours: int = 100  # co-occurrence similarities kept per item (ranker/blend.py)
-
+from prefmine.ranker.config import RankerConfig  # the model's config, in a module that needs no torch
 
 EVENT_TYPES = 6  # padding + view, click, cart, buy, rate
 GAP_BUCKETS = 24  # 0 padding, 1 unknown, 2.. log2(1 + minutes) buckets (the last one open-ended: > ~2 years)

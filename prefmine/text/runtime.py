@@ -4,41 +4,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, BertModel
 
-from prefmine.config import resource_map
 from prefmine.text.encoder import embed_texts
-
-
-@dataclass
-class EmbedConfig:
-    """How the batch-inference job runs."""
-
-    batch_size: int = 256  # texts per actor call
-    max_actors: int = 0  # 0: one per CPU of the cluster (divided by cpus_per_actor)
-    cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
-    rows_per_block: int = 4096  # input block size: the unit Ray Data schedules
-    # custom Ray resources each actor asks for, e.g. {worker_node: 1}: actors run only on nodes that advertise it
-    actor_resources: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.actor_resources = resource_map(self.actor_resources, "embed.actor_resources")
-
-    def max_actors_on(self, cluster: dict[str, float], texts: int) -> int:
-        """How many actors to start for `texts` on a cluster whose total resources are `cluster` (Ray's
-        `cluster_resources()`): `max_actors`, or as many as the CPUs and each custom resource asked for allow,
-        and never more than there are batches."""
-        batches = -(-texts // self.batch_size)
-        asks = {"CPU": self.cpus_per_actor, **self.actor_resources}
-        fits = [cluster.get(name, 0) / amount for name, amount in asks.items() if amount > 0]
-        actors = self.max_actors or (max(1, int(min(fits))) if fits else batches)
-        return max(1, min(actors, batches))
 
 
 def save_encoder(encoder_dir: str | Path, bert: BertModel, cfg) -> Path:
