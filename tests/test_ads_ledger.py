@@ -108,3 +108,54 @@ def test_two_processes_never_overspend(location):
     committed, held = store.ads.spend(["shared"], DAY)["shared"]
     assert committed == 0.0 and held == pytest.approx(2.0) and held <= 2.0 + 1e-9
     store.close()
+
+
+def test_campaigns_cli_write_list_pause(location, tmp_path, capsys):
+    """`prefmine ads campaigns` on the store: a CSV and a JSONL file with good and bad rows (each bad one refused
+    by its line and field, the good ones written), the day's money per campaign, a pause that keeps the campaign
+    out of the next hold."""
+    from prefmine.cli.main import main
+
+    csv_file = tmp_path / "campaigns.csv"
+    csv_file.write_text("campaign_id,daily_budget,freq_cap,active\n"
+                        "spring,10,2,true\n"
+                        "bad id,5,,\n"
+                        "ten,ten,,\n"
+                        "cap0,5,0,\n"
+                        "maybe,5,,maybe\n"
+                        "wide,5,,,extra\n"
+                        "autumn,2.5,,\n")
+    assert main(["ads", "campaigns", "write", str(csv_file), "--feedback", location]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stored": 2, "refused": 5}
+    refused = [line.split(": ", 1) for line in err.splitlines()]
+    assert [(where, why.split()[0]) for where, why in refused] == [
+        ("refused line 3 (campaign 'bad id')", "campaign_id"), ("refused line 4 (campaign 'ten')", "daily_budget"),
+        ("refused line 5 (campaign 'cap0')", "freq_cap"), ("refused line 6 (campaign 'maybe')", "active"),
+        ("refused line 7 (campaign 'wide')", "more")]
+    jsonl = tmp_path / "campaigns.jsonl"
+    jsonl.write_text('{"campaign_id": "summer", "daily_budget": 1, "active": false}\n\n{"campaign_id": "x"\n'
+                     '{"campaign_id": "colour", "daily_budget": 1, "color": "red"}\n'
+                     '{"campaign_id": "autumn", "daily_budget": 3.0, "freq_cap": 4}\n')
+    assert main(["ads", "campaigns", "write", str(jsonl), "--feedback", location]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stored": 2, "refused": 2}
+    assert "line 3 (campaign ''): not JSON" in err and "line 4 (campaign 'colour'): unknown field 'color'" in err
+
+    store = open_feedback_store(location)
+    assert store.ads.hold("h1", "spring", "u1", "i1", 0.5, DAY, 3, 3600.0) == "ok"
+    assert store.ads.hold("h2", "spring", "u2", "i1", 1.0, DAY, 3, 3600.0) == "ok"
+    assert store.ads.commit("h1", "u1", "i1") == pytest.approx(0.5)
+    assert main(["ads", "campaigns", "list", "--feedback", location, "--day", DAY]) == 0
+    rows = {r["campaign_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["autumn", "spring", "summer"]
+    assert (rows["spring"]["spent"], rows["spring"]["held"], rows["spring"]["remaining"]) == pytest.approx((0.5, 1.0, 8.5))
+    assert (rows["autumn"]["daily_budget"], rows["autumn"]["freq_cap"], rows["autumn"]["remaining"]) == (3.0, 4, 3.0)
+    assert rows["summer"]["active"] is False and rows["spring"]["freq_cap"] == 2
+
+    assert main(["ads", "campaigns", "pause", "spring", "--feedback", location]) == 0
+    assert main(["ads", "campaigns", "pause", "nope", "--feedback", location]) == 2
+    capsys.readouterr()
+    assert store.ads.campaigns(["spring"])["spring"].active is False
+    assert store.ads.hold("h3", "spring", "u3", "i1", 0.1, DAY, 3, 3600.0) == "inactive"
+    store.close()

@@ -109,6 +109,21 @@ class AdLedger:
                     out[str(c)] = Campaign(str(c), float(budget), None if cap is None else int(cap), bool(active))
         return out
 
+    def all_campaigns(self) -> list[Campaign]:
+        """Every stored campaign, by id."""
+        with self._read() as run:
+            rows = run("SELECT campaign, daily_budget, freq_cap, active FROM ad_campaigns ORDER BY campaign",
+                       ()).fetchall()
+        return [Campaign(str(c), float(b), None if cap is None else int(cap), bool(a)) for c, b, cap, a in rows]
+
+    def set_active(self, campaign: str, active: bool) -> bool:
+        """Pause (or resume) a stored campaign: from the next auction on it enters none (its open holds stay
+        until clicked or expired). False: no such campaign."""
+        with self._write() as run:
+            cur = run(self._sql("UPDATE ad_campaigns SET active = ?, updated = ? WHERE campaign = ?"),
+                      (int(bool(active)), time.time(), campaign))
+            return cur.rowcount == 1
+
     # -- spend and impressions ------------------------------------------------------------------------------
     def spend(self, ids: list[str], day: str) -> dict[str, tuple[float, float]]:
         """(committed, held) of each campaign on `day` ((0, 0) for one without spend yet)."""
