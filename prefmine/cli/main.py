@@ -379,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     khash = keys.add_parser("hash", help="print the key-file line for a key read from stdin")
     for kp in (kadd, khash):
         kp.add_argument("--name", required=True, help="who holds the key (letters, digits, _ . @ -)")
-        kp.add_argument("--scope", required=True, help="RPCs it may call, e.g. Recommend,RecordFeedback, or *")
+        kp.add_argument("--scope", required=True,
+                        help="RPCs it may call, e.g. Recommend,RecordFeedback, or * (every RPC but WriteCatalog "
+                             "and WriteCampaigns, which a key may call only when its scope names them: "
+                             "*,WriteCampaigns)")
     kadd.add_argument("--keys-file", required=True, help="the key file (created with mode 0600 if missing)")
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)
