@@ -121,12 +121,22 @@ def _serve(a) -> int:
         a.parser.error(f"the following arguments are required: {', '.join(missing)}")
     from serve.run import run_serve
 
+    ads = None
+    if a.config or a.set:  # the config tree's `ads` section: Rank's auction (docs/configuration.md)
+        from dataclasses import asdict
+
+        from prefmine.train_config import load
+
+        other = [item for item in a.set if not item.startswith("ads.")]
+        if other:
+            a.parser.error(f"--set {other[0]}: serving takes the ads section only (ads.KEY=VALUE)")
+        ads = asdict(load("tiny", a.config, a.set).ads)
     # a URI is checked here from its manifest; every replica fetches it into its own node's cache (serve.served)
     tls = {"cert_file": a.tls_cert, "key_file": a.tls_key, "client_ca_file": a.tls_client_ca}
     return run_serve(a.bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
                      metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
                      reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst,
-                     tombstones=a.tombstones, experiment=a.experiment, placement=a.placement)
+                     tombstones=a.tombstones, experiment=a.experiment, placement=a.placement, ads=ads)
 
 
 def _serve_keys(a) -> int:
@@ -372,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="YAML/JSON file placing the replicas on a multi-node cluster: proxy_location (EveryNode "
                          "or HeadOnly) and per deployment num_replicas, max_replicas_per_node and custom resources "
                          "(docs/cluster.md)")
+    sv.add_argument("--config", default=None,
+                    help="config tree file (YAML/JSON, as `train --config`): serving runs Rank's ad auction with its "
+                         "`ads` section (reserves, pacing_tolerance, freq_cap, freq_window_s, hold_ttl_s)")
+    sv.add_argument("--set", nargs="*", default=[], metavar="ads.KEY=VALUE",
+                    help="ads overrides applied after --config, e.g. ads.hold_ttl_s=300 'ads.reserves=[0.1,0.05]'")
     sv.set_defaults(func=_serve, parser=sv, serve_command=None)
     keys = sv.add_subparsers(dest="serve_command").add_parser(
         "keys", help="manage the hashed API-key file").add_subparsers(dest="keys_command", required=True)
