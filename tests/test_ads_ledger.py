@@ -159,3 +159,32 @@ def test_campaigns_cli_write_list_pause(location, tmp_path, capsys):
     assert store.ads.campaigns(["spring"])["spring"].active is False
     assert store.ads.hold("h3", "spring", "u3", "i1", 0.1, DAY, 3, 3600.0) == "inactive"
     store.close()
+
+
+def test_erased_person_is_capped_in_memory_and_stored_nowhere(location):
+    """After `forget` a person's ad impressions are anonymous, and Rank serves them as erased: none of their new
+    impressions is stored under their pseudonym, yet they still see at most the cap per window (counted in the
+    replica's memory), separately from another erased person, and again once the window has passed."""
+    from dataclasses import asdict
+
+    from prefmine.ads.config import AdsConfig
+    from serve.rpc_ads import AdServing
+
+    store = open_feedback_store(location)
+    store.ads.put_campaigns([Campaign("c", 100.0), Campaign("own-cap", 100.0, freq_cap=1)])
+    ads = AdServing(asdict(AdsConfig(reserves=(0.01,), freq_cap=2, freq_window_s=100.0)))
+
+    def shown(user, t, erased=False, campaign="c"):
+        out = ads.run(store, user, ["i1"], [campaign], [1.0], [0.5], erased=erased, now=t)
+        return out.slot.get(0) == 1 or out.unplaced[0]
+
+    assert [shown("u1", 1000.0 + i) for i in range(3)] == [True, True, "frequency_cap"]
+    store.forget("u1")
+    assert store.ads.impressions("u1", ["c"], since=0.0) == {"c": 0}
+    assert [shown("u1", 1010.0 + i, erased=True) for i in range(3)] == [True, True, "frequency_cap"]
+    assert [shown("u1", 1020.0 + i, erased=True, campaign="own-cap") for i in range(2)] == [True, "frequency_cap"]
+    assert shown("u2", 1030.0, erased=True) is True  # another erased person has a count of their own
+    assert store.ads.impressions("u1", ["c", "own-cap"], since=0.0) == {"c": 0, "own-cap": 0}
+    assert store.ads.impressions("", ["c", "own-cap"], since=0.0) == {"c": 5, "own-cap": 1}  # all anonymous
+    assert shown("u1", 1111.0, erased=True) is True  # the window has passed
+    store.close()
