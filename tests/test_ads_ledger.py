@@ -188,3 +188,29 @@ def test_erased_person_is_capped_in_memory_and_stored_nowhere(location):
     assert store.ads.impressions("", ["c", "own-cap"], since=0.0) == {"c": 5, "own-cap": 1}  # all anonymous
     assert shown("u1", 1111.0, erased=True) is True  # the window has passed
     store.close()
+
+
+def test_rank_reads_are_one_query_per_kind_whatever_the_candidates(tmp_path):
+    """Rank's reads (campaigns, the day's spend, the user's impressions) are batched: a Rank with 60 sponsored
+    candidates sends the store exactly as many statements as one with 4 (the three reads and three winners'
+    holds), counted by SQLite's own statement trace."""
+    import numpy as np
+
+    from prefmine.ads.config import AdsConfig
+    from prefmine.serving.ad_auction import auction
+
+    store = open_feedback_store(tmp_path / "feedback.sqlite")
+    counts = []
+    for n in (4, 60):
+        ids = [f"n{n}-{i}" for i in range(n)]
+        store.ads.put_campaigns([Campaign(c, 1000.0) for c in ids])
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        rng = np.random.default_rng(n)
+        out = auction(store.ads, "u1", [f"i{i}" for i in range(n)], ids, np.ones(n), rng.uniform(0.1, 0.9, n),
+                      AdsConfig(), rng, now=1e9)
+        store._db.set_trace_callback(None)
+        assert len(out.slot) == 3 and len(out.unplaced) == n - 3
+        counts.append((len(statements), sum(s.lstrip().upper().startswith("SELECT") for s in statements)))
+    assert counts[0] == counts[1], counts
+    store.close()
