@@ -30,7 +30,7 @@ Strategies, on identical requests and identical click draws (common random numbe
                       click later than the TTL is free (its hold was released)
 
     python -m bench.ads [--out bench/results/ads.json] [--quick] [--plan] [--no-served]
-    python -m bench.ads --hold-ttl-sweep 1800 300 60 15 --click-delay-median-s 10   # results/ads_hold_ttl.json
+    python -m bench.ads --hold-ttl-sweep 1800 600 300 120 60 --click-delay-median-s 10   # results/ads_hold_ttl.json
 """
 
 from __future__ import annotations
@@ -344,7 +344,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-impressions", type=int, default=40_000)
     ap.add_argument("--target-ctr", type=float, default=0.03, help="mean top-slot CTR of a random campaign")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hold-ttl-s", type=float, default=1800.0, help="served path: a hold's TTL (of an 86,400 s day)")
+    ap.add_argument("--hold-ttl-s", type=float, default=AdsConfig.hold_ttl_s,
+                    help="served path: a hold's TTL (of an 86,400 s day; default: serving's)")
     ap.add_argument("--no-served", action="store_true", help="leave out the served path (store-backed ledger)")
     ap.add_argument("--hold-ttl-sweep", type=float, nargs="+", metavar="S",
                     help="the served path once per hold TTL (seconds of the simulated day), beside the in-process "

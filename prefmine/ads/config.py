@@ -20,7 +20,9 @@ class AdsConfig:
     probability falls linearly (spend is spread over the day instead of burnt in the first hour).
     freq_cap / freq_window_s: at most `freq_cap` impressions of one campaign to one user per window.
     hold_ttl_s: how long a winner's price stays held on its campaign's budget waiting for a click (serving's
-    shared ledger); after it the hold is released and a later click charges nothing.
+    shared ledger); after it the hold is released and a later click charges nothing. Holds of unclicked ads cap
+    what their campaigns can bid, so a long TTL costs revenue and one shorter than the clicks' delay gives clicks
+    away: bench/README.md ("Hold TTL") weighs the two.
     calibration_methods: the candidates the calibrator picks from by held-out log loss ("identity" keeps the raw
     probabilities when neither mapping helps); calibration_folds: the cross-validation folds of that choice;
     calibration_negatives: random unseen items beside each held-out user's real next item (the click), so the
@@ -33,7 +35,7 @@ class AdsConfig:
     pacing_tolerance: float = 0.05
     freq_cap: int = 3
     freq_window_s: float = 86_400.0
-    hold_ttl_s: float = 1_800.0
+    hold_ttl_s: float = 600.0
     calibration_methods: tuple[str, ...] = ("identity", "platt", "isotonic")
     calibration_folds: int = 3
     calibration_negatives: int = 19
