@@ -25,9 +25,12 @@ Strategies, on identical requests and identical click draws (common random numbe
   gsp_calibrated_unpaced  the same without pacing (throttling only once a budget is spent)
   served              gsp_calibrated through what Rank serves (prefmine.serving.ad_auction on the feedback
                       store's shared ledger, a SQLite file): holds until a click commits them or the TTL
-                      (--hold-ttl-s of the simulated 86,400 s day) releases them, the cap over the day
+                      (--hold-ttl-s of the simulated 86,400 s day) releases them, the cap over the day; with
+                      --click-delay-median-s a click arrives that long (log-normal) after its impression, and a
+                      click later than the TTL is free (its hold was released)
 
     python -m bench.ads [--out bench/results/ads.json] [--quick] [--plan] [--no-served]
+    python -m bench.ads --hold-ttl-sweep 1800 600 300 120 60 --click-delay-median-s 10   # results/ads_hold_ttl.json
 """
 
 from __future__ import annotations
@@ -152,10 +155,15 @@ DAY0 = 1_796_083_200.0  # a UTC midnight (2026-12-01): the served path's day and
 
 
 def simulate_served(pctr_rank, day, camp_ids, camp_item_ids, bids, budgets, cfg, truth_p, unif, store_dir,
-                    hold_ttl_s: float) -> dict:
+                    hold_ttl_s: float, click_delay: np.ndarray | None = None) -> dict:
     """gsp_calibrated through what Rank serves: prefmine.serving.ad_auction.auction on the feedback store's
     shared ledger (a SQLite file, durable commits), request r at DAY0 + r/n of a day, winners' prices held,
-    a click committing its hold, holds released after `hold_ttl_s` (serving's TTL) otherwise."""
+    a click committing its hold, holds released after `hold_ttl_s` (serving's TTL) otherwise.
+
+    click_delay[r, k]: seconds between the ad's impression and its click (None: the click arrives with the
+    impression). A delayed click is committed at its own time, after serving would have released the holds past
+    their TTL: one later than the TTL finds its hold released and is free (`free_clicks`), revenue lost."""
+    import heapq
     from dataclasses import replace
 
     from prefmine.ads.campaigns import Campaign
@@ -169,28 +177,54 @@ def simulate_served(pctr_rank, day, camp_ids, camp_item_ids, bids, budgets, cfg,
     store.ads.put_campaigns([Campaign(c, float(b)) for c, b in zip(camp_ids, budgets)])
     rng = np.random.default_rng(7)
     ids_made = iter(range(1 << 62))
+    pending: list = []  # (click time, sequence, hold) of delayed clicks
+    charged: list[tuple[float, float]] = []  # (click time, amount) of every click
+
+    def commit_until(until: float) -> None:
+        while pending and pending[0][0] <= until:
+            t, _, hold = heapq.heappop(pending)
+            store.ads.release_expired(served_cfg.hold_ttl_s, t)  # serving releases every few seconds
+            charged.append((t, store.ads.commit(*hold)))
 
     def place_one(r):
         now = DAY0 + 86_400.0 * r / n
+        commit_until(now)
         store.ads.release_expired(served_cfg.hold_ttl_s, now)
         user = f"u{users[r]}"
         ids = [camp_ids[j] for j in cands[r]]
         items = [camp_item_ids[j] for j in cands[r]]
         got = auction(store.ads, user, items, ids, bids[cands[r]], pctr_rank[r], served_cfg, rng, now,
                       new_id=lambda: f"h{next(ids_made)}")
-        return [(k, got.slot[k] - 1, (got.hold_id[k], user, items[k])) for k in sorted(got.slot)]
+        return [(k, got.slot[k] - 1, ((got.hold_id[k], user, items[k]), now, r, k)) for k in sorted(got.slot)]
 
-    def settle_one(hold, clicked):
-        return store.ads.commit(*hold) if clicked else 0.0
+    def settle_one(placed, clicked):
+        hold, now, r, k = placed
+        if not clicked:
+            return 0.0
+        if click_delay is None:
+            amount = store.ads.commit(*hold)
+            charged.append((now, amount))
+            return amount
+        heapq.heappush(pending, (now + float(click_delay[r, k]), len(charged) + len(pending), hold))
+        return 0.0  # charged when the click arrives (commit_until)
 
     def spent_of():
+        commit_until(float("inf"))
         spend = store.ads.spend(camp_ids, utc_day(DAY0)[0])
         return np.array([spend[c][0] for c in camp_ids])
 
     try:
-        return _day(n, cfg.slots, place_one, settle_one, spent_of, budgets, truth_p, unif)
+        res = _day(n, cfg.slots, place_one, settle_one, spent_of, budgets, truth_p, unif)
     finally:
         store.close()
+    amounts = np.array([a for _, a in charged])
+    revenue = float(amounts.sum())
+    quarter = np.minimum(3, ((np.array([t for t, _ in charged]) - DAY0) // 21_600).astype(int).clip(0))
+    res.update(revenue=round(revenue, 4), revenue_per_1000_requests=round(1000 * revenue / n, 4),
+               charged_clicks=int((amounts > 0).sum()), free_clicks=int((amounts == 0).sum()),
+               revenue_share_by_quarter_of_day=[round(float(amounts[quarter == q].sum() / max(revenue, 1e-12)), 4)
+                                                for q in range(4)])
+    return res
 
 
 def run(a, seq_path: Path, png: Path) -> dict:
@@ -262,18 +296,26 @@ def run(a, seq_path: Path, png: Path) -> dict:
 
     strategies = {}
     for name, (auction, which, paced) in STRATEGIES.items():
+        if a.hold_ttl_sweep and name != "gsp_calibrated":
+            continue  # the sweep: the served path per TTL, the in-process GSP as the reference
         strategies[name] = simulate(name, auction, cal_p if which == "calibrated" else raw_p, paced, day,
                                     camp_ids, bids, budgets, cfg, truth_p, unif)
         print(name, json.dumps({k: strategies[name][k] for k in ("revenue", "clicks", "ctr", "impressions")}),
               flush=True)
-    if not a.no_served:
-        import tempfile
+    import tempfile
 
+    delay = None
+    if a.click_delay_median_s > 0:  # log-normal delays, drawn once: every TTL sees the same clicks at the same times
+        delay = np.exp(np.random.default_rng(a.seed + 2).normal(np.log(a.click_delay_median_s),
+                                                                a.click_delay_sigma, truth_p.shape))
+    for ttl in ([] if a.no_served else a.hold_ttl_sweep or [a.hold_ttl_s]):
+        name = "served" if not a.hold_ttl_sweep else f"served_ttl_{ttl:g}s"
         with tempfile.TemporaryDirectory(prefix="prefmine-bench-ads-") as store_dir:
-            strategies["served"] = simulate_served(cal_p, day, camp_ids, [str(items[i]) for i in camp_items], bids,
-                                                   budgets, cfg, truth_p, unif, store_dir, a.hold_ttl_s)
-        print("served", json.dumps({k: strategies["served"][k] for k in ("revenue", "clicks", "ctr", "impressions")}),
-              flush=True)
+            strategies[name] = simulate_served(cal_p, day, camp_ids, [str(items[i]) for i in camp_items], bids,
+                                               budgets, cfg, truth_p, unif, store_dir, ttl, delay)
+        strategies[name]["hold_ttl_s"] = ttl
+        print(name, json.dumps({k: strategies[name][k] for k in ("revenue", "clicks", "charged_clicks", "free_clicks",
+                                                                 "max_spend_over_budget")}), flush=True)
     return {"data": {"sequences": str(seq_path), "users": len(full), "items": n_items, "bad_rows": bad},
             "settings": {k: v for k, v in vars(a).items() if k not in ("plan", "out")},
             "config": {"reserves": list(cfg.reserves), "pacing_tolerance": cfg.pacing_tolerance,
@@ -302,12 +344,20 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-impressions", type=int, default=40_000)
     ap.add_argument("--target-ctr", type=float, default=0.03, help="mean top-slot CTR of a random campaign")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hold-ttl-s", type=float, default=1800.0, help="served path: a hold's TTL (of an 86,400 s day)")
+    ap.add_argument("--hold-ttl-s", type=float, default=AdsConfig.hold_ttl_s,
+                    help="served path: a hold's TTL (of an 86,400 s day; default: serving's)")
     ap.add_argument("--no-served", action="store_true", help="leave out the served path (store-backed ledger)")
+    ap.add_argument("--hold-ttl-sweep", type=float, nargs="+", metavar="S",
+                    help="the served path once per hold TTL (seconds of the simulated day), beside the in-process "
+                         "GSP only; writes results/ads_hold_ttl.json")
+    ap.add_argument("--click-delay-median-s", type=float, default=0.0,
+                    help="served path: clicks arrive this long after the impression (median of a log-normal; "
+                         "0: with the impression)")
+    ap.add_argument("--click-delay-sigma", type=float, default=1.5, help="log-normal sigma of the click delay")
     a = ap.parse_args(argv)
     if a.quick:
         a.requests, a.cal_impressions = 2000, 5000
-    out = Path(a.out) if a.out else default_out("ads", a.quick)
+    out = Path(a.out) if a.out else default_out("ads_hold_ttl" if a.hold_ttl_sweep else "ads", a.quick)
     png = out.with_name(out.name.replace(".json", "") + "_reliability.png")
     seq_path = data_root() / "seqrec" / a.dataset / f"{a.dataset}.txt"
     if a.plan:

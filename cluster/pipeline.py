@@ -77,7 +77,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         metrics["encoder"] = train_encoder(ds, bundle, enc_cfg, dist, tree.embed)
     if "ranker" in stages:
         metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist, retrieval=tree.retrieval)
-        metrics["ads"] = calibrate_clicks(ds, bundle)
+        metrics["ads"] = calibrate_clicks(ds, bundle, tree.ads)
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)
         # Algorithm checkpoints beside the Ray Train runs; a driver restarted on this staging resumes from them.
@@ -103,15 +103,16 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     return metrics
 
 
-def calibrate_clicks(ds, bundle: Path) -> dict:
+def calibrate_clicks(ds, bundle: Path, config=None) -> dict:
     """The ranker's click-probability calibration for Rank's ad auction (prefmine.ads.bundle_calibration: fitted
     and judged on held-out validation users, the optional part ``ads/``), its figures in the manifest. A data set
-    too small to fit one (no clicks in a half) leaves the part out: Rank then serves raw probabilities."""
+    too small to fit one (no clicks in a half) leaves the part out: Rank then serves raw probabilities. config:
+    the tree's `ads` section (AdsConfig)."""
     from prefmine.ads.bundle_calibration import PART, fit_bundle_calibration
 
     shutil.rmtree(bundle / PART, ignore_errors=True)  # a retrained ranker: the old calibration no longer applies
     try:
-        report = fit_bundle_calibration(ds, bundle)
+        report = fit_bundle_calibration(ds, bundle, config)
     except ValueError as e:
         report = {"kind": "calibration", "skipped": str(e)}
     update_manifest(bundle, components={PART: report})

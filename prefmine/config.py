@@ -8,7 +8,6 @@ never silently trains the wrong model.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,8 +40,14 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             return float(value)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from e
-    if isinstance(current, (list, tuple)) and isinstance(value, str):
-        return type(current)(json.loads(value))
+    if isinstance(current, (list, tuple)) and isinstance(value, str):  # YAML flow text: [a, b] or [0.1, 0.05]
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config key {key!r}: expected a list, e.g. [a, b], got {value!r}") from e
+        if not isinstance(parsed, list):
+            raise ConfigError(f"config key {key!r}: expected a list, e.g. [a, b], got {value!r}")
+        return type(current)(parsed)
     if isinstance(current, tuple) and isinstance(value, list):  # YAML has no tuples: keep the field's type
         return tuple(value)
     if isinstance(current, dict):  # a mapping key: a YAML/JSON mapping, or its text in a --set override

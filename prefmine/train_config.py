@@ -12,6 +12,7 @@
 | `simulator` | `prefmine.policy.simulator.SimulatorConfig` | the user simulator the policy learns and is gated in |
 | `update` | `prefmine.policy.config.UpdateConfig` | the incremental policy update job |
 | `dist` | `prefmine.train_task.DistConfig` | how Ray Train + DeepSpeed distribute the encoder and ranker |
+| `ads` | `prefmine.ads.config.AdsConfig` | Rank's ad auction (reserves, pacing, caps, hold TTL) and the click calibration the ranker stage fits |
 
 `PRESETS` is the one table of presets (`tiny`, `base`, `large`): a whole tree each. `load(preset, file,
 overrides)` starts from a preset, applies a YAML/JSON file whose top-level keys are section names, then
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefmine import config as C
+from prefmine.ads.config import AdsConfig
 from prefmine.policy.config import PolicyTrainConfig, UpdateConfig
 from prefmine.policy.simulator import SimulatorConfig
 from prefmine.ranker.config import RankerConfig
@@ -47,6 +49,7 @@ class TrainConfig:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    ads: AdsConfig = field(default_factory=AdsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

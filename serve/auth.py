@@ -6,6 +6,10 @@ only its SHA-256, one key a line::
     # name   scopes (RPC names, or *)        hash of the key
     shop-web Recommend,Search,RecordFeedback sha256:9f86d081884c7d65...
 
+``*`` is every RPC except the writes that change what the shop sells or spends (``WRITE_RPCS``: WriteCatalog can
+retire the whole catalogue, WriteCampaigns sets budgets that are paid out): a key may call those only when its
+scope names them (``*,WriteCampaigns``), so a key handed out for reading never moves money or items.
+
 ``prefmine serve keys add --keys-file F --name N --scope Recommend,RecordFeedback`` makes a fresh random key,
 appends its line and prints the key once (``add_key``). A line holding a plain key (the old format) is refused
 with an error that says how to hash it, as is any other bad line, naming the line and the field. The file stays
@@ -46,6 +50,8 @@ ALL_RPCS = "*"
 # the RPCs of prefmine.v1.Recommender a key's scope may name
 RPCS = ("Recommend", "Search", "Rank", "SimilarItems", "GetUserProfile", "RecordFeedback", "ModelInfo",
         "WriteCatalog", "WriteCampaigns")
+# RPCs that `*` does not cover: a key's scope must name them
+WRITE_RPCS = frozenset({"WriteCatalog", "WriteCampaigns"})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 KEY_BYTES = 32  # a fresh key: 32 random bytes, URL-safe base64 (43 characters)
@@ -72,15 +78,15 @@ class KeyFileError(ValueError):
 
 @dataclass(frozen=True)
 class ApiKey:
-    """One line of a key file: who (``name``), what it may call (``scopes``: RPC names, or ``*``) and the
-    SHA-256 of the key (hex)."""
+    """One line of a key file: who (``name``), what it may call (``scopes``: RPC names, or ``*``: every RPC but
+    the WRITE_RPCS, which only a scope naming them allows) and the SHA-256 of the key (hex)."""
 
     name: str
     scopes: frozenset[str]
     digest: str
 
     def allows(self, rpc: str) -> bool:
-        return ALL_RPCS in self.scopes or rpc in self.scopes
+        return rpc in self.scopes or (ALL_RPCS in self.scopes and rpc not in WRITE_RPCS)
 
 
 def hash_key(key: str) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 
 from prefmine.ads.campaigns import Campaign, validate_campaigns
 from prefmine.ads.config import AdsConfig
+from prefmine.ads.frequency import FrequencyCap
 from prefmine.serving.ad_auction import AdOutcome, auction
 from prefmine.v1 import recommender_pb2 as pb
 from serve.validate import BadRequest
@@ -43,6 +44,8 @@ class AdServing:
     def __init__(self, config: dict | None):
         self.config = AdsConfig.of(config)
         self.rng = np.random.default_rng()
+        # erased people's ad impressions, in this replica's memory only (prefmine.serving.ad_auction)
+        self.erased_caps = FrequencyCap(self.config.freq_cap, self.config.freq_window_s)
         self._released = 0.0
         self._calibrators: dict = {}  # bundle ref -> Calibrator | None
 
@@ -60,12 +63,18 @@ class AdServing:
             self._calibrators = {key: load_bundle_calibrator(local)}  # the version served now only
         return self._calibrators[key]
 
-    def run(self, store, user: str, items: list[str], campaigns: list[str], bids, pctr) -> AdOutcome:
-        """Rank's auction (blocking: a worker thread, under the store's lock)."""
-        now = time.time()
+    def run(self, store, user: str, items: list[str], campaigns: list[str], bids, pctr, erased: bool = False,
+            now: float | None = None) -> AdOutcome:
+        """Rank's auction (blocking: a worker thread, under the store's lock). erased: `user` is on the tombstone
+        list: nothing about them reaches the store, their cap is counted in memory."""
+        now = time.time() if now is None else float(now)
         if now - self._released >= RELEASE_EVERY_S:
             self._released = now
             store.ads.release_expired(self.config.hold_ttl_s, now)
+            self.erased_caps.sweep(now)
+        if erased:
+            return auction(store.ads, "", items, campaigns, bids, pctr, self.config, self.rng, now,
+                           volatile=(self.erased_caps, user))
         return auction(store.ads, user, items, campaigns, bids, pctr, self.config, self.rng, now)
 
 

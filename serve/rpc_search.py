@@ -115,11 +115,12 @@ class SearchRpcs(IngressParts):
             if cal is not None and not cold and len(probs):  # the ranker's probabilities (not popularity shares)
                 probs, calibrated = cal(probs), True
             user = s.bundle.pseudonymise(request.user_id)
-            user = "" if user in self.erased else user  # nothing is logged about an erased person
+            erased = user in self.erased  # nothing is logged about them; capped in memory (serve/rpc_ads.py)
 
             def run():
                 with self._feedback_lock:
-                    return self.ads.run(self.feedback, user, cands.raw_ids, cands.campaigns, cands.bids, probs)
+                    return self.ads.run(self.feedback, user, cands.raw_ids, cands.campaigns, cands.bids, probs,
+                                        erased=erased)
 
             ads = await asyncio.shield(asyncio.to_thread(run))  # holds are taken whole, like RecordFeedback
         ev, order = expected_value_order(probs, cands.bids, cands.positions)

@@ -207,7 +207,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
               request_timeout_s: float = REQUEST_TIMEOUT_S, metrics_port: int | None = None,
               direct_port: int | None = None, insecure: bool = False, reflection: bool = False,
               tls: dict | None = None, rate_limit: float | None = None, rate_burst: int | None = None,
-              tombstones: str | None = None, experiment: str | None = None, placement: str | None = None) -> int:
+              tombstones: str | None = None, experiment: str | None = None, placement: str | None = None,
+              ads: dict | None = None) -> int:
     """Serve ``bundle`` over gRPC on ``grpc_port`` (and, with ``direct_port``, straight from the ingress replica
     there) until SIGINT/SIGTERM; returns the exit code (2: bad arguments, refused before Ray starts).
 
@@ -216,7 +217,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
     ``rate_limit``/``rate_burst``: each key's requests a second and burst per ingress replica (0: no limit).
     ``tombstones``: the list of erased pseudonyms (default: $PREFMINE_TOMBSTONES, else beside the feedback db).
     ``experiment``: a YAML/JSON file with the A/B experiment to run (prefmine.experiments.load_experiment: the
-    experiment itself or a Serve config carrying it); `prefmine experiments report --config` takes the same file."""
+    experiment itself or a Serve config carrying it); `prefmine experiments report --config` takes the same file.
+    ``ads``: Rank's ad auction settings (prefmine.ads.config.AdsConfig fields; the config tree's `ads` section)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         version = _checked_version(bundle)
@@ -303,6 +305,8 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
         app_args["tls"] = tls_config.as_dict()
     if experiment:
         app_args["experiment"] = experiment_config
+    if ads is not None:
+        app_args["ads"] = ads
     if placed.deployments:
         app_args["placement"] = placed.deployments_dict()
 

@@ -53,8 +53,9 @@ def prefmine_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess
 
 
 def keys_file_for(path: Path) -> Path:
-    """The serving tests' key file: API_KEY and SECOND_KEY, both with every RPC in scope, stored hashed."""
-    return write_keys(path, {"test": (API_KEY, "*"), "second": (SECOND_KEY, "*")})
+    """The serving tests' key file: API_KEY (every RPC, the writes named) and SECOND_KEY (`*`: every RPC but the
+    writes), stored hashed."""
+    return write_keys(path, {"test": (API_KEY, "*,WriteCatalog,WriteCampaigns"), "second": (SECOND_KEY, "*")})
 
 
 

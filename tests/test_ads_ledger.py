@@ -108,3 +108,109 @@ def test_two_processes_never_overspend(location):
     committed, held = store.ads.spend(["shared"], DAY)["shared"]
     assert committed == 0.0 and held == pytest.approx(2.0) and held <= 2.0 + 1e-9
     store.close()
+
+
+def test_campaigns_cli_write_list_pause(location, tmp_path, capsys):
+    """`prefmine ads campaigns` on the store: a CSV and a JSONL file with good and bad rows (each bad one refused
+    by its line and field, the good ones written), the day's money per campaign, a pause that keeps the campaign
+    out of the next hold."""
+    from prefmine.cli.main import main
+
+    csv_file = tmp_path / "campaigns.csv"
+    csv_file.write_text("campaign_id,daily_budget,freq_cap,active\n"
+                        "spring,10,2,true\n"
+                        "bad id,5,,\n"
+                        "ten,ten,,\n"
+                        "cap0,5,0,\n"
+                        "maybe,5,,maybe\n"
+                        "wide,5,,,extra\n"
+                        "autumn,2.5,,\n")
+    assert main(["ads", "campaigns", "write", str(csv_file), "--feedback", location]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stored": 2, "refused": 5}
+    refused = [line.split(": ", 1) for line in err.splitlines()]
+    assert [(where, why.split()[0]) for where, why in refused] == [
+        ("refused line 3 (campaign 'bad id')", "campaign_id"), ("refused line 4 (campaign 'ten')", "daily_budget"),
+        ("refused line 5 (campaign 'cap0')", "freq_cap"), ("refused line 6 (campaign 'maybe')", "active"),
+        ("refused line 7 (campaign 'wide')", "more")]
+    jsonl = tmp_path / "campaigns.jsonl"
+    jsonl.write_text('{"campaign_id": "summer", "daily_budget": 1, "active": false}\n\n{"campaign_id": "x"\n'
+                     '{"campaign_id": "colour", "daily_budget": 1, "color": "red"}\n'
+                     '{"campaign_id": "autumn", "daily_budget": 3.0, "freq_cap": 4}\n')
+    assert main(["ads", "campaigns", "write", str(jsonl), "--feedback", location]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"stored": 2, "refused": 2}
+    assert "line 3 (campaign ''): not JSON" in err and "line 4 (campaign 'colour'): unknown field 'color'" in err
+
+    store = open_feedback_store(location)
+    assert store.ads.hold("h1", "spring", "u1", "i1", 0.5, DAY, 3, 3600.0) == "ok"
+    assert store.ads.hold("h2", "spring", "u2", "i1", 1.0, DAY, 3, 3600.0) == "ok"
+    assert store.ads.commit("h1", "u1", "i1") == pytest.approx(0.5)
+    assert main(["ads", "campaigns", "list", "--feedback", location, "--day", DAY]) == 0
+    rows = {r["campaign_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["autumn", "spring", "summer"]
+    assert (rows["spring"]["spent"], rows["spring"]["held"], rows["spring"]["remaining"]) == pytest.approx((0.5, 1.0, 8.5))
+    assert (rows["autumn"]["daily_budget"], rows["autumn"]["freq_cap"], rows["autumn"]["remaining"]) == (3.0, 4, 3.0)
+    assert rows["summer"]["active"] is False and rows["spring"]["freq_cap"] == 2
+
+    assert main(["ads", "campaigns", "pause", "spring", "--feedback", location]) == 0
+    assert main(["ads", "campaigns", "pause", "nope", "--feedback", location]) == 2
+    capsys.readouterr()
+    assert store.ads.campaigns(["spring"])["spring"].active is False
+    assert store.ads.hold("h3", "spring", "u3", "i1", 0.1, DAY, 3, 3600.0) == "inactive"
+    store.close()
+
+
+def test_erased_person_is_capped_in_memory_and_stored_nowhere(location):
+    """After `forget` a person's ad impressions are anonymous, and Rank serves them as erased: none of their new
+    impressions is stored under their pseudonym, yet they still see at most the cap per window (counted in the
+    replica's memory), separately from another erased person, and again once the window has passed."""
+    from dataclasses import asdict
+
+    from prefmine.ads.config import AdsConfig
+    from serve.rpc_ads import AdServing
+
+    store = open_feedback_store(location)
+    store.ads.put_campaigns([Campaign("c", 100.0), Campaign("own-cap", 100.0, freq_cap=1)])
+    ads = AdServing(asdict(AdsConfig(reserves=(0.01,), freq_cap=2, freq_window_s=100.0)))
+
+    def shown(user, t, erased=False, campaign="c"):
+        out = ads.run(store, user, ["i1"], [campaign], [1.0], [0.5], erased=erased, now=t)
+        return out.slot.get(0) == 1 or out.unplaced[0]
+
+    assert [shown("u1", 1000.0 + i) for i in range(3)] == [True, True, "frequency_cap"]
+    store.forget("u1")
+    assert store.ads.impressions("u1", ["c"], since=0.0) == {"c": 0}
+    assert [shown("u1", 1010.0 + i, erased=True) for i in range(3)] == [True, True, "frequency_cap"]
+    assert [shown("u1", 1020.0 + i, erased=True, campaign="own-cap") for i in range(2)] == [True, "frequency_cap"]
+    assert shown("u2", 1030.0, erased=True) is True  # another erased person has a count of their own
+    assert store.ads.impressions("u1", ["c", "own-cap"], since=0.0) == {"c": 0, "own-cap": 0}
+    assert store.ads.impressions("", ["c", "own-cap"], since=0.0) == {"c": 5, "own-cap": 1}  # all anonymous
+    assert shown("u1", 1111.0, erased=True) is True  # the window has passed
+    store.close()
+
+
+def test_rank_reads_are_one_query_per_kind_whatever_the_candidates(tmp_path):
+    """Rank's reads (campaigns, the day's spend, the user's impressions) are batched: a Rank with 60 sponsored
+    candidates sends the store exactly as many statements as one with 4 (the three reads and three winners'
+    holds), counted by SQLite's own statement trace."""
+    import numpy as np
+
+    from prefmine.ads.config import AdsConfig
+    from prefmine.serving.ad_auction import auction
+
+    store = open_feedback_store(tmp_path / "feedback.sqlite")
+    counts = []
+    for n in (4, 60):
+        ids = [f"n{n}-{i}" for i in range(n)]
+        store.ads.put_campaigns([Campaign(c, 1000.0) for c in ids])
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        rng = np.random.default_rng(n)
+        out = auction(store.ads, "u1", [f"i{i}" for i in range(n)], ids, np.ones(n), rng.uniform(0.1, 0.9, n),
+                      AdsConfig(), rng, now=1e9)
+        store._db.set_trace_callback(None)
+        assert len(out.slot) == 3 and len(out.unplaced) == n - 3
+        counts.append((len(statements), sum(s.lstrip().upper().startswith("SELECT") for s in statements)))
+    assert counts[0] == counts[1], counts
+    store.close()

@@ -134,3 +134,28 @@ def test_the_command_line_and_the_config_tree_load_without_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "[]"
+
+
+def test_ads_section_from_the_tree_and_serve_takes_only_it(tmp_path, capsys):
+    """The ads component (Rank's auction, the click calibration) is a section of the tree like the others; bad
+    values are named before anything runs; `prefmine serve --set` refuses other sections and bad ads values
+    before it starts Ray."""
+    from prefmine.ads.config import AdsConfig
+    from prefmine.cli.main import main
+
+    f = tmp_path / "ads.yaml"
+    f.write_text("ads: {reserves: [0.2, 0.1], calibration_methods: [platt]}\n")
+    cfg = T.load("tiny", f, ["ads.hold_ttl_s=300", "ads.freq_cap=5", "ads.calibration_negatives=9"])
+    assert cfg.ads == AdsConfig(reserves=(0.2, 0.1), calibration_methods=("platt",), hold_ttl_s=300.0, freq_cap=5,
+                                calibration_negatives=9)
+    assert T.PRESETS["tiny"].ads == AdsConfig()  # the one copy of the defaults
+    for item, named in (("ads.freq_cap=0", "freq_cap"), ("ads.reserves=[0.01, 0.1]", "reserves"),
+                        ("ads.calibration_methods=[magic]", "calibration_methods"), ("ads.hold_ttll_s=3", "hold_ttll_s")):
+        with pytest.raises(C.ConfigError, match=named):
+            T.load("tiny", None, [item])
+    serve = ["serve", "--bundle", str(tmp_path / "no-bundle"), "--grpc-port", "1", "--set"]
+    with pytest.raises(SystemExit):
+        main([*serve, "ranker.epochs=3"])
+    assert "serving takes the ads section only" in capsys.readouterr().err
+    assert main([*serve, "ads.freq_cap=0"]) == 2
+    assert "AdsConfig.freq_cap" in capsys.readouterr().err

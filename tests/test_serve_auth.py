@@ -28,6 +28,7 @@ from prefmine.v1 import recommender_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 FULL_KEY = "full-" + "k" * 30
 RECOMMEND_KEY = "reco-" + "r" * 30
+ADS_KEY = "ads-" + "a" * 30  # "*,WriteCampaigns": the write named beside the wildcard
 LIMITED_KEY = "limit-" + "l" * 30
 TLS_KEY = "tls-" + "t" * 30
 RATE, BURST = 2.0, 4
@@ -105,6 +106,9 @@ def test_check_scope_rate_and_reload(tmp_path):
             check.check(md, "Recommend")
     with pytest.raises(PermissionDenied, match="'reco' may not call Search"):
         check.check([("x-api-key", RECOMMEND_KEY)], "Search")
+    for write in ("WriteCampaigns", "WriteCatalog"):  # `*` never covers the writes
+        with pytest.raises(PermissionDenied, match=f"'web' may not call {write}"):
+            check.check([("x-api-key", FULL_KEY)], write)
     # web has used 1 of its burst of 3 (the denied call above did not touch it); reco has its own bucket
     check.check([("x-api-key", FULL_KEY)], "Rank")
     check.check([("x-api-key", FULL_KEY)], "Rank")
@@ -221,7 +225,8 @@ def pki(tmp_path_factory):
 def keys_path(tmp_path_factory):
     return write_keys(tmp_path_factory.mktemp("auth") / "api_keys",
                       {"full": (FULL_KEY, "*"), "reco": (RECOMMEND_KEY, "Recommend"),
-                       "limited": (LIMITED_KEY, "ModelInfo"), "tls-client": (TLS_KEY, "Recommend,ModelInfo")})
+                       "limited": (LIMITED_KEY, "ModelInfo"), "tls-client": (TLS_KEY, "Recommend,ModelInfo"),
+                       "ads": (ADS_KEY, "*,WriteCampaigns")})
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +278,18 @@ def test_wrong_key_and_wrong_scope(server):
         events=[pb.Event(user_id="u", item_id="i", type=1, timestamp=int(time.time()))]), RECOMMEND_KEY)
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert _call(server.addr, "ModelInfo", pb.ModelInfoRequest(), FULL_KEY).n_items > 0
+    # campaign and catalogue writes need their scope named: `*` alone is refused before anything is stored
+    campaigns = pb.WriteCampaignsRequest(rows=[pb.CampaignRow(campaign_id="auth-test-camp", daily_budget=1.0)])
+    code, details = _code(_call, server.addr, "WriteCampaigns", campaigns, FULL_KEY)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "'full' may not call WriteCampaigns" in details
+    code, details = _code(_call, server.addr, "WriteCatalog", pb.WriteCatalogRequest(
+        rows=[pb.CatalogRow(item_id="auth-test-item", retire=True)]), FULL_KEY)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "'full' may not call WriteCatalog" in details
+    assert _call(server.addr, "WriteCampaigns", campaigns, ADS_KEY).stored == 1
+    assert len(_call(server.addr, "Recommend", reco, ADS_KEY).items) == 2  # its `*` still covers the rest
+    code, _ = _code(_call, server.addr, "WriteCatalog", pb.WriteCatalogRequest(
+        rows=[pb.CatalogRow(item_id="auth-test-item", retire=True)]), ADS_KEY)
+    assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.mark.slow

@@ -27,8 +27,7 @@ from prefmine.ads.heldout import labelled_pairs
 PART = "ads"
 
 
-def heldout_probabilities(ds, score_fn, phase: str = "valid", n_neg: int = 19, max_users: int = 4000,
-                          seed: int = 0, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def heldout_probabilities(ds, score_fn, phase: str, n_neg: int, max_users: int, seed: int = 0, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(served probability, click label, user row) of the held-out pairs of `phase`. score_fn(histories, times,
     events) -> scores over the catalogue (RankerRuntime.scores)."""
     from prefmine.serving.ranking import item_scores
@@ -52,14 +51,16 @@ def heldout_probabilities(ds, score_fn, phase: str = "valid", n_neg: int = 19, m
     return probs, labels, rows
 
 
-def fit_bundle_calibration(ds, bundle: str | Path, config: AdsConfig | None = None, n_neg: int = 19,
-                           max_users: int = 4000, seed: int = 0) -> dict:
+def fit_bundle_calibration(ds, bundle: str | Path, config: AdsConfig | None = None, seed: int = 0) -> dict:
     """Fit the calibrator on half of the validation users, judge it on the other half, save it into
-    ``<bundle>/ads/``; returns the figures (method, ECE and log loss raw and calibrated on the judged half)."""
+    ``<bundle>/ads/``; returns the figures (method, ECE and log loss raw and calibrated on the judged half).
+    config: the tree's `ads` section (its calibration_* keys and ece_bins)."""
     from prefmine.ranker.runtime import RankerRuntime
 
     config = config or AdsConfig()
-    p, y, rows = heldout_probabilities(ds, RankerRuntime(bundle).scores, "valid", n_neg, max_users, seed)
+    n_neg = config.calibration_negatives
+    p, y, rows = heldout_probabilities(ds, RankerRuntime(bundle).scores, "valid", n_neg,
+                                       config.calibration_max_users, seed)
     half = np.random.default_rng(seed + 1).random(int(rows.max()) + 1 if len(rows) else 0) < 0.5
     fit, judge = half[rows], ~half[rows]
     cal = fit_calibrator(p[fit], y[fit], config.calibration_methods, config.calibration_folds, seed)
@@ -77,17 +78,22 @@ def load_bundle_calibrator(bundle: str | Path) -> Calibrator | None:
     return Calibrator.load(d) if (d / JSON_NAME).is_file() else None
 
 
-def judge_bundle_calibration(ds, bundle: str | Path, phase: str = "test", n_neg: int = 19, max_users: int = 4000,
-                             bins: int = 15, png: str | Path | None = None) -> dict | None:
+def judge_bundle_calibration(ds, bundle: str | Path, phase: str = "test", config: AdsConfig | None = None,
+                             png: str | Path | None = None) -> dict | None:
     """The bundle's calibration judged on `phase` (the evaluation's test users): ECE and log loss of the raw and
-    calibrated probabilities, and a reliability diagram at `png` when given; None without a calibration."""
+    calibrated probabilities, and a reliability diagram at `png` when given; None without a calibration.
+    config: default, the `ads` section the bundle was trained with (its manifest's config tree)."""
     from prefmine.ads.calibration import reliability_png
+    from prefmine.bundle import read_manifest
     from prefmine.ranker.runtime import RankerRuntime
 
     cal = load_bundle_calibrator(bundle)
     if cal is None:
         return None
-    p, y, _ = heldout_probabilities(ds, RankerRuntime(bundle).scores, phase, n_neg, max_users)
+    if config is None:
+        config = AdsConfig.of((read_manifest(bundle).get("config") or {}).get("ads"))
+    n_neg, bins = config.calibration_negatives, config.ece_bins
+    p, y, _ = heldout_probabilities(ds, RankerRuntime(bundle).scores, phase, n_neg, config.calibration_max_users)
     q = cal(p)
     if png is not None:
         reliability_png(png, {"raw": (p, y), f"calibrated ({cal.method})": (q, y)}, bins,

@@ -2,8 +2,10 @@
 
 A campaign is an id, a daily budget (in the bids' currency unit, spent per click), an optional frequency cap
 that overrides AdsConfig.freq_cap for its ads, and an active flag (an inactive campaign never enters an auction).
-Campaign writes (WriteCampaigns over gRPC) are checked row by row: a bad row is refused with its index, its id
-and the field at fault, and the good rows are stored.
+Campaign writes (WriteCampaigns over gRPC, `prefmine ads campaigns write` from a file) are checked row by row by
+`validate_campaigns`: a bad row is refused with its index, its id and the field at fault, and the good rows are
+stored. A file row that cannot even be read as a campaign (not JSON, an unknown column) reaches it as
+`Unparsable`, so both paths refuse through the one function.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ class RowError:
     reason: str
 
 
+@dataclass(frozen=True)
+class Unparsable:
+    """A row that could not be turned into a Campaign (its id as far as known, and why): refused as it is."""
+
+    campaign: str
+    reason: str
+
+
 def check_campaign_id(value: object, field: str = "campaign_id") -> str:
     """`value` if it is a campaign id (1..128 characters of A-Z a-z 0-9 . _ : @ -), else ValueError naming field."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
@@ -53,7 +63,7 @@ def check_campaign(c: Campaign) -> Campaign:
     return c
 
 
-def validate_campaigns(rows: list[Campaign]) -> tuple[list[Campaign], list[RowError]]:
+def validate_campaigns(rows: list[Campaign | Unparsable]) -> tuple[list[Campaign], list[RowError]]:
     """(good rows, refused rows with their reasons). A campaign id given twice keeps its last row only when
     both are good; more than MAX_ROWS rows is a ValueError for the whole request."""
     if len(rows) > MAX_ROWS:
@@ -61,6 +71,9 @@ def validate_campaigns(rows: list[Campaign]) -> tuple[list[Campaign], list[RowEr
     good: dict[str, Campaign] = {}
     bad: list[RowError] = []
     for n, row in enumerate(rows):
+        if isinstance(row, Unparsable):
+            bad.append(RowError(n, row.campaign[:128], row.reason))
+            continue
         try:
             check_campaign(row)
         except ValueError as e:

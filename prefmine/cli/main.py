@@ -1,4 +1,4 @@
-"""The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, catalog, demo.
+"""The `prefmine` command line (contract in DESIGN.md): data, train, evaluate, serve, client, catalog, ads, demo.
 
 Each sub-command is a thin parser over a function in prefmine/, cluster/ or serve/; imports are deferred (the
 parser needs only the source registry, `prefmine.data.sources`, for the `--source` choices) so `prefmine --help`
@@ -121,12 +121,22 @@ def _serve(a) -> int:
         a.parser.error(f"the following arguments are required: {', '.join(missing)}")
     from serve.run import run_serve
 
+    ads = None
+    if a.config or a.set:  # the config tree's `ads` section: Rank's auction (docs/configuration.md)
+        from dataclasses import asdict
+
+        from prefmine.train_config import load
+
+        other = [item for item in a.set if not item.startswith("ads.")]
+        if other:
+            a.parser.error(f"--set {other[0]}: serving takes the ads section only (ads.KEY=VALUE)")
+        ads = asdict(load("tiny", a.config, a.set).ads)
     # a URI is checked here from its manifest; every replica fetches it into its own node's cache (serve.served)
     tls = {"cert_file": a.tls_cert, "key_file": a.tls_key, "client_ca_file": a.tls_client_ca}
     return run_serve(a.bundle, a.grpc_port, api_keys_file=a.api_keys_file, feedback_db=a.feedback_db,
                      metrics_port=a.metrics_port, direct_port=a.direct_port, insecure=a.insecure,
                      reflection=a.reflection, tls=tls, rate_limit=a.rate_limit, rate_burst=a.rate_burst,
-                     tombstones=a.tombstones, experiment=a.experiment, placement=a.placement)
+                     tombstones=a.tombstones, experiment=a.experiment, placement=a.placement, ads=ads)
 
 
 def _serve_keys(a) -> int:
@@ -184,6 +194,38 @@ def _catalog_load(a) -> int:
         print(f"refused {e}", file=sys.stderr)
     print(json.dumps({"stored": res.stored, "refused": len(res.errors), "last_id": res.last_id}))
     return 1 if res.errors else 0
+
+
+def _ads_campaigns(a) -> int:
+    """`prefmine ads campaigns write FILE | list | pause ID` on the feedback store's ad tables."""
+    import time
+
+    from prefmine.feedback import open_feedback_store
+
+    store = open_feedback_store(a.feedback, create=a.campaigns_command == "write")
+    try:
+        if a.campaigns_command == "write":
+            from prefmine.ads.campaign_ops import write_campaign_file
+
+            res = write_campaign_file(store.ads, a.file)
+            for line, cid, reason in res.refused[:50]:
+                print(f"refused line {line} (campaign {cid!r}): {reason}", file=sys.stderr)
+            print(json.dumps({"stored": res.stored, "refused": len(res.refused)}))
+            return 1 if res.refused else 0
+        if a.campaigns_command == "list":
+            from prefmine.ads.campaign_ops import campaign_report
+            from prefmine.serving.ad_auction import utc_day
+
+            rows = campaign_report(store.ads, a.day or utc_day(time.time())[0])
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not store.ads.set_active(a.campaign_id, False):
+            print(f"prefmine: error: campaign {a.campaign_id!r} is not in {a.feedback}", file=sys.stderr)
+            return 2
+        print(json.dumps({"paused": a.campaign_id}))
+        return 0
+    finally:
+        store.close()
 
 
 def _experiments_report(a) -> int:
@@ -340,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="YAML/JSON file placing the replicas on a multi-node cluster: proxy_location (EveryNode "
                          "or HeadOnly) and per deployment num_replicas, max_replicas_per_node and custom resources "
                          "(docs/cluster.md)")
+    sv.add_argument("--config", default=None,
+                    help="config tree file (YAML/JSON, as `train --config`): serving runs Rank's ad auction with its "
+                         "`ads` section (reserves, pacing_tolerance, freq_cap, freq_window_s, hold_ttl_s)")
+    sv.add_argument("--set", nargs="*", default=[], metavar="ads.KEY=VALUE",
+                    help="ads overrides applied after --config, e.g. ads.hold_ttl_s=300 'ads.reserves=[0.1,0.05]'")
     sv.set_defaults(func=_serve, parser=sv, serve_command=None)
     keys = sv.add_subparsers(dest="serve_command").add_parser(
         "keys", help="manage the hashed API-key file").add_subparsers(dest="keys_command", required=True)
@@ -347,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     khash = keys.add_parser("hash", help="print the key-file line for a key read from stdin")
     for kp in (kadd, khash):
         kp.add_argument("--name", required=True, help="who holds the key (letters, digits, _ . @ -)")
-        kp.add_argument("--scope", required=True, help="RPCs it may call, e.g. Recommend,RecordFeedback, or *")
+        kp.add_argument("--scope", required=True,
+                        help="RPCs it may call, e.g. Recommend,RecordFeedback, or * (every RPC but WriteCatalog "
+                             "and WriteCampaigns, which a key may call only when its scope names them: "
+                             "*,WriteCampaigns)")
     kadd.add_argument("--keys-file", required=True, help="the key file (created with mode 0600 if missing)")
 
     cl = sub.add_parser("client", help="call a running server").add_subparsers(dest="client_command", required=True)
@@ -389,6 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     cload.add_argument("--items", help="the bundle's catalog/items.parquet: its items may be upserted without a title")
     cload.add_argument("--key", help="idempotency key prefix: rerunning the same load stores each batch once")
     cload.set_defaults(func=_catalog_load)
+
+    ads = sub.add_parser("ads", help="sponsored items").add_subparsers(dest="ads_command", required=True)
+    camp = ads.add_parser("campaigns", help="advertisers' campaigns in the feedback store (docs/shop.md)"
+                          ).add_subparsers(dest="campaigns_command", required=True)
+    cw = camp.add_parser("write", help="write campaigns from a CSV or JSONL file (campaign_id, daily_budget, "
+                                       "freq_cap?, active?); bad rows are refused by line and field, good ones written")
+    cw.add_argument("file", help="campaigns.csv (header row) or campaigns.jsonl")
+    cl_ = camp.add_parser("list", help="each campaign with the day's spent, held and remaining budget (JSON)")
+    cl_.add_argument("--day", help="UTC date YYYY-MM-DD (default: today)")
+    cp = camp.add_parser("pause", help="take a campaign out of every auction from now on (write it active to resume)")
+    cp.add_argument("campaign_id")
+    for sp_ in (cw, cl_, cp):
+        sp_.add_argument("--feedback", required=True, help="the feedback store: SQLite file or postgresql:// DSN")
+        sp_.set_defaults(func=_ads_campaigns)
 
     demo = sub.add_parser("demo", help="the main job: prepare, train, evaluate, serve and query, end to end")
     demo.add_argument("--dataset", choices=["magazine", "movielens"], default="magazine")

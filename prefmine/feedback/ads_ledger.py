@@ -16,7 +16,8 @@ serialises writers (BEGIN IMMEDIATE), PostgreSQL re-checks the WHERE clause on t
 waiting for its lock. PostgreSQL also takes an advisory lock per (user, campaign) so that two replicas cannot both
 take a user's last impression under the cap. `commit` (a click naming the hold) turns the hold into spend once: a
 retried click finds it committed and charges nothing. `release_expired` frees the holds no click claimed within
-the TTL.
+the TTL. Rank's reads (campaigns, the day's spend, the user's impressions) are one query each for all its
+candidates' campaigns; each winner's hold stays its own transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ HELD, COMMITTED, RELEASED = "held", "committed", "released"
 # sums of prices in floating point: ten holds of 0.1 fill a budget of 1.0 (rounding never refuses the last one);
 # far below any currency's smallest unit
 MONEY_EPS = 1e-9
+IN_CHUNK = 500  # campaign ids per IN (...) list: one query for any Rank's candidates, far below the backends' limits
 
 
 def schema(real: str) -> list[str]:
@@ -96,38 +98,53 @@ class AdLedger:
                     (c.campaign, float(c.daily_budget), c.freq_cap, int(bool(c.active)), now))
         return len(campaigns)
 
+    def _rows_in(self, sql: str, before: tuple, ids: list[str], after: str = "") -> list[tuple]:
+        """The rows of `sql` + `` AND campaign IN (...)`` + `after` for every id, one query per IN_CHUNK ids (one
+        round trip for a Rank's candidates); `before`: the parameters of `sql`'s own marks."""
+        rows: list[tuple] = []
+        with self._read() as run:
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = tuple(ids[start:start + IN_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows += run(self._sql(f"{sql} AND campaign IN ({marks}){after}"), (*before, *chunk)).fetchall()
+        return rows
+
     def campaigns(self, ids: list[str]) -> dict[str, Campaign]:
         """The stored campaigns among `ids` (unknown ids are absent)."""
-        out: dict[str, Campaign] = {}
+        return {str(c): Campaign(str(c), float(budget), None if cap is None else int(cap), bool(active))
+                for c, budget, cap, active in self._rows_in(
+                    "SELECT campaign, daily_budget, freq_cap, active FROM ad_campaigns WHERE 1 = 1", (), ids)}
+
+    def all_campaigns(self) -> list[Campaign]:
+        """Every stored campaign, by id."""
         with self._read() as run:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                for c, budget, cap, active in run(self._sql(
-                        f"SELECT campaign, daily_budget, freq_cap, active FROM ad_campaigns WHERE campaign IN ({marks})"),
-                        tuple(chunk)).fetchall():
-                    out[str(c)] = Campaign(str(c), float(budget), None if cap is None else int(cap), bool(active))
-        return out
+            rows = run("SELECT campaign, daily_budget, freq_cap, active FROM ad_campaigns ORDER BY campaign",
+                       ()).fetchall()
+        return [Campaign(str(c), float(b), None if cap is None else int(cap), bool(a)) for c, b, cap, a in rows]
+
+    def set_active(self, campaign: str, active: bool) -> bool:
+        """Pause (or resume) a stored campaign: from the next auction on it enters none (its open holds stay
+        until clicked or expired). False: no such campaign."""
+        with self._write() as run:
+            cur = run(self._sql("UPDATE ad_campaigns SET active = ?, updated = ? WHERE campaign = ?"),
+                      (int(bool(active)), time.time(), campaign))
+            return cur.rowcount == 1
 
     # -- spend and impressions ------------------------------------------------------------------------------
     def spend(self, ids: list[str], day: str) -> dict[str, tuple[float, float]]:
         """(committed, held) of each campaign on `day` ((0, 0) for one without spend yet)."""
         out = {str(c): (0.0, 0.0) for c in ids}
-        with self._read() as run:
-            for c in list(out):
-                row = run(self._sql("SELECT committed, held FROM ad_spend WHERE campaign = ? AND day = ?"),
-                          (c, day)).fetchone()
-                if row is not None:
-                    out[c] = (float(row[0]), float(row[1]))
+        for c, committed, held in self._rows_in("SELECT campaign, committed, held FROM ad_spend WHERE day = ?",
+                                                (day,), list(out)):
+            out[str(c)] = (float(committed), float(held))
         return out
 
     def impressions(self, user: str, ids: list[str], since: float) -> dict[str, int]:
         """How many ads of each campaign the user was shown after `since` (Unix seconds)."""
         out = {str(c): 0 for c in ids}
-        with self._read() as run:
-            for c in list(out):
-                out[c] = int(run(self._sql("SELECT COUNT(*) FROM ad_holds WHERE pseudonym = ? AND campaign = ? "
-                                           "AND ts > ?"), (user, c, float(since))).fetchone()[0])
+        for c, n in self._rows_in("SELECT campaign, COUNT(*) FROM ad_holds WHERE pseudonym = ? AND ts > ?",
+                                  (user, float(since)), list(out), " GROUP BY campaign"):
+            out[str(c)] = int(n)
         return out
 
     # -- hold / commit / release ----------------------------------------------------------------------------

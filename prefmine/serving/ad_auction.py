@@ -8,6 +8,10 @@ its cap ("frequency_cap"; the campaign's own cap, else AdsConfig.freq_cap), and 
 ("paced": prefmine.ads.budget.pacing_probability on today's committed spend against the elapsed share of the UTC
 day; holds are left out: most are released unclicked, and counting them at full price made a campaign look far
 ahead of its day and sit out auctions it could pay for, bench/README.md).
+An erased person (on the tombstone list) is served with user "": nothing about them is written, their stored
+ad impressions were made anonymous by `data forget`, and a durable count would have to link their requests again.
+They are still capped: `volatile` counts their impressions in the replica's memory only (never stored, forgotten
+once the window has passed), so they see at most the cap per window from each replica instead of unlimited ads.
 The eligible run the GSP auction on bid (capped at what their campaign has left) x click probability. Each winner
 then takes its hold in one store transaction that re-checks cap and budget, so a race another replica won leaves
 the slot empty ("budget" / "frequency_cap") rather than overspending; losers are "reserve" (bid below every
@@ -27,6 +31,7 @@ import numpy as np
 from prefmine.ads.auction import gsp
 from prefmine.ads.budget import pacing_probability
 from prefmine.ads.config import AdsConfig
+from prefmine.ads.frequency import FrequencyCap
 
 
 @dataclass
@@ -48,9 +53,11 @@ def utc_day(now: float) -> tuple[str, float]:
 
 def auction(ledger, user: str, items: list[str], campaigns: list[str], bids: np.ndarray, pctr: np.ndarray,
             config: AdsConfig, rng: np.random.Generator, now: float | None = None,
-            new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> AdOutcome:
+            new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+            volatile: tuple[FrequencyCap, str] | None = None) -> AdOutcome:
     """One Rank's ad auction. items/campaigns/bids/pctr: per candidate ("" campaign: organic, left alone);
-    user: the pseudonym ("" for an erased person: no cap is counted or logged for them). Blocking (store I/O)."""
+    user: the pseudonym ("" for an anonymous or erased person: no cap is counted or logged in the store);
+    volatile: (an in-memory cap, the key to count under) for an erased person. Blocking (store I/O)."""
     now = time.time() if now is None else float(now)
     day, elapsed = utc_day(now)
     out = AdOutcome()
@@ -77,7 +84,7 @@ def auction(ledger, user: str, items: list[str], campaigns: list[str], bids: np.
         cap = config.freq_cap if camp.freq_cap is None else camp.freq_cap
         if left[c] < floor or left[c] <= 0:
             out.unplaced[j] = "budget"
-        elif user and seen.get(c, 0) >= cap:
+        elif (user and seen.get(c, 0) >= cap) or (volatile and not volatile[0].allowed(volatile[1], c, now, cap)):
             out.unplaced[j] = "frequency_cap"
         elif rng.random() >= pacing_probability(committed, camp.daily_budget, elapsed, config.pacing_tolerance):
             out.unplaced[j] = "paced"
@@ -92,6 +99,12 @@ def auction(ledger, user: str, items: list[str], campaigns: list[str], bids: np.
     for slot, (w, price) in enumerate(zip(result.winners, result.prices)):
         j = int(idx[w])
         won.add(j)
+        if volatile:
+            camp = known[campaigns[j]]
+            if not volatile[0].admit(volatile[1], campaigns[j], now,
+                                     config.freq_cap if camp.freq_cap is None else camp.freq_cap):
+                out.unplaced[j] = "frequency_cap"  # the same campaign won a second slot in this request
+                continue
         hold_id = new_id()
         got = ledger.hold(hold_id, campaigns[j], user, items[j], float(price), day, config.freq_cap,
                           config.freq_window_s, now)
