@@ -152,10 +152,11 @@ class Traffic:
         with grpc.insecure_channel(self.addr) as channel:
             stub = pb_grpc.RecommenderStub(channel)
 
-            def recommend(user, k):
+            def recommend(user, k, exclude):
                 t0 = time.time()
                 try:
-                    resp = stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=30, metadata=md)
+                    resp = stub.Recommend(pb.RecommendRequest(user_id=user, k=k, exclude_item_ids=exclude),
+                                          timeout=30, metadata=md)
                 except grpc.RpcError as e:
                     with self.lock:
                         self.failed.append(f"Recommend {e.code().name}: {e.details()}")

@@ -3,7 +3,8 @@ population that answers served slates with clicks and purchases, and the per-arm
 
 A simulated user is a user of the data: their history is the bundle's catalogue history, and their response is the
 calibrated simulator's (prefmine.policy.simulator, the response model fitted to the logged data,
-`policy/response_model.npz`), frozen for the whole run: the service learns, the users do not change. One
+`policy/response_model.npz`), frozen for the whole run: the service learns, the users' tastes do not change
+(their histories grow with what they click). One
 session is up to `pages` slates (each one Recommend); a slate is examined top to bottom, slot by slot as in the
 simulator:
 
@@ -12,8 +13,12 @@ simulator:
     P(leave)       = leave_prob + leave_prob_skip * [no click]   after every slot
 
 A click joins the user's history at once (the service hears of it through RecordFeedback and uses it in the
-user's next Recommend). The service is reached only through the two callables a session is given, so this module
-knows nothing of gRPC or Ray.
+user's next Recommend) and stays in it for the user's later sessions, as it does in the service's history (a user
+who forgot their clicks between sessions would keep wanting what the service, rightly, no longer shows them). Each
+page after the first asks for slates without the items the session has already shown (Recommend's
+exclude_item_ids), as a client paging does and as the simulator does (a shown item is never proposed again in the
+session); without it every later page repeated the first minus its clicks. The service is reached only through the
+two callables a session is given, so this module knows nothing of gRPC or Ray.
 
 An impression counts as clicked when at least one of its items was clicked and as purchased when one was bought,
 the definition `prefmine experiments report` uses; rates are per impression with Wilson 95% intervals.
@@ -21,6 +26,7 @@ the definition `prefmine experiments report` uses; rates are per impression with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -83,6 +89,7 @@ class Population:
         self.users = sorted(histories)
         self.histories = {u: [int(i) for i in h] for u, h in histories.items()}
         self._unit = response.item_emb / np.maximum(np.linalg.norm(response.item_emb, axis=1, keepdims=True), 1e-8)
+        self._lock = threading.Lock()  # client threads run sessions side by side; a user's clicks join under it
 
     def draw(self, rng: np.random.Generator) -> str:
         return self.users[int(rng.integers(len(self.users)))]
@@ -113,22 +120,30 @@ class Population:
                 return True
         return False
 
-    def session(self, user: str, recommend: Callable[[str, int], Slate],
+    def session(self, user: str, recommend: Callable[[str, int, list[str]], Slate],
                 feedback: Callable[[str, Outcome], None], rng: np.random.Generator) -> list[Outcome]:
-        """One session of `user`: up to `pages` slates from `recommend(user, k)`, each examined, its clicks and
-        buys sent with `feedback(user, outcome)` before the next slate is asked for (when there were any)."""
-        history = list(self.histories.get(user, []))
+        """One session of `user`: up to `pages` slates from `recommend(user, k, exclude)` (`exclude`: the item ids
+        this session has shown so far), each examined, its clicks and buys sent with `feedback(user, outcome)`
+        before the next slate is asked for (when there were any). The session's clicks join the user's stored
+        history when it ends."""
+        with self._lock:
+            history = list(self.histories.get(user, []))
+        start = len(history)
         shown: list[int] = []
+        shown_ids: list[str] = []
         out = []
         for _ in range(self.cfg.pages):
-            slate = recommend(user, self.cfg.k)
+            slate = recommend(user, self.cfg.k, list(shown_ids))
             outcome = Outcome(slate.impression_id, slate.arm)
             left = self.examine(history, shown, slate.items, rng, outcome)
+            shown_ids += [i for i in slate.items if i not in shown_ids]
             if outcome.clicks:
                 feedback(user, outcome)
             out.append(outcome)
             if left:
                 break
+        with self._lock:
+            self.histories.setdefault(user, []).extend(history[start:])
         return out
 
 
