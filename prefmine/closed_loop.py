@@ -47,6 +47,17 @@ class PopulationConfig:
     fatigue: float = 0.6
     fatigue_window: int = 5
 
+    @classmethod
+    def like_simulator(cls, simulator: dict, k: int | None = None, pages: int | None = None) -> PopulationConfig:
+        """The browsing of the simulator a policy was trained and gated on (its `policy_config.json` `simulator`):
+        slates of its `slate_size`, as many pages as its `max_steps` fill, its leave and fatigue settings, so that
+        the bench measures sessions like the ones the gate compared; `k`, `pages`: overrides."""
+        k = int(k or simulator.get("slate_size") or 10)
+        pages = int(pages or max(1, -(-int(simulator.get("max_steps", 3 * k)) // k)))
+        keep = {n: simulator[n] for n in ("leave_prob", "leave_prob_skip", "fatigue", "fatigue_window")
+                if n in simulator}
+        return cls(k=k, pages=pages, **keep)
+
     def __post_init__(self):
         if self.k < 1 or self.pages < 1:
             raise ValueError(f"PopulationConfig: k ({self.k}) and pages ({self.pages}) must be >= 1")
@@ -149,26 +160,38 @@ class Population:
 
 @dataclass
 class ArmTally:
-    """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round)."""
+    """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round), and the
+    session return the policy gate compares (clicks + purchases per session, the simulator's reward with
+    purchase_value 1)."""
 
     sessions: int = 0
     impressions: int = 0
     clicked: int = 0
     purchased: int = 0
+    return_sum: float = 0.0
+    return_sq: float = 0.0
 
     def add_session(self, outcomes: list[Outcome]) -> None:
         self.sessions += 1
+        ret = 0
         for o in outcomes:
             self.impressions += 1
             self.clicked += bool(o.clicks)
             self.purchased += bool(o.buys)
+            ret += len(o.clicks) + len(o.buys)
+        self.return_sum += ret
+        self.return_sq += ret * ret
 
     def summary(self) -> dict:
-        n = self.impressions
-        return {"sessions": self.sessions, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
+        n, s = self.impressions, self.sessions
+        mean = self.return_sum / s if s else 0.0
+        var = max(self.return_sq / s - mean * mean, 0.0) * s / (s - 1) if s > 1 else 0.0
+        half = 1.96 * (var / s) ** 0.5 if s else 0.0
+        return {"sessions": s, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
                 "ctr": self.clicked / n if n else 0.0, "ctr_ci95": list(wilson(self.clicked, n)),
                 "purchase_rate": self.purchased / n if n else 0.0,
-                "purchase_rate_ci95": list(wilson(self.purchased, n))}
+                "purchase_rate_ci95": list(wilson(self.purchased, n)),
+                "return_per_session": mean, "return_per_session_ci95": [mean - half, mean + half]}
 
 
 def separated(above: dict, below: dict, rate: str) -> bool:
@@ -178,12 +201,14 @@ def separated(above: dict, below: dict, rate: str) -> bool:
 
 def verdict(arms: dict[str, dict], learning: str, control: str) -> dict:
     """Whether the learning arm beats the control arm: its click-rate interval lies above the control's (the
-    purchase rate is reported beside it, and a lower learning interval is named too)."""
+    purchase rate and the session return the gate compares are reported beside it, and a lower learning interval
+    is named too)."""
     la, ca = arms[learning], arms[control]
     return {"learning_arm": learning, "control_arm": control,
             "learning_beats_control": separated(la, ca, "ctr"),
             "learning_below_control": separated(ca, la, "ctr"),
             "purchase_rate_separates_above": separated(la, ca, "purchase_rate"),
+            "return_per_session_separates_above": separated(la, ca, "return_per_session"),
             "rule": "the learning arm's CTR 95% interval lies wholly above the control's"}
 
 

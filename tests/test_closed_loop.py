@@ -124,3 +124,19 @@ def test_verdict_needs_separate_intervals_and_latency_splits_by_window():
     assert percentiles([])["p50"] is None
     with pytest.raises(ValueError):
         PopulationConfig(pages=0)
+
+
+def test_population_browses_like_the_gates_simulator_and_tallies_its_return():
+    sim = {"slate_size": 5, "max_steps": 12, "leave_prob": 0.1, "leave_prob_skip": 0.3, "fatigue": 0.5,
+           "fatigue_window": 4, "state_step": 0.3}
+    cfg = PopulationConfig.like_simulator(sim)
+    assert (cfg.k, cfg.pages, cfg.leave_prob, cfg.leave_prob_skip, cfg.fatigue, cfg.fatigue_window) == (
+        5, 3, 0.1, 0.3, 0.5, 4)  # 3 pages of 5 cover the 12 steps
+    assert (PopulationConfig.like_simulator({"slate_size": 0, "max_steps": 10}).k,
+            PopulationConfig.like_simulator(sim, k=10, pages=1).pages) == (10, 1)
+    t = ArmTally()
+    t.add_session([Outcome("a", "x", ["i1", "i2"], ["i1"]), Outcome("b", "x")])
+    t.add_session([Outcome("c", "x")])
+    s = t.summary()
+    assert (s["impressions"], s["clicked"], s["return_per_session"]) == (3, 1, 1.5)  # (2 clicks + 1 buy + 0) / 2
+    assert s["return_per_session_ci95"][0] < 1.5 < s["return_per_session_ci95"][1]
