@@ -146,7 +146,7 @@ def test_an_underpowered_metric_refuses_only_what_it_shows_worse():
         return {"value": (lo + hi) / 2, "ci95": [lo, hi], "units": 50, "tolerance": 0.01}
 
     rule = GuardRule()
-    wide_equal, wide_worse, tight_ok, tight_worse = d(-0.15, 0.15), d(-0.3, -0.02), d(-0.005, 0.004), d(-0.03, 0.0)
+    wide_equal, wide_worse, tight_ok, tight_worse = d(-0.15, 0.15), d(-0.3, -0.02), d(-0.005, 0.004), d(-0.018, -0.004)
     assert judge({"ndcg@10": wide_equal, "snips": tight_ok}, [], rule)[0]
     assert not judge({"ndcg@10": wide_equal, "snips": tight_ok}, [], GuardRule(decisive_factor=0))[0]  # as before
     ok, reason = judge({"ndcg@10": wide_worse, "snips": tight_ok}, [], rule)

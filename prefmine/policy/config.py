@@ -98,7 +98,7 @@ class UpdateConfig:
     guard_max_impressions: int = 5000  # the newest impressions judged per round
     # a metric whose 95% half-width exceeds this many times its tolerance only refuses a candidate it shows worse
     # (too few units to show "not worse"; prefmine.update.guard); 0: every metric decides as before
-    guard_decisive_factor: float = 5.0
+    guard_decisive_factor: float = 1.0
 
     def guard_rule(self):
         from prefmine.update.guard import GuardRule
