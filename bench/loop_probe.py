@@ -117,14 +117,14 @@ def first_items(bundle: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.loop_probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", required=True, help="a bundle with a policy (bench.closed_loop's --bundle)")
-    p.add_argument("--sessions", type=int, default=3000, help="sessions per policy and population")
-    add_common(p, "loop_probe")
-    a = p.parse_args(argv)
     from bench.data_scale import machine
     from prefmine.closed_loop import PopulationConfig
 
+    p = argparse.ArgumentParser(prog="python -m bench.loop_probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=3000, help="sessions per policy and population")
+    p.add_argument("--bundle", required=True, help="a bundle with a policy (bench.closed_loop's --bundle)")
+    add_common(p, "loop_probe")
+    a = p.parse_args(argv)
     bundle = Path(a.bundle).resolve()
     require([bundle / "policy" / "policy_config.json", bundle / "policy" / "gate.json"],
             "--bundle must be a bundle directory with a gated policy (prefmine train --out)")
