@@ -152,10 +152,11 @@ class Traffic:
         with grpc.insecure_channel(self.addr) as channel:
             stub = pb_grpc.RecommenderStub(channel)
 
-            def recommend(user, k):
+            def recommend(user, k, exclude):
                 t0 = time.time()
                 try:
-                    resp = stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=30, metadata=md)
+                    resp = stub.Recommend(pb.RecommendRequest(user_id=user, k=k, exclude_item_ids=exclude),
+                                          timeout=30, metadata=md)
                 except grpc.RpcError as e:
                     with self.lock:
                         self.failed.append(f"Recommend {e.code().name}: {e.details()}")
@@ -228,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions-per-round", type=int, default=None,
                    help="sessions before each round and after the last (default 2000; --quick 30)")
     p.add_argument("--concurrency", type=int, default=4, help="client threads running sessions")
-    p.add_argument("--pages", type=int, default=3, help="slates per session at most")
-    p.add_argument("--k", type=int, default=10, help="items per slate")
+    p.add_argument("--pages", type=int, default=None,
+                   help="slates per session at most (default: as many as the bundle's simulator max_steps fill)")
+    p.add_argument("--k", type=int, default=None, help="items per slate (default: the bundle's simulator slate_size)")
     p.add_argument("--learning-policy", choices=["learned", "bundle"], default="learned",
                    help="the learning arm serves the learned policy, or each version's gate choice (`bundle`)")
     p.add_argument("--preset", default="tiny", help="update-loop preset (its `update` section)")
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, out: Path) -> int:
     import platform
+    from dataclasses import asdict
 
     from bench.data_scale import machine
     from prefmine.closed_loop import ArmTally, PopulationConfig, percentiles, split_by_windows, verdict
@@ -290,7 +293,9 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
     learning = {"name": "learning"} if a.learning_policy == "bundle" else {"name": "learning", "policy": "learned"}
     experiment = work / "experiment.json"
     experiment.write_text(json.dumps({**EXPERIMENT, "arms": [{"name": "control", "policy": "greedy"}, learning]}))
-    pop = population(bundles / "v0", PopulationConfig(k=a.k, pages=a.pages))
+    sim = json.loads((bundles / "v0" / "policy" / "policy_config.json").read_text())["simulator"]
+    pop_cfg = PopulationConfig.like_simulator(sim, a.k, a.pages)  # sessions like those the policy gate compares
+    pop = population(bundles / "v0", pop_cfg)
     first_ranker = ranker_digest(bundles / "v0")
 
     server = Server(bundles / "current", keys, feedback, experiment, work / "serve.log")
@@ -357,7 +362,8 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
                     "load_at_end": os.getloadavg()},
         "bundle": str(bundle),
         "settings": {"rounds": rounds, "sessions_per_round": per_round, "concurrency": a.concurrency,
-                     "pages": a.pages, "k": a.k, "learning_policy": a.learning_policy, "preset": a.preset,
+                     "pages": pop_cfg.pages, "k": pop_cfg.k, "population": asdict(pop_cfg),
+                     "learning_policy": a.learning_policy, "preset": a.preset,
                      "set": a.set, "seed": a.seed, "max_sessions": max_sessions, "quick": a.quick},
         "baseline": "the control arm: the ranker's order (greedy), the same ranker in every version",
         "experiment": json.loads(experiment.read_text()),
@@ -384,7 +390,8 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
                                             "verdict", "latency_ms")}, indent=2, default=str))
     for name, fig in arm_figures.items():
         print(f"{name:<10} sessions {fig['sessions']:>5} CTR {fig['ctr']:.4f} {fig['ctr_ci95']} "
-              f"buy {fig['purchase_rate']:.4f} {fig['purchase_rate_ci95']}")
+              f"buy {fig['purchase_rate']:.4f} {fig['purchase_rate_ci95']} "
+              f"return/session {fig['return_per_session']:.3f} {fig['return_per_session_ci95']}")
     print(f"wrote {out}")
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -60,7 +60,7 @@ def draw_feedback(bundle: Path, histories: dict[str, list[int]], item_ids: list[
         seen = list(histories[user])  # what the service knows: history, clicks so far; shown items excluded too
         shown: list[int] = []
 
-        def recommend(u, k, seen=seen, shown=shown):
+        def recommend(u, k, _exclude, seen=seen, shown=shown):  # `shown` holds the session's items as indices
             top, _ = ranker.top_n([seen], k, [set(seen) | set(shown)])
             items = [int(i) for i in top[0] if i >= 0]
             shown.extend(items)

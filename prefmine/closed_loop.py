@@ -3,7 +3,8 @@ population that answers served slates with clicks and purchases, and the per-arm
 
 A simulated user is a user of the data: their history is the bundle's catalogue history, and their response is the
 calibrated simulator's (prefmine.policy.simulator, the response model fitted to the logged data,
-`policy/response_model.npz`), frozen for the whole run: the service learns, the users do not change. One
+`policy/response_model.npz`), frozen for the whole run: the service learns, the users' tastes do not change
+(their histories grow with what they click). One
 session is up to `pages` slates (each one Recommend); a slate is examined top to bottom, slot by slot as in the
 simulator:
 
@@ -12,8 +13,12 @@ simulator:
     P(leave)       = leave_prob + leave_prob_skip * [no click]   after every slot
 
 A click joins the user's history at once (the service hears of it through RecordFeedback and uses it in the
-user's next Recommend). The service is reached only through the two callables a session is given, so this module
-knows nothing of gRPC or Ray.
+user's next Recommend) and stays in it for the user's later sessions, as it does in the service's history (a user
+who forgot their clicks between sessions would keep wanting what the service, rightly, no longer shows them). Each
+page after the first asks for slates without the items the session has already shown (Recommend's
+exclude_item_ids), as a client paging does and as the simulator does (a shown item is never proposed again in the
+session); without it every later page repeated the first minus its clicks. The service is reached only through the
+two callables a session is given, so this module knows nothing of gRPC or Ray.
 
 An impression counts as clicked when at least one of its items was clicked and as purchased when one was bought,
 the definition `prefmine experiments report` uses; rates are per impression with Wilson 95% intervals.
@@ -21,6 +26,7 @@ the definition `prefmine experiments report` uses; rates are per impression with
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +46,17 @@ class PopulationConfig:
     leave_prob_skip: float = 0.2
     fatigue: float = 0.6
     fatigue_window: int = 5
+
+    @classmethod
+    def like_simulator(cls, simulator: dict, k: int | None = None, pages: int | None = None) -> PopulationConfig:
+        """The browsing of the simulator a policy was trained and gated on (its `policy_config.json` `simulator`):
+        slates of its `slate_size`, as many pages as its `max_steps` fill, its leave and fatigue settings, so that
+        the bench measures sessions like the ones the gate compared; `k`, `pages`: overrides."""
+        k = int(k or simulator.get("slate_size") or 10)
+        pages = int(pages or max(1, -(-int(simulator.get("max_steps", 3 * k)) // k)))
+        keep = {n: simulator[n] for n in ("leave_prob", "leave_prob_skip", "fatigue", "fatigue_window")
+                if n in simulator}
+        return cls(k=k, pages=pages, **keep)
 
     def __post_init__(self):
         if self.k < 1 or self.pages < 1:
@@ -83,6 +100,7 @@ class Population:
         self.users = sorted(histories)
         self.histories = {u: [int(i) for i in h] for u, h in histories.items()}
         self._unit = response.item_emb / np.maximum(np.linalg.norm(response.item_emb, axis=1, keepdims=True), 1e-8)
+        self._lock = threading.Lock()  # client threads run sessions side by side; a user's clicks join under it
 
     def draw(self, rng: np.random.Generator) -> str:
         return self.users[int(rng.integers(len(self.users)))]
@@ -113,47 +131,67 @@ class Population:
                 return True
         return False
 
-    def session(self, user: str, recommend: Callable[[str, int], Slate],
+    def session(self, user: str, recommend: Callable[[str, int, list[str]], Slate],
                 feedback: Callable[[str, Outcome], None], rng: np.random.Generator) -> list[Outcome]:
-        """One session of `user`: up to `pages` slates from `recommend(user, k)`, each examined, its clicks and
-        buys sent with `feedback(user, outcome)` before the next slate is asked for (when there were any)."""
-        history = list(self.histories.get(user, []))
+        """One session of `user`: up to `pages` slates from `recommend(user, k, exclude)` (`exclude`: the item ids
+        this session has shown so far), each examined, its clicks and buys sent with `feedback(user, outcome)`
+        before the next slate is asked for (when there were any). The session's clicks join the user's stored
+        history when it ends."""
+        with self._lock:
+            history = list(self.histories.get(user, []))
+        start = len(history)
         shown: list[int] = []
+        shown_ids: list[str] = []
         out = []
         for _ in range(self.cfg.pages):
-            slate = recommend(user, self.cfg.k)
+            slate = recommend(user, self.cfg.k, list(shown_ids))
             outcome = Outcome(slate.impression_id, slate.arm)
             left = self.examine(history, shown, slate.items, rng, outcome)
+            shown_ids += [i for i in slate.items if i not in shown_ids]
             if outcome.clicks:
                 feedback(user, outcome)
             out.append(outcome)
             if left:
                 break
+        with self._lock:
+            self.histories.setdefault(user, []).extend(history[start:])
         return out
 
 
 @dataclass
 class ArmTally:
-    """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round)."""
+    """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round), and the
+    session return the policy gate compares (clicks + purchases per session, the simulator's reward with
+    purchase_value 1)."""
 
     sessions: int = 0
     impressions: int = 0
     clicked: int = 0
     purchased: int = 0
+    return_sum: float = 0.0
+    return_sq: float = 0.0
 
     def add_session(self, outcomes: list[Outcome]) -> None:
         self.sessions += 1
+        ret = 0
         for o in outcomes:
             self.impressions += 1
             self.clicked += bool(o.clicks)
             self.purchased += bool(o.buys)
+            ret += len(o.clicks) + len(o.buys)
+        self.return_sum += ret
+        self.return_sq += ret * ret
 
     def summary(self) -> dict:
-        n = self.impressions
-        return {"sessions": self.sessions, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
+        n, s = self.impressions, self.sessions
+        mean = self.return_sum / s if s else 0.0
+        var = max(self.return_sq / s - mean * mean, 0.0) * s / (s - 1) if s > 1 else 0.0
+        half = 1.96 * (var / s) ** 0.5 if s else 0.0
+        return {"sessions": s, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
                 "ctr": self.clicked / n if n else 0.0, "ctr_ci95": list(wilson(self.clicked, n)),
                 "purchase_rate": self.purchased / n if n else 0.0,
-                "purchase_rate_ci95": list(wilson(self.purchased, n))}
+                "purchase_rate_ci95": list(wilson(self.purchased, n)),
+                "return_per_session": mean, "return_per_session_ci95": [mean - half, mean + half]}
 
 
 def separated(above: dict, below: dict, rate: str) -> bool:
@@ -163,12 +201,14 @@ def separated(above: dict, below: dict, rate: str) -> bool:
 
 def verdict(arms: dict[str, dict], learning: str, control: str) -> dict:
     """Whether the learning arm beats the control arm: its click-rate interval lies above the control's (the
-    purchase rate is reported beside it, and a lower learning interval is named too)."""
+    purchase rate and the session return the gate compares are reported beside it, and a lower learning interval
+    is named too)."""
     la, ca = arms[learning], arms[control]
     return {"learning_arm": learning, "control_arm": control,
             "learning_beats_control": separated(la, ca, "ctr"),
             "learning_below_control": separated(ca, la, "ctr"),
             "purchase_rate_separates_above": separated(la, ca, "purchase_rate"),
+            "return_per_session_separates_above": separated(la, ca, "return_per_session"),
             "rule": "the learning arm's CTR 95% interval lies wholly above the control's"}
 
 

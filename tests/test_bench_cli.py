@@ -34,6 +34,7 @@ NO_PLAN = {
     "catalog_latency": "needs a trained --bundle to serve",
     "seqrec_check": "scores one already trained ranker: --bundle is required, and there is nothing to plan",
     "ranker_update": "fine-tunes an already trained ranker: --bundle is required",
+    "loop_probe": "compares an already trained bundle's policies: --bundle is required",
 }
 
 

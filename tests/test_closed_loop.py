@@ -33,8 +33,8 @@ def _run(pop, slate_for, sessions=300, seed=0):
     """Sessions of drawn users against `slate_for(user)`; (tally, feedback sent, slates served)."""
     tally, sent, served = ArmTally(), [], []
 
-    def recommend(user, k):
-        items = slate_for(user)[:k]
+    def recommend(user, k, exclude):
+        items = [i for i in slate_for(user) if i not in exclude][:k]
         served.append(items)
         return Slate(f"imp-{len(served)}", "a", items)
 
@@ -61,6 +61,7 @@ def test_users_click_what_the_response_model_finds_attractive_and_say_so(populat
         return [pop.item_ids[i] for i in order]
 
     good, sent, served = _run(pop, lambda u: by_attraction(u, True))
+    after_good = {u: list(h) for u, h in pop.histories.items()}
     bad, _, _ = _run(pop, lambda u: by_attraction(u, False))
     g, b = good.summary(), bad.summary()
     assert g["sessions"] == b["sessions"] == 300
@@ -72,7 +73,12 @@ def test_users_click_what_the_response_model_finds_attractive_and_say_so(populat
     for _user, imp, clicks, buys in sent:
         slate = served[int(imp.split("-")[1]) - 1]
         assert clicks and set(clicks) <= set(slate) and set(buys) <= set(clicks)
-    assert all(len(h) for h in pop.histories.values())  # sessions grow a copy, never the stored histories
+    # a user's clicks stay in their history for their later sessions, as in the service's
+    clicked: dict[str, list[str]] = {}
+    for user, _imp, clicks, _buys in sent:
+        clicked.setdefault(user, []).extend(clicks)
+    for user, items in clicked.items():
+        assert [pop.item_ids[i] for i in after_good[user][-len(items):]] == items
 
 
 def test_a_click_joins_the_history_and_unknown_items_are_skipped(population):
@@ -91,9 +97,11 @@ def test_a_click_joins_the_history_and_unknown_items_are_skipped(population):
     assert all(pop.item_ids[i] in items for i in shown)
     # a slate of items the catalogue does not know: nothing to click, nothing to leave over, every page asked
     calls = []
-    out = pop.session(user, lambda u, k: calls.append(k) or Slate("x", "a", ["nope-1", "nope-2"]),
+    out = pop.session(user, lambda u, k, ex: calls.append((k, ex)) or Slate("x", "a", [f"nope-{len(calls)}"]),
                       lambda u, o: pytest.fail("feedback without a click"), np.random.default_rng(0))
-    assert calls == [10, 10, 10] and [o.clicks for o in out] == [[], [], []]
+    assert [o.clicks for o in out] == [[], [], []]
+    # each page asks without what the session has shown before (the simulator never shows an item twice)
+    assert calls == [(10, []), (10, ["nope-1"]), (10, ["nope-1", "nope-2"])]
 
 
 def test_verdict_needs_separate_intervals_and_latency_splits_by_window():
@@ -116,3 +124,19 @@ def test_verdict_needs_separate_intervals_and_latency_splits_by_window():
     assert percentiles([])["p50"] is None
     with pytest.raises(ValueError):
         PopulationConfig(pages=0)
+
+
+def test_population_browses_like_the_gates_simulator_and_tallies_its_return():
+    sim = {"slate_size": 5, "max_steps": 12, "leave_prob": 0.1, "leave_prob_skip": 0.3, "fatigue": 0.5,
+           "fatigue_window": 4, "state_step": 0.3}
+    cfg = PopulationConfig.like_simulator(sim)
+    assert (cfg.k, cfg.pages, cfg.leave_prob, cfg.leave_prob_skip, cfg.fatigue, cfg.fatigue_window) == (
+        5, 3, 0.1, 0.3, 0.5, 4)  # 3 pages of 5 cover the 12 steps
+    assert (PopulationConfig.like_simulator({"slate_size": 0, "max_steps": 10}).k,
+            PopulationConfig.like_simulator(sim, k=10, pages=1).pages) == (10, 1)
+    t = ArmTally()
+    t.add_session([Outcome("a", "x", ["i1", "i2"], ["i1"]), Outcome("b", "x")])
+    t.add_session([Outcome("c", "x")])
+    s = t.summary()
+    assert (s["impressions"], s["clicked"], s["return_per_session"]) == (3, 1, 1.5)  # (2 clicks + 1 buy + 0) / 2
+    assert s["return_per_session_ci95"][0] < 1.5 < s["return_per_session_ci95"][1]

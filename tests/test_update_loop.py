@@ -137,6 +137,25 @@ def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
     assert lineage["held_out_learned_after_the_guard"] == N_USERS - 1
 
 
+def test_an_underpowered_metric_refuses_only_what_it_shows_worse():
+    """A held-out family of ~50 users (+-0.15) cannot show "not worse" at 0.01: it no longer refuses an equal
+    candidate by itself, but still refuses one it shows worse; a family with the units decides as before."""
+    from prefmine.update.guard import GuardRule, judge
+
+    def d(lo, hi):
+        return {"value": (lo + hi) / 2, "ci95": [lo, hi], "units": 50, "tolerance": 0.01}
+
+    rule = GuardRule()
+    wide_equal, wide_worse, tight_ok, tight_worse = d(-0.15, 0.15), d(-0.3, -0.02), d(-0.005, 0.004), d(-0.018, -0.004)
+    assert judge({"ndcg@10": wide_equal, "snips": tight_ok}, [], rule)[0]
+    assert not judge({"ndcg@10": wide_equal, "snips": tight_ok}, [], GuardRule(decisive_factor=0))[0]  # as before
+    ok, reason = judge({"ndcg@10": wide_worse, "snips": tight_ok}, [], rule)
+    assert not ok and "ndcg@10" in reason and "95% high" in reason
+    assert not judge({"ndcg@10": wide_equal, "snips": tight_worse}, [], rule)[0]
+    ok, reason = judge({"ndcg@10": wide_equal}, [], rule)  # nothing could decide: refused
+    assert not ok and "no metric had the units" in reason
+
+
 def test_loop_cli_rejects_bad_arguments(tmp_path, capsys):
     from prefmine.cli.main import main
 

@@ -96,13 +96,16 @@ class UpdateConfig:
     guard_candidates: int = 100  # ranker top-n each version's slate is chosen from
     guard_n_boot: int = 500
     guard_max_impressions: int = 5000  # the newest impressions judged per round
+    # a metric whose 95% half-width exceeds this many times its tolerance only refuses a candidate it shows worse
+    # (too few units to show "not worse"; prefmine.update.guard); 0: every metric decides as before
+    guard_decisive_factor: float = 1.0
 
     def guard_rule(self):
         from prefmine.update.guard import GuardRule
 
         return GuardRule(ope_tolerance=self.guard_ope_tolerance, rank_tolerance=self.guard_rank_tolerance,
                          min_units=self.guard_min_units, k=self.guard_k, candidates=self.guard_candidates,
-                         n_boot=self.guard_n_boot)
+                         n_boot=self.guard_n_boot, decisive_factor=self.guard_decisive_factor)
 
     def ranker_update(self):
         from prefmine.update.ranker import RankerUpdate
