@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
-from prefmine.serving.new_items import NewItems, apply, plan, prior_popularity
+from prefmine.serving.new_items import NewItems, apply, plan, prior_popularity, with_updates
 from prefmine.serving.recommend import popularity_order, with_fresh_slots
 from prefmine.serving.vectors import unit_rows
 
@@ -51,7 +51,8 @@ class LiveServed:
     items' shares and order among themselves do not change, and a cold start's slate holds
     `cold_start_new_slots` of the newest."""
 
-    def __init__(self, base, new: NewItems, items_ref: ItemsRef | None, config: LiveCatalogConfig | None = None):
+    def __init__(self, base, new: NewItems, items_ref: ItemsRef | None, config: LiveCatalogConfig | None = None,
+                 given: dict[str, dict] | None = None):
         from serve.profile import CatalogText
 
         config = config or LiveCatalogConfig()
@@ -70,7 +71,9 @@ class LiveServed:
         self.n_items = new.n_items
         self.item_ids = base.item_ids + list(new.ids)
         self.titles = base.titles + [str(f.get("title") or "") for f in new.fields]
-        self.attributes = new.attributes(base.attributes) if len(new) else base.attributes
+        # the rules' attributes: the new items' appended, and upserted fields of the bundle's own items written over
+        self.attributes = with_updates(new.attributes(base.attributes) if len(new) else base.attributes, given or {},
+                                       base.bundle.item_index)
         self.catalog = base.catalog
         if len(new):
             self.catalog = copy.copy(base.catalog)
@@ -105,6 +108,7 @@ class LiveItems:
         self._current: NewItems | None = None
         self._items_ref: ItemsRef | None = None
         self._view: LiveServed | None = None
+        self._view_at = -1  # the change log id the view's attributes reflect
         self._built_at = -1  # the change log id the current snapshot reflects
         self._retry_at = 0.0
         self._task: asyncio.Task | None = None
@@ -118,8 +122,9 @@ class LiveItems:
         running = self._task is not None and not self._task.done()
         if not running and live.last_id != self._built_at and time.monotonic() >= self._retry_at:
             self._task = asyncio.get_running_loop().create_task(self._build(served, live.last_id, dict(live.written)))
-        if self._view is None or self._view.base is not served:
-            self._view = LiveServed(served, self._current, self._items_ref, self.config)
+        if self._view is None or self._view.base is not served or self._view_at != live.last_id:
+            self._view = LiveServed(served, self._current, self._items_ref, self.config, live.given())
+            self._view_at = live.last_id
         return self._view
 
     async def _build(self, served, at: int, written: dict) -> None:

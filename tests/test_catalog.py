@@ -250,6 +250,42 @@ def test_a_replica_poller_follows_the_log_and_keeps_its_state_when_the_store_fai
     assert isinstance(live.refresh(), Exception) and live.blocked_indices("v1", index) == {0}
 
 
+def test_upserted_fields_of_bundle_items_reach_the_rules_at_once(tmp_path):
+    """An upsert naming a bundle item's price (or categories, brand, kind, publication time) changes that field in
+    the rules' attributes the replica serves with, and only that field; a retire forgets what the log gave; new
+    items and untouched bundle items keep theirs. On a real SQLite store, through the replica's poller."""
+    import numpy as np
+
+    from prefmine.rules import ItemAttributes, Rules
+    from prefmine.serving.live_catalog import LiveCatalog, LiveCatalogConfig
+    from prefmine.serving.new_items import with_updates
+    from prefmine.serving.request_rules import allowed_mask
+
+    attrs = ItemAttributes.from_items(pd.DataFrame({
+        "item": ["a", "b", "c"], "categories": [["Knitting"], ["Cars"], ["Knitting"]], "brand": ["Ewe", "Vroom", "Ewe"],
+        "price": [10.0, 20.0, 30.0], "kind": ["product"] * 3}))
+    store = open_feedback_store(str(tmp_path / "feedback.sqlite"))
+    live = LiveCatalog(store, LiveCatalogConfig(interval_s=0.0))
+    good, _ = validate_rows([{"item": "a", "price": 99.0}, {"item": "b", "categories": ["Knitting"], "kind": "article"},
+                             {"item": "new", "title": "New", "price": 1.0}], known={"a", "b", "c"})
+    store.append_catalog(good)
+    live.refresh()
+    got = with_updates(attrs, live.given(), attrs.index)
+    assert list(got.price[:3]) == [99.0, 20.0, 30.0] and list(got.brand) == ["Ewe", "Vroom", "Ewe"]
+    assert got.categories[1] == {"Knitting"} and list(got.kind) == ["product", "article", "product"]
+    assert list(attrs.price) == [10.0, 20.0, 30.0]  # the bundle's own attributes are not changed in place
+    cheap = Rules(price_max=50.0)
+    assert allowed_mask(got, cheap).tolist() == [False, True, True]
+    retire, _ = validate_rows([{"item": "a", "op": "retire"}, {"item": "a", "brand": "Ram"}], known={"a"})
+    store.append_catalog(retire)
+    live.refresh()
+    again = with_updates(attrs, live.given(), attrs.index)
+    assert again.price[0] == 10.0 and again.brand[0] == "Ram"  # after the retire only the later upsert's field
+    assert with_updates(attrs, {"new": {"price": 1.0}}, attrs.index) is attrs  # not a bundle item: nothing to do
+    assert np.isnan(with_updates(attrs, {"c": {"price": None}}, attrs.index).price[2])
+    store.close()
+
+
 def test_new_items_become_served_item_vectors(bundle_path):
     """prefmine.serving.new_items on a trained bundle's own encoder and ranker (no Ray): written items the bundle
     does not hold get the encoder's embedding of their text and the ranker vector the fused ranker gives a cold

@@ -88,6 +88,38 @@ def test_retired_and_unavailable_items_leave_every_answer_at_once(server_proc, b
             time.sleep(0.1)
 
 
+def test_an_upserted_category_of_a_bundle_item_reaches_the_filters_at_once(server_proc, bundle_path):
+    """A bundle item upserted with a new category is answered by a category filter within seconds, without a new
+    bundle (prefmine.serving.new_items.with_updates); its old categories are written back at the end."""
+    from prefmine.bundle import Bundle
+    from prefmine.rules import ItemAttributes
+
+    bundle = Bundle.load(bundle_path)
+    item = str(bundle.item_ids[3])
+    old = sorted(ItemAttributes.from_items(bundle.items).categories[3])
+    only_new = pb.Rules(categories=["Live Category Test"])
+    with grpc.insecure_channel(server_proc.addr) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+
+        def filtered() -> list[str]:
+            return [it.item_id for it in stub.Recommend(pb.RecommendRequest(
+                user_id="catalog-test-category-user", k=K, rules=only_new), timeout=30, metadata=KEY).items]
+
+        assert filtered() == []  # no item has the category yet
+        t0 = write(server_proc, [{"item": item, "categories": ["Live Category Test"]}], {item}, "catalog-test-cat")
+        try:
+            while (got := filtered()) != [item]:
+                assert not got or got == [item], got
+                assert time.monotonic() - t0 < 30, "an upserted category was not filtered on 30 s after its write"
+                time.sleep(0.1)
+            print(f"write-to-filtered latency {time.monotonic() - t0:.2f} s")
+        finally:
+            t1 = write(server_proc, [{"item": item, "categories": old}], {item}, "catalog-test-cat-restore")
+        while filtered():
+            assert time.monotonic() - t1 < 30, "the restored categories were not served 30 s after their write"
+            time.sleep(0.1)
+
+
 def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
     """WriteCatalog over gRPC: a key without the RPC in its scope is refused; bad rows are named and good rows
     stored (readable in the store when the answer comes); a retry with the same key stores nothing new. The rows

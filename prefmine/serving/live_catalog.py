@@ -57,6 +57,7 @@ class LiveCatalog:
         self.generation = 0  # bumped whenever the blocked set changes
         self._blocked: set[str] = set()
         self._state = CatalogState()  # the log alone folded, by the same rules as the next bundle's prepare
+        self._given: dict[str, frozenset[str]] = {}  # id -> the fields the log gave it since its last retire
         self._checked = -float("inf")
         self._cache: dict = {}
 
@@ -89,7 +90,20 @@ class LiveCatalog:
     def last_id(self) -> int:
         return self._state.last_id
 
+    def given(self) -> dict[str, dict]:
+        """id -> the fields the log itself gave the item since its last retire, with their current values: an
+        upsert that names a bundle item's price alone changes its price, not its brand (prefmine.serving.new_items
+        .with_updates)."""
+        items = self._state.items
+        return {item: {k: v for k, v in items[item].items() if k in names}
+                for item, names in self._given.items() if item in items}
+
     def _apply(self, changes) -> None:
+        for c in changes:
+            if c.op == "retire":
+                self._given.pop(c.item, None)
+            else:
+                self._given[c.item] = self._given.get(c.item, frozenset()) | frozenset(c.fields)
         blocked = set(self._blocked)
         for item in self._state.apply(changes):
             if self._state.servable(item):

@@ -117,6 +117,36 @@ def prior_popularity(popularity: np.ndarray, quantile: float) -> float:
     return float(np.quantile(pop, float(quantile))) if len(pop) else 0.0
 
 
+RULE_FIELDS = ("categories", "brand", "price", "kind", "published")  # what request-time rules filter on
+
+
+def with_updates(attrs: ItemAttributes, given: dict[str, dict], in_bundle: Callable[[str], int | None]) -> ItemAttributes:
+    """`attrs` with the rule fields (RULE_FIELDS) that catalogue upserts gave the bundle's own items written over
+    the bundle's values, so that a price, category, brand, kind or publication change reaches the served filters
+    and quotas without a new bundle; `attrs` itself when no upsert gave one. `given`: id -> the fields the log
+    gave (LiveCatalog.given). Availability is not here: the live catalogue's blocked set keeps unavailable items
+    out of every answer. New items' attributes come from their own fields (NewItems.attributes)."""
+    rows = [(i, f) for item, f in given.items()
+            if any(k in f for k in RULE_FIELDS) and (i := in_bundle(item)) is not None]
+    if not rows:
+        return attrs
+    categories, brand, price = list(attrs.categories), attrs.brand.copy(), attrs.price.copy()
+    kind, published = attrs.kind.copy(), attrs.published.copy()
+    for i, f in rows:
+        if "categories" in f:
+            categories[i] = frozenset(str(c) for c in f["categories"] or ())
+        if "brand" in f:
+            brand[i] = str(f["brand"] or "")
+        if "price" in f:
+            price[i] = _number(f["price"])
+        if "kind" in f:
+            kind[i] = str(f["kind"] or "product")
+        if "published" in f:
+            published[i] = _number(f["published"])
+    return ItemAttributes(item_ids=attrs.item_ids, categories=categories, brand=brand, price=price,
+                          available=attrs.available, kind=kind, published=published)
+
+
 def _number(value) -> float:
     """A price or publication time as a float, NaN when unknown."""
     try:
