@@ -120,6 +120,51 @@ def test_an_upserted_category_of_a_bundle_item_reaches_the_filters_at_once(serve
             time.sleep(0.1)
 
 
+def test_content_items_are_mixed_in_by_quota_and_decayed_by_age(server_proc, bundle_path):
+    """Content live: a user's two first items are upserted as articles published now. A Recommend with
+    `kind_quota {article: 1}` holds exactly one of them, the better; once that one is re-published a year ago, a
+    one-day `freshness_half_life_s` makes the other the article of the slate. Both items are retired and upserted
+    again at the end, which gives them back the bundle's fields."""
+    from prefmine.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path)
+    user = next(u for u in raw_user_ids(bundle) if len(bundle.history(bundle.pseudonymise(u))) > 0)
+    with grpc.insecure_channel(server_proc.addr) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+
+        def slate(**rules) -> list[str]:
+            return [it.item_id for it in stub.Recommend(pb.RecommendRequest(
+                user_id=user, k=K, rules=pb.Rules(**rules)), timeout=30, metadata=KEY).items]
+
+        before = slate()
+        pair = before[:2]
+        now = time.time()
+        t0 = write(server_proc, [{"item": i, "kind": "article", "published": now} for i in pair], set(pair),
+                   "content-test")
+        try:
+            while len(articles := [i for i in slate(kind_quota={"article": 1}) if i in pair]) != 1:
+                assert time.monotonic() - t0 < 30, "the upserted kinds were not served 30 s after their write"
+                time.sleep(0.1)
+            (better,) = articles
+            other = next(i for i in pair if i != better)
+            write(server_proc, [{"item": better, "published": now - 365 * 86400}], {better}, "content-test-age")
+            t1 = time.monotonic()
+            while True:
+                decayed = slate(kind_quota={"article": 1}, freshness_half_life_s=86400.0)
+                if [i for i in decayed if i in pair] == [other]:
+                    break
+                assert time.monotonic() - t1 < 30, f"the year-old article was not decayed: {decayed}"
+                time.sleep(0.1)
+            assert len(decayed) == K
+            assert [i for i in slate(kind_quota={"article": 1}) if i in pair] == [better]  # no decay asked
+        finally:
+            write(server_proc, [{"item": i, "op": "retire"} for i in pair], set(pair), "content-test-retire")
+            t2 = write(server_proc, [{"item": i, "available": True} for i in pair], set(pair), "content-test-restore")
+        while slate() != before:
+            assert time.monotonic() - t2 < 30, "the items were not served as before 30 s after their restore"
+            time.sleep(0.1)
+
+
 def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
     """WriteCatalog over gRPC: a key without the RPC in its scope is refused; bad rows are named and good rows
     stored (readable in the store when the answer comes); a retry with the same key stores nothing new. The rows
