@@ -17,9 +17,8 @@ skipped the candidate is refused (no evidence is not evidence of "not worse").
 
 A metric whose interval is wider than its tolerance (half-width > `decisive_factor` x tolerance) cannot show
 "not worse" at that tolerance: a candidate exactly as good as the serving version passes it less than half the
-time. On the tiny Magazine loop the held-out family has about 50 users a round and intervals of about +-0.15
-against 0.01, and SNIPS over ~2,500 greedy-logged impressions about +-0.025, so every candidate that ordered a
-slate differently was refused, better ones included. Such an underpowered metric still refuses a candidate it shows worse (its
+time, so with few units every candidate that orders slates differently is refused, better ones included
+(docs/update-loop.md has the figures of the closed-loop runs). Such an underpowered metric still refuses a candidate it shows worse (its
 whole interval below 0), but does not decide "not worse"; that needs at least one metric with the units to decide,
 and every such metric's low end >= -tolerance. `decisive_factor` 0: every metric decides (the rule before).
 """
