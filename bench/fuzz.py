@@ -108,7 +108,7 @@ class Server:
         from serve.run import free_port
 
         keys = workdir / "api_keys"  # the server's key-file format: name scopes sha256:<hex>
-        keys.write_text(f"bench * {hash_key(API_KEY)}\n")
+        keys.write_text(f"bench *,WriteCatalog,WriteCampaigns {hash_key(API_KEY)}\n")  # the writes must be named
         self.port = free_port()
         self.direct_port = free_direct_port(self.port)
         code = (f"import sys; from serve.run import run_serve; sys.exit(run_serve({str(bundle)!r}, {self.port}, "
