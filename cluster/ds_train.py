@@ -225,6 +225,8 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         if (epoch + 1) % every and not last:
             ray.train.report({**metrics, "history": json.dumps(history)})
             continue
+        if log is not None and config.get("log_uri"):  # rank 0's node disk is not shared: logs to the store too
+            upload_logs(log.dir, config["log_uri"])
         with tempfile.TemporaryDirectory() as tmp:
             engine.save_checkpoint(tmp, tag="ds")
             full = full_state_dict(engine)  # ZeRO-3: gathered from every rank before rank 0 saves it
@@ -247,6 +249,46 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         log.close()
 
 
+def upload_logs(log_dir: Path, uri: str) -> None:
+    """Copy a run's metrics.jsonl and TensorBoard files from rank 0's node to `uri` (the run's folder in the
+    store), overwriting the previous copy: on a URI storage they are then readable from any node."""
+    from prefmine.storage import copy_file, list_files, resolve
+
+    local_fs, local = resolve(log_dir)
+    fs, root = resolve(uri)
+    for rel in list_files(local_fs, local):
+        if rel == "metrics.jsonl" or rel.startswith("tensorboard/"):
+            parent = os.path.dirname(rel)
+            fs.create_dir(f"{root}/{parent}" if parent else root, recursive=True)
+            copy_file(local_fs, f"{local}/{rel}", fs, f"{root}/{rel}", 1 << 20)
+
+
+def keep_run_record(storage: str, name: str, checkpoint_path: str, record: Path) -> None:
+    """`record/<name>`: a run stored at a URI, as a bundle keeps a local run after `drop_checkpoints` — its
+    metrics.jsonl and TensorBoard files (uploaded by rank 0) and `checkpoint.json`, the files of its last
+    checkpoint with their sizes and where they are stored."""
+    import pyarrow.fs as pafs
+
+    from prefmine.storage import copy_file, join, resolve
+
+    fs, root = resolve(storage)
+    run_root = f"{root}/{name}"
+    dest = Path(record) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    local = pafs.LocalFileSystem()
+    files: dict[str, int] = {}
+    for info in fs.get_file_info(pafs.FileSelector(run_root, recursive=True, allow_not_found=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(run_root) + 1:]
+        if rel == "metrics.jsonl" or rel.startswith("tensorboard/"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            copy_file(fs, info.path, local, str(dest / rel), 1 << 20)
+        elif info.path.startswith(checkpoint_path.rstrip("/") + "/"):
+            files[rel] = info.size
+    (dest / "checkpoint.json").write_text(json.dumps({"stored_at": join(storage, name), "files": files}, indent=1))
+
+
 def run_storage(bundle: str | Path, dist: DistConfig | None) -> str | Path:
     """Where a bundle's Ray Train runs live: `dist.storage` (`<uri>/train`) when set, else `<bundle>/.train`."""
     from prefmine.storage import join
@@ -254,18 +296,22 @@ def run_storage(bundle: str | Path, dist: DistConfig | None) -> str | Path:
     return join(dist.storage, "train") if dist is not None and dist.storage else Path(bundle) / ".train"
 
 
-def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) -> TrainResult:
+def train(task, name: str, storage: str | Path, dist: DistConfig | None = None,
+          record: Path | None = None) -> TrainResult:
     """Run `task` under Ray Train + DeepSpeed; return the path of the final fp32 state dict.
 
     `storage` is a local directory or a URI (`prefmine.storage`: s3://, gs://, hdfs://...): Ray Train keeps the
     run's state and checkpoints there, so on a URI no node needs a disk shared with the driver, and the final
-    checkpoint is downloaded to a local temporary directory for the caller. Rank 0's `metrics.jsonl` is then
-    written on its own node's disk (the driver shows per-epoch progress only when rank 0 runs beside it)."""
+    checkpoint is downloaded to a local temporary directory for the caller. Rank 0 then writes `metrics.jsonl`
+    and TensorBoard files on its own node's disk and copies them into the run's folder in the store at every
+    checkpoint (the driver shows per-epoch progress only when rank 0 runs beside it); `record` (a bundle's
+    `.train`) receives them with the list of the last checkpoint's files (`keep_run_record`), so a bundle holds
+    its training logs wherever its runs were stored."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cluster.ray_env import ensure_ray
-    from prefmine.storage import is_uri, resolve
+    from prefmine.storage import is_uri, join, resolve
 
     dist = dist or DistConfig()
     # read by the TrainController actor, which Ray Train starts with this process's value of the variable
@@ -287,7 +333,8 @@ def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) 
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"task": task, "ds_config": ds_config, "name": name, "log_every": dist.log_every,
-                           "checkpoint_every": dist.checkpoint_every, "log_dir": str(log_dir)},
+                           "checkpoint_every": dist.checkpoint_every, "log_dir": str(log_dir),
+                           "log_uri": join(storage, name) if remote else None},
         torch_config=TorchConfig(backend="nccl" if dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=dist.use_gpu,
                                      resources_per_worker={"CPU": dist.cpus_per_worker, **dist.worker_resources}),
@@ -302,6 +349,8 @@ def train(task, name: str, storage: str | Path, dist: DistConfig | None = None) 
         raise RuntimeError(f"{name} training failed: {result.error}")
     if remote:  # the caller loads model.pt from a local directory
         ckpt_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix=f"prefmine-{name}-")))
+        if record is not None:
+            keep_run_record(str(storage), name, result.checkpoint.path, record)
     else:
         ckpt_dir = Path(result.checkpoint.path)
     history = json.loads(result.metrics.get("history", "[]")) if result.metrics else []

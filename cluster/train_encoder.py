@@ -70,12 +70,12 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
     vocab = bcfg.vocab_size
     special = {"pad": tokenizer.pad_token_id, "unk": tokenizer.unk_token_id, "cls": tokenizer.cls_token_id,
                "sep": tokenizer.sep_token_id, "mask": tokenizer.mask_token_id}
-    storage = run_storage(bundle, dist)
+    storage, record = run_storage(bundle, dist), Path(bundle) / ".train"
     run = time.strftime("%Y%m%d-%H%M%S")
     metrics = {"init": ckpt.describe() if ckpt else {"source": "scratch"}}
     if cfg.mlm_epochs > 0:
         ids, mask = tokenize(tokenizer, texts, cfg.max_len)
-        mlm = train(MLMTask(cfg, bcfg, special, ids, mask, state), f"encoder-mlm-{run}", storage, dist)
+        mlm = train(MLMTask(cfg, bcfg, special, ids, mask, state), f"encoder-mlm-{run}", storage, dist, record)
         state = torch.load(mlm.state_dict_path, map_location="cpu", weights_only=True)
         metrics.update({"mlm": mlm.history[-1] if mlm.history else {}, "mlm_seconds": mlm.seconds,
                         "mlm_history": mlm.history})
@@ -87,7 +87,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
         metrics["finetune"] = {"mode": cfg.finetune, "trainable_parameters": sum(
             p.numel() for p in probe.parameters() if p.requires_grad), "parameters": sum(
             p.numel() for p in probe.parameters())}
-        ft = train(task, f"encoder-rating-{run}", storage, dist)
+        ft = train(task, f"encoder-rating-{run}", storage, dist, record)
         state = finished_stage(task, ft, out / "lora" / "rating")
         metrics.update({"rating": ft.history[-1] if ft.history else {}, "rating_seconds": ft.seconds,
                         "rating_history": ft.history})
@@ -101,7 +101,7 @@ def train_encoder(ds: Dataset, bundle: Path, cfg: EncoderConfig, dist: DistConfi
         q_ids, q_mask = tokenize(tokenizer, queries, cfg.max_len)
         d_ids, d_mask = tokenize(tokenizer, targets, cfg.max_len)
         task = ContrastiveTask(cfg, bcfg, state, q_ids, q_mask, d_ids, d_mask, target_items)
-        ct = train(task, f"encoder-contrastive-{run}", storage, dist)
+        ct = train(task, f"encoder-contrastive-{run}", storage, dist, record)
         state = finished_stage(task, ct, out / "lora" / "contrastive")
         metrics.update({"contrastive": ct.history[-1] if ct.history else {}, "contrastive_pairs": len(queries),
                         "contrastive_seconds": ct.seconds, "contrastive_history": ct.history})

@@ -44,7 +44,7 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
                       ds.train_times, [ds.history_times(u, "valid") for u in vu],
                       [ds.history_events(u, "valid") for u in vu])
     name = run_name or f"{component}-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = train(task, name, run_storage(bundle, dist), dist)
+    res = train(task, name, run_storage(bundle, dist), dist, Path(bundle) / ".train")
     out = save_ranker(Path(bundle) / component, res.state_dict_path, cfg, ds.n_items, text)
     valid = ([ds.history(u, "valid") for u in vu], [ds.history_times(u, "valid") for u in vu], ds.valid_item[vu],
              [ds.history_events(u, "valid") for u in vu])

@@ -100,21 +100,64 @@ def ray_session():
     ray.shutdown()
 
 
+# The session's training cluster (issue 24): a `ray start --head` node and a `ray start --address` worker node on
+# this machine, each with its own temp and working directories, sharing nothing but an S3 server on loopback (moto,
+# the dev extra; a real object store's protocol, in this process). The worker node alone has WORKER_RESOURCE, the
+# head alone HEAD_RESOURCE; the tiny bundle's training workers and embedding actors ask for WORKER_RESOURCE.
+WORKER_RESOURCE = "worker_node"
+HEAD_RESOURCE = "head_node"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+for _k, _v in S3_CREDENTIALS.items():  # this process reads the bucket too; each node has them in its own env
+    os.environ.setdefault(_k, _v)
+
 # dist.checkpoint_every: one checkpoint per training run (the last epoch), not about ten: the 75-epoch tiny ranker
 # runs spent more time saving DeepSpeed checkpoints than training; tests/test_resume.py and
 # tests/test_deepspeed_configs.py test checkpoints themselves
-TINY_TEST_CONFIG = """
-encoder: {mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}
-ranker: {min_steps: 150, epochs: 4}
-policy: {max_iterations: 4, time_budget_s: 40, gate_sessions: 200}
-dist: {checkpoint_every: 1000}
+TINY_TEST_CONFIG = f"""
+encoder: {{mlm_epochs: 2, finetune_epochs: 1, vocab_size: 2000}}
+ranker: {{min_steps: 150, epochs: 4}}
+policy: {{max_iterations: 4, time_budget_s: 40, gate_sessions: 200}}
+dist: {{checkpoint_every: 1000, worker_resources: {{{WORKER_RESOURCE}: 1}}}}
+embed: {{actor_resources: {{{WORKER_RESOURCE}: 1}}}}
 """
+
+
+@dataclass
+class TrainingCluster:
+    """The session's two-node cluster (`cluster.local_cluster.RayCluster`) and its bucket (an s3:// URI prefix
+    with the endpoint options); `close()` stops both (the nodes, then the S3 server)."""
+
+    cluster: object
+    bucket: str
+    close: object
+
+
+def start_training_cluster(base: Path) -> TrainingCluster:
+    """The S3 server and the two nodes: a head (2 CPUs, HEAD_RESOURCE) and a worker node (2 CPUs,
+    WORKER_RESOURCE: 2, room for the two training workers); Ray metrics exported every second (the multi-node
+    serving test reads per-replica counters)."""
+    from contextlib import ExitStack
+
+    from live_server import METRICS_REPORT_S, ray_cluster, s3_bucket
+
+    stack = ExitStack()
+    try:
+        bucket = stack.enter_context(s3_bucket("prefmine-session", "prefmine"))
+        env = {**S3_CREDENTIALS, "RAY_metrics_report_interval_ms": str(int(METRICS_REPORT_S * 1000))}
+        cluster = stack.enter_context(ray_cluster(base, head_cpus=2, workers=((2, {WORKER_RESOURCE: 2}),),
+                                                  env=env, head_resources={HEAD_RESOURCE: 1}))
+    except BaseException:
+        stack.close()
+        raise
+    return TrainingCluster(cluster, bucket, stack.close)
 
 
 @dataclass(frozen=True)
 class SubmittedPipeline:
     """What `prefmine jobs` said about the session's training job: the `submit --wait`, `status` and `logs`
-    commands (CompletedProcess each), the job id, and the job's runtime_env as the head recorded it."""
+    commands (CompletedProcess each), the job id, and the job's runtime_env as the head recorded it; where its
+    data, run storage and bundle are in the bucket, and `bundle`, the bundle fetched from there (verified) for
+    the tests on this machine."""
 
     bundle: Path
     submit: subprocess.CompletedProcess
@@ -122,34 +165,45 @@ class SubmittedPipeline:
     status: subprocess.CompletedProcess | None
     logs: subprocess.CompletedProcess | None
     runtime_env: dict
+    data_uri: str = ""
+    storage_uri: str = ""
+    bundle_uri: str = ""
 
 
-def train_tiny_bundle(magazine5: Path, tmp_path_factory) -> SubmittedPipeline:
+def train_tiny_bundle(magazine5: Path, tmp_path_factory, training: TrainingCluster) -> SubmittedPipeline:
     """The session's tiny bundle, trained the way a user trains on a cluster: `python -m cluster.pipeline`
-    submitted with `prefmine jobs submit --wait` to a real `ray start --head` node of its own (stopped as soon as
-    the job's record has been read), the project shipped as the job's working_dir."""
-    from live_server import prefmine_cli, ray_head_node
+    submitted with `prefmine jobs submit --wait` to the session's two-node cluster, the project shipped as the
+    job's working_dir. Its data, run storage and bundle are in the bucket (nothing a worker or actor reads is on
+    the driver's disk); the bundle is then fetched into this session's temp dir for the other tests."""
+    from live_server import prefmine_cli
     from ray.job_submission import JobSubmissionClient
+
+    from prefmine import storage, store
 
     cfg = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
     cfg.write_text(TINY_TEST_CONFIG)
-    out = tmp_path_factory.mktemp("bundles") / "magazine5"
-    with ray_head_node(num_cpus=2) as (address, _):
-        submit = prefmine_cli("jobs", "submit", "--address", address, "--wait", "--timeout", "2400", "--",
-                              "python", "-m", "cluster.pipeline", "--data", str(magazine5), "--out", str(out),
-                              "--preset", "tiny", "--config", str(cfg), timeout=2500)
-        words = submit.stdout.split()
-        job_id = words[1] if len(words) > 1 and words[0] == "submitted" else ""
-        status = logs = None
-        runtime_env: dict = {}
-        if job_id:
-            status = prefmine_cli("jobs", "status", job_id, "--address", address)
-            logs = prefmine_cli("jobs", "logs", job_id, "--address", address)
-            runtime_env = JobSubmissionClient(address).get_job_info(job_id).runtime_env or {}
-    return SubmittedPipeline(out, submit, job_id, status, logs, runtime_env)
+    data, runs = storage.join(training.bucket, "datasets", "magazine5"), storage.join(training.bucket, "runs")
+    out = storage.join(training.bucket, "bundles", "magazine5")
+    storage.put_dir(magazine5, data)
+    address = training.cluster.address
+    submit = prefmine_cli("jobs", "submit", "--address", address, "--wait", "--timeout", "2400", "--",
+                          "python", "-m", "cluster.pipeline", "--data", data, "--out", out, "--storage", runs,
+                          "--preset", "tiny", "--config", str(cfg), timeout=2500)
+    words = submit.stdout.split()
+    job_id = words[1] if len(words) > 1 and words[0] == "submitted" else ""
+    status = logs = None
+    runtime_env: dict = {}
+    if job_id:
+        status = prefmine_cli("jobs", "status", job_id, "--address", address)
+        logs = prefmine_cli("jobs", "logs", job_id, "--address", address)
+        runtime_env = JobSubmissionClient(address).get_job_info(job_id).runtime_env or {}
+    local = tmp_path_factory.mktemp("bundles") / "magazine5"
+    if submit.returncode == 0 and store.is_published(out):
+        local = store.fetch(out, store.StoreConfig(cache_dir=str(local.parent)))
+    return SubmittedPipeline(local, submit, job_id, status, logs, runtime_env, data, runs, out)
 
 
-_BUNDLE_FIXTURES = {"tiny_bundle", "tiny_bundle_job"}
+_BUNDLE_FIXTURES = {"tiny_bundle", "tiny_bundle_job", "training_cluster"}
 _BACKGROUND_JOB: dict = {}
 
 
@@ -167,17 +221,25 @@ def tiny_bundle_in_background(request):
     import threading
 
     if needs_tiny_bundle(request.session.items):
-        args = (request.getfixturevalue("magazine5"), request.getfixturevalue("tmp_path_factory"))
+        magazine5, factory = request.getfixturevalue("magazine5"), request.getfixturevalue("tmp_path_factory")
+        keep = any("training_cluster" in getattr(it, "fixturenames", ()) for it in request.session.items)
 
         def run():
             try:
-                _BACKGROUND_JOB["result"] = train_tiny_bundle(*args)
+                training = _BACKGROUND_JOB["cluster"] = start_training_cluster(factory.mktemp("cluster"))
+                _BACKGROUND_JOB["result"] = train_tiny_bundle(magazine5, factory, training)
             except BaseException as e:  # handed to the first test that needs the bundle
                 _BACKGROUND_JOB["error"] = e
+            finally:
+                if not keep and "cluster" in _BACKGROUND_JOB:  # no selected test uses the cluster after the job
+                    _BACKGROUND_JOB.pop("cluster").close()
 
         thread = _BACKGROUND_JOB["thread"] = threading.Thread(target=run, name="tiny-bundle-job", daemon=True)
         thread.start()
     yield
+    training = _BACKGROUND_JOB.pop("cluster", None)
+    if training is not None:  # the training cluster outlived its tests (a failed job): stopped at the end
+        training.close()
 
 
 def job_failure(job: SubmittedPipeline) -> str | None:
@@ -193,12 +255,25 @@ def tiny_bundle_job(magazine5, tmp_path_factory) -> SubmittedPipeline:
     `tiny_bundle_in_background`. tests/test_cluster.py checks the job itself; every other test gets the bundle
     through `tiny_bundle`. One training run serves both, which is most of the suite's budget saved."""
     thread = _BACKGROUND_JOB.get("thread")
-    if thread is None:
-        return train_tiny_bundle(magazine5, tmp_path_factory)
+    if thread is None:  # started by a test's own request: train now
+        training = _BACKGROUND_JOB["cluster"] = start_training_cluster(tmp_path_factory.mktemp("cluster"))
+        return train_tiny_bundle(magazine5, tmp_path_factory, training)
     thread.join()
     if "error" in _BACKGROUND_JOB:
         raise _BACKGROUND_JOB["error"]
     return _BACKGROUND_JOB["result"]
+
+
+@pytest.fixture(scope="session")
+def training_cluster(tiny_bundle_job) -> TrainingCluster:
+    """The two-node cluster and bucket the session's training job ran on (`start_training_cluster`), for the
+    multi-node tests after it (tests/test_multinode.py); stopped after the last test that uses it."""
+    training = _BACKGROUND_JOB.get("cluster")
+    assert training is not None, "the session's training cluster is gone"
+    _EARLY_STOP["training_cluster"] = training.close
+    yield training
+    if _EARLY_STOP.pop("training_cluster", None):
+        training.close()
 
 
 @pytest.fixture(scope="session")
@@ -336,7 +411,8 @@ def pytest_runtest_teardown(item, nextitem):
         return
     if not _LAST_USER:
         for it in item.session.items:
-            for name in set(getattr(it, "fixturenames", ())) & {"server_proc", "ray_head", "ray_head_token"}:
+            for name in set(getattr(it, "fixturenames", ())) & {"server_proc", "ray_head", "ray_head_token",
+                                                                  "training_cluster"}:
                 _LAST_USER[name] = it.nodeid
     for name, stop in list(_EARLY_STOP.items()):
         if _LAST_USER.get(name) == item.nodeid:
@@ -427,9 +503,10 @@ def postgres_server():
 # Markers (registered in pyproject.toml, explained in docs/testing.md). Tests that start Ray, train a model, or
 # start Ray Serve or a `ray start` node are marked here from the fixtures they use, so a new test that takes
 # one of these fixtures is never counted as fast by accident; a test may also mark itself `slow`.
-_SLOW_FIXTURES = {"tiny_bundle", "tiny_bundle_job", "ray_session", "ray_head", "ray_head_token", "server_proc", "bundle_path"}
+_SLOW_FIXTURES = {"tiny_bundle", "tiny_bundle_job", "ray_session", "ray_head", "ray_head_token", "server_proc",
+                  "bundle_path", "training_cluster"}
 _SERVE_MODULES = {"test_serve_faults", "test_serve_feedback", "test_serve_deploy"}
-_CLUSTER_FIXTURES = {"ray_head", "ray_head_token"}
+_CLUSTER_FIXTURES = {"ray_head", "ray_head_token", "training_cluster"}
 
 
 def _group_modules(items, fixture: str) -> None:
@@ -447,13 +524,15 @@ def _group_modules(items, fixture: str) -> None:
 
 def _fast_modules_first(items) -> None:
     """Orders modules (each kept whole, so module fixtures start once) in three tiers: modules with no test that
-    is marked slow or needs the tiny bundle, then slow modules that do not need it, then those that need it. The
-    bundle's training job runs in the background meanwhile (`tiny_bundle_in_background`). Needs the markers set."""
+    is marked slow or needs the tiny bundle, then slow modules that do not need it, then those that need it, the
+    ones on the bundle's training cluster first (it idles until they have run). The bundle's training job runs in
+    the background meanwhile (`tiny_bundle_in_background`). Needs the markers set."""
     by_module: dict[str, list] = {}
     for it in items:
         by_module.setdefault(it.module.__name__ if it.module else "", []).append(it)
-    tiers = {m: 2 if needs_tiny_bundle(tests) else 1 if any(it.get_closest_marker("slow") for it in tests) else 0
-             for m, tests in by_module.items()}
+    tiers = {m: (2 if any("training_cluster" in getattr(it, "fixturenames", ()) for it in tests) else 3)
+             if needs_tiny_bundle(tests) else 1 if any(it.get_closest_marker("slow") for it in tests) else 0
+             for m, tests in by_module.items()}  # the training cluster's tests first: it is stopped after them
     items.sort(key=lambda it: tiers[it.module.__name__ if it.module else ""])  # stable: order kept within a tier
 
 

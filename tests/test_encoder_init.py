@@ -101,13 +101,14 @@ def test_encoder_trains_from_a_checkpoint_through_ray_train_deepspeed(magazine5,
 
     ds = load_dataset(magazine5, with_reviews=True)
     d = tiny_bert_dir(tmp_path / "ckpt", item_texts)
+    # MLM only: the rating stage from a checkpoint is trained by the LoRA and MiniLM tests below (one Ray Train
+    # run fewer here), both stages from scratch by the session's tiny bundle
     cfg = EncoderConfig(init=str(d), init_sha256=file_sha256(d / "model.safetensors"), mlm_epochs=3,
-                        finetune_epochs=3, max_texts=1200, lr=1e-3, finetune_lr=1e-3, contrastive_epochs=0)
+                        finetune_epochs=0, max_texts=1200, lr=1e-3, contrastive_epochs=0)
     m = train_encoder(ds, tmp_path / "bundle", cfg, DistConfig())
-    assert m["init"]["source"] == "directory"
+    assert m["init"]["source"] == "directory" and "rating_history" not in m
     mlm = [h["loss"] for h in m["mlm_history"]]
-    rating = [h["loss"] for h in m["rating_history"]]
-    assert mlm[-1] < mlm[0] and rating[-1] < rating[0]
+    assert mlm[-1] < mlm[0]
     enc = tmp_path / "bundle" / "encoder"
     emb = np.load(enc / "item_embeddings.npy")
     assert emb.shape == (ds.n_items, 32)

@@ -1,59 +1,44 @@
-"""A real two-node Ray cluster on this machine (issue 24 items 2 and 3).
+"""A real two-node Ray cluster on this machine (issue 24 items 2 and 3): the session's training cluster.
 
-`live_server.ray_cluster`: `ray start --head` plus a `ray start --address` worker node, each with its own temp
-dir and working directory; the worker node advertises the custom resource `worker_node`, and the training config
-asks for it (`dist.worker_resources`, `embed.actor_resources`), so training workers and embedding actors can run
-only there. The only storage the nodes share for training artefacts is an S3 server on loopback (moto, as in
+`conftest.start_training_cluster`: `ray start --head` plus a `ray start --address` worker node, each with its own
+temp dir and working directory; the worker node alone advertises the custom resource `worker_node`, and the tiny
+bundle's training config asks for it (`dist.worker_resources`, `embed.actor_resources`), so training workers and
+embedding actors can run only there. The only storage the nodes share is an S3 server on loopback (moto, as in
 tests/test_storage.py): the prepared dataset (`--data`), run storage and checkpoints (`--storage`), the encoder
-the actors load, the bundle (`--out`). Each node has the (fake) credentials in the environment it was started with, as a real node has its
-own; none travel through Ray or the URI.
+the actors load, the bundle (`--out`), the evaluation reports. Each node has the (fake) credentials in the
+environment it was started with, as a real node has its own; none travel through Ray or the URI. The session's
+tiny bundle is trained there (`conftest.train_tiny_bundle`: prepare on the submitting machine, then encoder, ranker
+and policy through `prefmine jobs submit`); these tests check where it ran, evaluate it with a second job, lose
+a node in training, and serve from both nodes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import pytest
-from live_server import METRICS_REPORT_S, prefmine_cli, ray_cluster, s3_bucket
+from conftest import HEAD_RESOURCE, WORKER_RESOURCE
+from live_server import prefmine_cli
 
-from prefmine import storage
+from prefmine import storage, store
 from prefmine.bundle import is_published
 
 pytestmark = pytest.mark.slow
 
-RESOURCE = "worker_node"
-HEAD_RESOURCE = "head_node"  # the node-loss test's uninterrupted run goes there, away from the node it kills
+RESOURCE = WORKER_RESOURCE
 NODE_LOSS_EPOCHS = 4
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-for _k, _v in CREDENTIALS.items():  # this process reads the bucket too (see tests/test_storage.py)
-    os.environ.setdefault(_k, _v)
-
-# The smallest encoder stage that still trains through Ray Train + DeepSpeed and embeds through Ray Data: one MLM
-# epoch of a one-layer BERT, no fine-tuning stages, a checkpoint after the epoch.
-ENCODER_ON_WORKER_NODE = f"""
-encoder: {{mlm_epochs: 1, finetune_epochs: 0, contrastive_epochs: 0, vocab_size: 800, hidden: 32, layers: 1,
-          heads: 2, intermediate: 64, max_len: 32, max_texts: 1500}}
-embed: {{actor_resources: {{{RESOURCE}: 1}}}}
-dist: {{num_workers: 1, checkpoint_every: 1, log_every: 1000, worker_resources: {{{RESOURCE}: 1}}}}
-"""
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    """A fresh bucket on moto's S3 server on 127.0.0.1; yields a URI prefix carrying the endpoint options."""
-    with s3_bucket("prefmine-multinode", "prefmine") as uri:
-        yield uri
+def two_nodes(training_cluster):
+    return training_cluster.cluster
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory, bucket):
-    """A head (2 CPUs: room for the training workers, were they not told to go elsewhere; `head_node: 1`) and one
-    worker node (2 CPUs, `worker_node: 2`); metrics exported every second (the serve test reads per-replica counters)."""
-    env = {**CREDENTIALS, "RAY_metrics_report_interval_ms": str(int(METRICS_REPORT_S * 1000))}
-    with ray_cluster(tmp_path_factory.mktemp("cluster"), head_cpus=2, workers=((2, {RESOURCE: 2}),),
-                     env=env, head_resources={HEAD_RESOURCE: 1}) as cluster:
-        yield cluster
+def bucket(training_cluster):
+    return training_cluster.bucket
 
 
 def actors_by_class(address: str, part: str) -> list:
@@ -70,34 +55,82 @@ def asked_for_the_resource(actor) -> bool:
     return any(k == RESOURCE or k.startswith(f"{RESOURCE}_group_") for k in actor.required_resources or {})
 
 
-def test_submitted_training_runs_on_the_worker_node_with_artefacts_in_the_object_store(two_nodes, bucket,
-                                                                                       magazine5, tmp_path):
-    cfg = tmp_path / "encoder.yaml"
-    cfg.write_text(ENCODER_ON_WORKER_NODE)
-    run_storage, out = storage.join(bucket, "runs"), storage.join(bucket, "bundles", "magazine5")
-    data = storage.join(bucket, "datasets", "magazine5")  # the job reads its data from the store, not this disk
-    storage.put_dir(magazine5, data)
-    submit = prefmine_cli("jobs", "submit", "--address", two_nodes.address, "--wait", "--timeout", "900", "--",
-                          "python", "-m", "cluster.pipeline", "encoder", "--data", data, "--out", out,
-                          "--storage", run_storage, "--preset", "tiny", "--config", str(cfg), timeout=960)
-    assert submit.returncode == 0 and "SUCCEEDED" in submit.stdout, submit.stdout[-2000:] + submit.stderr[-4000:]
+def test_the_submitted_pipeline_trained_on_the_worker_node_with_every_artefact_in_the_object_store(
+        two_nodes, tiny_bundle_job):
+    """The pipeline submitted through `prefmine jobs submit --wait` succeeded, `jobs status` and `jobs logs` report
+    it, the project travelled as its working_dir; every Ray Train worker (encoder MLM, rating and contrastive
+    stages, both rankers) and every embedding actor ran on the worker node because the config asked for it (the
+    head had the CPUs to take them); every run's checkpoint and logs, the encoder the actors loaded and the
+    bundle are in the bucket."""
+    job = tiny_bundle_job
+    assert job.submit.returncode == 0, job.submit.stdout[-2000:] + job.submit.stderr[-4000:]
+    assert job.job_id.startswith("raysubmit_"), job.submit.stdout[-2000:]
+    updates = [ln.split(": ")[1] for ln in job.submit.stdout.splitlines() if ln.startswith(job.job_id + ":")]
+    assert updates and updates[-1] == "SUCCEEDED", job.submit.stdout[-2000:]
+    assert job.status.returncode == 0 and job.status.stdout.strip() == "SUCCEEDED"
+    assert job.logs.returncode == 0 and f"bundle written: {job.bundle_uri}" in job.logs.stdout  # the job's driver
+    assert job.runtime_env["working_dir"].startswith(("gcs://", "file://"))
+    assert job.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
 
     worker_node = two_nodes.workers[0].node_id
     trainers, embedders = actors_by_class(two_nodes.address, "RayTrainWorker"), actors_by_class(
         two_nodes.address, "TextEmbedder")
-    assert trainers and embedders, (trainers, embedders)
+    assert len(trainers) >= 2 and embedders, (trainers, embedders)
     assert {a.node_id for a in trainers} == {worker_node}, trainers
     assert {a.node_id for a in embedders} == {worker_node}, embedders
-    # there because the config asked for it (the head had the CPUs to take them too)
     assert all(asked_for_the_resource(a) for a in trainers + embedders), [a.required_resources for a in
                                                                           trainers + embedders]
 
-    fs, root = storage.resolve(run_storage)
+    fs, root = storage.resolve(job.storage_uri)
     stored = storage.list_files(fs, root)
-    checkpoints = [f for f in stored if f.startswith("train/encoder-mlm-") and "/checkpoint_" in f]
-    assert any(f.endswith("/model.pt") for f in checkpoints), stored
+    for stage in ("encoder-mlm-", "encoder-rating-", "encoder-contrastive-", "ranker-", "ranker_id_only-"):
+        runs = [f for f in stored if f.startswith(f"train/{stage}")]
+        assert any("/checkpoint_" in f and f.endswith("/model.pt") for f in runs), (stage, stored)
+        assert any(f.endswith("/metrics.jsonl") for f in runs), (stage, stored)  # uploaded by rank 0
     assert any(f.startswith("encoder/") and f.endswith(storage.CONTENT) for f in stored), stored
-    assert is_published(out)
+    assert is_published(job.bundle_uri)
+    manifest = store.read_manifest(job.bundle_uri)
+    assert {"encoder", "ranker", "policy"} <= set(manifest["components"])
+    assert manifest["components"]["policy"]["metrics"]["iterations"] >= 1
+    # the bundle keeps each run's logs and the list of its checkpoint's files, as with local run storage
+    local = job.bundle
+    assert (local / "manifest.json").read_bytes() == fs.open_input_stream(
+        f"{storage.resolve(job.bundle_uri)[1]}/manifest.json").read()
+    for run in sorted(p for p in (local / ".train").iterdir()):
+        assert (run / "metrics.jsonl").is_file() and (run / "tensorboard").is_dir(), run
+        assert json.loads((run / "checkpoint.json").read_text())["stored_at"].startswith("s3://"), run
+
+
+def test_evaluation_submitted_as_a_job_reads_data_and_bundle_from_the_store(two_nodes, tiny_bundle_job, tmp_path):
+    """`prefmine evaluate --data s3://... --bundle s3://...` as a job on the cluster: the contract JSON (every model
+    at 5/10/20, the policy against the heuristics), and the report files uploaded beside the bundle in the bucket,
+    its cached copy left as published."""
+    job = tiny_bundle_job
+    out = tmp_path / "metrics.json"
+    r = prefmine_cli("jobs", "submit", "--address", two_nodes.address, "--wait", "--timeout", "900", "--",
+                     "python", "-m", "prefmine.cli", "evaluate", "--data", job.data_uri, "--bundle", job.bundle_uri,
+                     "--json", str(out), "--policy-sessions", "200", timeout=960)
+    assert r.returncode == 0 and "SUCCEEDED" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    base = {"popularity", "item_knn", "prefmine_id_only", "prefmine", "served"}  # served: Recommend's own lists
+    # with a blend saved beside a ranker, that ranker alone is reported too (ranker/blend.py)
+    assert base <= set(report["models"]) <= base | {"prefmine_no_blend", "prefmine_id_only_no_blend"}
+    for m in report["models"].values():
+        for k in (5, 10, 20):
+            for name in ("NDCG", "Recall", "MRR", "Precision", "F1", "HR", "Coverage"):
+                assert 0.0 <= m[f"{name}@{k}"] <= 1.0
+    assert report["users"] == 348
+    assert {"learned", "greedy", "popularity", "random"} <= set(report["policy"])
+    fs, root = storage.resolve(storage.join(job.bundle_uri, "reports"))
+    assert {"evaluation.json", "evaluation.md", "evaluation_ndcg_at_k.png"} <= set(storage.list_files(fs, root))
+    assert json.loads(fs.open_input_stream(f"{root}/evaluation.json").read()) == report
+    # the job's driver fetched the bundle into the head's cache (its node's) and left that copy as published
+    from cluster.local_cluster import BUNDLE_CACHE
+
+    version = store.read_manifest(job.bundle_uri)["version"]
+    copies = [p for p in (two_nodes.base / "head" / BUNDLE_CACHE).iterdir() if p.name.endswith(f"-{version}")]
+    assert len(copies) == 1, copies
+    assert store.fetch(copies[0]) == copies[0] and not (copies[0] / "reports").exists()
 
 
 # tests/test_resume.py's run (its task, a checkpoint every epoch) as a job whose workers need the custom resource
@@ -311,10 +344,10 @@ def test_serve_replicas_on_both_nodes_answer_grpc_through_one_proxy(two_nodes, b
         # each node's replicas fetched the version into that node's own cache, whole; the driver fetched nothing
         caches = {head: two_nodes.base / "head" / BUNDLE_CACHE,
                   **{w.node_id: w.cwd / BUNDLE_CACHE for w in two_nodes.workers}}
-        for node in nodes:
-            copies = sorted(p.name for p in caches[node].iterdir())
-            assert len(copies) == 1 and copies[0].endswith(f"-{version}"), (node, copies)
-            copy = (caches[node] / copies[0]).resolve()
+        for node in nodes:  # (the head's cache also holds the copy the evaluation job fetched from its location)
+            copies = sorted(p.name for p in caches[node].iterdir() if not p.name.startswith("."))
+            copy = store.cache_path(location, version, store.StoreConfig(cache_dir=str(caches[node])))
+            assert copy.name in copies, (node, copies)
             assert store.fetch(copy) == copy  # whole: every file as its manifest lists it
         encoders = serve_replicas(two_nodes.address, "EncoderDeployment")
         workers = {w.node_id for w in two_nodes.workers}

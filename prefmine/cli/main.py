@@ -107,9 +107,21 @@ def _evaluate(a) -> int:
         return 2  # checked before the evaluation, not after minutes of it
     from prefmine.store import fetch, is_uri
 
-    # a cloud URI is downloaded once per bundle version; a local folder is read as it is (baselines need no model)
-    bundle = str(fetch(a.bundle)) if is_uri(a.bundle) else a.bundle
-    run_evaluation(a.data, bundle, a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
+    if not is_uri(a.bundle):  # a local folder is read as it is (baselines need no model); reports go into it
+        run_evaluation(a.data, a.bundle, a.json, policy_sessions=a.policy_sessions, out_dir=a.out_dir)
+        return 0
+    # a cloud URI is downloaded once per bundle version into a cache that must stay as published: the reports are
+    # written elsewhere (--out-dir, else a temp folder uploaded to <bundle>/reports/) and nothing is recorded
+    import tempfile
+
+    from prefmine.storage import join, put_dir
+
+    out_dir = a.out_dir or tempfile.mkdtemp(prefix="prefmine-reports-")
+    run_evaluation(a.data, str(fetch(a.bundle)), a.json, policy_sessions=a.policy_sessions, out_dir=out_dir,
+                   record=False)
+    if not a.out_dir:
+        put_dir(out_dir, join(a.bundle, "reports"))
+        print(f"reports uploaded: {join(a.bundle, 'reports')}", flush=True)
     return 0
 
 
