@@ -36,7 +36,9 @@ from prefmine.bundle import (
 )
 from prefmine.data.dataset import load_dataset
 from prefmine.integrity import IntegrityConfig, seal
+from prefmine.policy.checkpoint import remove_checkpoints
 from prefmine.policy.inputs import simulator_inputs  # noqa: F401  (re-exported for the evaluate job and benches)
+from prefmine.storage import join
 
 STAGES = ("encoder", "ranker", "policy")
 
@@ -83,9 +85,11 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
         # Algorithm checkpoints beside the Ray Train runs; a driver restarted on this staging resumes from them.
         # Removed once the policy is exported: they are not part of the bundle, and a later retrain of this
         # stage (which starts from a copy of the bundle) must start a new run, not resume the finished one.
-        metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg,
-                                         checkpoint_dir=bundle / ".train" / "policy")
-        shutil.rmtree(bundle / ".train" / "policy", ignore_errors=True)
+        # With a URI run storage they are copied there too, so a driver restarted on another node resumes.
+        checkpoints = (join(dist.storage, "policy", bundle.name) if dist.storage and store.is_uri(dist.storage)
+                       else bundle / ".train" / "policy")
+        metrics["policy"] = train_policy(inputs, bundle / "policy", pol_cfg, sim_cfg, checkpoint_dir=checkpoints)
+        remove_checkpoints(checkpoints)
         # the gate: serve the learned policy only where it beats the best heuristic (policy/gate.json)
         gate = gate_trained_policy(inputs, bundle / "policy", pol_cfg.gate_sessions, seed=pol_cfg.seed)
         metrics["policy"]["gate"] = gate["decision"]

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import pickle
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -45,7 +44,11 @@ from prefmine.policy.checkpoint import (  # noqa: F401  (re-exported: tests and 
     checkpoint_identity,
     find_checkpoint,
     inputs_fingerprint,
+    local_checkpoint_dir,
+    pull_checkpoint,
+    push_checkpoint,
     read_checkpoint_state,
+    remove_checkpoints,
     save_checkpoint,
 )
 from prefmine.policy.config import ALGORITHMS, PolicyTrainConfig  # noqa: F401
@@ -63,6 +66,7 @@ from prefmine.policy.simulator import (
     SimulatorConfig,
     SimulatorInputs,
 )
+from prefmine.storage import is_uri, join
 
 export_policy = save_policy  # the old name
 
@@ -157,7 +161,7 @@ def restore_module(algo, policy_dir: Path, algorithm: str) -> None:
 
 def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig | None = None,
                  sim_cfg: SimulatorConfig | None = None, verbose: bool = True, warm_start: Path | None = None,
-                 on_iteration=None, spec: ObsSpec | None = None, checkpoint_dir: Path | None = None) -> dict:
+                 on_iteration=None, spec: ObsSpec | None = None, checkpoint_dir: str | Path | None = None) -> dict:
     """Train DQN or PPO on the simulator and export the network + policy_config.json to `out_dir`.
 
     warm_start: an exported policy dir to continue from; its obs spec is reused so the
@@ -165,7 +169,7 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
     benchmark evaluates there); returning True stops training. Returns the training metrics.
 
     checkpoint_dir: where Algorithm checkpoints go every `cfg.checkpoint_every` iterations and after the last
-    (None or checkpoint_every=0: none). If it already holds a complete checkpoint of this run, training resumes
+    (None or checkpoint_every=0: none); a folder or a URI (mirrored from a local folder, prefmine.policy.checkpoint). If it already holds a complete checkpoint of this run, training resumes
     from it (the module docstring says what is restored): metrics["resumed_from"] is its iteration and the
     history continues it. A checkpoint of a different run raises CheckpointMismatch before Ray is touched. A
     finished run's checkpoint is kept, so calling again re-exports it, or continues it if max_iterations or
@@ -187,9 +191,11 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
     spec = spec or ObsSpec.from_inputs(inputs, sim_cfg)
     if spec.size != ObsSpec.from_inputs(inputs, sim_cfg).size:
         raise ValueError(f"train_policy: obs spec size {spec.size} does not match the simulator's")
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and cfg.checkpoint_every > 0 else None
+    ckpt_dir = local_checkpoint_dir(checkpoint_dir) if checkpoint_dir is not None and cfg.checkpoint_every > 0 \
+        else None
+    ckpt_uri = str(checkpoint_dir) if ckpt_dir is not None and is_uri(checkpoint_dir) else None
     identity = checkpoint_identity(inputs, sim_cfg, cfg, spec) if ckpt_dir is not None else None
-    resume = find_checkpoint(ckpt_dir)
+    resume = pull_checkpoint(ckpt_uri, ckpt_dir) if ckpt_uri else find_checkpoint(ckpt_dir)
     saved = read_checkpoint_state(resume) if resume is not None else None
     if saved is not None:
         check_resumable(saved, identity, resume)
@@ -243,10 +249,13 @@ def train_policy(inputs: SimulatorInputs, out_dir: Path, cfg: PolicyTrainConfig 
                                      "resumed_from": start or None, "train": asdict(cfg),
                                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                     replay_buffer=cfg.checkpoint_replay_buffer)
+                if ckpt_uri:  # a driver restarted on another node resumes from the store
+                    push_checkpoint(last_ckpt, ckpt_uri)
         metrics = {"algorithm": cfg.algorithm, "train_seconds": round(time.time() - t0, 1),
                    "iterations": len(history), "env_steps": history[-1]["env_steps"] if history else 0,
                    "warm_start": str(warm_start) if warm_start is not None else None,
-                   "resumed_from": start or None, "checkpoint": str(last_ckpt) if last_ckpt else None,
+                   "resumed_from": start or None, "checkpoint": (join(ckpt_uri, last_ckpt.name) if ckpt_uri else str(last_ckpt))
+                   if last_ckpt else None,
                    "history": history}
         save_policy(algo.get_module(), out_dir, inputs, sim_cfg, cfg, spec, metrics)
     finally:
@@ -296,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-set", nargs="*", default=[], metavar="KEY=VALUE", help="SimulatorConfig overrides")
     p.add_argument("--eval-sessions", type=int, default=1000)
     p.add_argument("--json", help="write metrics + evaluation here")
-    p.add_argument("--checkpoint-dir", help="Algorithm checkpoints (every `checkpoint_every` iterations); a "
-                   "restarted command resumes from the newest complete one. Default: OUT.checkpoints beside "
-                   "--out; 'none': no checkpoints")
+    p.add_argument("--checkpoint-dir", help="Algorithm checkpoints (every `checkpoint_every` iterations), a folder "
+                   "or a URI (s3://...: a restart on another machine resumes too); a restarted command resumes "
+                   "from the newest complete one. Default: OUT.checkpoints beside --out; 'none': no checkpoints")
     p.add_argument("--fresh", action="store_true", help="remove the checkpoint dir first: start over")
     args = p.parse_args(argv)
     try:
@@ -314,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --inputs {args.inputs} does not hold a SimulatorInputs", file=sys.stderr)
         return 2
     out = Path(args.out)
-    ckpt_dir = None if (args.checkpoint_dir or "").lower() == "none" else Path(
-        args.checkpoint_dir or out.with_name(out.name + ".checkpoints"))
+    ckpt_dir = None if (args.checkpoint_dir or "").lower() == "none" else (
+        args.checkpoint_dir if is_uri(args.checkpoint_dir or "") else
+        Path(args.checkpoint_dir or out.with_name(out.name + ".checkpoints")))
     if args.fresh and ckpt_dir is not None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        remove_checkpoints(ckpt_dir)
     try:
         metrics = train_policy(inputs, out, cfg, sim_cfg, checkpoint_dir=ckpt_dir)
     except CheckpointMismatch as e:

@@ -91,7 +91,9 @@ def test_the_submitted_pipeline_trained_on_the_worker_node_with_every_artefact_i
     assert is_published(job.bundle_uri)
     manifest = store.read_manifest(job.bundle_uri)
     assert {"encoder", "ranker", "policy"} <= set(manifest["components"])
-    assert manifest["components"]["policy"]["metrics"]["iterations"] >= 1
+    policy = manifest["components"]["policy"]["metrics"]
+    assert policy["iterations"] >= 1 and policy["checkpoint"].startswith("s3://")  # RLlib's checkpoints went there
+    assert not [f for f in stored if f.startswith("policy/")]  # and were removed once the policy was exported
     # the bundle keeps each run's logs and the list of its checkpoint's files, as with local run storage
     local = job.bundle
     assert (local / "manifest.json").read_bytes() == fs.open_input_stream(

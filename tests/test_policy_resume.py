@@ -1,5 +1,6 @@
 """Kill the policy-training driver (`python -m cluster.train_policy`, its own local Ray) with SIGKILL after its
-second checkpoint, run the same command again: it resumes from the last complete checkpoint and ends with one
+second checkpoint, run the same command again as if on another machine (checkpoints in an S3 bucket, the killed
+driver's local copies deleted): it resumes from the last complete checkpoint in the store and ends with one
 history row per iteration, continuing env-step counters and a loadable policy. Plus the fast checks that an
 unfinished checkpoint is ignored and another run's checkpoint is refused (both before Ray is started).
 
@@ -122,16 +123,25 @@ def test_unfinished_checkpoints_are_ignored_and_other_runs_refused(tmp_path):
 
 @pytest.mark.slow
 def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
-    from cluster.train_policy import CheckpointMismatch, find_checkpoint, read_checkpoint_state, train_policy
+    from live_server import s3_bucket
+
+    with s3_bucket("policy-resume", "checkpoints") as uri:
+        _killed_driver_resumes(tmp_path, uri)
+
+
+def _killed_driver_resumes(tmp_path, ckpt: str):
+    import shutil
+
+    from cluster.train_policy import CheckpointMismatch, train_policy
+    from prefmine.policy.checkpoint import _stored_iterations, local_checkpoint_dir
     from prefmine.policy.runtime import PolicyRuntime
 
     inputs = synthetic_inputs()
     pkl = tmp_path / "inputs.pkl"
     pkl.write_bytes(pickle.dumps(inputs))
     out, metrics_json = tmp_path / "policy", tmp_path / "metrics.json"
-    ckpt = tmp_path / "policy.checkpoints"  # the CLI's default: OUT.checkpoints
     cmd = [sys.executable, "-m", "cluster.train_policy", "--inputs", str(pkl), "--out", str(out),
-           "--set", *SETTINGS, "--eval-sessions", "50", "--json", str(metrics_json)]
+           "--set", *SETTINGS, "--eval-sessions", "50", "--json", str(metrics_json), "--checkpoint-dir", ckpt]
 
     log1 = tmp_path / "run1.log"
     t_start = time.time()
@@ -142,9 +152,8 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
     try:
         deadline = time.time() + 240
         while True:
-            found = find_checkpoint(ckpt)
-            state = read_checkpoint_state(found) if found is not None else None
-            if state is not None and state["iteration"] >= 2:
+            stored = _stored_iterations(ckpt)  # complete checkpoints in the bucket
+            if stored and stored[-1] >= 2:
                 break
             assert proc.poll() is None, f"driver exited ({proc.returncode}) before checkpoint 2:\n{log1.read_text()}"
             assert time.time() < deadline, f"no checkpoint 2 in 240 s:\n{log1.read_text()}"
@@ -155,7 +164,7 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     t_killed = time.time()
-    assert state["iteration"] < ITERATIONS, "the first run was not interrupted"
+    assert _stored_iterations(ckpt)[-1] < ITERATIONS, "the first run was not interrupted"
     # nothing of the killed driver's Ray survives: neither its process tree nor anything left in its session
     gone, alive = psutil.wait_procs(ray_procs, timeout=20)
     assert not alive, f"Ray processes outlived the killed driver: {[p.pid for p in alive]}"
@@ -164,6 +173,7 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
         time.sleep(0.5)
     assert not _session_processes(sid), [p.cmdline() for p in _session_processes(sid)]
 
+    shutil.rmtree(local_checkpoint_dir(ckpt))  # the restart is on another machine: only the store has them
     log2 = tmp_path / "run2.log"
     with open(log2, "wb") as f:
         rerun = subprocess.run(cmd, cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=300,
@@ -195,7 +205,8 @@ def test_killed_policy_driver_resumes_from_its_last_checkpoint(tmp_path):
     obs = np.random.default_rng(0).normal(size=(4, ObsSpec.from_inputs(inputs, PRESETS["tiny"].simulator).size))
     assert np.isfinite(rt.q_values(obs.astype(np.float32))).all()
 
-    kept = sorted(p.name for p in ckpt.iterdir())
+    assert _stored_iterations(ckpt) == [ITERATIONS - 1, ITERATIONS]  # the last two, in the store
+    kept = sorted(p.name for p in local_checkpoint_dir(ckpt).iterdir())
     assert kept == [f"iter_{ITERATIONS - 1:06d}", f"iter_{ITERATIONS:06d}"], kept  # last two, no temp folders
     # the real checkpoint is refused by a run of another algorithm (before any Ray is started)
     from prefmine.config import apply

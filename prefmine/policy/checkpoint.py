@@ -26,6 +26,12 @@ loaded into the wrong run. What survives a resume, as tests/test_policy_resume.p
   resumed run therefore draws from seed + iteration (not the original seed, which would replay the first
   iteration's sessions) and is not bit-identical to an uninterrupted one.
 
+A checkpoint folder may be a URI (`prefmine.storage`: s3://, gs://, ...; the pipeline's `--storage`), so that a
+driver restarted on another node resumes too: RLlib saves and restores a local folder (`local_checkpoint_dir`),
+each finished checkpoint is copied to `<uri>/iter_NNNNNN` (`push_checkpoint`, its content index written last
+marks it complete; the newest KEEP_CHECKPOINTS are kept there), and before training the newest complete one in
+the store is copied into the local folder when the local folder has nothing as new (`pull_checkpoint`).
+
 Nothing here imports Ray: `save_checkpoint` is handed the Algorithm (anything with `save_to_path` and, for
 DQN, `local_replay_buffer`); the rest reads and writes plain folders and JSON.
 """
@@ -162,3 +168,87 @@ def save_checkpoint(algo, checkpoint_dir: Path, state: dict, replay_buffer: bool
             shutil.rmtree(p, ignore_errors=True)
     return final
 
+
+
+def local_checkpoint_dir(checkpoint_dir: str | Path) -> Path:
+    """The local folder RLlib saves to and restores from: `checkpoint_dir` itself, or for a URI a folder of this
+    machine's temp dir named after it (the same URI: the same folder, so a restarted driver here finds it)."""
+    from prefmine.storage import is_uri
+
+    if not is_uri(checkpoint_dir):
+        return Path(checkpoint_dir)
+    digest = hashlib.sha256(str(checkpoint_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"prefmine-policy-checkpoints-{digest}"
+
+
+def _stored_iterations(uri: str) -> list[int]:
+    """Iterations of the complete checkpoints at `uri` (folders `iter_NNNNNN` whose content index is written)."""
+    import pyarrow.fs as pafs
+
+    from prefmine.storage import CONTENT, resolve
+
+    fs, root = resolve(uri)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        m = _CKPT_RE.fullmatch(info.base_name)
+        if info.type == pafs.FileType.Directory and m and \
+                fs.get_file_info(f"{info.path}/{CONTENT}").type == pafs.FileType.File:
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def push_checkpoint(path: Path, uri: str) -> str:
+    """Copy the complete local checkpoint `path` to `<uri>/<its name>` and keep the newest KEEP_CHECKPOINTS
+    there; returns where it went."""
+    import pyarrow.fs as pafs
+
+    from prefmine.storage import join, put_dir, resolve
+
+    dest = join(uri, Path(path).name)
+    put_dir(path, dest)
+    fs, root = resolve(uri)
+    for it in _stored_iterations(uri)[:-KEEP_CHECKPOINTS]:
+        try:
+            fs.delete_dir(f"{root}/iter_{it:06d}")
+        except (OSError, pafs.ArrowException):  # removed by another driver already
+            pass
+    return dest
+
+
+def pull_checkpoint(uri: str, local_dir: Path) -> Path | None:
+    """Copy the newest complete checkpoint stored at `uri` into `local_dir` unless `local_dir` already has one as
+    new; the newest local checkpoint afterwards (None: none anywhere). Each file is checked against the content
+    index's sha256 on the way (`prefmine.storage.get_dir`)."""
+    from prefmine.storage import CONTENT, StorageConfig, get_dir, join
+
+    stored = _stored_iterations(uri)
+    have = find_checkpoint(local_dir)
+    if not stored or (have is not None and read_checkpoint_state(have)["iteration"] >= stored[-1]):
+        return have
+    name = f"iter_{stored[-1]:06d}"
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=local_dir))
+    try:
+        got = get_dir(join(uri, name), StorageConfig(cache_dir=str(staging)))
+        (got / CONTENT).unlink()
+        shutil.rmtree(local_dir / name, ignore_errors=True)  # an incomplete local folder of that name
+        os.rename(got, local_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return find_checkpoint(local_dir)
+
+
+def remove_checkpoints(checkpoint_dir: str | Path) -> None:
+    """Remove a run's checkpoints: the folder, or for a URI its stored copies and this machine's local folder."""
+    import pyarrow.fs as pafs
+
+    from prefmine.storage import is_uri, resolve
+
+    shutil.rmtree(local_checkpoint_dir(checkpoint_dir), ignore_errors=True)
+    if is_uri(checkpoint_dir):
+        fs, root = resolve(checkpoint_dir)
+        try:
+            fs.delete_dir(root)
+        except (OSError, pafs.ArrowException):  # nothing stored
+            pass
