@@ -48,6 +48,9 @@ def default_cache_dir() -> str:
 class StoreConfig:
     cache_dir: str = field(default_factory=default_cache_dir)  # fetched remote bundles, one folder per version
     chunk_bytes: int = 8 << 20
+    # versions of one location kept in a node's cache: the newest fetched or used; older ones are removed when a
+    # new one is installed (2: the version a rollout replaces stays while its replicas drain; 0: keep every one)
+    keep_versions: int = 2
 
 
 def read_manifest(location: str | Path) -> dict:
@@ -167,6 +170,7 @@ def fetch(location: str | Path, cfg: StoreConfig | None = None, integrity: Integ
     raw, manifest, files = _remote_manifest(location, integrity)  # version, names, signature: before any write
     dest = cache_path(location, manifest["version"], cfg)
     if _cached(dest, raw, integrity):
+        os.utime(dest)  # used now: the last to be evicted
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -176,7 +180,38 @@ def fetch(location: str | Path, cfg: StoreConfig | None = None, integrity: Integ
         _install(tmp, dest, raw, integrity)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
+    os.utime(dest)
+    evict_old_versions(location, dest, cfg)
     return dest
+
+
+def evict_old_versions(location: str | Path, keep: Path, cfg: StoreConfig) -> list[str]:
+    """Remove this location's cached versions beyond the `cfg.keep_versions` most recently fetched or used
+    (`keep` always stays); the names removed. Each goes aside in one rename first, so a process checking the
+    cache never sees half a copy; another location's versions are never touched (its name differs in the
+    location's digest)."""
+    if cfg.keep_versions <= 0:
+        return []
+    cache = Path(cfg.cache_dir).resolve()
+    probe = cache_path(location, "v", cfg).name
+    prefix = probe[:-len(safe_version("v"))]  # "<location slug>-<digest>-"
+    ours = []
+    for p in cache.iterdir():
+        if p.is_dir() and p.name.startswith(prefix) and p != keep:
+            try:
+                ours.append((p.stat().st_mtime, p))
+            except FileNotFoundError:
+                continue  # evicted by another process just now
+    removed = []
+    for _, old in sorted(ours, reverse=True)[max(cfg.keep_versions - 1, 0):]:
+        aside = Path(tempfile.mkdtemp(prefix=f".{old.name}.evicted-", dir=cache))
+        try:
+            os.replace(old, aside / "copy")
+            removed.append(old.name)
+        except FileNotFoundError:
+            pass  # another process evicted it first
+        shutil.rmtree(aside, ignore_errors=True)
+    return removed
 
 
 def _install(tmp: Path, dest: Path, raw: bytes, integrity: IntegrityConfig) -> None:

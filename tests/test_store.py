@@ -4,6 +4,7 @@ a publish that dies half-way leaves no manifest (so serving refuses it), and fet
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,39 @@ def test_publish_to_a_uri_and_fetch_it_back(local_bundle, tmp_path):
     local = store.fetch(uri, store.StoreConfig(cache_dir=str(tmp_path / "cache")))
     assert tree(local) == tree(local_bundle)
     assert local.name.endswith("v-test-1")
+
+
+def test_a_nodes_cache_keeps_the_two_newest_versions_of_a_location(local_bundle, tmp_path):
+    """Three versions published one after another at one URI and fetched each time (three rollouts): the cache
+    keeps the newest two (the one a rollout replaces stays while its replicas drain), and another location's
+    copy is left alone; fetching a kept version again makes it the newest, so it survives the next eviction."""
+    cfg = store.StoreConfig(cache_dir=str(tmp_path / "cache"))
+    uri = "mock:///bucket/prefmine/bundles/rolling"
+
+    def release(version: str, location: str = uri):
+        time.sleep(0.01)  # distinct fetch times
+        seal(local_bundle, {"format": "prefmine-bundle/2", "version": version})
+        store.publish(local_bundle, location)
+        return store.fetch(location, cfg)
+
+    other = release("v-other", "mock:///bucket/prefmine/bundles/other")
+    copies = [release(f"v-{i}") for i in (1, 2, 3)]
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert cached == sorted([other.name, copies[1].name, copies[2].name]), cached
+    assert store.fetch(copies[2], cfg) == copies[2]  # whole
+
+    time.sleep(0.01)
+    seal(local_bundle, {"format": "prefmine-bundle/2", "version": "v-2"})  # roll back: v-2 published again
+    store.publish(local_bundle, uri)
+    assert store.fetch(uri, cfg) == copies[1]  # from the cache, now the newest used
+    release("v-4")
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert copies[1].name in cached and copies[2].name not in cached and other.name in cached, cached
+    unbounded = store.StoreConfig(cache_dir=str(tmp_path / "cache"), keep_versions=0)
+    seal(local_bundle, {"format": "prefmine-bundle/2", "version": "v-5"})
+    store.publish(local_bundle, uri)
+    store.fetch(uri, unbounded)
+    assert len([p for p in (tmp_path / "cache").iterdir() if "rolling" in p.name]) == 3
 
 
 def test_publish_refuses_an_unfinished_bundle(tmp_path):
