@@ -200,3 +200,36 @@ def test_cluster_scale_summaries_leave_out_the_first_epoch_and_compare_with_the_
                                                      "value": 60.0, "baseline_value": 80.0, "ratio": 0.75}
     with pytest.raises(KeyError, match="three"):
         compare(results, "three", "one", "qps")
+
+
+def test_search_relevance_reviews_finds_its_files_and_checks_its_arguments(tmp_path):
+    """bench.search_relevance_reviews: by default Magazine_Subscriptions' 5-core reviews and metadata from
+    PREFMINE_DATA_DIR, names kept out of queries by title, brand and capitalised description words, both text
+    choices made on validation, 2,000 resamples; --category picks another folder; missing data and bad arguments
+    are refused."""
+    settings = plan("search_relevance_reviews")
+    folder = data_root() / "amazon2018" / "Magazine_Subscriptions"
+    assert [Path(f).resolve() for f in settings["inputs"]] == [
+        (folder / "Magazine_Subscriptions_5.json.gz").resolve(), (folder / "meta_Magazine_Subscriptions.json.gz").resolve()]
+    assert (settings["name_words"], settings["lexical_text"], settings["dense_text"], settings["boot"]) == (
+        "description_caps", "choose", "choose", 2000)
+    gift = plan("search_relevance_reviews", "--category", "Gift_Cards", "--name-words", "title_brand")
+    assert [Path(f).name for f in gift["inputs"]] == ["Gift_Cards_5.json.gz", "meta_Gift_Cards.json.gz"]
+    p = run("-m", "bench.search_relevance_reviews", "--plan", env={"PREFMINE_DATA_DIR": str(tmp_path / "empty")})
+    assert p.returncode != 0
+    assert str(tmp_path / "empty" / "amazon2018" / "Magazine_Subscriptions") in p.stderr and "PREFMINE_DATA_DIR" in p.stderr
+    for bad in (["--valid-share", "1.5"], ["--lexical-text", "reviews"], ["--boot", "3"]):
+        p = run("-m", "bench.search_relevance_reviews", "--plan", *bad)
+        assert p.returncode == 2 and bad[0] in p.stderr, bad
+
+
+def test_search_relevance_reviews_quick_runs_end_to_end(tmp_path):
+    """Its smallest mode (--quick: a 150-item catalogue, 50 + 50 queries) writes the JSON and the table."""
+    out = tmp_path / "q" / "reviews.json"
+    p = run("-m", "bench.search_relevance_reviews", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["catalogue_items"] == 150 and report["labelled_set"]["test_queries"] == 50
+    assert {"lexical (BM25)", "dense (MiniLM)", "hybrid", "hybrid + personal (history)"} <= set(report["models"])
+    assert set(report["ndcg10_differences"]["hybrid - dense (MiniLM)"]) == {"over queries", "over users"}
+    assert "| hybrid |" in out.with_suffix(".md").read_text()

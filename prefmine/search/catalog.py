@@ -2,7 +2,7 @@
 facets on (brand, categories, price, availability, kind), read from a catalogue table.
 
 The table is the bundle's `catalog/items.parquet` or a prepared dataset's `items` (columns `title`, `brand`,
-`categories`, and where the source has them `price`, `available`, `kind`, `attribute_names`). The S3-Rec sets
+`categories`, and where the source has them `description`, `price`, `available`, `kind`, `attribute_names`). The S3-Rec sets
 (seqrec) carry no brand or category columns, only `attribute_names` (brand first when known, then the category
 path); there a name is taken as a category when any item lists it after the first place, and the first name as
 the brand when it is not a category and not the placeholder "Unknown".
@@ -10,7 +10,7 @@ the brand when it is not a category and not the placeholder "Unknown".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,8 @@ def _names(value) -> list[str]:
 @dataclass
 class Catalog:
     """Per item (row i = item index i): title, brand ("" when unknown), categories, price (NaN when unknown),
-    available (True when the table says nothing) and kind ("" when unknown)."""
+    available (True when the table says nothing), kind ("" when unknown) and description ("" when unknown; None:
+    all unknown)."""
 
     titles: list[str]
     brands: list[str]
@@ -37,6 +38,13 @@ class Catalog:
     price: np.ndarray
     available: np.ndarray
     kinds: list[str]
+    descriptions: list[str] | None = field(default=None)
+
+    def __post_init__(self):
+        if self.descriptions is None:
+            self.descriptions = [""] * len(self.titles)
+        if len(self.descriptions) != len(self.titles):
+            raise ValueError(f"{len(self.descriptions)} descriptions for {len(self.titles)} items")
 
     def __len__(self) -> int:
         return len(self.titles)
@@ -45,9 +53,12 @@ class Catalog:
     def has_price(self) -> bool:
         return bool(np.isfinite(self.price).any())
 
-    def index_texts(self) -> list[str]:
-        """The text each item is indexed under: title, brand and category names."""
-        return [" ".join([t, b, *c]).strip() for t, b, c in zip(self.titles, self.brands, self.categories)]
+    def index_texts(self, fields=("title", "brand", "categories")) -> list[str]:
+        """The text each item is indexed under: by default title, brand and category names; `fields` (a
+        SearchConfig's `lexical_fields`) may add the description."""
+        parts = {"title": lambda i: [self.titles[i]], "brand": lambda i: [self.brands[i]],
+                 "categories": lambda i: list(self.categories[i]), "description": lambda i: [self.descriptions[i]]}
+        return [" ".join(w for f in fields for w in parts[f](i) if w).strip() for i in range(len(self))]
 
     @classmethod
     def from_items(cls, items: pd.DataFrame) -> Catalog:
@@ -62,7 +73,9 @@ class Catalog:
         available = (items["available"].fillna(True).astype(bool).to_numpy() if "available" in items
                      else np.ones(n, dtype=bool))
         kinds = [k if isinstance(k, str) else "" for k in items["kind"]] if "kind" in items else [""] * n
-        return cls(titles, [b.strip() for b in brands], cats, price, available, kinds)
+        descriptions = ([d.strip() if isinstance(d, str) else "" for d in items["description"]]
+                        if "description" in items else [""] * n)
+        return cls(titles, [b.strip() for b in brands], cats, price, available, kinds, descriptions)
 
 
 def _split_attribute_names(names: list[list[str]]) -> tuple[list[str], list[list[str]]]:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 FUSIONS = ("linear", "rrf")
+LEXICAL_FIELDS = ("title", "brand", "categories", "description")
+DEFAULT_LEXICAL_FIELDS = ("title", "brand", "categories")
 CONFIG_FILE = "search_config.json"
 
 
@@ -19,7 +21,9 @@ class SearchConfig:
     reciprocal-rank fusion with constant `rrf_k` (the same weight gives the lexical list's share). `personal_weight`:
     share of the ranker's (normalised) scores in the final score when the user has a history. The two weights are
     meant to be chosen on validation queries (`prefmine.search.tune.choose_weights`), not set by hand; the defaults
-    are a neutral start. `facet_limit`: values reported per facet, most frequent first."""
+    are a neutral start. `facet_limit`: values reported per facet, most frequent first. `lexical_fields`: the
+    catalogue fields BM25 indexes (a subset of LEXICAL_FIELDS, in that order; the description is left out by default,
+    and meant to be added when validation queries say so, e.g. where titles name nothing)."""
 
     candidates: int = 200
     fusion: str = "linear"
@@ -29,6 +33,7 @@ class SearchConfig:
     facet_limit: int = 20
     bm25_k1: float = 1.5
     bm25_b: float = 0.75
+    lexical_fields: tuple[str, ...] = DEFAULT_LEXICAL_FIELDS
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -40,6 +45,10 @@ class SearchConfig:
         for name in ("candidates", "rrf_k", "facet_limit"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        given = tuple(self.lexical_fields)
+        if not given or not set(given) <= set(LEXICAL_FIELDS):
+            raise ValueError(f"lexical_fields: {list(given)} must be a non-empty subset of {list(LEXICAL_FIELDS)}")
+        object.__setattr__(self, "lexical_fields", tuple(f for f in LEXICAL_FIELDS if f in given))
 
     def save(self, d: Path) -> None:
         (Path(d) / CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -94,8 +94,8 @@ class Searcher:
                             self.catalog.categories + catalog.categories,
                             np.concatenate([self.catalog.price, catalog.price]),
                             np.concatenate([self.catalog.available, catalog.available]),
-                            self.catalog.kinds + catalog.kinds)
-        s.lexical = SideIndex(self.lexical, catalog.index_texts())
+                            self.catalog.kinds + catalog.kinds, self.catalog.descriptions + catalog.descriptions)
+        s.lexical = SideIndex(self.lexical, catalog.index_texts(self.config.lexical_fields))
         s.unit = np.concatenate([self.unit, unit_rows(item_vectors)]) if len(catalog) else self.unit
         s.config = self.config
         return s
@@ -155,12 +155,12 @@ def search(searcher: Searcher, query: str, query_vector: np.ndarray, k: int, fil
 
 
 def save_index(d: Path, catalog: Catalog, config: SearchConfig | None = None) -> Path:
-    """Build the BM25 index over the catalogue's texts and save it (and the config) under `d`: what a bundle
-    carries for Search."""
+    """Build the BM25 index over the catalogue's texts (the config's `lexical_fields`) and save it (and the config)
+    under `d`: what a bundle carries for Search."""
     config = config or SearchConfig()
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
-    LexicalIndex.build(catalog.index_texts(), config.bm25_k1, config.bm25_b).save(d)
+    LexicalIndex.build(catalog.index_texts(config.lexical_fields), config.bm25_k1, config.bm25_b).save(d)
     config.save(d)
     return d
 

@@ -34,16 +34,52 @@ def metrics(ranks: list[int | None], k: int = 10) -> dict[str, float]:
             f"Recall@{k}": float(hit.mean()) if len(r) else 0.0, "queries": int(len(r))}
 
 
-def score_pools(pools: list[Pool], targets, config: SearchConfig, personal: list | None = None,
-                k: int = 10) -> dict[str, float]:
-    """The metrics of `config`'s fusion (and personalisation, with `personal[i]` the user's scores for
-    `pools[i].idx`) over the queries."""
+def ndcg_per_query(ranks: list[int | None], k: int = 10) -> np.ndarray:
+    """Each query's NDCG@k (one relevant item: 1 / log2(rank + 1) inside the top k, else 0)."""
+    r = np.array([np.inf if x is None else x for x in ranks], dtype=np.float64)
+    hit = r <= k
+    return np.where(hit, 1.0 / np.log2(np.where(hit, r, 1.0) + 1.0), 0.0)
+
+
+def pool_ranks(pools: list[Pool], targets, config: SearchConfig, personal: list | None = None) -> list[int | None]:
+    """The target's rank in each pool under `config`'s fusion (and personalisation, with `personal[i]` the user's
+    scores for `pools[i].idx`); None where the target is not in the pool."""
     ranks = []
     for i, (pool, t) in enumerate(zip(pools, targets)):
         fused = fuse(pool.lexical, pool.dense, config.fusion, config.lexical_weight, config.rrf_k)
         final = personalise(fused, None if personal is None else personal[i], config.personal_weight)
         ranks.append(target_rank(pool.idx, final, int(t)))
-    return metrics(ranks, k)
+    return ranks
+
+
+def score_pools(pools: list[Pool], targets, config: SearchConfig, personal: list | None = None,
+                k: int = 10) -> dict[str, float]:
+    """The metrics of `config`'s fusion (and personalisation) over the queries (see pool_ranks)."""
+    return metrics(pool_ranks(pools, targets, config, personal), k)
+
+
+def paired_bootstrap(a, b, n_boot: int = 2000, seed: int = 0, groups=None, level: float = 0.95) -> dict:
+    """Percentile bootstrap interval of mean(a) - mean(b) for per-query values measured on the same queries, both
+    on every resample. `groups` (one label per query, e.g. its user): resample whole groups instead of queries, for
+    queries that are not independent. Returns {"mean_diff", "low", "high", "n_boot", "units"}."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired_bootstrap: a and b must be equal-length non-empty vectors, got {a.shape}, {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        units, sums, counts = len(d), d, np.ones(len(d))
+    else:
+        _, g = np.unique(np.asarray(groups), return_inverse=True)
+        units = int(g.max()) + 1
+        sums, counts = np.bincount(g, weights=d, minlength=units), np.bincount(g, minlength=units).astype(float)
+    draws = np.empty(n_boot)
+    for i in range(n_boot):
+        pick = rng.integers(0, units, units)
+        draws[i] = sums[pick].sum() / counts[pick].sum()
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {"mean_diff": float(d.mean()), "low": float(np.percentile(draws, tail)),
+            "high": float(np.percentile(draws, 100.0 - tail)), "n_boot": int(n_boot), "units": int(units)}
 
 
 def choose_weights(pools: list[Pool], targets, config: SearchConfig, personal: list | None = None,
