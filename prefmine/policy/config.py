@@ -30,6 +30,10 @@ class PolicyTrainConfig:
     lr: float = 1e-3
     gamma: float = 0.5  # sessions are short; the immediate click dominates
     hiddens: tuple = (64, 64)
+    # "flat": RLlib's MLP over the whole obs, one output per candidate slot; "per_candidate" (DQN only): one small
+    # MLP with shared weights scores each candidate from [state summary, its features, step] (prefmine.policy.network)
+    network: str = "flat"
+    state_hidden: int = 32  # per_candidate: width of the user-state summary every candidate's score sees
     epsilon_timesteps: int = 4000
     initial_epsilon: float = 1.0  # a warm start (update job) begins lower: the policy already knows something
     final_epsilon: float = 0.05
@@ -55,6 +59,10 @@ class PolicyTrainConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+        if self.network not in ("flat", "per_candidate"):
+            raise ConfigError(f"policy config key 'network': {self.network!r}; 'flat' or 'per_candidate'")
+        if self.network == "per_candidate" and self.algorithm != "DQN":
+            raise ConfigError("policy config key 'network': per_candidate needs algorithm DQN")
         if not isinstance(self.gate_sessions, int) or self.gate_sessions < 2:
             raise ConfigError(f"policy config key 'gate_sessions': {self.gate_sessions!r}; an int >= 2")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
