@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--networks", nargs="*", default=["flat"], choices=["flat", "per_candidate"],
                    help="DQN Q-networks to train (PPO: flat only)")
     p.add_argument("--seqrec", default=None, help="an S3-Rec data set under $PREFMINE_DATA_DIR/seqrec (e.g. Beauty)")
+    p.add_argument("--no-ope", action="store_true", help="skip the off-policy estimates (slow on a big catalogue)")
     p.add_argument("--gate-sessions", type=int, default=None, help="sessions per policy for the gate (default --sessions)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PolicyTrainConfig overrides")
     p.add_argument("--seed", type=int, default=0)
@@ -315,16 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     log_pop = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
     from prefmine.ranker.runtime import RankerRuntime
 
-    states = RankerRuntime(bundle).user_states(test_hist)
-    ope_pols = {name: _scorer(rt) for name, rt in runtimes.items()}
-    ope_pols["greedy"] = lambda obs, items, valid: -np.arange(len(items), dtype=np.float64)
-    ope_pols["popularity"] = lambda obs, items, valid: log_pop[np.where(valid, items, 0)]
-    ope_pols["random"] = None
-    report["off_policy"] = off_policy_estimates(ope_pols, spec, states, test_hist, test_items, rewards,
-                                                inputs.item_vectors, inputs.item_popularity, seed=a.seed)
-    for name, r in report["off_policy"]["policies"].items():
-        print(f"[bench.policy] OPE {name}: IPS {r['ips']:.3f} {r['ips_ci95']} SNIPS {r['snips']} ESS {r['ess']:.0f}",
-              flush=True)
+    if a.no_ope:
+        report["off_policy"] = None  # skipped (--no-ope)
+    else:
+        states = RankerRuntime(bundle).user_states(test_hist)
+        ope_pols = {name: _scorer(rt) for name, rt in runtimes.items()}
+        ope_pols["greedy"] = lambda obs, items, valid: -np.arange(len(items), dtype=np.float64)
+        ope_pols["popularity"] = lambda obs, items, valid: log_pop[np.where(valid, items, 0)]
+        ope_pols["random"] = None
+        report["off_policy"] = off_policy_estimates(ope_pols, spec, states, test_hist, test_items, rewards,
+                                                    inputs.item_vectors, inputs.item_popularity, seed=a.seed)
+        for name, r in report["off_policy"]["policies"].items():
+            print(f"[bench.policy] OPE {name}: IPS {r['ips']:.3f} {r['ips_ci95']} SNIPS {r['snips']} ESS {r['ess']:.0f}",
+                  flush=True)
     report["latency"] = {name: _latency(rt, inputs) for name, rt in runtimes.items()}
     print(f"[bench.policy] latency {report['latency']}", flush=True)
     report["total_s"] = round(time.time() - t_start, 1)

@@ -106,7 +106,7 @@ def per_candidate_arch(cfg: PolicyTrainConfig, spec: ObsSpec) -> dict:
 
 def _dqn_module(cfg: PolicyTrainConfig, spec: ObsSpec) -> dict:
     """RLlib's default DQN module, or (network: per_candidate) cluster.policy_module's shared-weight one."""
-    if cfg.network != "per_candidate":
+    if cfg.q_network != "per_candidate":
         return {"model_config": _model_config(cfg)}
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 

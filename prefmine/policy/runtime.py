@@ -196,7 +196,7 @@ def save_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: Simulat
 
     tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out_dir.parent))
     try:
-        if getattr(cfg, "network", "flat") == PER_CANDIDATE:
+        if cfg.q_network == PER_CANDIDATE:
             export_per_candidate(module, tmp, {"dim": spec.dim, "n_candidates": spec.n_candidates,
                                                "state_hidden": cfg.state_hidden, "hiddens": list(cfg.hiddens)})
         else:
