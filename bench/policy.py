@@ -20,10 +20,17 @@ with the tiny presets into `--workdir` first), in this order:
                     oracle_myopic (reads the response model; not deployable) as a reference ceiling
   off_policy        IPS and SNIPS of each policy's first slot on the logged test interactions, with the
                     estimated propensities and caveats of `prefmine.policy.offpolicy`
+  gate              each learned policy through the gate (prefmine.policy.gate.gate_policy) on `--sessions`
+                    sessions of another seed: against greedy, popularity and the mix tuned on a third seed, the
+                    95% intervals the gate decides on, and what the gate would serve (`gate.<policy>.decision`)
   latency           PolicyRuntime.q_values for 1 and 64 observations (p50/p95 ms over 300 calls), and a
                     k=10 slate from 50 candidates
 
-    python -m bench.policy [--quick] [--data DIR --bundle DIR] [--out FILE] [--plan]
+`--networks flat per_candidate` trains DQN with each Q-network (`policy: {network}`; `dqn` is the flat one,
+`dqn_per_candidate` the shared-weight one); `--seqrec Beauty` runs on the S3-Rec set under
+$PREFMINE_DATA_DIR/seqrec instead of Magazine (prepared and given a tiny encoder + ranker in `--workdir` once).
+
+    python -m bench.policy [--quick] [--data DIR --bundle DIR | --seqrec NAME] [--networks ...] [--out FILE] [--plan]
 """
 
 from __future__ import annotations
@@ -79,6 +86,23 @@ def _prepare_default(workdir: Path) -> tuple[Path, Path]:
     from cluster.pipeline import train_bundle
 
     data, bundle = _default_data(workdir), workdir / "bundle"
+    if not (bundle / "ranker" / "model.pt").is_file():
+        train_bundle(data, bundle, stages=("encoder", "ranker"), preset="tiny")
+    return data, bundle
+
+
+def _prepare_seqrec(workdir: Path, name: str) -> tuple[Path, Path]:
+    """An S3-Rec set (`<data root>/seqrec/<name>`) prepared into `<workdir>/data` and an encoder + ranker trained
+    on it with the tiny presets into `<workdir>/bundle` (each once; kept for the next run)."""
+    from cluster.pipeline import train_bundle
+    from prefmine.data.prepare import prepare
+
+    raw = data_root() / "seqrec"
+    require([raw / name / f"{name}.txt"], "set PREFMINE_DATA_DIR")
+    data, bundle = workdir / "data", workdir / "bundle"
+    if not (data / "manifest.json").is_file():
+        os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-bench-key")
+        prepare("seqrec", raw, data, name)
     if not (bundle / "ranker" / "model.pt").is_file():
         train_bundle(data, bundle, stages=("encoder", "ranker"), preset="tiny")
     return data, bundle
@@ -184,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-s", type=float, default=None, help="training budget per algorithm (default 600 s)")
     p.add_argument("--probe-sessions", type=int, default=300)
     p.add_argument("--algorithms", nargs="*", default=["DQN", "PPO"])
+    p.add_argument("--networks", nargs="*", default=["flat"], choices=["flat", "per_candidate"],
+                   help="DQN Q-networks to train (PPO: flat only)")
+    p.add_argument("--seqrec", default=None, help="an S3-Rec data set under $PREFMINE_DATA_DIR/seqrec (e.g. Beauty)")
+    p.add_argument("--no-ope", action="store_true", help="skip the off-policy estimates (slow on a big catalogue)")
+    p.add_argument("--gate-sessions", type=int, default=None, help="sessions per policy for the gate (default --sessions)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PolicyTrainConfig overrides")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -222,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     if a.data and a.bundle:
         data, bundle = Path(a.data), Path(a.bundle)
+    elif a.seqrec:
+        data, bundle = _prepare_seqrec(Path(a.workdir), a.seqrec)
     else:
         data, bundle = _prepare_default(Path(a.workdir))
     ds = load_dataset(data, with_reviews=True)
@@ -246,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_ray()
     out_root = Path(a.workdir) / "policies"
     runtimes, training = {}, {}
-    for alg in a.algorithms:
+    runs = [(alg, net) for alg in a.algorithms for net in (a.networks if alg == "DQN" else ["flat"])]
+    for alg, net in runs:
         cfg = apply(base, {"algorithm": alg, "max_iterations": 10_000, "time_budget_s": train_s,
-                           "seed": a.seed, **parse_overrides(a.set)})
-        name = alg.lower()
+                           "seed": a.seed, "network": net, **parse_overrides(a.set)})
+        name = alg.lower() + ("" if net == "flat" else f"_{net}")
         training[name] = _train(name, inputs, sim_cfg, cfg, out_root / name, a.probe_sessions, greedy_probe,
                                 a.seed)
         runtimes[name] = PolicyRuntime(out_root / name)
@@ -268,19 +300,35 @@ def main(argv: list[str] | None = None) -> int:
         }
     print(format_evaluation(ev), flush=True)
 
+    # the gate's comparison: each learned policy against greedy, popularity and a tuned mix, on other sessions
+    from prefmine.policy.gate import gate_policy
+
+    report["gate"] = {}
+    for name, rt in runtimes.items():
+        decision, gr = gate_policy(inputs, rt, a.gate_sessions or sessions, seed=a.seed + 2, sim_cfg=sim_cfg,
+                                   spec=spec, learned=name)
+        report["gate"][name] = {"decision": decision.to_dict(), "alpha": gr["alpha"], "mix_tuning": gr["mix_tuning"],
+                                "sessions": gr["sessions"], "seed": gr["seed"], "val_seed": gr["val_seed"],
+                                "policies": {k: {m: v[m] for m in ("return_mean", "ci95", "ctr", "ctr_ci95")}
+                                             for k, v in gr["policies"].items()}}
+        print(f"[bench.policy] gate {name}: serves {decision.served} ({decision.reason})", flush=True)
+
     log_pop = np.log1p(np.asarray(inputs.item_popularity, dtype=np.float64))
     from prefmine.ranker.runtime import RankerRuntime
 
-    states = RankerRuntime(bundle).user_states(test_hist)
-    ope_pols = {name: _scorer(rt) for name, rt in runtimes.items()}
-    ope_pols["greedy"] = lambda obs, items, valid: -np.arange(len(items), dtype=np.float64)
-    ope_pols["popularity"] = lambda obs, items, valid: log_pop[np.where(valid, items, 0)]
-    ope_pols["random"] = None
-    report["off_policy"] = off_policy_estimates(ope_pols, spec, states, test_hist, test_items, rewards,
-                                                inputs.item_vectors, inputs.item_popularity, seed=a.seed)
-    for name, r in report["off_policy"]["policies"].items():
-        print(f"[bench.policy] OPE {name}: IPS {r['ips']:.3f} {r['ips_ci95']} SNIPS {r['snips']} ESS {r['ess']:.0f}",
-              flush=True)
+    if a.no_ope:
+        report["off_policy"] = None  # skipped (--no-ope)
+    else:
+        states = RankerRuntime(bundle).user_states(test_hist)
+        ope_pols = {name: _scorer(rt) for name, rt in runtimes.items()}
+        ope_pols["greedy"] = lambda obs, items, valid: -np.arange(len(items), dtype=np.float64)
+        ope_pols["popularity"] = lambda obs, items, valid: log_pop[np.where(valid, items, 0)]
+        ope_pols["random"] = None
+        report["off_policy"] = off_policy_estimates(ope_pols, spec, states, test_hist, test_items, rewards,
+                                                    inputs.item_vectors, inputs.item_popularity, seed=a.seed)
+        for name, r in report["off_policy"]["policies"].items():
+            print(f"[bench.policy] OPE {name}: IPS {r['ips']:.3f} {r['ips_ci95']} SNIPS {r['snips']} ESS {r['ess']:.0f}",
+                  flush=True)
     report["latency"] = {name: _latency(rt, inputs) for name, rt in runtimes.items()}
     print(f"[bench.policy] latency {report['latency']}", flush=True)
     report["total_s"] = round(time.time() - t_start, 1)

@@ -99,6 +99,23 @@ def _model_config(cfg: PolicyTrainConfig):
     return DefaultModelConfig(fcnet_hiddens=list(cfg.hiddens), fcnet_activation="relu", head_fcnet_hiddens=[])
 
 
+def per_candidate_arch(cfg: PolicyTrainConfig, spec: ObsSpec) -> dict:
+    return {"dim": spec.dim, "n_candidates": spec.n_candidates, "state_hidden": int(cfg.state_hidden),
+            "hiddens": [int(h) for h in cfg.hiddens]}
+
+
+def _dqn_module(cfg: PolicyTrainConfig, spec: ObsSpec) -> dict:
+    """RLlib's default DQN module, or (network: per_candidate) cluster.policy_module's shared-weight one."""
+    if cfg.q_network != "per_candidate":
+        return {"model_config": _model_config(cfg)}
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from cluster.policy_module import PerCandidateDQNModule
+
+    return {"rl_module_spec": RLModuleSpec(module_class=PerCandidateDQNModule),
+            "model_config": {**asdict(_model_config(cfg)), "per_candidate": per_candidate_arch(cfg, spec)}}
+
+
 def dqn_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTrainConfig, spec: ObsSpec):
     from ray.rllib.algorithms.dqn import DQNConfig
 
@@ -110,7 +127,7 @@ def dqn_config(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: PolicyTra
                   epsilon=[(0, cfg.initial_epsilon), (cfg.epsilon_timesteps, cfg.final_epsilon)],
                   replay_buffer_config={"type": cfg.replay_buffer,
                                         "capacity": cfg.buffer_capacity, **_buffer_extra(cfg)})
-        .rl_module(model_config=_model_config(cfg))
+        .rl_module(**_dqn_module(cfg, spec))
         .reporting(min_sample_timesteps_per_iteration=cfg.steps_per_iteration, min_time_s_per_iteration=None)
     )
 

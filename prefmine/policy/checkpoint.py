@@ -89,6 +89,8 @@ def checkpoint_identity(inputs: SimulatorInputs, sim_cfg: SimulatorConfig, cfg: 
              "obs_spec": spec.to_dict(), "hiddens": list(cfg.hiddens), "simulator": asdict(sim_cfg),
              "replay_buffer": cfg.replay_buffer if cfg.algorithm == "DQN" else None,
              "inputs_sha1": inputs_fingerprint(inputs)}
+    if cfg.q_network != "flat":  # only then, so a flat run's checkpoint written before the option still resumes
+        ident["network"] = {"kind": cfg.q_network, "state_hidden": cfg.state_hidden}
     return json.loads(json.dumps(ident))
 
 

@@ -30,6 +30,11 @@ class PolicyTrainConfig:
     lr: float = 1e-3
     gamma: float = 0.5  # sessions are short; the immediate click dominates
     hiddens: tuple = (64, 64)
+    # "flat": RLlib's MLP over the whole obs, one output per candidate slot; "per_candidate": one small MLP with
+    # shared weights scores each candidate from [state summary, its features, step] (prefmine.policy.network).
+    # DQN's Q-network only: PPO keeps its flat MLP whatever this says (`q_network` is what is built)
+    network: str = "flat"
+    state_hidden: int = 32  # per_candidate: width of the user-state summary every candidate's score sees
     epsilon_timesteps: int = 4000
     initial_epsilon: float = 1.0  # a warm start (update job) begins lower: the policy already knows something
     final_epsilon: float = 0.05
@@ -55,10 +60,18 @@ class PolicyTrainConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"policy config key 'algorithm': {self.algorithm!r}; choose one of {list(ALGORITHMS)}")
+        if self.network not in ("flat", "per_candidate"):
+            raise ConfigError(f"policy config key 'network': {self.network!r}; 'flat' or 'per_candidate'")
         if not isinstance(self.gate_sessions, int) or self.gate_sessions < 2:
             raise ConfigError(f"policy config key 'gate_sessions': {self.gate_sessions!r}; an int >= 2")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ConfigError(f"policy config key 'checkpoint_every': {self.checkpoint_every!r}; an int >= 0")
+
+
+    @property
+    def q_network(self) -> str:
+        """The network actually built: `network` for DQN, "flat" for PPO."""
+        return self.network if self.algorithm == "DQN" else "flat"
 
 
 ALGORITHMS = ("DQN", "PPO")

@@ -103,7 +103,7 @@ class PolicyNetwork:
     value: object | None
 
     @classmethod
-    def load(cls, policy_dir: str | Path) -> PolicyNetwork:
+    def load(cls, policy_dir: str | Path) -> PolicyNetwork | PerCandidateNetwork:
         import torch
 
         policy_dir = Path(policy_dir)
@@ -116,6 +116,11 @@ class PolicyNetwork:
             raise NetworkError(f"{conf_path}: not JSON: {e}") from e
         if not isinstance(desc, dict) or desc.get("format") != NET_FORMAT:
             raise NetworkError(f"{conf_path}: field 'format' must be {NET_FORMAT!r}")
+        kind = desc.get("network", "flat")
+        if kind not in NETWORKS:
+            raise NetworkError(f"{conf_path}: field 'network' is {kind!r}; one of {NETWORKS}")
+        if kind == PER_CANDIDATE:
+            return PerCandidateNetwork.from_desc(policy_dir, desc)
         algorithm, activation = desc.get("algorithm"), desc.get("activation")
         if algorithm not in ("DQN", "PPO"):
             raise NetworkError(f"{conf_path}: field 'algorithm' is {algorithm!r}; DQN or PPO")
@@ -178,5 +183,164 @@ class PolicyNetwork:
             q = self.head(h)
             if self.value is not None:  # dueling: advantages centred per row, plus the state value
                 q = q - torch.nan_to_num(q, neginf=torch.nan).nanmean(dim=-1, keepdim=True) + self.value(h)
+        out = q.numpy()
+        return out[0] if single else out
+
+
+# --- the per-candidate Q-network ----------------------------------------------------------------------------------
+# One small MLP with shared weights scores every candidate from [a summary of the user state, that candidate's
+# features (ranker score, log popularity, similarity to the items shown), the step]; the Q-values are one score
+# per candidate (dueling: plus a state value from the candidates' mean embedding, minus the mean advantage), so
+# permuting the candidates permutes the Q-values ("Q per item", as in SlateQ). The flat MLP instead has to learn
+# a separate output per candidate slot. The same torch modules are trained inside RLlib (cluster/policy_module.py)
+# and rebuilt here from network.json + safetensors to serve.
+
+PER_CANDIDATE = "per_candidate"
+NETWORKS = ("flat", PER_CANDIDATE)
+CANDIDATE_FEATURES = 3  # per candidate in the obs (simulator.obs_layout): score, log popularity, sim to shown
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class CandidateEncoder(_torch().nn.Module):
+    """obs [B, d + 3N + 1] -> per-candidate embeddings [B, N, H] (H = hiddens[-1])."""
+
+    def __init__(self, dim: int, n_candidates: int, state_hidden: int, hiddens: tuple | list):
+        torch = _torch()
+        super().__init__()
+        self.dim, self.n = int(dim), int(n_candidates)
+        self.state = torch.nn.Sequential(torch.nn.Linear(self.dim, int(state_hidden)), torch.nn.ReLU())
+        layers: list = []
+        n_in = int(state_hidden) + CANDIDATE_FEATURES + 1
+        for h in hiddens:
+            layers += [torch.nn.Linear(n_in, int(h)), torch.nn.ReLU()]
+            n_in = int(h)
+        self.item = torch.nn.Sequential(*layers)
+        self.out_dim = n_in
+
+    def forward(self, obs):
+        d, n = self.dim, self.n
+        b = obs.shape[0]
+        u = self.state(obs[:, :d])  # [B, S]
+        feats = obs[:, d: d + CANDIDATE_FEATURES * n].reshape(b, CANDIDATE_FEATURES, n).transpose(1, 2)  # [B, N, 3]
+        step = obs[:, d + CANDIDATE_FEATURES * n: d + CANDIDATE_FEATURES * n + 1]  # [B, 1]
+        x = _torch().cat([u[:, None, :].expand(b, n, u.shape[1]), feats, step[:, None, :].expand(b, n, 1)], dim=-1)
+        return self.item(x)
+
+
+class CandidateHead(_torch().nn.Module):
+    """Per-candidate embeddings [B, N, H] -> advantages [B, N] (the same linear map for every candidate)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = _torch().nn.Linear(int(width), 1)
+
+    def forward(self, h):
+        return self.linear(h).squeeze(-1)
+
+
+class PooledValue(_torch().nn.Module):
+    """Per-candidate embeddings [B, N, H] -> the state value [B, 1] from their mean (order-free)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = _torch().nn.Linear(int(width), 1)
+
+    def forward(self, h):
+        return self.linear(h.mean(dim=1))
+
+
+def per_candidate_modules(dim: int, n_candidates: int, state_hidden: int, hiddens) -> tuple:
+    """(encoder, advantage head, value head): the per-candidate network's parts, untrained."""
+    enc = CandidateEncoder(dim, n_candidates, state_hidden, hiddens)
+    return enc, CandidateHead(enc.out_dim), PooledValue(enc.out_dim)
+
+
+def per_candidate_q(encoder, head, value, obs):
+    """Dueling Q-values [B, N]: V + A - mean(A), as RLlib's DQN combines them."""
+    h = encoder(obs)
+    a = head(h)
+    return a - a.mean(dim=-1, keepdim=True) + value(h)
+
+
+# state_dict prefixes of the parts inside the RLModule (cluster/policy_module.py); RLlib's target copies are left out
+PER_CANDIDATE_PARTS = {"encoder": "encoder.net.", "head": "af.", "value": "vf."}
+
+
+def export_per_candidate(module, out_dir: str | Path, arch: dict) -> dict:
+    """Write a per-candidate DQN RLModule as policy.safetensors (tensors under the module's own names, so they
+    also warm-start training) + network.json (`arch`: dim, n_candidates, state_hidden, hiddens)."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()
+             if isinstance(v, torch.Tensor) and k.startswith(tuple(PER_CANDIDATE_PARTS.values()))}
+    desc = {"format": NET_FORMAT, "network": PER_CANDIDATE, "algorithm": "DQN", "activation": "relu",
+            "dim": int(arch["dim"]), "n_candidates": int(arch["n_candidates"]),
+            "state_hidden": int(arch["state_hidden"]), "hiddens": [int(h) for h in arch["hiddens"]],
+            "obs_size": int(arch["dim"]) + CANDIDATE_FEATURES * int(arch["n_candidates"]) + 1,
+            "n_actions": int(arch["n_candidates"])}
+    out_dir = Path(out_dir)
+    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": NET_FORMAT})
+    (out_dir / NETWORK_FILE).write_text(json.dumps(desc, indent=2))
+    PolicyNetwork.load(out_dir)  # what was written rebuilds, or the export fails here
+    return desc
+
+
+@dataclass
+class PerCandidateNetwork:
+    """The exported per-candidate network in plain torch, with PolicyNetwork's interface."""
+
+    algorithm: str
+    obs_size: int
+    n_actions: int
+    encoder: object
+    head: object
+    value: object
+
+    @classmethod
+    def from_desc(cls, policy_dir: Path, desc: dict) -> PerCandidateNetwork:
+        import torch
+
+        conf_path = policy_dir / NETWORK_FILE
+        for field in ("dim", "n_candidates", "state_hidden", "obs_size", "n_actions"):
+            if not isinstance(desc.get(field), int) or desc[field] < 1:
+                raise NetworkError(f"{conf_path}: field {field!r} must be a positive int")
+        hiddens = desc.get("hiddens")
+        if not isinstance(hiddens, list) or not hiddens or not all(isinstance(h, int) and h > 0 for h in hiddens):
+            raise NetworkError(f"{conf_path}: field 'hiddens' must list positive ints")
+        if desc.get("algorithm") != "DQN":
+            raise NetworkError(f"{conf_path}: a per-candidate network is a DQN; 'algorithm' is {desc.get('algorithm')!r}")
+        if desc["obs_size"] != desc["dim"] + CANDIDATE_FEATURES * desc["n_candidates"] + 1 \
+                or desc["n_actions"] != desc["n_candidates"]:
+            raise NetworkError(f"{conf_path}: obs_size/n_actions do not follow from dim and n_candidates")
+        with torch.random.fork_rng():  # the random init is overwritten below; the caller's RNG stays untouched
+            enc, head, value = per_candidate_modules(desc["dim"], desc["n_candidates"], desc["state_hidden"], hiddens)
+        tensors = load_tensors(policy_dir)
+        for part, mod in (("encoder", enc), ("head", head), ("value", value)):
+            prefix = PER_CANDIDATE_PARTS[part]
+            own = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                mod.load_state_dict(own, strict=True)
+            except RuntimeError as e:
+                raise NetworkError(f"{policy_dir / WEIGHTS_FILE}: the {part} tensors do not fit network.json: "
+                                   f"{e}") from e
+            mod.eval()
+        return cls("DQN", desc["obs_size"], desc["n_actions"], enc, head, value)
+
+    def scores(self, obs: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = np.asarray(obs, dtype=np.float32)
+        single = x.ndim == 1
+        x = x[None] if single else x
+        if x.ndim != 2 or x.shape[1] != self.obs_size:
+            raise ValueError(f"policy: observation shape {tuple(np.shape(obs))}; expected [*, {self.obs_size}]")
+        with torch.no_grad():
+            q = per_candidate_q(self.encoder, self.head, self.value, torch.from_numpy(x))
         out = q.numpy()
         return out[0] if single else out

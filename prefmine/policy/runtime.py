@@ -191,12 +191,16 @@ def save_policy(module, out_dir: Path, inputs: SimulatorInputs, sim_cfg: Simulat
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    from prefmine.policy.network import export_network
+    from prefmine.policy.network import PER_CANDIDATE, export_network, export_per_candidate
     from prefmine.policy.response import save_response
 
     tmp = Path(tempfile.mkdtemp(prefix=".policy-", dir=out_dir.parent))
     try:
-        export_network(module, cfg.algorithm, tmp)
+        if cfg.q_network == PER_CANDIDATE:
+            export_per_candidate(module, tmp, {"dim": spec.dim, "n_candidates": spec.n_candidates,
+                                               "state_hidden": cfg.state_hidden, "hiddens": list(cfg.hiddens)})
+        else:
+            export_network(module, cfg.algorithm, tmp)
         np.save(tmp / "item_vectors.npy", np.asarray(inputs.item_vectors, dtype=np.float32))
         np.save(tmp / "item_popularity.npy", np.asarray(inputs.item_popularity, dtype=np.float64))
         save_response(tmp / "response_model.npz", inputs.response)
