@@ -30,6 +30,17 @@ _PATTERNS = {"trunk": r"encoder\.(?:encoder\.|actor_encoder\.)?net\.mlp\.(\d+)\.
              "value": r"vf\.net\.mlp\.(\d+)\.(weight|bias)"}
 
 
+
+def observation_batch(obs: np.ndarray, obs_size: int) -> tuple[np.ndarray, bool]:
+    """([b, obs_size] float32 observations, whether one unbatched [obs_size] observation was given); a ValueError
+    naming the shape for anything else."""
+    x = np.asarray(obs, dtype=np.float32)
+    single = x.ndim == 1
+    x = x[None] if single else x
+    if x.ndim != 2 or x.shape[1] != obs_size:
+        raise ValueError(f"policy: observation shape {tuple(np.shape(obs))}; expected [*, {obs_size}]")
+    return x, single
+
 class NetworkError(ValueError):
     """Policy weights or description that do not form the network they claim to."""
 
@@ -173,11 +184,7 @@ class PolicyNetwork:
         """[b, n_actions] scores for [b, obs_size] observations (or [n_actions] for one [obs_size] obs)."""
         import torch
 
-        x = np.asarray(obs, dtype=np.float32)
-        single = x.ndim == 1
-        x = x[None] if single else x
-        if x.ndim != 2 or x.shape[1] != self.obs_size:
-            raise ValueError(f"policy: observation shape {tuple(np.shape(obs))}; expected [*, {self.obs_size}]")
+        x, single = observation_batch(obs, self.obs_size)
         with torch.no_grad():
             h = self.trunk(torch.from_numpy(x))
             q = self.head(h)
@@ -335,11 +342,7 @@ class PerCandidateNetwork:
     def scores(self, obs: np.ndarray) -> np.ndarray:
         import torch
 
-        x = np.asarray(obs, dtype=np.float32)
-        single = x.ndim == 1
-        x = x[None] if single else x
-        if x.ndim != 2 or x.shape[1] != self.obs_size:
-            raise ValueError(f"policy: observation shape {tuple(np.shape(obs))}; expected [*, {self.obs_size}]")
+        x, single = observation_batch(obs, self.obs_size)
         with torch.no_grad():
             q = per_candidate_q(self.encoder, self.head, self.value, torch.from_numpy(x))
         out = q.numpy()
