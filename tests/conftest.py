@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PREFMINE_PSEUDONYM_KEY", "prefmine-test-key")
+# Ray Train starts a PreemptionWatcher actor per training run (observability for spot nodes being drained); the
+# suite has no preemptible nodes and runs about twenty training runs, each paying for one more actor's start-up.
+# Ray Train hands the driver's value to its controller; nodes the tests start inherit it.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def data_root() -> Path:
