@@ -43,6 +43,14 @@ def require(paths, hint: str = f"set {DATA_DIR_ENV} or pass --data") -> None:
             raise SystemExit(f"error: input {p} does not exist ({hint})")
 
 
+def write_results(out: Path, report: dict, table: str) -> None:
+    """The result JSON at `out`, its rendered table beside it (`out` with .md), and the table on the console."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table, flush=True)
+
+
 def print_plan(bench: str, **settings) -> int:
     print(json.dumps({"bench": bench, "plan": settings}, indent=2, default=str), flush=True)
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, add_common, data_root, default_out, print_plan, require
+from bench.common import ROOT, add_common, data_root, default_out, print_plan, require, write_results
 from bench.search_relevance import NAME, SEED, given_ranker, load_view, sample_users, trained_ranker
 
 K = 10
@@ -200,11 +200,8 @@ def main(argv=None) -> int:
     if args.plan:
         return print_plan("diversity", **{k: v for k, v in vars(args).items() if k not in ("plan", "out")}, out=out)
     report = run(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    write_results(out, report, markdown(report))
     plot(report, out.with_suffix(".png"))
-    print(markdown(report), flush=True)
     return 0
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, add_common, data_root, default_out, print_plan, require
+from bench.common import ROOT, add_common, data_root, default_out, print_plan, require, write_results
 
 NAME = "Beauty"
 SEED = 2020
@@ -317,10 +317,7 @@ def main(argv=None) -> int:
     if not args.no_ranker and not args.ranker:
         ensure_ray(num_cpus=2, dashboard=False, quiet=True)
     report = run(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report), flush=True)
+    write_results(out, report, markdown(report))
     print(f"[search_relevance] wrote {out} and {out.with_suffix('.md')}", flush=True)
     return 0
 

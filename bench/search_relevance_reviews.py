@@ -54,14 +54,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, add_common, data_root, default_out, print_plan, require
+from bench.common import ROOT, add_common, data_root, default_out, print_plan, require, write_results
 
 CATEGORY = "Magazine_Subscriptions"
 SEED = 2020
@@ -467,10 +466,7 @@ def main(argv=None) -> int:
 
     set_process_threads()
     report = run(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report), flush=True)
+    write_results(out, report, markdown(report))
     print(f"[search_relevance_reviews] wrote {out} and {out.with_suffix('.md')}", flush=True)
     return 0
 
