@@ -249,6 +249,11 @@ def _train_loop(config: dict) -> None:  # runs inside each Ray Train worker
         log.close()
 
 
+def is_run_log(rel: str) -> bool:
+    """Whether a path inside a run's folder is one of rank 0's logs (metrics.jsonl, TensorBoard files)."""
+    return rel == "metrics.jsonl" or rel.startswith("tensorboard/")
+
+
 def upload_logs(log_dir: Path, uri: str) -> None:
     """Copy a run's metrics.jsonl and TensorBoard files from rank 0's node to `uri` (the run's folder in the
     store), overwriting the previous copy: on a URI storage they are then readable from any node."""
@@ -257,7 +262,7 @@ def upload_logs(log_dir: Path, uri: str) -> None:
     local_fs, local = resolve(log_dir)
     fs, root = resolve(uri)
     for rel in list_files(local_fs, local):
-        if rel == "metrics.jsonl" or rel.startswith("tensorboard/"):
+        if is_run_log(rel):
             parent = os.path.dirname(rel)
             fs.create_dir(f"{root}/{parent}" if parent else root, recursive=True)
             copy_file(local_fs, f"{local}/{rel}", fs, f"{root}/{rel}", 1 << 20)
@@ -281,7 +286,7 @@ def keep_run_record(storage: str, name: str, checkpoint_path: str, record: Path)
         if info.type != pafs.FileType.File:
             continue
         rel = info.path[len(run_root) + 1:]
-        if rel == "metrics.jsonl" or rel.startswith("tensorboard/"):
+        if is_run_log(rel):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             copy_file(fs, info.path, local, str(dest / rel), 1 << 20)
         elif info.path.startswith(checkpoint_path.rstrip("/") + "/"):
