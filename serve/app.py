@@ -138,6 +138,39 @@ def check_location(location: str) -> str:
     return str(manifest["version"])
 
 
+def checked_location(bundle: str | Path) -> tuple[str, str]:
+    """(location, version) of the bundle ``bundle`` names now, checked (check_bundle, or check_location for a
+    URI): a URI as given, a directory resolved (symlinks followed), as the replicas are told it."""
+    from prefmine.store import is_uri
+    from serve.served import manifest_version
+
+    if is_uri(str(bundle)):
+        return str(bundle), check_location(str(bundle))
+    path = Path(bundle).resolve()
+    check_bundle(path)
+    return str(path), manifest_version(path)
+
+
+def arm_versions(experiment) -> tuple[Any, list[dict]]:
+    """The experiment with each version arm's bundle resolved to its checked location, and those versions as
+    user_config's ``pinned`` list (serve.served.pinned_refs): every replica holds them beside the served version,
+    so an arm stays on its version while other versions are rolled in. ValueError naming the arm's field."""
+    from dataclasses import replace
+
+    pinned: dict[str, str] = {}
+    arms = []
+    for i, arm in enumerate(experiment.arms):
+        if arm.bundle is not None:
+            try:
+                location, version = checked_location(arm.bundle)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"experiment.arms[{i}].bundle: arm {arm.name!r}: {e}") from None
+            pinned[location] = version
+            arm = replace(arm, bundle=location)
+        arms.append(arm)
+    return replace(experiment, arms=tuple(arms)), [{"bundle": b, "version": v} for b, v in pinned.items()]
+
+
 def check_pseudonym_key(bundle: Path | None = None, manifest: dict | None = None) -> None:
     """Refuse to serve with another pseudonymisation key than the data was prepared with: every user would
     silently look unknown and get cold-start answers. Reads the manifest of ``bundle``, or ``manifest``."""
@@ -168,7 +201,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     direct-ingress gRPC server (serve/tls.py); ``tombstones``: the list of erased pseudonyms
     (prefmine/data/tombstones.py) each ingress replica re-reads when it changes (default: $PREFMINE_TOMBSTONES,
     else beside a SQLite feedback db); ``experiment``: an A/B experiment ``{name, salt, arms: [{name, weight,
-    policy}]}`` (prefmine.experiments) whose arms' policies order their users' slates (prefmine.serving.arms);
+    bundle, policy}]}`` (prefmine.experiments): an arm's users get their Recommend slates from the arm's bundle
+    version (a directory or URI, held by every replica whatever is rolled in) ordered by the arm's policy
+    (prefmine.serving.arms);
     ``live_catalog``: ``{interval_s, page, max_new_items, embed_batch, new_item_popularity_quantile,
     cold_start_new_slots}`` (prefmine.serving.live_catalog.LiveCatalogConfig), how often each ingress replica
     polls the feedback store's catalogue change log, how many new items (not in the bundle) it embeds and serves,
@@ -228,11 +263,15 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     tombstones = resolve_tombstones(args.get("tombstones"), feedback_db)
     from prefmine.serving.arms import servable_experiment
 
-    # checked here, naming the field, before any replica starts
-    experiment = servable_experiment(args["experiment"]).to_dict() if args.get("experiment") else None
+    # checked here, naming the field, before any replica starts; version arms' bundles resolved and checked
+    experiment, arm_pins = (arm_versions(servable_experiment(args["experiment"])) if args.get("experiment")
+                            else (None, []))
     # the bundle version travels as user_config, not as constructor args: a new one is a lightweight update that
-    # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout)
+    # every replica takes in `reconfigure` without restarting (serve/served.py: the zero-downtime rollout); so do
+    # the versions that A/B arms pin
     version = BundleRef.of({"bundle": str(bundle), "version": pinned}).config()
+    if arm_pins:
+        version["pinned"] = arm_pins
     from prefmine.serving.placement import placement_from
 
     placement = placement_from({"deployments": args.get("placement") or {}})  # checked before any replica
@@ -250,7 +289,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         auth={"keys_file": auth.keys_file, "required": auth.required, "rate_per_s": auth.rate_per_s,
               "burst": auth.burst, "extra_keys": list(auth.extra_keys)},
         tls=tls.as_dict(),
-        experiment=experiment,
+        experiment=experiment.to_dict() if experiment else None,
         live_catalog=asdict(LiveCatalogConfig(**(args.get("live_catalog") or {}))),  # checked before any replica
         ads=asdict(AdsConfig.of(args.get("ads"))),  # checked before any replica
     )

@@ -62,7 +62,7 @@ from serve.rpc_common import REPLICA_RETRY_S, Erased, ImpressionNotLogged, NotFo
 from serve.rpc_recommend import RULES_POLICY, RecommendRpcs
 from serve.rpc_search import SEARCH_CANDIDATES, SearchRpcs
 from serve.rpc_user import UserRpcs
-from serve.served import BundleRef, ServedBundle
+from serve.served import BundleRef, ServedBundle, pinned_refs
 from serve.validate import (
     BadRequest,
     validate_feedback,
@@ -132,6 +132,9 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         self.live_catalog = LiveCatalog(self.feedback, LiveCatalogConfig(**(live_catalog or {})),
                                         lock=self._feedback_lock)
         self.new_items = LiveItems(ranker, encoder, self._call, self.live_catalog.config)  # items written since
+        # the versions A/B arms pin (serve.app.arm_versions), by location, each with its own new-item view
+        self.pinned: dict[str, ServedBundle] = {}
+        self.pinned_items: dict[str, LiveItems] = {}
         self.ads = AdServing(ads)  # Rank's ad auction on the store's shared ledger (serve/rpc_ads.py)
 
     async def check_health(self) -> None:
@@ -153,6 +156,7 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         finishes on the version it started with. A version that does not load in some part is refused and logged, and the
         current one keeps serving (ModelInfo still reports it; serve.run.rollout then rolls the config back)."""
         ref = BundleRef.of(config)
+        await self._pin(pinned_refs(config))
         if self.served is not None and self.served.ref == ref:
             return
         try:
@@ -169,6 +173,30 @@ class RecommenderIngress(RecommendRpcs, SearchRpcs, UserRpcs):
         old, self.served = self.served, new
         self.metrics.serving(new.version, previous=old.version if old else None)
         logger.info("serving bundle %s%s", new.version, f" (was {old.version})" if old else "")
+
+    async def _pin(self, refs) -> None:
+        """Hold the versions A/B arms pin (loaded once; what the config no longer pins is let go). A version that
+        does not load fails a fresh replica, as the served one does; a running one logs it and keeps what it holds."""
+        wanted = {r.path: r for r in refs}
+        unheld = sorted({a.bundle for a in (self.experiment.arms if self.experiment else ()) if a.bundle} - set(wanted))
+        if unheld:  # `serve deploy` with a user_config that does not list them: those arms get the served version
+            logger.error("A/B arms pin %s, but the deployments' user_config does not list them under 'pinned': "
+                         "those arms are answered by the served version", unheld)
+        for path in [p for p, s in self.pinned.items() if wanted.get(p) != s.ref]:
+            self.pinned.pop(path)
+            self.pinned_items.pop(path, None)
+        for path, ref in wanted.items():
+            if path in self.pinned:
+                continue
+            try:
+                self.pinned[path] = await asyncio.to_thread(ServedBundle, ref)
+            except Exception as e:  # noqa: BLE001 - as reconfigure: refused and reported while something serves
+                if self.served is None:
+                    raise
+                logger.error("arm bundle %s (%s) did not load: %s: %s", ref.version, path, type(e).__name__, e)
+                continue
+            self.pinned_items[path] = LiveItems(self.ranker, self.encoder, self._call, self.live_catalog.config)
+            logger.info("holding bundle %s for an A/B arm (%s)", ref.version, path)
 
     # -- RPCs -----------------------------------------------------------------------------------------------
     async def Recommend(self, request, grpc_context) -> pb.RecommendResponse:

@@ -63,12 +63,17 @@ class IngressParts:
     metrics: ServiceMetrics
     live_catalog: LiveCatalog
     new_items: LiveItems
+    pinned: dict[str, ServedBundle]  # versions A/B arms pin, by location, and their new-item views
+    pinned_items: dict[str, LiveItems]
     ads: AdServing
     _feedback_lock: threading.Lock
 
-    async def _live(self):
-        """The served bundle with the catalogue's new items appended (serve.new_items); the log polled when due."""
+    async def _live(self, pinned: str | None = None):
+        """The served bundle (or the version an A/B arm pins, by its location) with the catalogue's new items
+        appended (serve.new_items); the log polled when due."""
         await poll(self.live_catalog)
+        if pinned is not None and pinned in self.pinned:
+            return self.pinned_items[pinned].view(self.pinned[pinned], self.live_catalog)
         return self.new_items.view(self.served, self.live_catalog)
 
     async def _call(self, method, *args):

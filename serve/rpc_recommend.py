@@ -33,7 +33,9 @@ class RecommendRpcs(IngressParts):
     experiment: object  # prefmine.experiments.Experiment | None
 
     async def _recommend(self, request: pb.RecommendRequest) -> pb.RecommendResponse:
-        s = await self._live()
+        # the user's arm: its bundle version (one an arm pins, else the served one) answers, its policy orders
+        arm = arm_of(self.experiment, self.served.bundle.pseudonymise(request.user_id))
+        s = await self._live(arm and arm.bundle)
         k = int(request.k)
         exclude = s.exclude_set(request.exclude_item_ids) | await blocked_items(self.live_catalog, s)
         history = await self._history(s, request.user_id, request.recent_events)
@@ -52,7 +54,6 @@ class RecommendRpcs(IngressParts):
                                                 placement=request.placement)
             return await self._log_impression(s, request, resp, np.zeros(0), "none")
         # one hop: the ranker replica also selects the slate with the same version's policy (RankerDeployment.slate)
-        arm = arm_of(self.experiment, s.bundle.pseudonymise(request.user_id))  # its policy orders the slate
         cand = await self._call(self.ranker.slate, s.ref, history, n, exclude, k, arm and arm.policy)
         slate = np.asarray(cand["slate"], np.int64)
         relevance = slate_relevance(cand["idx"], cand["scores"], slate)

@@ -180,16 +180,10 @@ def _location(bundle: str) -> str:
 
 
 def _checked_version(bundle: str) -> str:
-    """Check the bundle ``bundle`` names now (serve.app.check_bundle, or check_location for a URI: the manifest
-    and a listing, not a download) and return its version."""
-    from prefmine.store import is_uri
-    from serve.app import check_bundle, check_location
-    from serve.served import manifest_version
+    """Check the bundle ``bundle`` names now (serve.app.checked_location) and return its version."""
+    from serve.app import checked_location
 
-    if is_uri(bundle):
-        return check_location(str(bundle))
-    check_bundle(Path(bundle).resolve())
-    return manifest_version(Path(bundle).resolve())
+    return checked_location(bundle)[1]
 
 
 def _bundle_args(bundle: str, version: str) -> dict:
@@ -263,9 +257,12 @@ def run_serve(bundle: str, grpc_port: int, http_port: int | None = None, address
 
             from prefmine.experiments import load_experiment
             from prefmine.serving.arms import servable_experiment
+            from serve.app import arm_versions
 
             try:
-                experiment_config = servable_experiment(load_experiment(experiment)).to_dict()
+                checked = servable_experiment(load_experiment(experiment))
+                arm_versions(checked)  # each version arm's bundle checked now, naming the arm
+                experiment_config = checked.to_dict()
             except (ValueError, yaml.YAMLError) as e:
                 raise ValueError(f"--experiment {experiment}: {e}") from None
         import yaml

@@ -59,6 +59,14 @@ class BundleRef:
         return {"bundle": self.path, "version": self.version}
 
 
+def pinned_refs(config: dict) -> tuple[BundleRef, ...]:
+    """The versions an A/B experiment's version arms pin (user_config ``"pinned": [{"bundle", "version"}, ...]``,
+    serve.app.arm_versions): loaded beside the served version and never released, whatever is rolled in."""
+    if not isinstance(config, dict):
+        return ()
+    return tuple(BundleRef.of(c) for c in config.get("pinned") or ())
+
+
 def manifest_version(path: str | Path) -> str:
     """The version the manifest at `path` (a directory or a URI) names."""
     from prefmine.store import is_uri, read_manifest
@@ -108,7 +116,8 @@ def check_bundle_files(ref: BundleRef) -> str:
 
 
 class RuntimeCache:
-    """A replica's runtimes by bundle version: the serving one and, during a rollout, the next (LRU, ``keep``).
+    """A replica's runtimes by bundle version: the serving one and, during a rollout, the next (LRU, ``keep``),
+    plus the versions that A/B arms pin (``pinned``: held whatever is rolled in, not counted in ``keep``).
 
     ``await get(ref)`` loads a version once (in a worker thread, so the replica keeps answering requests of the
     version it already holds meanwhile); concurrent first requests for it wait for the same load.
@@ -116,6 +125,7 @@ class RuntimeCache:
 
     def __init__(self, load: Callable[[str], Any], keep: int = 2):
         self.load, self.keep = load, keep
+        self.pinned: frozenset[BundleRef] = frozenset()
         self._items: OrderedDict[BundleRef, Any] = OrderedDict()
         self._loading: dict[BundleRef, asyncio.Lock] = {}
 
@@ -133,13 +143,19 @@ class RuntimeCache:
                 if rt is None:  # the version and files are checked in the worker thread (check_bundle_files)
                     rt = self._items[ref] = await asyncio.to_thread(self._load, ref)
                     logger.info("loaded bundle %s (%s)", ref.version, ref.path)
-                    while len(self._items) > self.keep:
-                        old, _ = self._items.popitem(last=False)  # in-flight requests keep their reference
-                        logger.info("released bundle %s", old.version)
+                    self.trim()
         finally:  # a failed load leaves no lock behind; the next request for the version tries again
             if not lock.locked():
                 self._loading.pop(ref, None)
         return rt
+
+    def trim(self) -> None:
+        """Drop the least recently used versions beyond ``keep``, pinned ones aside (in-flight requests keep
+        their reference)."""
+        loose = [r for r in self._items if r not in self.pinned]
+        for old in loose[:max(0, len(loose) - self.keep)]:
+            del self._items[old]
+            logger.info("released bundle %s", old.version)
 
     def _load(self, ref: BundleRef) -> Any:
         return self.load(check_bundle_files(ref))
@@ -155,11 +171,15 @@ async def adopt(config: dict, *caches: RuntimeCache) -> None:
     by a replica that already serves one: it logs the error and keeps what it holds, and stays healthy, so a bad
     rollout cannot take the service down; the ingress, which switches only once every part has loaded the new
     version (RecommenderIngress.reconfigure), keeps answering with the old one. On a fresh replica the error is
-    raised: a replica with nothing to serve must not count as started."""
-    ref = BundleRef.of(config)
+    raised: a replica with nothing to serve must not count as started. The versions A/B arms pin (``pinned``)
+    are loaded as well, and held."""
+    ref, pinned = BundleRef.of(config), pinned_refs(config)
     try:
         for cache in caches:
-            await cache.get(ref)
+            cache.pinned = frozenset(pinned)
+            for r in (ref, *pinned):
+                await cache.get(r)
+            cache.trim()  # a version pinned before and no longer is an ordinary one again
     except Exception as e:  # noqa: BLE001 - refused, reported, and the replica serves on
         if not any(cache.versions() for cache in caches):
             raise

@@ -232,7 +232,8 @@ def test_a_feedback_log_that_does_not_answer_leaves_the_bundle_history(bundle_pa
 
 def test_serve_refuses_an_experiment_it_cannot_run_before_starting_ray(bundle_path, tmp_path, capsys):
     """`prefmine serve --experiment` and the application args (`serve deploy`) check the experiment first: a
-    version arm, an unknown policy or a file that does not parse is refused naming the field, exit status 2."""
+    version arm whose bundle is not there, an unknown policy or a file that does not parse is refused naming the
+    field, exit status 2 (a version arm that is there is served: tests/test_update_loop.py's live loop)."""
     import yaml
 
     from serve.app import build_app

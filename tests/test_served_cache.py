@@ -86,6 +86,30 @@ def test_versions_beyond_keep_are_released_oldest_first(tmp_path):
     assert held == {"path": refs[0].path}
 
 
+def test_versions_an_arm_pins_are_held_through_rollouts(tmp_path):
+    """adopt() with a user_config whose `pinned` names an A/B arm's version: loaded with the served one and held
+    while three more versions roll through a keep-2 cache; unpinned by a later config, it is an ordinary version
+    again: with one more the cache keeps the two used last."""
+    from serve.served import adopt
+
+    control, *rolled = [_version_dir(tmp_path, f"v{i}") for i in range(4)]
+    loads = _Loads()
+    cache = RuntimeCache(loads, keep=2)
+
+    async def roll():
+        pins = [control.config()]
+        for ref in rolled:
+            await adopt({**ref.config(), "pinned": pins}, cache)
+            assert "v0" in cache.versions()
+        await adopt({**rolled[-1].config(), "pinned": []}, cache)
+        assert cache.versions() == ["v0", "v3"] and cache.pinned == frozenset()  # v0 was used after v2
+        await adopt(rolled[1].config(), cache)
+
+    asyncio.run(roll())
+    assert cache.versions() == ["v3", "v2"]
+    assert loads.calls.count(control.path) == 1  # loaded once, never again while pinned
+
+
 def test_a_directory_rewritten_in_place_is_refused(tmp_path):
     ref = _version_dir(tmp_path, "v1")
     (tmp_path / "v1" / "manifest.json").write_text(json.dumps({"version": "v2"}))

@@ -194,7 +194,9 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
     calling Recommend. The guard's tolerances are opened wide (1.0) so that the candidate rolls in whatever its
     figures (refusals are tested above; on this little data the guard refuses most real candidates): the link
     is repointed, the server gets SIGHUP, ModelInfo reports the candidate, and not one of the client's calls
-    failed before, during or after the switch."""
+    failed before, during or after the switch. The server runs an A/B experiment whose `control` arm pins the
+    first version's directory: after the switch its users are still answered (and logged) by that version,
+    the other arm's by the candidate."""
     import subprocess
     import sys
     import threading
@@ -203,6 +205,7 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
     from live_server import API_KEY, keys_file_for, raw_user_ids, server_env, start_server
 
     from prefmine.bundle import Bundle, read_manifest
+    from prefmine.experiments import assign, load_experiment
     from prefmine.update.publish import read_log
     from prefmine.v1 import recommender_pb2 as pb
     from prefmine.v1 import recommender_pb2_grpc as pb_grpc
@@ -215,7 +218,12 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
     bundle = Bundle.load(bundle_path)
     known = [r for r in dict.fromkeys(raw_user_ids(bundle)) if len(bundle.history(bundle.pseudonymise(r)))]
     feedback = tmp_path / "feedback.sqlite"
-    server = start_server(bundles / "current", api_keys_file=keys_file_for(tmp_path / "keys"), feedback_db=feedback)
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(json.dumps({"name": "loop-ab", "salt": "loop-ab-1", "arms": [
+        {"name": "control", "bundle": str(bundles / "v0")}, {"name": "learning"}]}))
+    arm = {raw: assign(bundle.pseudonymise(raw), load_experiment(experiment)).name for raw in known}
+    server = start_server(bundles / "current", api_keys_file=keys_file_for(tmp_path / "keys"), feedback_db=feedback,
+                          experiment=experiment)
     md = (("x-api-key", API_KEY),)
     calls, failures, stop = [0], [], threading.Event()
     try:
@@ -257,6 +265,11 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
                 if info == want:
                     break
                 time.sleep(0.5)
+            answered = {}  # after the switch: one user of each arm, answered by the arm's version
+            for name in ("control", "learning"):
+                raw = next(r for r in known if arm[r] == name)
+                resp = stub.Recommend(pb.RecommendRequest(user_id=raw, k=5), timeout=30, metadata=md)
+                answered[resp.impression_id] = (name, resp.arm, resp.bundle_version)
             calls_at_end = calls[0]
             time.sleep(1.0)  # the client goes on answering after the switch
             stop.set()
@@ -272,6 +285,11 @@ def test_a_live_server_takes_the_loops_round_without_a_failed_request(bundle_pat
     lineage = read_manifest(bundles / want)["update_loop"]
     assert lineage["parent_version"] == old and lineage["feedback_consumed_id"] == record["consumed_id"]
     assert failures == [] and calls_at_end > 0 and calls[0] > calls_at_end
+    assert sorted(answered.values()) == [("control", "control", old), ("learning", "learning", want)]
+    log = FeedbackLog(feedback)
+    imps = {i.impression_id: (i.arm, i.bundle_version) for i in log.read_impressions_since(0)}
+    log.close()
+    assert {i: imps[i] for i in answered} == {i: (a, v) for i, (_, a, v) in answered.items()}
 
 
 @pytest.fixture(scope="module")
