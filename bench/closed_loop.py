@@ -4,9 +4,11 @@
 
 Serves a copy of BUNDLE (default: the tiny preset trained on Magazine 5-core here) as `BUNDLES/current` with the
 `prefmine serve` code path (its own local Ray, API key required, loopback only, a SQLite feedback store) and an
-A/B experiment of two arms split by the user hash: `control` serves the ranker's order (greedy), which no round
-changes (the bench runs the loop with `ranker=false`, so no round retrains the ranker: it checks that every
-rolled-in version's ranker files are byte-identical to the first), and `learning` serves the learned policy each round trains further (or, with
+A/B experiment of two arms split by the user hash: `control` serves the first version, pinned
+(`bundle: BUNDLES/v0`: whatever rounds roll in, its users are answered by that version), in the ranker's order
+(greedy), and the bench checks from the impression log that every control answer came from it; the loop runs
+with `ranker=false` unless `--set ranker=true` (then the learning arm's versions also get fine-tuned rankers;
+the bench records whether every rolled-in version's ranker files are byte-identical to the first), and `learning` serves the learned policy each round trains further (or, with
 `--learning-policy bundle`, whatever each version's gate chose). Users of the data, with the calibrated
 simulator's response model (prefmine/closed_loop.py), run sessions from `--concurrency` client threads: every
 Recommend, click and purchase goes through the API, each event naming its impression. After each
@@ -206,7 +208,7 @@ def run_round(bundles: Path, feedback: Path, server: Server, preset: str, sets: 
     """One update-loop round as a subprocess (`--rounds 1 --serve-pid`); its JSON record (or an error record)."""
     argv = [sys.executable, "-m", "cluster.update_loop", "--bundles", str(bundles), "--feedback", str(feedback),
             "--rounds", "1", "--every", "1", "--serve-pid", str(server.proc.pid), "--preset", preset]
-    argv += ["--set", "ranker=false", *sets]  # the control arm is the ranker's order: frozen unless --set ranker=true
+    argv += ["--set", "ranker=false", *sets]  # policy rounds only, unless --set ranker=true (control is pinned)
     proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -292,11 +294,13 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
     keys.write_text(f"bench * {hash_key(api_key)}\n")
     learning = {"name": "learning"} if a.learning_policy == "bundle" else {"name": "learning", "policy": "learned"}
     experiment = work / "experiment.json"
-    experiment.write_text(json.dumps({**EXPERIMENT, "arms": [{"name": "control", "policy": "greedy"}, learning]}))
+    control = {"name": "control", "policy": "greedy", "bundle": str(bundles / "v0")}  # pinned: frozen
+    experiment.write_text(json.dumps({**EXPERIMENT, "arms": [control, learning]}))
     sim = json.loads((bundles / "v0" / "policy" / "policy_config.json").read_text())["simulator"]
     pop_cfg = PopulationConfig.like_simulator(sim, a.k, a.pages)  # sessions like those the policy gate compares
     pop = population(bundles / "v0", pop_cfg)
     first_ranker = ranker_digest(bundles / "v0")
+    first_version = json.loads((bundles / "v0" / "manifest.json").read_text())["version"]
 
     server = Server(bundles / "current", keys, feedback, experiment, work / "serve.log")
     records, rollouts, control_frozen = [], [], True
@@ -351,6 +355,8 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
     store = open_feedback_store(str(feedback), create=False)
     try:
         served_report = report(store, load_experiment(experiment))
+        control_versions = sorted({i.bundle_version for i in store.read_impressions_since(0, limit=10_000_000)
+                                   if i.arm == "control"})
     finally:
         store.close()
     during, outside = split_by_windows(traffic.latency, rollouts)
@@ -365,7 +371,7 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
                      "pages": pop_cfg.pages, "k": pop_cfg.k, "population": asdict(pop_cfg),
                      "learning_policy": a.learning_policy, "preset": a.preset,
                      "set": a.set, "seed": a.seed, "max_sessions": max_sessions, "quick": a.quick},
-        "baseline": "the control arm: the ranker's order (greedy), the same ranker in every version",
+        "baseline": "the control arm: the first version (pinned) in the ranker's order (greedy)",
         "experiment": json.loads(experiment.read_text()),
         "arms": arm_figures,
         "served_report": served_report["arms"],  # the server's own impression log joined to its feedback
@@ -378,6 +384,8 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
                                           "rollout_s", "reported_by_model_info")} for r in records],
         "guard_log_lines": len(log),
         "control_ranker_unchanged": control_frozen,
+        "control_answered_by": control_versions,  # the pinned first version only
+        "first_version": first_version,
         "latency_ms": {"during_rollouts": percentiles(during), "outside_rollouts": percentiles(outside)},
         "verdict": verdict(arm_figures, "learning", "control") if {"learning", "control"} <= set(arm_figures)
         else {"learning_beats_control": False, "reason": "an arm got no sessions"},
