@@ -120,7 +120,7 @@ class Traffic:
         self.budget = 0  # sessions may start while next_session < budget (the main thread raises it)
         self.finished = 0  # sessions over, failed ones included
         self.paced = False  # during a round: each thread waits ROUND_PACE_S after a session
-        self.done: list[tuple[int, int, list]] = []  # (session no, round at its start, outcomes)
+        self.done: list[tuple[int, int, str, list]] = []  # (session no, round at its start, user, outcomes)
         self.latency: list[tuple[float, float]] = []  # (start, ms) of every Recommend
         self.failed: list[str] = []
         self.round = 0
@@ -187,14 +187,15 @@ class Traffic:
                     self.stop_event.wait(0.2)
                     continue
                 rng = np.random.default_rng([self.seed, n])
+                user = self.pop.draw(rng)
                 try:
-                    outcomes = self.pop.session(self.pop.draw(rng), recommend, feedback, rng)
+                    outcomes = self.pop.session(user, recommend, feedback, rng)
                 except grpc.RpcError:
                     outcomes = None  # counted in `failed`; the session is not tallied
                 with self.lock:
                     self.finished += 1
                     if outcomes is not None:
-                        self.done.append((n, rnd, outcomes))
+                        self.done.append((n, rnd, user, outcomes))
                 if self.paced:
                     self.stop_event.wait(ROUND_PACE_S)
 
@@ -343,12 +344,12 @@ def run(a, bundle: Path | None, rounds: int, per_round: int, max_sessions: int, 
 
     arms: dict[str, ArmTally] = {}
     by_round: dict[str, dict[int, ArmTally]] = {}
-    for _n, rnd, outcomes in traffic.done:
+    for _n, rnd, user, outcomes in traffic.done:
         if not outcomes:
             continue
         arm = outcomes[0].arm
-        arms.setdefault(arm, ArmTally()).add_session(outcomes)
-        by_round.setdefault(arm, {}).setdefault(rnd, ArmTally()).add_session(outcomes)
+        arms.setdefault(arm, ArmTally()).add_session(outcomes, user)
+        by_round.setdefault(arm, {}).setdefault(rnd, ArmTally()).add_session(outcomes, user)
     arm_figures = {name: {**t.summary(), "per_round": {str(r): by_round[name][r].summary()
                                                        for r in sorted(by_round[name])}}
                    for name, t in sorted(arms.items())}

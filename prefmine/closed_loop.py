@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefmine.experiments import wilson
+from prefmine.experiments import clustered_ratio, wilson
 from prefmine.policy.response import ResponseModel, position_bias
 
 
@@ -162,7 +162,8 @@ class Population:
 class ArmTally:
     """Sessions, impressions, clicked and purchased impressions of one arm (or one arm in one round), and the
     session return the policy gate compares (clicks + purchases per session, the simulator's reward with
-    purchase_value 1)."""
+    purchase_value 1); per user too, for intervals clustered by user (prefmine.experiments.clustered_ratio):
+    the experiment randomises users, each of whom runs many sessions."""
 
     sessions: int = 0
     impressions: int = 0
@@ -170,46 +171,59 @@ class ArmTally:
     purchased: int = 0
     return_sum: float = 0.0
     return_sq: float = 0.0
+    per_user: dict = field(default_factory=dict)  # user -> [sessions, impressions, clicked, purchased, return]
 
-    def add_session(self, outcomes: list[Outcome]) -> None:
+    def add_session(self, outcomes: list[Outcome], user: str | None = None) -> None:
         self.sessions += 1
-        ret = 0
+        ret = clicked = purchased = 0
         for o in outcomes:
             self.impressions += 1
-            self.clicked += bool(o.clicks)
-            self.purchased += bool(o.buys)
+            clicked += bool(o.clicks)
+            purchased += bool(o.buys)
             ret += len(o.clicks) + len(o.buys)
+        self.clicked += clicked
+        self.purchased += purchased
         self.return_sum += ret
         self.return_sq += ret * ret
+        u = self.per_user.setdefault(user if user is not None else f"session-{self.sessions}", [0, 0, 0, 0, 0])
+        for j, v in enumerate((1, len(outcomes), clicked, purchased, ret)):
+            u[j] += v
 
     def summary(self) -> dict:
         n, s = self.impressions, self.sessions
         mean = self.return_sum / s if s else 0.0
         var = max(self.return_sq / s - mean * mean, 0.0) * s / (s - 1) if s > 1 else 0.0
         half = 1.96 * (var / s) ** 0.5 if s else 0.0
+        users = np.asarray(list(self.per_user.values()), dtype=np.float64).reshape(-1, 5)
         return {"sessions": s, "impressions": n, "clicked": self.clicked, "purchased": self.purchased,
+                "users": len(users),
                 "ctr": self.clicked / n if n else 0.0, "ctr_ci95": list(wilson(self.clicked, n)),
+                "ctr_ci95_users": list(clustered_ratio(users[:, 2], users[:, 1])[1:]),
                 "purchase_rate": self.purchased / n if n else 0.0,
                 "purchase_rate_ci95": list(wilson(self.purchased, n)),
-                "return_per_session": mean, "return_per_session_ci95": [mean - half, mean + half]}
+                "purchase_rate_ci95_users": list(clustered_ratio(users[:, 3], users[:, 1])[1:]),
+                "return_per_session": mean, "return_per_session_ci95": [mean - half, mean + half],
+                "return_per_session_ci95_users": list(clustered_ratio(users[:, 4], users[:, 0])[1:])}
 
 
-def separated(above: dict, below: dict, rate: str) -> bool:
-    """True when `above`'s 95% interval of `rate` lies wholly above `below`'s (the intervals do not overlap)."""
-    return above[f"{rate}_ci95"][0] > below[f"{rate}_ci95"][1]
+def separated(above: dict, below: dict, rate: str, interval: str = "ci95_users") -> bool:
+    """True when `above`'s 95% interval of `rate` lies wholly above `below`'s (the intervals do not overlap);
+    `interval`: "ci95_users" (clustered by user) or "ci95" (per impression or session)."""
+    return above[f"{rate}_{interval}"][0] > below[f"{rate}_{interval}"][1]
 
 
 def verdict(arms: dict[str, dict], learning: str, control: str) -> dict:
-    """Whether the learning arm beats the control arm: its click-rate interval lies above the control's (the
-    purchase rate and the session return the gate compares are reported beside it, and a lower learning interval
-    is named too)."""
+    """Whether the learning arm beats the control arm: its click-rate interval, clustered by user, lies above the
+    control's (the purchase rate and the session return the gate compares are reported beside it, a lower
+    learning interval is named too, and so is what the per-impression intervals would have said)."""
     la, ca = arms[learning], arms[control]
     return {"learning_arm": learning, "control_arm": control,
             "learning_beats_control": separated(la, ca, "ctr"),
             "learning_below_control": separated(ca, la, "ctr"),
             "purchase_rate_separates_above": separated(la, ca, "purchase_rate"),
             "return_per_session_separates_above": separated(la, ca, "return_per_session"),
-            "rule": "the learning arm's CTR 95% interval lies wholly above the control's"}
+            "per_impression_intervals_separate": separated(la, ca, "ctr", "ci95"),
+            "rule": "the learning arm's CTR 95% interval, clustered by user, lies wholly above the control's"}
 
 
 def percentiles(latencies_ms: list[float]) -> dict:

@@ -43,7 +43,8 @@ def _run(pop, slate_for, sessions=300, seed=0):
 
     for n in range(sessions):
         rng = np.random.default_rng([seed, n])
-        tally.add_session(pop.session(pop.draw(rng), recommend, feedback, rng))
+        user = pop.draw(rng)
+        tally.add_session(pop.session(user, recommend, feedback, rng), user)
     return tally, sent, served
 
 
@@ -104,9 +105,13 @@ def test_a_click_joins_the_history_and_unknown_items_are_skipped(population):
     assert calls == [(10, []), (10, ["nope-1"]), (10, ["nope-1", "nope-2"])]
 
 
-def test_verdict_needs_separate_intervals_and_latency_splits_by_window():
-    def arm(clicked, n=1000):
-        t = ArmTally(sessions=n // 2, impressions=n, clicked=clicked, purchased=clicked // 2)
+def test_verdict_needs_separate_user_clustered_intervals_and_latency_splits_by_window():
+    def arm(clicked, n=1000, users=500):
+        """`users` users with a session of n / users impressions each; the first `clicked` impressions clicked."""
+        t, per = ArmTally(), n // users
+        for u in range(users):
+            t.add_session([Outcome(f"i{u * per + j}", "a", ["x"] if u * per + j < clicked else [])
+                           for j in range(per)], f"u{u}")
         return t.summary()
 
     assert verdict({"l": arm(300), "c": arm(100)}, "l", "c")["learning_beats_control"]
@@ -114,7 +119,12 @@ def test_verdict_needs_separate_intervals_and_latency_splits_by_window():
     assert not close["learning_beats_control"] and not close["learning_below_control"]
     assert verdict({"l": arm(100), "c": arm(300)}, "l", "c")["learning_below_control"]
     s = arm(100)
-    assert s["ctr_ci95"][0] < s["ctr"] == 0.1 < s["ctr_ci95"][1]
+    assert s["users"] == 500 and s["ctr_ci95"][0] < s["ctr"] == 0.1 < s["ctr_ci95"][1]
+    assert s["ctr_ci95_users"][0] < 0.1 < s["ctr_ci95_users"][1]
+    # 20 users of 50 impressions each, every user clicking all or nothing: per impression 0.6 against 0.4 looks
+    # decided, but it is 12 users against 8 of 20 each, which is not
+    few = verdict({"l": arm(600, users=20), "c": arm(400, users=20)}, "l", "c")
+    assert few["per_impression_intervals_separate"] and not few["learning_beats_control"]
 
     samples = [(float(t), float(t * 10)) for t in range(10)]
     inside, outside = split_by_windows(samples, [(2.0, 4.0), (8.5, 9.0)])

@@ -1,5 +1,6 @@
 """A/B experiments (prefmine.experiments): arms are stable per user across processes and follow their weights,
-bad configs are refused naming the field, the Wilson interval matches its closed form, and the report over a real
+bad configs are refused naming the field, the Wilson interval matches its closed form, the user-clustered interval
+matches the Wald interval with one impression a user and a cluster bootstrap with many, and the report over a real
 feedback store (SQLite file and the session's PostgreSQL) counts exactly what a brute-force join counts, also
 through `prefmine experiments report`.
 """
@@ -14,11 +15,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prefmine.experiments import (
     ExperimentConfig,
     assign,
+    clustered_ratio,
     format_report,
     load_experiment,
     report,
@@ -72,6 +75,32 @@ def test_wilson_interval():
     assert hi == 1.0 and 0.996 < lo < 1.0
 
 
+def test_clustered_interval_is_wald_for_one_impression_a_user_and_a_cluster_bootstrap_for_many():
+    """With one impression a user it is the Wald interval (n - 1 in the variance); with users who see many
+    slates and differ in taste, it matches a bootstrap that resamples users, and Wilson's per-impression
+    interval is far narrower than both (what clustering corrects)."""
+    assert clustered_ratio([], []) == (0.0, 0.0, 0.0) and clustered_ratio([3], [4]) == (0.75, 0.75, 0.75)
+    x = np.array([1] * 30 + [0] * 70)
+    r, lo, hi = clustered_ratio(x, np.ones(100))
+    assert r == 0.3 and (hi - lo) / 2 == pytest.approx(1.959963984540054 * math.sqrt(0.3 * 0.7 / 99))
+
+    rng = np.random.default_rng(3)
+    n_users = 300
+    views = rng.integers(1, 40, n_users)
+    taste = rng.beta(2, 3, n_users)  # each user's own click rate
+    clicks = rng.binomial(views, taste)
+    r, lo, hi = clustered_ratio(clicks, views)
+    boot = []
+    for _ in range(4000):
+        pick = rng.integers(0, n_users, n_users)
+        boot.append(clicks[pick].sum() / views[pick].sum())
+    b_lo, b_hi = np.percentile(boot, [2.5, 97.5])
+    assert r == clicks.sum() / views.sum() and lo < r < hi
+    assert (hi - lo) == pytest.approx(b_hi - b_lo, rel=0.1)
+    w_lo, w_hi = wilson(int(clicks.sum()), int(views.sum()))
+    assert (w_hi - w_lo) < 0.6 * (hi - lo)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def location(request, tmp_path) -> str:
     if request.param == "sqlite":
@@ -84,6 +113,7 @@ def test_report_equals_a_brute_force_join(location, tmp_path):
     rng = random.Random(7)
     store = open_feedback_store(location)
     truth = {"learning": [0, 0, 0, set()], "control": [0, 0, 0, set()]}
+    per_user = {"learning": {}, "control": {}}  # user -> [impressions, clicked]
     try:
         for n in range(600):
             user = f"u{rng.randrange(150)}"
@@ -111,6 +141,9 @@ def test_report_equals_a_brute_force_join(location, tmp_path):
             t[1] += any(e in ("click", "buy") for e in events)
             t[2] += "buy" in events
             t[3].add(user)
+            u = per_user[logged].setdefault(user, [0, 0])
+            u[0] += 1
+            u[1] += any(e in ("click", "buy") for e in events)
         rep = report(store, exp, page=97)  # pages smaller than the log
     finally:
         store.close()
@@ -119,6 +152,11 @@ def test_report_equals_a_brute_force_join(location, tmp_path):
         assert (a["impressions"], a["clicks"], a["purchases"], a["users"]) == (n, clicks, buys, len(users))
         assert a["ctr"] == pytest.approx(clicks / n)
         assert a["ctr_ci95"][0] <= a["ctr"] <= a["ctr_ci95"][1]
+        by_user = np.array(list(per_user[name].values()))
+        assert a["ctr_ci95_users"] == pytest.approx(list(clustered_ratio(by_user[:, 1], by_user[:, 0])[1:]))
+    diff = rep["differences"]["control - learning"]["ctr"]
+    assert diff["value"] == pytest.approx(rep["arms"]["control"]["ctr"] - rep["arms"]["learning"]["ctr"])
+    assert diff["ci95_users"][0] < diff["value"] < diff["ci95_users"][1]
     assert rep["unassigned"] == 60
     assert "learning" in format_report(rep)
 
