@@ -78,7 +78,7 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
     if "encoder" in stages:
         metrics["encoder"] = train_encoder(ds, bundle, enc_cfg, dist, tree.embed)
     if "ranker" in stages:
-        metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist, retrieval=tree.retrieval)
+        metrics["ranker"] = train_ranker(ds, bundle, rank_cfg, dist, retrieval=tree.retrieval, search=tree.search)
         metrics["ads"] = calibrate_clicks(ds, bundle, tree.ads)
     if "policy" in stages:
         inputs = simulator_inputs(ds, bundle)

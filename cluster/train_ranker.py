@@ -29,6 +29,7 @@ from prefmine.ranker.retrieval import RetrievalConfig, save_retrieval_index
 from prefmine.ranker.runtime import save_ranker
 from prefmine.ranker.task import RankerTask
 from prefmine.search.bundle import save_bundle_index
+from prefmine.search.config import SearchConfig
 
 
 def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, component: str,
@@ -54,7 +55,7 @@ def _train_one(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, c
 
 
 def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig, id_only: bool = True,
-                 retrieval: RetrievalConfig | None = None) -> dict:
+                 retrieval: RetrievalConfig | None = None, search: SearchConfig | None = None) -> dict:
     emb_path = Path(bundle) / "encoder" / "item_embeddings.npy"
     text = np.load(emb_path) if emb_path.exists() else None
     if cfg.fusion == "gate" and text is None:
@@ -64,7 +65,8 @@ def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig,
     if id_only:
         metrics["ranker_id_only"] = _train_one(ds, bundle, dataclasses.replace(cfg, fusion="none"), dist,
                                                "ranker_id_only", None, retrieval=retrieval)
-    metrics["ranker"]["search_index"] = save_bundle_index(bundle)  # Search's BM25 side, beside the retrieval index
+    # Search's BM25 side and its config (the tree's `search` section), beside the retrieval index
+    metrics["ranker"]["search_index"] = save_bundle_index(bundle, search)
     update_manifest(bundle, components={
         name: {"config": C.to_dict(cfg) if name == "ranker" else {**C.to_dict(cfg), "fusion": "none"},
                "metrics": m} for name, m in metrics.items()})
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tree = train_config.load(args.preset, args.config)
     ds = load_dataset(args.data)
-    print(json.dumps(train_ranker(ds, Path(args.out), tree.ranker, tree.dist, retrieval=tree.retrieval), indent=2))
+    print(json.dumps(train_ranker(ds, Path(args.out), tree.ranker, tree.dist, retrieval=tree.retrieval,
+                                  search=tree.search), indent=2))
     return 0
 
 

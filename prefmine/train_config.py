@@ -12,6 +12,7 @@
 | `simulator` | `prefmine.policy.simulator.SimulatorConfig` | the user simulator the policy learns and is gated in |
 | `update` | `prefmine.policy.config.UpdateConfig` | the incremental policy update job |
 | `dist` | `prefmine.train_task.DistConfig` | how Ray Train + DeepSpeed distribute the encoder and ranker |
+| `search` | `prefmine.search.config.SearchConfig` | Search: the fields BM25 indexes, fusion and its weights, personalisation, facets (saved with the bundle's index) |
 | `ads` | `prefmine.ads.config.AdsConfig` | Rank's ad auction (reserves, pacing, caps, hold TTL) and the click calibration the ranker stage fits |
 
 `PRESETS` is the one table of presets (`tiny`, `base`, `large`): a whole tree each. `load(preset, file,
@@ -33,6 +34,7 @@ from prefmine.policy.config import PolicyTrainConfig, UpdateConfig
 from prefmine.policy.simulator import SimulatorConfig
 from prefmine.ranker.config import RankerConfig
 from prefmine.ranker.retrieval import RetrievalConfig
+from prefmine.search.config import SearchConfig
 from prefmine.text.config import EmbedConfig, EncoderConfig
 from prefmine.train_task import DistConfig
 
@@ -49,6 +51,7 @@ class TrainConfig:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     ads: AdsConfig = field(default_factory=AdsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,9 @@ def test_presets_file_then_overrides(tmp_path):
     assert (cfg.ranker.dim, cfg.ranker.fusion, cfg.ranker.epochs) == (32, "none", 3)
     assert (cfg.retrieval.kind, cfg.retrieval.m, cfg.embed.batch_size) == ("hnsw", 16, 8)
     assert (cfg.dist.num_workers, cfg.simulator.slate_size) == (1, 3)
+    # Search's section: the description indexed by BM25 (kept in LEXICAL_FIELDS order whatever the order given)
+    fields = T.load("tiny", None, ["search.lexical_fields=[description, title]"]).search.lexical_fields
+    assert fields == ("title", "description")
     assert cfg.encoder == T.PRESETS["tiny"].encoder  # untouched sections keep the preset's values
     assert T.PRESETS["base"].encoder.hidden > T.PRESETS["tiny"].encoder.hidden
     assert T.PRESETS["large"].dist.num_workers == 4 and T.PRESETS["large"].ranker.softmax == "sampled"
@@ -53,7 +56,9 @@ def test_unknown_sections_keys_and_bad_values_are_named(tmp_path):
         T.load("tiny", None, ["ranker.epochs=many"])
     with pytest.raises(C.ConfigError, match="SECTION.KEY"):
         T.load("tiny", None, ["epochs=3"])
-    for item, key in (("update.ranker_steps=-1", "ranker_steps"), ("update.ranker_lr=0", "ranker_lr")):
+    for item, key in (("update.ranker_steps=-1", "ranker_steps"), ("update.ranker_lr=0", "ranker_lr"),
+                      ("search.lexical_fields=[title,summary]", "lexical_fields"),
+                      ("search.lexical_weight=2", "lexical_weight")):
         with pytest.raises(C.ConfigError, match=key):
             T.load("tiny", None, [item])
     with pytest.raises(C.ConfigError, match="preset"):

@@ -33,7 +33,8 @@ def save_bundle_index(bundle: str | Path, config: SearchConfig | None = None) ->
     catalog = Catalog.from_items(catalog_items(bundle))
     config = config or SearchConfig()
     save_index(index_dir(bundle), catalog, config)
-    return {"dir": SEARCH_DIR.as_posix(), "items": len(catalog), "fusion": config.fusion}
+    return {"dir": SEARCH_DIR.as_posix(), "items": len(catalog), "fusion": config.fusion,
+            "lexical_fields": list(config.lexical_fields)}
 
 
 def load_bundle_searcher(bundle: str | Path, item_vectors: np.ndarray) -> Searcher | None:

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from prefmine.config import ConfigError
+
 FUSIONS = ("linear", "rrf")
 LEXICAL_FIELDS = ("title", "brand", "categories", "description")
 DEFAULT_LEXICAL_FIELDS = ("title", "brand", "categories")
@@ -37,17 +39,17 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion: {self.fusion!r} is not one of {FUSIONS}")
+            raise ConfigError(f"fusion: {self.fusion!r} is not one of {FUSIONS}")
         for name in ("lexical_weight", "personal_weight"):
             w = getattr(self, name)
             if not 0.0 <= w <= 1.0:
-                raise ValueError(f"{name}: {w} is outside [0, 1]")
+                raise ConfigError(f"{name}: {w} is outside [0, 1]")
         for name in ("candidates", "rrf_k", "facet_limit"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be at least 1")
+                raise ConfigError(f"{name}: must be at least 1")
         given = tuple(self.lexical_fields)
         if not given or not set(given) <= set(LEXICAL_FIELDS):
-            raise ValueError(f"lexical_fields: {list(given)} must be a non-empty subset of {list(LEXICAL_FIELDS)}")
+            raise ConfigError(f"lexical_fields: {list(given)} must be a non-empty subset of {list(LEXICAL_FIELDS)}")
         object.__setattr__(self, "lexical_fields", tuple(f for f in LEXICAL_FIELDS if f in given))
 
     def save(self, d: Path) -> None:
