@@ -362,7 +362,7 @@ class RecordFeedbackResponse(_message.Message):
     def __init__(self, stored: _Optional[int] = ..., last_id: _Optional[int] = ...) -> None: ...
 
 class CatalogRow(_message.Message):
-    __slots__ = ("item_id", "retire", "title", "brand", "categories", "price", "available", "kind", "published")
+    __slots__ = ("item_id", "retire", "title", "brand", "categories", "price", "available", "kind", "published", "description")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     RETIRE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -372,6 +372,7 @@ class CatalogRow(_message.Message):
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     retire: bool
     title: str
@@ -381,7 +382,8 @@ class CatalogRow(_message.Message):
     available: bool
     kind: str
     published: float
-    def __init__(self, item_id: _Optional[str] = ..., retire: _Optional[bool] = ..., title: _Optional[str] = ..., brand: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., available: _Optional[bool] = ..., kind: _Optional[str] = ..., published: _Optional[float] = ...) -> None: ...
+    description: str
+    def __init__(self, item_id: _Optional[str] = ..., retire: _Optional[bool] = ..., title: _Optional[str] = ..., brand: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., price: _Optional[float] = ..., available: _Optional[bool] = ..., kind: _Optional[str] = ..., published: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
 
 class WriteCatalogRequest(_message.Message):
     __slots__ = ("rows", "idempotency_key")
