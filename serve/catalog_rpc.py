@@ -13,12 +13,13 @@ def row_of(r: pb.CatalogRow) -> dict:
     """A CatalogRow as a row mapping: empty strings and lists, and unset optionals, are left out."""
     if r.retire:
         row = {"item": r.item_id, "op": "retire"}
-        extra = [f for f in ("title", "brand", "kind") if getattr(r, f)] + (["categories"] if r.categories else []) \
+        extra = [f for f in ("title", "brand", "kind", "description") if getattr(r, f)] \
+            + (["categories"] if r.categories else []) \
             + [f for f in ("price", "available", "published") if r.HasField(f)]
         row.update({f: True for f in extra})  # refused by validation: a retire carries no fields
         return row
     row = {"item": r.item_id}
-    for name in ("title", "brand", "kind"):
+    for name in ("title", "brand", "kind", "description"):
         if getattr(r, name):
             row[name] = getattr(r, name)
     if r.categories:

@@ -168,15 +168,17 @@ def test_bulk_load_of_jsonl_and_csv_through_the_command_line(tmp_path):
 
     store_path = str(tmp_path / "feedback.sqlite")
     jsonl = tmp_path / "items.jsonl"
-    jsonl.write_text("\n".join([json.dumps({"item": "j1", "title": "Lip balm", "categories": ["Beauty"]}),
+    jsonl.write_text("\n".join([json.dumps({"item": "j1", "title": "Lip balm", "categories": ["Beauty"],
+                                            "description": "Tinted, with shea butter"}),
                                 "{not json", json.dumps({"item": "j2", "title": "Serum", "price": "abc"}),
-                                json.dumps({"item": "j3", "title": "Toner", "available": False})]) + "\n")
+                                json.dumps({"item": "j3", "title": "Toner", "available": False}),
+                                json.dumps({"item": "j4", "title": "Mask", "description": "clay\x01mask"})]) + "\n")
     csv = tmp_path / "items.csv"
-    csv.write_text("item,op,title,brand,categories,price,available\n"
-                   "c1,,Face wash,Acme,Beauty|Skin Care,7.5,true\n"
-                   "j1,,,,,3,\n"  # a known item (from the JSONL load): price only
-                   "j3,retire,,,,,\n"
-                   "c2,,,,,,\n")  # new without a title: refused
+    csv.write_text("item,op,title,brand,categories,price,available,description\n"
+                   'c1,,Face wash,Acme,Beauty|Skin Care,7.5,true,"Gentle, foaming; for dry skin"\n'
+                   "j1,,,,,3,,\n"  # a known item (from the JSONL load): price only, its description kept
+                   "j3,retire,,,,,,\n"
+                   "c2,,,,,,,\n")  # new without a title: refused
     assert main(["catalog", "load", "--feedback", store_path, "--file", str(jsonl), "--key", "load-1"]) == 1
     assert main(["catalog", "load", "--feedback", store_path, "--file", str(jsonl), "--key", "load-1"]) == 1
     assert main(["catalog", "load", "--feedback", store_path, "--file", str(csv)]) == 1
@@ -189,9 +191,11 @@ def test_bulk_load_of_jsonl_and_csv_through_the_command_line(tmp_path):
     assert [(c.item, c.op) for c in log] == [("j1", "upsert"), ("j3", "upsert"), ("c1", "upsert"), ("j1", "upsert"),
                                              ("j3", "retire")]  # the JSONL load stored once despite the rerun
     assert log[2].fields == {"title": "Face wash", "brand": "Acme", "categories": ["Beauty", "Skin Care"],
-                             "price": 7.5, "available": True}
+                             "price": 7.5, "available": True, "description": "Gentle, foaming; for dry skin"}
+    assert log[0].fields["description"] == "Tinted, with shea butter" and log[3].fields == {"price": 3.0}
     assert res.stored == 2 and res.last_id == log[1].id
-    assert [(e.index, e.item) for e in res.errors] == [(1, ""), (2, "j2")] and "not JSON" in res.errors[0].reason
+    assert [(e.index, e.item) for e in res.errors] == [(1, ""), (2, "j2"), (4, "j4")]
+    assert "not JSON" in res.errors[0].reason and "description contains a control character" in res.errors[2].reason
 
 
 def test_the_next_bundle_items_hold_new_items_and_mark_retired_ones_unavailable():
@@ -333,7 +337,7 @@ def test_new_items_become_served_item_vectors(bundle_path):
 
 def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, tmp_path):
     """`data prepare --catalog-feedback STORE`: the store's catalogue changes reach the next bundle's data set. A
-    new item is appended with its text (and no interactions: the data set loads, the item cold), an upsert's
+    new item is appended with its description and text (and no interactions: the data set loads, the item cold), an upsert's
     title replaces the catalogue's in the title and the text, a written kind and publication time are kept, a new
     item retired later is not there, and a retired item with interactions stays (its events are in the
     histories)."""
@@ -345,7 +349,7 @@ def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, t
     base = pd.read_parquet(plain / "items.parquet")
     renamed, retired = str(base["item"].iloc[0]), str(base["item"].iloc[1])
     rows = [{"item": "fold-new", "title": "Folded Gift Card", "brand": "Acme", "categories": ["Gift Cards"],
-             "kind": "article", "published": 1_700_000_000},
+             "kind": "article", "published": 1_700_000_000, "description": "Redeemable at any branch"},
             {"item": "fold-gone", "title": "Written then retired"},
             {"item": renamed, "title": "A renamed card"},
             {"item": "fold-gone", "op": "retire"}, {"item": retired, "op": "retire"}]
@@ -360,7 +364,8 @@ def test_prepare_folds_the_catalogue_log_into_the_next_datasets_items(raw_dir, t
     items = pd.read_parquet(folded / "items.parquet").set_index("item")
     assert m["catalog"] == {"changes": 5, "last_id": 5, "items_added": 1} and m["counts"]["items"] == len(base) + 1
     assert len(items) == len(base) + 1 and "fold-gone" not in items.index and retired in items.index
-    assert items.loc["fold-new", "text"] == "Folded Gift Card . Acme . Gift Cards"
+    assert items.loc["fold-new", "text"] == "Folded Gift Card . Acme . Gift Cards . Redeemable at any branch"
+    assert items.loc["fold-new", "description"] == "Redeemable at any branch"
     assert list(items.loc["fold-new", "categories"]) == ["Gift Cards"]
     assert items.loc[renamed, "title"] == "A renamed card" and items.loc[renamed, "text"].startswith("A renamed card")
     # content fields: the catalogue had none, so the columns are added (empty kind, unknown publication time)
@@ -454,3 +459,137 @@ def test_the_demo_folds_the_catalogue_its_server_logged(tmp_path, monkeypatch):
     assert catalog_store(bundle) == str(bundle.parent / "feedback.sqlite")
     monkeypatch.setenv("PREFMINE_FEEDBACK_DB", str(tmp_path / "elsewhere.sqlite"))
     assert catalog_store(bundle) is None
+
+
+def test_description_is_checked_stored_and_read_back(tmp_path):
+    """A write's description: kept as given (trimmed), refused row by row when longer than MAX_DESCRIPTION_CHARS,
+    holding a control character, not a string or on a retire (the good rows kept); stored in the change log
+    and read back, applied by CatalogState (an upsert without one keeps the earlier description)."""
+    from prefmine.catalog.rows import MAX_DESCRIPTION_CHARS
+
+    words = "The New Yorker: weekly reporting, commentary, fiction and cartoons."
+    rows = [{"item": "mag-1", "title": "Magazine", "description": f"  {words} "},
+            {"item": "bad-1", "title": "x", "description": "y" * (MAX_DESCRIPTION_CHARS + 1)},
+            {"item": "bad-2", "title": "x", "description": "bell\x07inside"},
+            {"item": "bad-3", "title": "x", "description": ["a", "list"]},
+            {"item": "gone", "op": "retire", "description": "a retire carries no fields"},
+            {"item": "long", "title": "x", "description": "z" * MAX_DESCRIPTION_CHARS},
+            {"item": "mag-1", "price": 9.5}]  # known by then: keeps its description
+    good, bad = validate_rows(rows, known={"mag-1", "gone"})
+    assert [c.item for c in good] == ["mag-1", "long", "mag-1"]
+    assert good[0].fields == {"title": "Magazine", "description": words}
+    assert len(good[1].fields["description"]) == MAX_DESCRIPTION_CHARS
+    by_index = {e.index: e for e in bad}
+    assert sorted(by_index) == [1, 2, 3, 4] and by_index[1].item == "bad-1"
+    assert f"at most {MAX_DESCRIPTION_CHARS}" in by_index[1].reason and "description" in by_index[1].reason
+    assert "description contains a control character" in by_index[2].reason
+    assert "description must be a string" in by_index[3].reason
+    assert "retire carries no fields" in by_index[4].reason and "description" in by_index[4].reason
+    store = open_feedback_store(str(tmp_path / "feedback.sqlite"))
+    try:
+        store.append_catalog(good, idempotency_key="desc-1")
+        log = store.read_catalog_since(0)
+    finally:
+        store.close()
+    assert [c.fields for c in log] == [c.fields for c in good]
+    state = CatalogState(pd.DataFrame({"item": ["old"], "title": ["Old"], "description": ["bundle words"]}))
+    state.apply(log)
+    assert state.items["mag-1"]["description"] == words and state.items["mag-1"]["price"] == 9.5
+    assert state.items["old"]["description"] == "bundle words"
+    assert state.to_frame().set_index("item").loc["mag-1", "description"] == words
+
+
+def test_a_new_items_text_is_prepares_text_for_the_same_fields(magazine5):
+    """new_item_text, what a replica embeds for a written item, is the text prepare gave each real Magazine item
+    from the same title, brand, categories and description (the description after the rest); without the
+    description it is the text prepare gives an item without one."""
+    from prefmine.data.clean import item_text
+    from prefmine.serving.new_items import new_item_text
+
+    items = pd.read_parquet(magazine5 / "items.parquet")
+    described = 0
+    for row in items.itertuples():
+        fields = {"title": row.title, "brand": row.brand, "categories": list(row.categories),
+                  "description": row.description}
+        assert new_item_text(fields) == row.text, row.item
+        assert new_item_text({k: v for k, v in fields.items() if k != "description"}) == \
+            item_text(row.title, row.brand, list(row.categories), "")
+        described += bool(row.description)
+    assert described > len(items) / 2  # the descriptions were there to compare
+
+
+def test_the_fold_rebuilds_an_items_text_with_its_written_description():
+    """fold_catalog: an upsert's description replaces the catalogue's and the text is rebuilt with it; an upsert
+    without one keeps the catalogue's; a new item's description is its column's value and in its text, which is
+    the text the replica embedded for it (new_item_text)."""
+    from prefmine.serving.new_items import new_item_text
+
+    items = pd.DataFrame({"item": ["a", "b"], "title": ["A", "B"], "brand": ["", "Acme"], "categories": [[], ["k"]],
+                          "description": ["old words", "kept words"], "text": ["A . old words", "B . Acme . k . kept words"],
+                          "text_source": ["catalogue"] * 2})
+    new_fields = {"title": "Gardening Monthly", "categories": ["Magazines"],
+                  "description": "Seasonal planting guides"}
+    good, bad = validate_rows([{"item": "a", "description": "fresh words"}, {"item": "b", "price": 3},
+                               {"item": "n", **new_fields}], known={"a", "b"})
+    assert not bad
+    row = fold_catalog(items, good).set_index("item")
+    assert row.loc["a", "description"] == "fresh words" and row.loc["a", "text"] == "A . fresh words"
+    assert row.loc["b", "description"] == "kept words" and row.loc["b", "text"] == "B . Acme . k . kept words"
+    assert row.loc["n", "description"] == "Seasonal planting guides"
+    assert row.loc["n", "text"] == new_item_text(new_fields) == \
+        "Gardening Monthly . Magazines . Seasonal planting guides"
+
+
+def test_search_finds_a_new_item_by_its_description_where_the_config_indexes_it(raw_dir):
+    """A new item's description reaches Search's lexical side index (NewItems.search_catalog) when the search
+    config's `lexical_fields` include it: a word only its description holds finds it, among real Magazine items;
+    with the default fields the same word finds nothing."""
+    import numpy as np
+
+    from bench.search_relevance_reviews import WORD, files, load_catalogue
+    from prefmine.search import SearchConfig, Searcher
+    from prefmine.search.catalog import Catalog
+    from prefmine.search.lexical import LexicalIndex
+    from prefmine.serving.new_items import NewItems
+
+    items = load_catalogue(files(raw_dir, "Magazine_Subscriptions")["metadata"])
+    base = Catalog.from_items(items)
+    every = " ".join(base.index_texts(("title", "brand", "categories", "description"))).casefold()
+    word = "Quiltmakerzine"  # in no real item's fields
+    assert word.casefold() not in every and WORD.fullmatch(word)
+    fields = {"title": "Quilting Quarterly", "brand": "Acme", "categories": ["Crafts"],
+              "description": f"{word}: patterns and techniques for quilters"}
+    new = NewItems(len(base), ("new-quilt",), (fields,), ("",), np.ones((1, 8), np.float32),
+                   np.ones((1, 8), np.float32), "d")
+    assert new.frame()["description"].tolist() == [fields["description"]]
+    vectors = np.eye(len(base), 8, dtype=np.float32) + 1e-3
+    for config, found in ((SearchConfig(lexical_fields=("title", "brand", "categories", "description")), True),
+                          (SearchConfig(), False)):
+        main = LexicalIndex.build(base.index_texts(config.lexical_fields))
+        searcher = Searcher(base, main, vectors, config).extended(new.search_catalog(), new.text_vectors)
+        scores = searcher.lexical.scores(word)
+        assert len(scores) == len(base) + 1 and not scores[:len(base)].any()
+        assert bool(scores[len(base)] > 0) is found, config.lexical_fields
+        assert searcher.catalog.descriptions[len(base)] == fields["description"]
+        assert searcher.lexical.scores("Quilting")[len(base)] > 0  # the title is indexed either way
+
+
+def test_a_catalog_rows_description_crosses_the_wire():
+    """WriteCatalog's CatalogRow carries the description (field 10): serialised and parsed back, serve's row_of
+    hands it to validation like the title and brand; an empty one is left out (the earlier value kept), and a
+    retire that carries one is refused."""
+    from prefmine.v1 import recommender_pb2 as pb
+    from serve.catalog_rpc import row_of
+
+    sent = pb.WriteCatalogRequest(rows=[
+        pb.CatalogRow(item_id="wire-1", title="Bird Watching", description="Field guides, Sightings, Optics"),
+        pb.CatalogRow(item_id="wire-1", price=4.0),
+        pb.CatalogRow(item_id="wire-2", retire=True, description="not on a retire")])
+    got = pb.WriteCatalogRequest.FromString(sent.SerializeToString())
+    rows = [row_of(r) for r in got.rows]
+    assert rows[0] == {"item": "wire-1", "title": "Bird Watching", "description": "Field guides, Sightings, Optics"}
+    assert "description" not in rows[1]
+    good, bad = validate_rows(rows, known={"wire-1", "wire-2"})
+    assert [c.fields for c in good] == [{"title": "Bird Watching", "description": "Field guides, Sightings, Optics"},
+                                        {"price": 4.0}]
+    assert [e.index for e in bad] == [2] and "description" in bad[0].reason

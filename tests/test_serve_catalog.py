@@ -174,7 +174,8 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
     keys = server_proc.feedback_db.parent / "api_keys"  # tests/conftest.py server_proc: keys_file_for(base / ...)
     writer, reader = add_key(keys, "catalog-writer", "WriteCatalog"), add_key(keys, "catalog-reader", "Recommend")
     rows = [pb.CatalogRow(item_id="catalog-test-new-1", title="Catalogue test item", brand="Acme",
-                          categories=["Tests"], price=4.5, available=True, kind="article", published=1.7e9),
+                          categories=["Tests"], price=4.5, available=True, kind="article", published=1.7e9,
+                          description="Written over gRPC with its description"),
             pb.CatalogRow(item_id="catalog-test-new-2"),  # new, no title
             pb.CatalogRow(item_id="catalog-test-new-3", title="x", price=-1.0),
             pb.CatalogRow(item_id="catalog-test-gone", retire=True),
@@ -206,7 +207,8 @@ def test_write_catalog_rpc_scope_rows_and_retry(server_proc):
         store.close()
     assert [(c.item, c.op) for c in log] == [("catalog-test-new-1", "upsert"), ("catalog-test-gone", "retire")]
     assert log[0].fields == {"title": "Catalogue test item", "brand": "Acme", "categories": ["Tests"], "price": 4.5,
-                             "available": True, "kind": "article", "published": 1.7e9} and log[-1].id == resp.last_id
+                             "available": True, "kind": "article", "published": 1.7e9,
+                             "description": "Written over gRPC with its description"} and log[-1].id == resp.last_id
     # the new item is served from now on (test_new_item_is_served_within_a_minute): retired, so the session's other
     # tests see the bundle's catalogue
     write(server_proc, [{"item": "catalog-test-new-1", "op": "retire"}], set(), "catalog-rpc-test-cleanup")

@@ -2,8 +2,9 @@
 rows and logged in the feedback store in batches (`prefmine catalog load`).
 
 CSV columns are the row fields (`item`, `op`, `title`, `brand`, `categories`, `price`, `available`, `kind`,
-`published`); `categories` there is one cell of names separated by "|". Empty cells are left out of the row, so an
-upsert of a known item keeps its earlier value for them.
+`published`, `description`); `categories` there is one cell of names separated by "|" (a description holding
+commas is quoted as CSV quotes any cell). Empty cells are left out of the row, so an upsert of a known item keeps
+its earlier value for them.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 A row is a mapping with `item` (the item id) and `op` ("upsert", the default, or "retire"). An upsert carries the
 item's fields: `title` (required for an item the catalogue does not hold yet: the encoder embeds it), `brand`,
-`categories` (a list of names, or one name), `price` (finite, >= 0), `available` (bool), `kind` and `published`
+`categories` (a list of names, or one name), `price` (finite, >= 0), `available` (bool), `kind`, `published`
 (when a content item was published: Unix seconds, finite and >= 0, or ISO 8601 text, stored as seconds; what the
-freshness rule decays by); a field left out of an upsert keeps its earlier value. A retire carries nothing else. `validate_rows` checks each row on its
-own: a bad row is named (its index and item id) with the reason and refused, the good rows are kept, so one typo
-does not drop a whole batch and no bad value reaches the store.
+freshness rule decays by) and `description` (free text, at most MAX_DESCRIPTION_CHARS; the encoder reads it after
+the title, brand and categories, as prepare builds a bundle item's text, and Search indexes it where its
+`lexical_fields` name it); a field left out of an upsert keeps its earlier value. A retire carries nothing else.
+`validate_rows` checks each row on its own: a bad row is named (its index and item id) with the reason and refused,
+the good rows are kept, so one typo does not drop a whole batch and no bad value reaches the store.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 OPS = ("upsert", "retire")
-FIELDS = ("title", "brand", "categories", "price", "available", "kind", "published")
+FIELDS = ("title", "brand", "categories", "price", "available", "kind", "published", "description")
 MAX_ID_CHARS = 128
 MAX_TITLE_CHARS = 4000
 MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 20_000
 MAX_CATEGORIES = 32
 MAX_ROWS = 10_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -165,6 +168,8 @@ def check_row(row, known: bool = False) -> CatalogChange:
         fields["available"] = _available(row["available"])
     if row.get("published") not in (None, ""):
         fields["published"] = _published(row["published"])
+    if row.get("description") is not None:
+        fields["description"] = _text(row["description"], "description", MAX_DESCRIPTION_CHARS)
     return CatalogChange(item=item, op="upsert", fields=fields)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from prefmine.catalog.rows import CatalogChange
 
 DEFAULTS = {"title": "", "brand": "", "categories": [], "price": math.nan, "available": True, "kind": "",
-            "published": math.nan}
+            "published": math.nan, "description": ""}
 
 
 def _row_fields(row: dict) -> dict:

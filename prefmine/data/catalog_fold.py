@@ -18,10 +18,11 @@ TEXT_COLUMNS = ("title", "brand", "description", "text", "text_source")  # strin
 def fold_catalog(items: pd.DataFrame, changes) -> pd.DataFrame:
     """The items table with the feedback store's catalogue changes (prefmine.catalog, in log order) folded in, so
     the next bundle holds what the live catalogue served:
-    - every field an upsert gave (title, brand, categories, price, availability, kind, publication time) replaces
-      the catalogue's, and the item's text is rebuilt from its title, brand and categories; a field the
-      catalogue had no column for gets one, with CatalogState's default for the other items (unknown price and
-      publication time, available, kind "" which serving reads as product);
+    - every field an upsert gave (title, brand, categories, price, availability, kind, publication time,
+      description) replaces the catalogue's, and the item's text is rebuilt from its title, brand, categories and
+      description (the catalogue's where the log gave none); a field the catalogue had no column for gets one,
+      with CatalogState's default for the other items (unknown price and publication time, available, kind ""
+      which serving reads as product, no description);
     - an item new to the catalogue is appended (no interactions: the ranker trains it as a cold item, from its
       text); other columns of a new row are empty, NaN for a numeric column;
     - a retired item is never appended; one the table holds (it has interactions, which stay in the users'

@@ -3,9 +3,9 @@
 A replica's poll of the catalogue change log (prefmine.serving.live_catalog) leaves the fields of every upserted
 item in `LiveCatalog.written`. The ids the bundle does not hold are this replica's *new items*: each one's text
 is built as the pipeline builds an item's text (prefmine.data.clean.item_text: title, brand, most specific
-categories; a catalogue write carries no description), embedded by the bundle's encoder, and turned into a ranker
-item vector by the fused ranker's cold-item path (FusedRanker.cold_item_vectors: no ID term, the text alone, as
-training treats items without interactions). The vectors are appended after the bundle's items: new item j has
+categories, description), embedded by the bundle's encoder, and turned into a ranker item vector by the fused
+ranker's cold-item path (FusedRanker.cold_item_vectors: no ID term, the text alone, as training treats items
+without interactions). The vectors are appended after the bundle's items: new item j has
 index `n_bundle_items + j` in every served array (ranker vectors, text vectors, rule attributes, search catalogue),
 so the ranker scores, retrieves, blends and filters it like any item.
 
@@ -35,11 +35,12 @@ from prefmine.serving.vectors import unit_rows
 
 
 def new_item_text(fields: dict) -> str:
-    """The text the encoder reads for a written item (title, brand, categories), as prepare builds it."""
+    """The text the encoder reads for a written item (title, brand, categories, description), as prepare builds a
+    bundle item's: each part cleaned as a source cleans it (HTML, spacing), then joined by item_text."""
     cats = fields.get("categories") or []
     cats = [cats] if isinstance(cats, str) else [clean_text(c) for c in cats]
     return item_text(clean_text(fields.get("title", "")), clean_text(fields.get("brand", "")), [c for c in cats if c],
-                     "")
+                     clean_text(fields.get("description", "")))
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class NewItems:
 
 
     def frame(self):
-        """The new items as an items table (item, title, brand, categories, price, available, kind, published)."""
+        """The new items as an items table (item, title, brand, categories, price, available, kind, published,
+        description: what Search's lexical side index reads where its `lexical_fields` name it)."""
         import pandas as pd
 
         f = self.fields
@@ -101,7 +103,8 @@ class NewItems:
                              "price": [_number(x.get("price")) for x in f],
                              "available": [x.get("available", True) is not False for x in f],
                              "kind": [str(x.get("kind") or "") for x in f],
-                             "published": [_number(x.get("published")) for x in f]})
+                             "published": [_number(x.get("published")) for x in f],
+                             "description": [str(x.get("description") or "") for x in f]})
 
     def search_catalog(self):
         """The new items as a search catalogue (prefmine.search.Catalog) to append to the bundle's."""
