@@ -461,10 +461,11 @@ def test_the_demo_folds_the_catalogue_its_server_logged(tmp_path, monkeypatch):
     assert catalog_store(bundle) is None
 
 
-def test_description_is_checked_stored_and_read_back(tmp_path):
-    """A write's description: kept as given (trimmed), refused row by row when longer than MAX_DESCRIPTION_CHARS,
-    holding a control character, not a string or on a retire (the good rows kept); stored in the change log
-    and read back, applied by CatalogState (an upsert without one keeps the earlier description)."""
+def test_description_is_checked_stored_and_read_back(tmp_path, raw_dir):
+    """A write's description: kept as given (trimmed; its paragraph breaks and tabs as one space), refused row by
+    row when longer than MAX_DESCRIPTION_CHARS, holding another control character, not a string or on a retire
+    (the good rows kept); stored in the change log and read back, applied by CatalogState (an upsert without one
+    keeps the earlier description)."""
     from prefmine.catalog.rows import MAX_DESCRIPTION_CHARS
 
     words = "The New Yorker: weekly reporting, commentary, fiction and cartoons."
@@ -474,9 +475,11 @@ def test_description_is_checked_stored_and_read_back(tmp_path):
             {"item": "bad-3", "title": "x", "description": ["a", "list"]},
             {"item": "gone", "op": "retire", "description": "a retire carries no fields"},
             {"item": "long", "title": "x", "description": "z" * MAX_DESCRIPTION_CHARS},
-            {"item": "mag-1", "price": 9.5}]  # known by then: keeps its description
+            {"item": "mag-1", "price": 9.5},  # known by then: keeps its description
+            {"item": "paras", "title": "x", "description": "First paragraph.\n\nSecond:\tmore.\r\n"}]
     good, bad = validate_rows(rows, known={"mag-1", "gone"})
-    assert [c.item for c in good] == ["mag-1", "long", "mag-1"]
+    assert [c.item for c in good] == ["mag-1", "long", "mag-1", "paras"]
+    assert good[3].fields["description"] == "First paragraph. Second: more."  # paragraphs, not refused
     assert good[0].fields == {"title": "Magazine", "description": words}
     assert len(good[1].fields["description"]) == MAX_DESCRIPTION_CHARS
     by_index = {e.index: e for e in bad}
@@ -492,6 +495,17 @@ def test_description_is_checked_stored_and_read_back(tmp_path):
     finally:
         store.close()
     assert [c.fields for c in log] == [c.fields for c in good]
+    # every real Magazine description, its paragraphs one per line as a shop's export writes them, is accepted
+    import gzip
+
+    with gzip.open(raw_dir / "amazon2018" / "Magazine_Subscriptions" / "meta_Magazine_Subscriptions.json.gz",
+                   "rt") as f:
+        metas = [json.loads(line) for line in f]
+    exported = [{"item": m["asin"], "title": "t", "description": "\n".join(m["description"])}
+                for m in metas if m.get("description")]
+    kept, refused = validate_rows(exported)
+    assert len(exported) > 2000 and not refused
+    assert sum("\n" in r["description"] for r in exported) > 500
     state = CatalogState(pd.DataFrame({"item": ["old"], "title": ["Old"], "description": ["bundle words"]}))
     state.apply(log)
     assert state.items["mag-1"]["description"] == words and state.items["mag-1"]["price"] == 9.5

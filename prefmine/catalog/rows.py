@@ -4,9 +4,10 @@ A row is a mapping with `item` (the item id) and `op` ("upsert", the default, or
 item's fields: `title` (required for an item the catalogue does not hold yet: the encoder embeds it), `brand`,
 `categories` (a list of names, or one name), `price` (finite, >= 0), `available` (bool), `kind`, `published`
 (when a content item was published: Unix seconds, finite and >= 0, or ISO 8601 text, stored as seconds; what the
-freshness rule decays by) and `description` (free text, at most MAX_DESCRIPTION_CHARS; the encoder reads it after
-the title, brand and categories, as prepare builds a bundle item's text, and Search indexes it where its
-`lexical_fields` name it); a field left out of an upsert keeps its earlier value. A retire carries nothing else.
+freshness rule decays by) and `description` (free text, at most MAX_DESCRIPTION_CHARS; tabs and line breaks,
+which separate a description's paragraphs, are stored as one space, any other control character is refused; the
+encoder reads it after the title, brand and categories, as prepare builds a bundle item's text, and Search indexes
+it where its `lexical_fields` name it); a field left out of an upsert keeps its earlier value. A retire carries nothing else.
 `validate_rows` checks each row on its own: a bad row is named (its index and item id) with the reason and refused,
 the good rows are kept, so one typo does not drop a whole batch and no bad value reaches the store.
 """
@@ -29,6 +30,7 @@ MAX_DESCRIPTION_CHARS = 20_000
 MAX_CATEGORIES = 32
 MAX_ROWS = 10_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BREAKS = re.compile(r"[\t\n\r]+")  # paragraph breaks and tabs in a description: read as one space
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -169,7 +171,10 @@ def check_row(row, known: bool = False) -> CatalogChange:
     if row.get("published") not in (None, ""):
         fields["published"] = _published(row["published"])
     if row.get("description") is not None:
-        fields["description"] = _text(row["description"], "description", MAX_DESCRIPTION_CHARS)
+        description = row["description"]
+        if isinstance(description, str):  # a description's paragraphs, not a typo: joined, not refused
+            description = _BREAKS.sub(" ", description)
+        fields["description"] = _text(description, "description", MAX_DESCRIPTION_CHARS)
     return CatalogChange(item=item, op="upsert", fields=fields)
 
 
