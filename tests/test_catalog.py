@@ -535,7 +535,7 @@ def test_a_new_items_text_is_prepares_text_for_the_same_fields(magazine5):
 def test_the_fold_rebuilds_an_items_text_with_its_written_description():
     """fold_catalog: an upsert's description replaces the catalogue's and the text is rebuilt with it; an upsert
     without one keeps the catalogue's; a new item's description is its column's value and in its text, which is
-    the text the replica embedded for it (new_item_text)."""
+    the text the replica embedded for it (new_item_text), HTML and entities cleaned as a source's."""
     from prefmine.serving.new_items import new_item_text
 
     items = pd.DataFrame({"item": ["a", "b"], "title": ["A", "B"], "brand": ["", "Acme"], "categories": [[], ["k"]],
@@ -543,8 +543,10 @@ def test_the_fold_rebuilds_an_items_text_with_its_written_description():
                           "text_source": ["catalogue"] * 2})
     new_fields = {"title": "Gardening Monthly", "categories": ["Magazines"],
                   "description": "Seasonal planting guides"}
+    html = {"title": "Bird &amp; Blossom", "categories": ["Home &amp; Garden"],
+            "description": "Tips &amp; <b>tricks</b>   for gardens"}  # as a shop's export may write them
     good, bad = validate_rows([{"item": "a", "description": "fresh words"}, {"item": "b", "price": 3},
-                               {"item": "n", **new_fields}], known={"a", "b"})
+                               {"item": "n", **new_fields}, {"item": "h", **html}], known={"a", "b"})
     assert not bad
     row = fold_catalog(items, good).set_index("item")
     assert row.loc["a", "description"] == "fresh words" and row.loc["a", "text"] == "A . fresh words"
@@ -552,6 +554,8 @@ def test_the_fold_rebuilds_an_items_text_with_its_written_description():
     assert row.loc["n", "description"] == "Seasonal planting guides"
     assert row.loc["n", "text"] == new_item_text(new_fields) == \
         "Gardening Monthly . Magazines . Seasonal planting guides"
+    assert row.loc["h", "description"] == html["description"]  # stored as written, read cleaned
+    assert row.loc["h", "text"] == new_item_text(html) == "Bird & Blossom . Home & Garden . Tips & tricks for gardens"
 
 
 def test_search_finds_a_new_item_by_its_description_where_the_config_indexes_it(raw_dir):

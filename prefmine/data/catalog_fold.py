@@ -10,7 +10,7 @@ import pandas as pd
 
 from prefmine.catalog.rows import FIELDS
 from prefmine.catalog.state import DEFAULTS
-from prefmine.data.clean import item_text
+from prefmine.data.clean import written_item_text
 
 TEXT_COLUMNS = ("title", "brand", "description", "text", "text_source")  # strings: "" when not given
 
@@ -20,7 +20,8 @@ def fold_catalog(items: pd.DataFrame, changes) -> pd.DataFrame:
     the next bundle holds what the live catalogue served:
     - every field an upsert gave (title, brand, categories, price, availability, kind, publication time,
       description) replaces the catalogue's, and the item's text is rebuilt from its title, brand, categories and
-      description (the catalogue's where the log gave none); a field the catalogue had no column for gets one,
+      description (the catalogue's where the log gave none), each cleaned as a source's (HTML, entities), so the
+      next bundle embeds the text a replica embedded for a new item; a field the catalogue had no column for gets one,
       with CatalogState's default for the other items (unknown price and publication time, available, kind ""
       which serving reads as product, no description);
     - an item new to the catalogue is appended (no interactions: the ranker trains it as a cold item, from its
@@ -59,7 +60,7 @@ def fold_catalog(items: pd.DataFrame, changes) -> pd.DataFrame:
     if "available" in out.columns:
         out["available"] = out["available"].astype(bool)
     touched = out["item"].astype(str).isin(set(given))
-    out.loc[touched, "text"] = [item_text(t, b, list(c), d) for t, b, c, d in zip(
+    out.loc[touched, "text"] = [written_item_text(t, b, c, d) for t, b, c, d in zip(
         out.loc[touched, "title"], out.loc[touched, "brand"], out.loc[touched, "categories"],
         out.loc[touched, "description"])]
     return out

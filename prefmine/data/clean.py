@@ -36,3 +36,14 @@ def item_text(title: str, brand: str, categories: list[str], description: str, m
     """The text the encoder reads for an item: title, brand, most specific categories, description."""
     parts = [title, brand, " / ".join(categories[-3:]) if categories else "", description]
     return " . ".join(p for p in parts if p)[:max_chars]
+
+
+def written_item_text(title, brand, categories, description) -> str:
+    """`item_text` of an item's fields as a catalogue write gives them (HTML, entities, odd spacing): each part
+    cleaned as a source cleans its fields first, so the text is the one prepare builds from the same fields. What
+    a serving replica embeds for a new item and what the next bundle's fold rebuilds, so both read one text."""
+    if categories is None or isinstance(categories, float):  # NaN from pandas
+        categories = []
+    names = [categories] if isinstance(categories, str) else list(categories)
+    return item_text(clean_text(title), clean_text(brand), [n for n in map(clean_text, names) if n],
+                     clean_text(description))

@@ -29,18 +29,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefmine.data.clean import clean_text, item_text
+from prefmine.data.clean import written_item_text
 from prefmine.rules import ItemAttributes
 from prefmine.serving.vectors import unit_rows
 
 
 def new_item_text(fields: dict) -> str:
     """The text the encoder reads for a written item (title, brand, categories, description), as prepare builds a
-    bundle item's: each part cleaned as a source cleans it (HTML, spacing), then joined by item_text."""
-    cats = fields.get("categories") or []
-    cats = [cats] if isinstance(cats, str) else [clean_text(c) for c in cats]
-    return item_text(clean_text(fields.get("title", "")), clean_text(fields.get("brand", "")), [c for c in cats if c],
-                     clean_text(fields.get("description", "")))
+    bundle item's (prefmine.data.clean.written_item_text)."""
+    return written_item_text(fields.get("title", ""), fields.get("brand", ""), fields.get("categories"),
+                             fields.get("description", ""))
 
 
 @dataclass(frozen=True)
