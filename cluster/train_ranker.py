@@ -66,7 +66,7 @@ def train_ranker(ds: Dataset, bundle: Path, cfg: RankerConfig, dist: DistConfig,
         metrics["ranker_id_only"] = _train_one(ds, bundle, dataclasses.replace(cfg, fusion="none"), dist,
                                                "ranker_id_only", None, retrieval=retrieval)
     # Search's BM25 side and its config (the tree's `search` section), beside the retrieval index
-    metrics["ranker"]["search_index"] = save_bundle_index(bundle, search)
+    metrics["ranker"]["search_index"] = save_bundle_index(bundle, search, ds.items)  # descriptions included
     update_manifest(bundle, components={
         name: {"config": C.to_dict(cfg) if name == "ranker" else {**C.to_dict(cfg), "fusion": "none"},
                "metrics": m} for name, m in metrics.items()})

@@ -305,3 +305,32 @@ def test_the_bundle_lexical_index_is_saved_loaded_and_searched_within_the_rules(
     assert len(pool.idx) and all(attrs.brand[i] == brand for i in pool.idx)
     assert j in pool.idx.tolist() and pool.qualifying == int((attrs.brand == brand).sum())
     assert dict(pool.facets["brand"]) == {brand: len(pool.matched)}  # facets count the matched set only
+
+
+def test_the_bundle_index_takes_descriptions_from_the_data_sets_items(tmp_path):
+    """The bundle's catalogue keeps no descriptions, so the ranker stage builds the BM25 index from the prepared
+    data set's items: with `lexical_fields` naming the description, a word only an item's description holds
+    finds it; from the catalogue alone it cannot; items that are not the catalogue's, in its order, are refused."""
+    from prefmine.search.bundle import load_bundle_searcher, save_bundle_index
+    from prefmine.search.config import SearchConfig
+
+    items = magazine_items().head(300).copy()
+    (tmp_path / "catalog").mkdir()
+    items.to_parquet(tmp_path / "catalog" / "items.parquet", index=False)
+    names = " ".join(f"{t} {b} {' '.join(c)}" for t, b, c in zip(items["title"], items["brand"], items["categories"]))
+    word = "Zqxwvortlemagazine"  # a made-up word: in one item's description only
+    assert word.casefold() not in names.casefold()
+    with_text = items.assign(description=[f"A quarterly about {word} and more" if j == 7 else "" for j in range(300)])
+    vecs = np.random.default_rng(0).normal(size=(len(items), 8)).astype(np.float32)
+    config = SearchConfig(lexical_fields=("title", "brand", "categories", "description"))
+
+    info = save_bundle_index(tmp_path, config, with_text)
+    assert info["lexical_fields"] == list(config.lexical_fields)
+    pool = load_bundle_searcher(tmp_path, vecs).retrieve(word, vecs[0], 5)
+    hit = pool.idx.tolist().index(7)  # found by its description; no other item matches the word
+    assert pool.lexical[hit] > 0 and (pool.lexical > 0).sum() == 1
+    save_bundle_index(tmp_path, config)  # the catalogue alone: no description to match
+    pool = load_bundle_searcher(tmp_path, vecs).retrieve(word, vecs[0], 5)
+    assert not (pool.lexical > 0).any()
+    with pytest.raises(ValueError, match="order"):
+        save_bundle_index(tmp_path, config, with_text.iloc[::-1])

@@ -27,10 +27,18 @@ def has_index(bundle: str | Path) -> bool:
     return LexicalIndex.exists(index_dir(bundle))
 
 
-def save_bundle_index(bundle: str | Path, config: SearchConfig | None = None) -> dict:
-    """Build the BM25 index over the bundle's catalogue (`catalog/items.parquet`, written before training) and
-    save it with `config` under `ranker/search/`; what the manifest records about it."""
-    catalog = Catalog.from_items(catalog_items(bundle))
+def save_bundle_index(bundle: str | Path, config: SearchConfig | None = None,
+                      items: pd.DataFrame | None = None) -> dict:
+    """Build the BM25 index over the bundle's catalogue and save it with `config` under `ranker/search/`; what the
+    manifest records about it. `items`: the prepared data set's item table (the same items in the same order as
+    `catalog/items.parquet`, which keeps no descriptions: serving holds every item's row in memory), so that
+    `lexical_fields` naming the description index it; default, the bundle's catalogue."""
+    table = catalog_items(bundle)
+    if items is not None:
+        if list(map(str, items["item"])) != list(map(str, table["item"])):
+            raise ValueError("save_bundle_index: `items` are not the bundle catalogue's items in its order")
+        table = items
+    catalog = Catalog.from_items(table)
     config = config or SearchConfig()
     save_index(index_dir(bundle), catalog, config)
     return {"dir": SEARCH_DIR.as_posix(), "items": len(catalog), "fusion": config.fusion,
