@@ -45,9 +45,12 @@ since one user's queries are not independent.
 
     python -m bench.search_relevance_reviews [--category Magazine_Subscriptions] [--name-words description_caps|title_brand]
         [--lexical-text choose|names|description] [--dense-text choose|full|no_description] [--valid-share 0.4]
-        [--boot 2000] [--cache runs/bench/search_relevance_reviews_cache] [--quick] [--out ...] [--plan]
+        [--boot 2000] [--max-queries N] [--catalogue-items N] [--seed 2020]
+        [--cache runs/bench/search_relevance_reviews_cache] [--quick] [--out ...] [--plan]
 
 Item vectors are cached under `--cache` by a hash of the texts; `--quick` is a smoke run on a 150-item catalogue.
+`--catalogue-items N` keeps every reviewed item and a seeded sample of the others, N in all: the suite's test
+(tests/test_search_reviews.py) calls `run(parse_args([...]))` on such a catalogue with the text choices fixed.
 """
 
 from __future__ import annotations
@@ -329,6 +332,7 @@ def run(args) -> dict:
             results[name].update(fusion=c.fusion, lexical_weight=c.lexical_weight, personal_weight=c.personal_weight)
     ndcg = {n: ndcg_per_query(r) for n, r in ranks.items()}
     users = [q["user"] for q in test_q]
+    in_catalogue = set(items["item"])
     intervals = {}
     for a, b in (("hybrid", "lexical (BM25)"), ("hybrid", "dense (MiniLM)"), ("hybrid + personal (history)", "hybrid")):
         intervals[f"{a} - {b}"] = {
@@ -358,7 +362,7 @@ def run(args) -> dict:
                       c: round(v["chosen"]["valid_hybrid_ndcg"], 4) for c, v in variants.items()},
                   "validation_metrics": {c: v["valid_metrics"] for c, v in variants.items()}},
         "labelled_set": {
-            "reviews": len(reviews), "reviews_of_catalogue_items": sum(r["item"] in set(items["item"]) for r in reviews),
+            "reviews": len(reviews), "reviews_of_catalogue_items": sum(r["item"] in in_catalogue for r in reviews),
             "queries": len(queries), "valid_queries": len(valid_q),
             "test_queries": len(test_q), "valid_users": len({q["user"] for q in valid_q}),
             "test_users": len(set(users)), "valid_share": args.valid_share, "seed": args.seed,
@@ -415,7 +419,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line's settings, checked (an error exits with status 2), `--quick` expanded: what `main` and the
+    suite's test (tests/test_search_reviews.py, which runs `run` in a smaller setting in process) pass to `run`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(p, "search_relevance_reviews")
     p.add_argument("--raw", default=str(data_root()), help="the data folder holding amazon2018/")
@@ -439,7 +445,8 @@ def main(argv=None) -> int:
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--max-queries", type=int, default=0, help="at most this many validation and test queries (0: all)")
     p.add_argument("--catalogue-items", type=int, default=0,
-                   help="smoke runs only: a catalogue of at most this many items, the reviewed ones first (0: all)")
+                   help="a smaller catalogue: at most this many items, every reviewed one first, then a seeded sample "
+                        "of the others as distractors (0: all; the suite's test uses 600, --quick 150)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: a 150-item catalogue, 50 validation and 50 test queries, one text choice "
@@ -452,6 +459,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.catalogue_items, args.max_queries, args.boot = 150, 50, 200
         args.dense_text, args.lexical_text = "no_description", "names"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     out = Path(args.out) if args.out else default_out("search_relevance_reviews", args.quick)
     inputs = files(Path(args.raw), args.category)
     require(inputs.values())
