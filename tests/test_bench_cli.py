@@ -35,6 +35,7 @@ NO_PLAN = {
     "seqrec_check": "scores one already trained ranker: --bundle is required, and there is nothing to plan",
     "ranker_update": "fine-tunes an already trained ranker: --bundle is required",
     "loop_probe": "compares an already trained bundle's policies: --bundle is required",
+    "policy_paired": "reruns a policy bench.policy trained: --data, --bundle, --policy and --seed are required",
 }
 
 
