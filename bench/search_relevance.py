@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -134,12 +135,19 @@ def sample_users(ds, n_test: int, n_valid: int, seed: int) -> tuple[np.ndarray, 
     return np.sort(test), np.sort(rng.permutation(rest)[:n_valid])
 
 
-def embed(texts: list[str]) -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    """MiniLM's tokenizer and model, loaded once per process (a bench embeds items, then queries)."""
     from prefmine.text.checkpoint import resolve_init
-    from prefmine.text.encoder import embed_texts
     from prefmine.text.runtime import load_encoder
 
-    tokenizer, bert = load_encoder(resolve_init("minilm").path)
+    return load_encoder(resolve_init("minilm").path)
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    from prefmine.text.encoder import embed_texts
+
+    tokenizer, bert = _minilm()
     return np.asarray(embed_texts(bert, tokenizer, list(texts), 128), dtype=np.float32)
 
 
