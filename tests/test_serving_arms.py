@@ -1,5 +1,5 @@
-"""A/B arms as the server runs them, in process: which experiments a server accepts (policy arms; version arms and
-unknown policies refused naming the field), users' arms stable and split by the weights, and an arm's policy
+"""A/B arms as the server runs them, in process: which experiments a server accepts (policy and version arms;
+unknown policies and empty bundle locations refused naming the field), users' arms stable and split by the weights, and an arm's policy
 ordering a slate through the same PolicyVersion the ranker deployment holds. The live path (arms over gRPC, their
 impressions, counters and report) is in tests/test_serve_loop.py."""
 
@@ -19,11 +19,15 @@ EXP = {"name": "ab", "salt": "s1", "arms": [{"name": "control", "weight": 1},
                                            {"name": "popular", "weight": 3, "policy": "popularity"}]}
 
 
-def test_a_server_runs_policy_arms_and_refuses_what_it_cannot_serve():
+def test_a_server_runs_policy_and_version_arms_and_refuses_what_it_cannot_serve():
+    """A version arm passes here (its bundle is checked where the server starts, serve.app.arm_versions:
+    tests/test_serve_loop.py and the pinned control of tests/test_update_loop.py); an empty location does not."""
     exp = servable_experiment(EXP)
     assert [a.policy for a in exp.arms] == [None, "popularity"]
+    pinned = servable_experiment({**EXP, "arms": [EXP["arms"][0], {"name": "v2", "bundle": "/bundles/v2"}]})
+    assert pinned.arms[1].bundle == "/bundles/v2"
     with pytest.raises(ValueError, match=r"experiment\.arms\[1\]\.bundle"):
-        servable_experiment({**EXP, "arms": [EXP["arms"][0], {"name": "v2", "bundle": "/bundles/v2"}]})
+        servable_experiment({**EXP, "arms": [EXP["arms"][0], {"name": "v2", "bundle": " "}]})
     with pytest.raises(ValueError, match=r"experiment\.arms\[0\]\.policy.*'random'"):
         servable_experiment({**EXP, "arms": [{"name": "r", "policy": "random"}]})
     with pytest.raises(ValueError, match="salt"):

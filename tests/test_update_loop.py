@@ -76,7 +76,7 @@ def loop_setup(bundle_path, tmp_path_factory):
                                          "v0"))
         log.append([FeedbackEvent(u, shown[0], "click", TS + n + 1, impression_id=f"imp-{n}")])
     log.close()
-    return bundles, root / "feedback.sqlite", len(users)
+    return bundles, root / "feedback.sqlite"
 
 
 def test_loop_refuses_worse_then_rolls_in_equal(loop_setup):
