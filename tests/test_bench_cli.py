@@ -222,15 +222,3 @@ def test_search_relevance_reviews_finds_its_files_and_checks_its_arguments(tmp_p
     for bad in (["--valid-share", "1.5"], ["--lexical-text", "reviews"], ["--boot", "3"]):
         p = run("-m", "bench.search_relevance_reviews", "--plan", *bad)
         assert p.returncode == 2 and bad[0] in p.stderr, bad
-
-
-def test_search_relevance_reviews_quick_runs_end_to_end(tmp_path):
-    """Its smallest mode (--quick: a 150-item catalogue, 50 + 50 queries) writes the JSON and the table."""
-    out = tmp_path / "q" / "reviews.json"
-    p = run("-m", "bench.search_relevance_reviews", "--quick", "--out", str(out), "--cache", str(tmp_path / "cache"))
-    assert p.returncode == 0, p.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["catalogue_items"] == 150 and report["labelled_set"]["test_queries"] == 50
-    assert {"lexical (BM25)", "dense (MiniLM)", "hybrid", "hybrid + personal (history)"} <= set(report["models"])
-    assert set(report["ndcg10_differences"]["hybrid - dense (MiniLM)"]) == {"over queries", "over users"}
-    assert "| hybrid |" in out.with_suffix(".md").read_text()

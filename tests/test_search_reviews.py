@@ -5,6 +5,8 @@ benchmark itself in a smaller setting: hybrid search beats each of its parts (is
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,8 @@ from bench.search_relevance_reviews import (
     labelled_queries,
     load_catalogue,
     load_reviews,
+    main,
     own_words,
-    parse_args,
-    run,
     split_users,
 )
 from prefmine.search import SearchConfig, Searcher
@@ -130,9 +131,12 @@ def test_hybrid_search_beats_each_of_its_parts_on_the_relevance_benchmark(raw_di
     """bench.search_relevance_reviews in process (real Magazine files, real MiniLM vectors, real bm25s index, the
     served Searcher.retrieve and fusion, the weights chosen on validation users): on the test users, hybrid NDCG@10
     beats BM25 alone and dense alone, each by a paired bootstrap 95% interval wholly above 0, over queries and over
-    users. With the lexical weight forced to 0 (hybrid = dense) or 1 (BM25 ordering the pooled items) it fails."""
-    args = parse_args([*SUITE_SETTING, "--raw", str(raw_dir), "--cache", str(tmp_path / "cache")])
-    report = run(args)
+    users. With the lexical weight forced to 0 (hybrid = dense) or 1 (BM25 ordering the pooled items) it fails.
+    Run through the command line's `main`, so it also checks what a run writes: the JSON and the rendered table."""
+    out = tmp_path / "reviews.json"
+    assert main([*SUITE_SETTING, "--raw", str(raw_dir), "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "| hybrid |" in out.with_suffix(".md").read_text()
     ls, models = report["labelled_set"], report["models"]
     assert report["catalogue_items"] == 600 and ls["name_words"] == "title_brand"
     assert report["texts"]["chosen"] == "lexical description, dense full"
