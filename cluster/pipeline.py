@@ -48,13 +48,13 @@ def train_bundle(data: str | Path, out: str | Path, stages=STAGES, preset: str =
                  overrides: list[str] | None = None) -> dict:
     """Train `stages` into the bundle at `out` and publish it; the metrics of each stage. The Ray Train
     checkpoints of the runs are dropped from the bundle unless `keep_checkpoints` (`drop_checkpoints`)."""
+    tree = train_config.load(preset, config_file, overrides)  # a bad key or value fails before the imports below
+    enc_cfg, rank_cfg, pol_cfg, sim_cfg, dist = tree.encoder, tree.ranker, tree.policy, tree.simulator, tree.dist
+    IntegrityConfig.from_env()  # a bad signing key fails now, not after training
+
     from cluster.train_encoder import train_encoder
     from cluster.train_policy import gate_trained_policy, train_policy
     from cluster.train_ranker import train_ranker
-
-    tree = train_config.load(preset, config_file, overrides)
-    enc_cfg, rank_cfg, pol_cfg, sim_cfg, dist = tree.encoder, tree.ranker, tree.policy, tree.simulator, tree.dist
-    IntegrityConfig.from_env()  # a bad signing key fails now, not after training
 
     ds = load_dataset(data, with_reviews=True)
     bundle = staging_dir(out)
